@@ -1,0 +1,59 @@
+# BoothStudio developer commands. Everything runs inside .venv (created by `make setup`).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+DATA_DIR ?= data
+HOST ?= 127.0.0.1
+# Extra flags for every service, e.g. `make run ARGS="--config boothstudio.yaml"`.
+ARGS ?=
+
+.PHONY: setup run test test-fast lint protos protos-check bench clean help
+
+help:
+	@echo "make setup   - create .venv and install boothstudio[services,dev] (editable)"
+	@echo "make run     - start catalog :50051, generator :50052, trainer :50053 (metrics 9101-9103)"
+	@echo "make test    - run the test suite"
+	@echo "make lint    - ruff, mypy (shared/, clients/), buf lint, generated-code freshness"
+	@echo "make protos  - regenerate shared/gen/boothstudio/v1 from protos/"
+	@echo "make bench   - run the benchmarks in bench/"
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip setuptools wheel
+	# torch first and pinned exactly: this picks the CPU wheel on disk, not a multi-GB CUDA build.
+	$(PY) -m pip install torch==2.13.0
+	$(PY) -m pip install -e '.[services,dev]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+run: $(VENV)/.installed
+	$(PY) -m services.run --host $(HOST) --data-dir $(DATA_DIR) $(ARGS)
+
+test: $(VENV)/.installed
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check . || true
+	$(VENV)/bin/mypy shared clients
+	$(VENV)/bin/buf lint
+	$(PY) tools/gen_protos.py --check
+
+protos: $(VENV)/.installed
+	$(PY) tools/gen_protos.py
+
+protos-check: $(VENV)/.installed
+	$(PY) tools/gen_protos.py --check
+
+bench: $(VENV)/.installed
+	@if ls bench/*.py >/dev/null 2>&1; then \
+		for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done; \
+	else echo "no benchmarks yet"; fi
+
+clean:
+	rm -rf $(DATA_DIR) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Generated from protos/boothstudio. Do not edit: run `make protos`."""
