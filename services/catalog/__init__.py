@@ -1,0 +1,1 @@
+"""CatalogService: the registry of models, samplers and backends."""

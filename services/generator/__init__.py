@@ -1,0 +1,1 @@
+"""GeneratorService: validation, queue, micro-batcher, gallery; adapters per backend."""

@@ -1,0 +1,1 @@
+"""TrainerService: DreamBooth jobs, worker processes, checkpoints."""
