@@ -228,7 +228,9 @@ class ClassImageSettings(_message.Message):
     cfg_scale: _builtins.float
     """Guidance scale (unset = 7.0)."""
     seed: _builtins.int
-    """Seed of the first class image (unset = derived from the job seed)."""
+    """Seed of the first class image; image i uses seed + i (unset = 0, so that jobs with the same
+    class settings share cached class images whatever their training seed).
+    """
     negative_prompt: _builtins.str
     """Negative prompt."""
     def __init__(
@@ -388,7 +390,7 @@ class DreamBoothConfig(_message.Message):
     class_prompt: _builtins.str
     """Class prompt (empty = "a {class_noun}")."""
     max_train_steps: _builtins.int
-    """Optimiser steps, 1..100000 (0 = 400)."""
+    """Optimiser steps, 1..100000 (unset = 400; an explicit 0 is rejected)."""
     learning_rate: _builtins.float
     """Learning rate (0 = 5e-6 for FULL, 1e-4 for LORA)."""
     lr_scheduler: _builtins.str
@@ -470,7 +472,7 @@ class DreamBoothConfig(_message.Message):
         instance_prompt: _builtins.str = ...,
         class_prompt: _builtins.str = ...,
         prior_preservation: Global___PriorPreservation | None = ...,
-        max_train_steps: _builtins.int = ...,
+        max_train_steps: _builtins.int | None = ...,
         learning_rate: _builtins.float = ...,
         lr_scheduler: _builtins.str = ...,
         lr_warmup_steps: _builtins.int = ...,
@@ -500,16 +502,20 @@ class DreamBoothConfig(_message.Message):
         accelerator: _builtins.str = ...,
         output_model_name: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "_text_encoder_learning_rate", b"_text_encoder_learning_rate", "_weight_decay", b"_weight_decay", "lora", b"lora", "prior_preservation", b"prior_preservation", "seed", b"seed", "text_encoder_learning_rate", b"text_encoder_learning_rate", "weight_decay", b"weight_decay"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_train_steps", b"_max_train_steps", "_seed", b"_seed", "_text_encoder_learning_rate", b"_text_encoder_learning_rate", "_weight_decay", b"_weight_decay", "lora", b"lora", "max_train_steps", b"max_train_steps", "prior_preservation", b"prior_preservation", "seed", b"seed", "text_encoder_learning_rate", b"text_encoder_learning_rate", "weight_decay", b"weight_decay"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "_text_encoder_learning_rate", b"_text_encoder_learning_rate", "_weight_decay", b"_weight_decay", "accelerator", b"accelerator", "base_model_id", b"base_model_id", "batch_size", b"batch_size", "center_crop", b"center_crop", "checkpoint_every_steps", b"checkpoint_every_steps", "checkpoints_to_keep", b"checkpoints_to_keep", "class_noun", b"class_noun", "class_prompt", b"class_prompt", "dataset_id", b"dataset_id", "devices", b"devices", "gradient_accumulation_steps", b"gradient_accumulation_steps", "gradient_checkpointing", b"gradient_checkpointing", "identifier", b"identifier", "instance_images", b"instance_images", "instance_prompt", b"instance_prompt", "learning_rate", b"learning_rate", "lora", b"lora", "lr_scheduler", b"lr_scheduler", "lr_warmup_steps", b"lr_warmup_steps", "max_grad_norm", b"max_grad_norm", "max_train_steps", b"max_train_steps", "method", b"method", "num_nodes", b"num_nodes", "output_model_name", b"output_model_name", "precision", b"precision", "prior_preservation", b"prior_preservation", "random_flip", b"random_flip", "resolution", b"resolution", "sample_every_steps", b"sample_every_steps", "seed", b"seed", "strategy", b"strategy", "text_encoder_learning_rate", b"text_encoder_learning_rate", "train_text_encoder", b"train_text_encoder", "use_8bit_adam", b"use_8bit_adam", "validation_prompts", b"validation_prompts", "validation_seeds", b"validation_seeds", "weight_decay", b"weight_decay"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_train_steps", b"_max_train_steps", "_seed", b"_seed", "_text_encoder_learning_rate", b"_text_encoder_learning_rate", "_weight_decay", b"_weight_decay", "accelerator", b"accelerator", "base_model_id", b"base_model_id", "batch_size", b"batch_size", "center_crop", b"center_crop", "checkpoint_every_steps", b"checkpoint_every_steps", "checkpoints_to_keep", b"checkpoints_to_keep", "class_noun", b"class_noun", "class_prompt", b"class_prompt", "dataset_id", b"dataset_id", "devices", b"devices", "gradient_accumulation_steps", b"gradient_accumulation_steps", "gradient_checkpointing", b"gradient_checkpointing", "identifier", b"identifier", "instance_images", b"instance_images", "instance_prompt", b"instance_prompt", "learning_rate", b"learning_rate", "lora", b"lora", "lr_scheduler", b"lr_scheduler", "lr_warmup_steps", b"lr_warmup_steps", "max_grad_norm", b"max_grad_norm", "max_train_steps", b"max_train_steps", "method", b"method", "num_nodes", b"num_nodes", "output_model_name", b"output_model_name", "precision", b"precision", "prior_preservation", b"prior_preservation", "random_flip", b"random_flip", "resolution", b"resolution", "sample_every_steps", b"sample_every_steps", "seed", b"seed", "strategy", b"strategy", "text_encoder_learning_rate", b"text_encoder_learning_rate", "train_text_encoder", b"train_text_encoder", "use_8bit_adam", b"use_8bit_adam", "validation_prompts", b"validation_prompts", "validation_seeds", b"validation_seeds", "weight_decay", b"weight_decay"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_train_steps: _TypeAlias = _typing.Literal["max_train_steps"]  # noqa: Y015
+    _WhichOneofArgType__max_train_steps: _TypeAlias = _typing.Literal["_max_train_steps", b"_max_train_steps"]  # noqa: Y015
     _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
     _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
     _WhichOneofReturnType__text_encoder_learning_rate: _TypeAlias = _typing.Literal["text_encoder_learning_rate"]  # noqa: Y015
     _WhichOneofArgType__text_encoder_learning_rate: _TypeAlias = _typing.Literal["_text_encoder_learning_rate", b"_text_encoder_learning_rate"]  # noqa: Y015
     _WhichOneofReturnType__weight_decay: _TypeAlias = _typing.Literal["weight_decay"]  # noqa: Y015
     _WhichOneofArgType__weight_decay: _TypeAlias = _typing.Literal["_weight_decay", b"_weight_decay"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_train_steps) -> _WhichOneofReturnType__max_train_steps | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__seed) -> _WhichOneofReturnType__seed | None: ...
     @_typing.overload
