@@ -29,7 +29,7 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 run: $(VENV)/.installed
-	$(PY) -m services.run --host $(HOST) --data-dir $(DATA_DIR) $(ARGS)
+	$(PY) -m shared.launcher --host $(HOST) --data-dir $(DATA_DIR) $(ARGS)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -233,11 +233,13 @@ class ServiceServer:
                     if isinstance(r, BaseException):
                         self.logger.error("drain hook failed", exc_info=r)
 
+        deadline = asyncio.get_running_loop().time() + grace
         drain = asyncio.ensure_future(drain_hooks())
         try:
             await self.server.stop(grace)
+            remaining = deadline - asyncio.get_running_loop().time()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(drain), timeout=max(grace, 0.1))
+                await asyncio.wait_for(asyncio.shield(drain), timeout=max(remaining, 0.1))
         finally:
             if not drain.done():
                 self.logger.warning("drain hooks did not finish within the grace period")

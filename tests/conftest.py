@@ -1,0 +1,44 @@
+"""Shared fixtures. See tests/helpers.py for start_service and ServiceProcess."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from tests import helpers
+from tests.helpers import ServiceProcess
+
+
+@pytest.fixture
+def start_service() -> Iterator[Callable[..., ServiceProcess]]:
+    """Factory: start_service(name, extra_args=(), env=None, **kw) -> ServiceProcess.
+
+    Every process started through it is stopped (SIGTERM) at teardown.
+    """
+    started: list[ServiceProcess] = []
+
+    def factory(name: str, extra_args: Any = (), env: Any = None, **kw: Any) -> ServiceProcess:
+        svc = helpers.start_service(name, extra_args, env, **kw)
+        started.append(svc)
+        return svc
+
+    yield factory
+    for svc in reversed(started):
+        svc.stop()
+
+
+@pytest.fixture(scope="module")
+def module_services() -> Iterator[Callable[..., ServiceProcess]]:
+    """Like start_service, but processes live for the whole test module."""
+    started: list[ServiceProcess] = []
+
+    def factory(name: str, extra_args: Any = (), env: Any = None, **kw: Any) -> ServiceProcess:
+        svc = helpers.start_service(name, extra_args, env, **kw)
+        started.append(svc)
+        return svc
+
+    yield factory
+    for svc in reversed(started):
+        svc.stop()

@@ -1,0 +1,319 @@
+"""Unit tests of shared/: errors, config, auth, pagination, storage, and the interceptors
+(in-process server).
+
+Rerun: `.venv/bin/pytest tests/test_shared.py -v`
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc import aio
+
+from boothstudio.v1 import catalog_pb2, catalog_pb2_grpc, trainer_pb2, trainer_pb2_grpc
+from shared import errors
+from shared.auth import Authenticator, extract_key
+from shared.config import ConfigError, load_config, parse_api_keys
+from shared.pagination import decode_token, encode_token, page_size
+from shared.server import ServiceContext, ServiceServer, ServiceSpec
+from shared.storage import SQLiteDatabase, atomic_write, atomic_write_bytes
+
+# ----------------------------------------------------------------------------- errors
+
+
+class FakeRpcError(grpc.RpcError):
+    def __init__(self, status: grpc.Status) -> None:
+        self._s = status
+
+    def code(self) -> grpc.StatusCode:
+        return self._s.code
+
+    def details(self) -> str:
+        return self._s.details
+
+    def trailing_metadata(self) -> Any:
+        return self._s.trailing_metadata
+
+
+def test_error_round_trip_with_details() -> None:
+    exc = errors.InvalidArgument(
+        violations=[("steps", "must be 1..150"), ("width", "must be a multiple of 8")],
+        reason="BAD_SIZE",
+        metadata={"max_steps": 150},
+    )
+    status = exc.to_grpc_status()
+    assert status.code == grpc.StatusCode.INVALID_ARGUMENT
+    decoded = errors.decode_rpc_error(FakeRpcError(status))
+    assert decoded.fields == ["steps", "width"]
+    assert decoded.reason == "BAD_SIZE" and decoded.domain == "boothstudio"
+    assert decoded.metadata == {"max_steps": "150"}
+    back = errors.exception_from_rpc_error(FakeRpcError(status))
+    assert isinstance(back, errors.InvalidArgument)
+    assert back.violations[0].description == "must be 1..150"
+    assert back.rpc_error is not None
+
+
+def test_resource_exhausted_retry_info_and_not_found_field() -> None:
+    exc = errors.ResourceExhausted("queue full", reason="QUEUE_FULL", retry_after=1.5)
+    d = errors.decode_rpc_error(FakeRpcError(exc.to_grpc_status()))
+    assert (d.code, d.reason, d.retry_after) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "QUEUE_FULL",
+        1.5,
+    )
+    nf = errors.NotFound(resource_type="model", resource_name="x", field="model_id")
+    d = errors.decode_rpc_error(FakeRpcError(nf.to_grpc_status()))
+    assert d.fields == ["model_id"] and d.metadata["resource_type"] == "model"
+    assert "model 'x' not found" in d.message
+
+
+def test_unknown_exception_maps_to_generic_internal() -> None:
+    mapped = errors.from_exception(ValueError("secret path /etc/x"))
+    assert isinstance(mapped, errors.Internal)
+    assert "secret" not in mapped.message
+    assert isinstance(errors.from_exception(NotImplementedError()), errors.Unimplemented)
+
+
+def test_decode_plain_rpc_error_without_details() -> None:
+    d = errors.decode_rpc_error(_plain(grpc.StatusCode.UNAVAILABLE, "down"))
+    assert d.code == grpc.StatusCode.UNAVAILABLE and d.message == "down" and d.reason == ""
+    assert isinstance(
+        errors.exception_from_rpc_error(_plain(grpc.StatusCode.UNAVAILABLE, "down")),
+        errors.Unavailable,
+    )
+
+
+def _plain(code: grpc.StatusCode, msg: str) -> FakeRpcError:
+    class S:
+        pass
+
+    s: Any = S()
+    s.code, s.details, s.trailing_metadata = code, msg, ()
+    return FakeRpcError(s)
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def test_config_precedence(tmp_path: Path) -> None:
+    cfg_file = tmp_path / "bs.yaml"
+    cfg_file.write_text(
+        "host: 0.0.0.0\n"
+        "data_dir: /srv/bs\n"
+        "auth:\n  keys:\n    - {key: k1, roles: [read]}\n"
+        "generator:\n  port: 6000\n  queue_size: 8\n  batching: true\n"
+    )
+    env = {"BOOTHSTUDIO_GENERATOR_METRICS_PORT": "7000", "BOOTHSTUDIO_LOG_LEVEL": "DEBUG"}
+    cfg = load_config("generator", ["--config", str(cfg_file), "--set", "queue_size=4"], env)
+    assert cfg.host == "0.0.0.0" and cfg.port == 6000 and cfg.metrics_port == 7000
+    assert cfg.data_dir == Path("/srv/bs") and cfg.log_level == "DEBUG"
+    assert cfg.api_keys == {"k1": frozenset({"read"})}
+    assert cfg.option("queue_size", 16) == 4 and cfg.option("batching", False) is True
+    assert cfg.option("missing", 2.5) == 2.5
+    # flags beat env and file
+    cfg = load_config("generator", ["--config", str(cfg_file), "--port", "6001"], env)
+    assert cfg.port == 6001
+    # defaults
+    cfg = load_config("trainer", [], {})
+    assert (cfg.port, cfg.metrics_port, cfg.api_keys) == (50053, 9103, {})
+    assert cfg.address_of("catalog") == "127.0.0.1:50051"
+
+
+def test_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError):
+        parse_api_keys("k=superuser")
+    with pytest.raises(ConfigError):
+        parse_api_keys("k=")
+    assert parse_api_keys("a=read,generate; b=admin") == {
+        "a": frozenset({"read", "generate"}),
+        "b": frozenset({"admin"}),
+    }
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError):
+        load_config("catalog", ["--config", str(bad)], {})
+    with pytest.raises(ConfigError):
+        load_config("catalog", [], {"BOOTHSTUDIO_TLS_CERT": "x.pem"})
+
+
+# ----------------------------------------------------------------------------- auth
+
+
+def test_auth_roles() -> None:
+    auth = Authenticator({"r": frozenset({"read"}), "t": frozenset({"train"})})
+    md = [("x-api-key", "t")]
+    assert auth.authorize("/boothstudio.v1.TrainerService/CreateTrainingJob", md)
+    assert auth.authorize("/boothstudio.v1.CatalogService/ListModels", md)  # train implies read
+    with pytest.raises(errors.PermissionDenied):
+        auth.authorize("/boothstudio.v1.GeneratorService/Generate", md)
+    with pytest.raises(errors.PermissionDenied):  # unknown methods need admin
+        auth.authorize("/boothstudio.v1.CatalogService/Secret", [("x-api-key", "r")])
+    assert auth.authorize("/grpc.health.v1.Health/Check", []) is None
+    assert extract_key([("authorization", "Bearer abc")]) == "abc"
+    assert extract_key([("authorization", "Basic abc")]) is None
+    off = Authenticator({})
+    p = off.authorize("/boothstudio.v1.CatalogService/DeleteModel", [])
+    assert p is not None and p.has("admin")
+
+
+# ----------------------------------------------------------------------------- pagination
+
+
+def test_pagination() -> None:
+    assert page_size(0) == 50 and page_size(7) == 7 and page_size(1000) == 1000
+    with pytest.raises(errors.InvalidArgument) as info:
+        page_size(1001)
+    assert info.value.fields == ["page_size"]
+    tok = encode_token(100, "kind=1")
+    assert decode_token(tok, "kind=1") == 100
+    assert decode_token("", "kind=1") is None
+    with pytest.raises(errors.InvalidArgument):
+        decode_token(tok, "kind=2")
+    with pytest.raises(errors.InvalidArgument) as info:
+        decode_token("!!!not a token", "")
+    assert info.value.fields == ["page_token"]
+
+
+# ----------------------------------------------------------------------------- storage
+
+MIGRATIONS = [
+    "CREATE TABLE t (id TEXT PRIMARY KEY, v TEXT NOT NULL);",
+    "ALTER TABLE t ADD COLUMN n INTEGER NOT NULL DEFAULT 0;\nCREATE INDEX t_n ON t(n);",
+]
+
+
+def test_sqlite_migrations_and_threads(tmp_path: Path) -> None:
+    db = SQLiteDatabase(tmp_path / "x.sqlite3", MIGRATIONS[:1])
+    assert db.migrate() == 1
+    db.execute("INSERT INTO t(id, v) VALUES (?, ?)", ("a", "1"))
+    db.close()
+    db = SQLiteDatabase(tmp_path / "x.sqlite3", MIGRATIONS)
+    assert db.migrate() == 2
+    assert db.query_one("SELECT journal_mode FROM pragma_journal_mode")[0] == "wal"  # type: ignore[index]
+    with pytest.raises(sqlite3.IntegrityError), db.transaction() as tx:
+        tx.execute("INSERT INTO t(id, v) VALUES ('b', '2')")
+        tx.execute("INSERT INTO t(id, v) VALUES ('a', 'dup')")
+    assert [r["id"] for r in db.query("SELECT id FROM t")] == ["a"]  # rolled back
+
+    def writer(i: int) -> None:
+        with db.transaction() as tx:
+            tx.execute("INSERT INTO t(id, v, n) VALUES (?, ?, ?)", (f"w{i}", "x", i))
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert db.query_one("SELECT COUNT(*) AS c FROM t")["c"] == 9  # type: ignore[index]
+    db.close()
+    # a database newer than the code is refused
+    with pytest.raises(RuntimeError):
+        SQLiteDatabase(tmp_path / "x.sqlite3", MIGRATIONS[:1]).migrate()
+
+
+async def test_sqlite_run_off_loop(tmp_path: Path) -> None:
+    db = SQLiteDatabase(tmp_path / "y.sqlite3", MIGRATIONS)
+    db.migrate()
+    n = await db.run(lambda c: c.execute("SELECT COUNT(*) FROM t").fetchone()[0])
+    assert n == 0
+    db.close()
+
+
+def test_atomic_write(tmp_path: Path) -> None:
+    target = tmp_path / "sub" / "f.bin"
+    atomic_write_bytes(target, b"one")
+    assert target.read_bytes() == b"one"
+    with pytest.raises(RuntimeError), atomic_write(target) as f:
+        f.write(b"half")
+        raise RuntimeError("crash mid-write")
+    assert target.read_bytes() == b"one"
+    assert [p.name for p in target.parent.iterdir()] == ["f.bin"]  # no temp files left
+
+
+# ----------------------------------------------------------------------------- interceptors
+
+
+class BrokenCatalog(catalog_pb2_grpc.CatalogServiceServicer):
+    async def ListModels(self, request: Any, context: Any) -> Any:
+        raise KeyError("internal detail that must not leak")
+
+    async def GetModel(self, request: Any, context: Any) -> Any:
+        raise errors.NotFound(
+            resource_type="model", resource_name=request.model_id, field="model_id"
+        )
+
+
+class StreamingTrainer(trainer_pb2_grpc.TrainerServiceServicer):
+    async def WatchTrainingJob(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        yield trainer_pb2.WatchTrainingJobResponse(job_id=request.job_id, sequence=1)
+        raise errors.FailedPrecondition("job vanished", reason="JOB_GONE")
+
+    async def UploadImages(self, request_iterator: Any, context: Any) -> Any:
+        n = 0
+        async for msg in request_iterator:
+            n += len(msg.chunk.data)
+        return trainer_pb2.UploadImagesResponse(dataset_id="ds", total_bytes=n)
+
+
+def _build(ctx: ServiceContext) -> list[ServiceSpec]:
+    return [
+        ServiceSpec.for_servicer(
+            catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"],
+            BrokenCatalog(),
+            catalog_pb2_grpc.add_CatalogServiceServicer_to_server,
+        ),
+        ServiceSpec.for_servicer(
+            trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"],
+            StreamingTrainer(),
+            trainer_pb2_grpc.add_TrainerServiceServicer_to_server,
+        ),
+    ]
+
+
+async def test_interceptors_in_process(tmp_path: Path) -> None:
+    cfg = load_config(
+        "catalog", ["--port", "0", "--metrics-port", "0", "--data-dir", str(tmp_path)], {}
+    )
+    srv = ServiceServer(cfg, _build)
+    await srv.start()
+    try:
+        async with aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            cat = catalog_pb2_grpc.CatalogServiceStub(ch)
+            with pytest.raises(aio.AioRpcError) as info:
+                await cat.ListModels(catalog_pb2.ListModelsRequest())
+            assert info.value.code() == grpc.StatusCode.INTERNAL
+            assert "internal detail" not in (info.value.details() or "")
+            with pytest.raises(aio.AioRpcError) as info:
+                await cat.GetModel(catalog_pb2.GetModelRequest(model_id="m1"))
+            d = errors.decode_rpc_error(info.value)
+            assert d.code == grpc.StatusCode.NOT_FOUND and d.fields == ["model_id"]
+            with pytest.raises(aio.AioRpcError) as info:
+                await cat.ImportModel(catalog_pb2.ImportModelRequest())
+            assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+            tr = trainer_pb2_grpc.TrainerServiceStub(ch)
+            got = []
+            with pytest.raises(aio.AioRpcError) as info:
+                async for ev in tr.WatchTrainingJob(
+                    trainer_pb2.WatchTrainingJobRequest(job_id="j")
+                ):
+                    got.append(ev.job_id)
+            assert got == ["j"]
+            assert errors.decode_rpc_error(info.value).reason == "JOB_GONE"
+
+            async def chunks() -> AsyncIterator[Any]:
+                for i in range(3):
+                    yield trainer_pb2.UploadImagesRequest(
+                        chunk=trainer_pb2.ImageChunk(filename="a.png", data=b"x" * (i + 1))
+                    )
+
+            resp = await tr.UploadImages(chunks())
+            assert resp.total_bytes == 6
+    finally:
+        await srv.stop(0)
