@@ -1,0 +1,552 @@
+"""The asyncio client (grpc.aio channels): the same surface as `BoothStudio`, awaited.
+
+Requests and answers go through the same conversion code as the sync client
+(`clients.sdk._convert`, `clients.sdk._ops`); only the transport loop differs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, TypeVar, Unpack
+
+import grpc
+import grpc.aio
+
+from clients.sdk import _convert as cv
+from clients.sdk import _ops as ops
+from clients.sdk._base import (
+    ClientBase,
+    StreamState,
+    check_training_outcome,
+    dataset_name,
+    fanout_result,
+    is_terminal_event,
+    training_spec,
+)
+from clients.sdk.config import RetryState
+from clients.sdk.errors import BoothStudioError, NotFound, from_rpc_error
+from clients.sdk.types import (
+    Backend,
+    Dataset,
+    DeleteImagesResult,
+    GalleryImage,
+    GenerateEvent,
+    GenerateParams,
+    GenerationResult,
+    Model,
+    ModelKind,
+    Page,
+    PredictionType,
+    SamplerList,
+    ServiceHealth,
+    TrainingEvent,
+    TrainingJob,
+    TrainingOptions,
+    TrainingState,
+)
+from shared.channels import aio_channel
+
+T = TypeVar("T")
+
+
+class AsyncGenerationStream:
+    """The events of one generation, as an async iterator (see `GenerationStream`).
+
+    Leave early with ``break`` (the RPC is cancelled when the stream is dropped), an
+    ``async with`` block or `aclose()`; `await cancel()` asks the server to cancel and keeps
+    reading until Finished(CANCELLED)."""
+
+    def __init__(self, client: AsyncBoothStudio, request: Any, timeout: float | None) -> None:
+        self._client = client
+        self._request = request
+        self._pool = client._pools["generator"]
+        self._index = self._pool.next_index()
+        self._state = StreamState(client.config.retry, timeout, resume_anytime=False)
+        self._call: Any = None
+        self._agen = self._events()
+
+    @property
+    def job_id(self) -> str:
+        return str(self._request.job_id)
+
+    @property
+    def address(self) -> str:
+        return self._pool.addresses[self._index]
+
+    async def _events(self) -> AsyncGenerator[GenerateEvent, None]:
+        st = self._state
+        while True:
+            timeout = st.retry.start_attempt()
+            self._call = self._pool.stub(self._index).Generate(self._request, timeout=timeout)
+            try:
+                async for resp in self._call:
+                    event = cv.generate_event(resp)
+                    if event is not None:
+                        st.got_event()
+                        yield event
+                return
+            except grpc.RpcError as err:
+                if st.closed:
+                    return
+                delay = st.retry_delay(err)
+                if delay is None:
+                    raise from_rpc_error(err, service="generator", address=self.address) from None
+                await asyncio.sleep(delay)
+                self._index = self._pool.next_index()
+
+    def __aiter__(self) -> AsyncGenerationStream:
+        return self
+
+    async def __anext__(self) -> GenerateEvent:
+        return await self._agen.__anext__()
+
+    async def cancel(self, timeout: float | None = None) -> bool:
+        op = ops.cancel_generation(self.job_id)
+        try:
+            timeout_s = self._client._timeout(timeout)
+            done: bool = await self._client._invoke(op, self._index, timeout_s)
+            return done
+        except NotFound:
+            return False
+
+    def _cancel_call(self) -> None:
+        self._state.closed = True
+        if self._call is not None and not self._call.done():
+            self._call.cancel()
+
+    async def aclose(self) -> None:
+        self._cancel_call()
+        with contextlib.suppress(RuntimeError):
+            await self._agen.aclose()
+
+    async def __aenter__(self) -> AsyncGenerationStream:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self._cancel_call()
+
+
+class AsyncTrainingWatch:
+    """A training job's events as an async iterator (see `TrainingWatch`)."""
+
+    def __init__(
+        self,
+        client: AsyncBoothStudio,
+        job_id: str,
+        include_history: bool,
+        include_logs: bool,
+        timeout: float | None,
+    ) -> None:
+        self._client = client
+        self.job_id = job_id
+        self._include_history = include_history
+        self._include_logs = include_logs
+        self._pool = client._pools["trainer"]
+        self._state = StreamState(client.config.retry, timeout, resume_anytime=True)
+        self._call: Any = None
+        self._agen = self._events()
+
+    async def _events(self) -> AsyncGenerator[TrainingEvent, None]:
+        from boothstudio.v1 import trainer_pb2
+
+        st = self._state
+        while True:
+            req = trainer_pb2.WatchTrainingJobRequest(
+                job_id=self.job_id,
+                include_history=self._include_history or st.received > 0,
+                include_logs=self._include_logs,
+            )
+            self._call = self._pool.stub(0).WatchTrainingJob(req, timeout=st.retry.start_attempt())
+            try:
+                async for resp in self._call:
+                    event = cv.training_event(resp)
+                    if event is None or st.seen(event.sequence):
+                        continue
+                    st.got_event()
+                    yield event
+                return
+            except grpc.RpcError as err:
+                if st.closed:
+                    return
+                delay = st.retry_delay(err)
+                if delay is None:
+                    address = self._pool.addresses[0]
+                    raise from_rpc_error(err, service="trainer", address=address) from None
+                await asyncio.sleep(delay)
+
+    def __aiter__(self) -> AsyncTrainingWatch:
+        return self
+
+    async def __anext__(self) -> TrainingEvent:
+        return await self._agen.__anext__()
+
+    def _cancel_call(self) -> None:
+        self._state.closed = True
+        if self._call is not None and not self._call.done():
+            self._call.cancel()
+
+    async def aclose(self) -> None:
+        self._cancel_call()
+        with contextlib.suppress(RuntimeError):
+            await self._agen.aclose()
+
+    async def __aenter__(self) -> AsyncTrainingWatch:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self._cancel_call()
+
+
+class AsyncBoothStudio(ClientBase[grpc.aio.Channel]):
+    """Asyncio client with the same methods as `BoothStudio` (coroutines; streams are async
+    iterators). Channels are opened on first use inside the running event loop; use
+    ``async with AsyncBoothStudio() as client:`` or ``await client.close()``."""
+
+    def _make_channel(self, address: str) -> grpc.aio.Channel:
+        return aio_channel(address, **self._channel_kwargs())
+
+    async def close(self) -> None:
+        for pool in self._pools.values():
+            for channel in pool.open_channels():
+                await channel.close()
+
+    async def __aenter__(self) -> AsyncBoothStudio:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------------------- call machinery
+
+    async def _invoke(self, op: ops.UnaryOp[T], index: int | None, timeout: float) -> T:
+        pool = self._pools[op.service]
+        state = RetryState(self.config.retry, timeout, op.idempotent)
+        i = pool.next_index() if index is None else index
+        while True:
+            try:
+                resp = await getattr(pool.stub(i), op.method)(
+                    op.request, timeout=state.start_attempt()
+                )
+            except grpc.RpcError as err:
+                delay = state.retry_delay(err)
+                if delay is None:
+                    raise from_rpc_error(
+                        err, service=op.service, address=pool.addresses[i]
+                    ) from None
+                await asyncio.sleep(delay)
+                if index is None:
+                    i = pool.next_index()
+                continue
+            return op.parse(resp)
+
+    async def _run(self, op: ops.UnaryOp[T], timeout: float | None = None) -> T:
+        t = self._timeout(timeout)
+        pool = self._pools[op.service]
+        if op.fanout == "one" or len(pool) == 1:
+            return await self._invoke(op, None, t)
+        results: list[T] = []
+        errors: list[BaseException] = []
+        for i in pool.order_from_next():
+            try:
+                result = await self._invoke(op, i, t)
+            except BoothStudioError as exc:
+                if op.fanout == "first_found" and not isinstance(exc, NotFound):
+                    raise
+                errors.append(exc)
+                continue
+            if op.fanout == "first_found":
+                return result
+            results.append(result)
+        return fanout_result(results, errors, op.combine)  # type: ignore[no-any-return]
+
+    # ---------------------------------------------------------------------------- catalog
+
+    async def list_models(
+        self,
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        kind: ModelKind | str | None = None,
+        backend_id: str = "",
+        base_model_id: str = "",
+        timeout: float | None = None,
+    ) -> Page[Model]:
+        op = ops.list_models(page_size, page_token, kind, backend_id, base_model_id)
+        return await self._run(op, timeout)
+
+    async def get_model(self, model_id: str, *, timeout: float | None = None) -> Model:
+        return await self._run(ops.get_model(model_id), timeout)
+
+    async def import_model(
+        self,
+        source: str | os.PathLike[str],
+        *,
+        source_type: str = "auto",
+        model_id: str = "",
+        display_name: str = "",
+        kind: ModelKind | str | None = None,
+        architecture: str = "",
+        backend_id: str = "",
+        prediction_type: PredictionType | str | None = None,
+        trigger_phrase: str = "",
+        base_model_id: str = "",
+        config_path: str | os.PathLike[str] = "",
+        hf_revision: str = "",
+        copy_files: bool = False,
+        description: str = "",
+        timeout: float | None = None,
+    ) -> Model:
+        op = ops.import_model(
+            source,
+            source_type=source_type,
+            model_id=model_id,
+            display_name=display_name,
+            kind=kind,
+            architecture=architecture,
+            backend_id=backend_id,
+            prediction_type=prediction_type,
+            trigger_phrase=trigger_phrase,
+            base_model_id=base_model_id,
+            config_path=config_path,
+            hf_revision=hf_revision,
+            copy_files=copy_files,
+            description=description,
+        )
+        return await self._run(op, timeout)
+
+    async def delete_model(
+        self, model_id: str, *, delete_files: bool = False, timeout: float | None = None
+    ) -> int:
+        return await self._run(ops.delete_model(model_id, delete_files), timeout)
+
+    async def list_samplers(
+        self, *, backend_id: str = "", model_id: str = "", timeout: float | None = None
+    ) -> SamplerList:
+        return await self._run(ops.list_samplers(backend_id, model_id), timeout)
+
+    async def list_backends(
+        self, *, refresh: bool = False, timeout: float | None = None
+    ) -> list[Backend]:
+        return await self._run(ops.list_backends(refresh), timeout)
+
+    # -------------------------------------------------------------------------- generation
+
+    def stream_generate(
+        self, prompt: str, *, timeout: float | None = None, **params: Unpack[GenerateParams]
+    ) -> AsyncGenerationStream:
+        """Start a generation; ``async for event in client.stream_generate(...)``."""
+        request = cv.generate_request(prompt, params)
+        return AsyncGenerationStream(
+            self, request, timeout if timeout is not None else self.config.generate_timeout
+        )
+
+    async def generate(
+        self,
+        prompt: str,
+        *,
+        timeout: float | None = None,
+        on_event: Callable[[GenerateEvent], None] | None = None,
+        **params: Unpack[GenerateParams],
+    ) -> GenerationResult:
+        collector = cv.GenerationCollector()
+        async with self.stream_generate(prompt, timeout=timeout, **params) as stream:
+            async for event in stream:
+                collector.add(event)
+                if on_event is not None:
+                    on_event(event)
+        return collector.result()
+
+    async def cancel_generation(self, job_id: str, *, timeout: float | None = None) -> bool:
+        try:
+            return await self._run(ops.cancel_generation(job_id), timeout)
+        except NotFound:
+            return False
+
+    # ----------------------------------------------------------------------------- gallery
+
+    async def list_images(
+        self,
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        model_id: str = "",
+        job_id: str = "",
+        timeout: float | None = None,
+    ) -> Page[GalleryImage]:
+        return await self._run(ops.list_images(page_size, page_token, model_id, job_id), timeout)
+
+    async def get_image(
+        self, image_id: str, *, metadata_only: bool = False, timeout: float | None = None
+    ) -> GalleryImage:
+        return await self._run(ops.get_image(image_id, metadata_only), timeout)
+
+    async def delete_images(
+        self,
+        image_ids: str | Sequence[str] = (),
+        *,
+        job_id: str = "",
+        timeout: float | None = None,
+    ) -> DeleteImagesResult:
+        return await self._run(ops.delete_images(image_ids, job_id), timeout)
+
+    # ---------------------------------------------------------------------------- training
+
+    async def upload_images(
+        self,
+        images: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+        *,
+        name: str = "",
+        dataset_id: str = "",
+        chunk_size: int = cv.UPLOAD_CHUNK_BYTES,
+        timeout: float | None = None,
+    ) -> Dataset:
+        files = cv.image_files(images)
+        requests = cv.upload_requests(
+            files, name=name, dataset_id=dataset_id, chunk_size=chunk_size
+        )
+        pool = self._pools["trainer"]
+        try:
+            resp = await pool.stub(0).UploadImages(requests, timeout=self._timeout(timeout))
+        except grpc.RpcError as err:
+            raise from_rpc_error(err, service="trainer", address=pool.addresses[0]) from None
+        return cv.dataset_from_pb(resp)
+
+    async def create_training_job(
+        self,
+        images: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
+        *,
+        config: str | os.PathLike[str] | Mapping[str, Any] | None = None,
+        display_name: str = "",
+        job_id: str = "",
+        validate_only: bool = False,
+        timeout: float | None = None,
+        **settings: Unpack[TrainingOptions],
+    ) -> TrainingJob:
+        spec, files = training_spec(images, config, settings, display_name, job_id)
+        if files is not None:
+            dataset = await self.upload_images(
+                files, name=dataset_name(images, spec), timeout=timeout
+            )
+            spec.options["dataset_id"] = dataset.dataset_id
+        op = ops.create_training_job(spec.options, spec.display_name, spec.job_id, validate_only)
+        return await self._run(op, timeout)
+
+    async def get_training_job(self, job_id: str, *, timeout: float | None = None) -> TrainingJob:
+        return await self._run(ops.get_training_job(job_id), timeout)
+
+    async def list_training_jobs(
+        self,
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        states: Sequence[TrainingState | str] = (),
+        base_model_id: str = "",
+        timeout: float | None = None,
+    ) -> Page[TrainingJob]:
+        return await self._run(
+            ops.list_training_jobs(page_size, page_token, states, base_model_id), timeout
+        )
+
+    def watch_training_job(
+        self,
+        job_id: str,
+        *,
+        include_history: bool = False,
+        include_logs: bool = False,
+        timeout: float | None = None,
+    ) -> AsyncTrainingWatch:
+        return AsyncTrainingWatch(
+            self,
+            job_id,
+            include_history,
+            include_logs,
+            timeout if timeout is not None else self.config.watch_timeout,
+        )
+
+    async def wait_for_training_job(
+        self,
+        job_id: str,
+        *,
+        timeout: float | None = None,
+        raise_on_failure: bool = True,
+        on_event: Callable[[TrainingEvent], None] | None = None,
+    ) -> TrainingJob:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        job = await self.get_training_job(job_id)
+        while not job.done:
+            left = None if deadline is None else max(0.001, deadline - time.monotonic())
+            ended = False
+            async with self.watch_training_job(job_id, timeout=left) as watch:
+                async for event in watch:
+                    if on_event is not None:
+                        on_event(event)
+                    if is_terminal_event(event):
+                        ended = True
+                        break
+            job = await self.get_training_job(job_id)
+            if not job.done and not ended:
+                await asyncio.sleep(0.2)
+        return check_training_outcome(job, raise_on_failure)
+
+    async def cancel_training_job(
+        self, job_id: str, *, timeout: float | None = None
+    ) -> TrainingJob:
+        return await self._run(ops.cancel_training_job(job_id), timeout)
+
+    async def resume_training_job(
+        self, job_id: str, *, max_train_steps: int = 0, timeout: float | None = None
+    ) -> TrainingJob:
+        return await self._run(ops.resume_training_job(job_id, max_train_steps), timeout)
+
+    async def delete_training_job(
+        self, job_id: str, *, force: bool = False, timeout: float | None = None
+    ) -> int:
+        return await self._run(ops.delete_training_job(job_id, force), timeout)
+
+    # ------------------------------------------------------------------------------ health
+
+    async def health(self, *, timeout: float = 2.0) -> list[ServiceHealth]:
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        out = []
+        for service, pool in self._pools.items():
+            for i, address in enumerate(pool.addresses):
+                stub: Any = health_pb2_grpc.HealthStub(pool.channel(i))
+                status = "UNKNOWN"
+                for name in (ops.RPC_METHODS[service], ""):
+                    try:
+                        resp = await stub.Check(
+                            health_pb2.HealthCheckRequest(service=name),
+                            timeout=timeout,
+                        )
+                    except grpc.RpcError as err:
+                        status = err.code().name
+                        if err.code() == grpc.StatusCode.NOT_FOUND:
+                            continue
+                        break
+                    status = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+                    break
+                out.append(ServiceHealth(service, address, status))
+        return out
+
+
+__all__ = ["AsyncBoothStudio", "AsyncGenerationStream", "AsyncTrainingWatch"]
