@@ -20,7 +20,6 @@ help:
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --upgrade pip setuptools wheel
 	# torch first and pinned exactly: this picks the CPU wheel on disk, not a multi-GB CUDA build.
 	$(PY) -m pip install torch==2.13.0
 	$(PY) -m pip install -e '.[services,dev]'
@@ -31,6 +30,7 @@ setup: $(VENV)/.installed
 run: $(VENV)/.installed
 	$(PY) -m shared.launcher --host $(HOST) --data-dir $(DATA_DIR) $(ARGS)
 
+# pytest exit code 5 (no tests collected) is a failure like any other non-zero code.
 test: $(VENV)/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)
 
