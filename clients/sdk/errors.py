@@ -71,7 +71,8 @@ def from_rpc_error(err: grpc.RpcError, *, service: str = "", address: str = "") 
     from_server = bool(decode_rpc_error(err).domain)
     if isinstance(exc, Unavailable) and not from_server and service:
         where = f"{service} at {address}" if address else service
-        detail = exc.message.split("\n", 1)[0]
+        # "failed to connect to all addresses; last error: UNKNOWN: ipv4:h:1: ... refused"
+        detail = exc.message.split("\n", 1)[0].rsplit(": ", 1)[-1].rstrip("]")
         exc.message = f"cannot reach the {where} ({detail})"
         exc.args = (exc.message,)
     if isinstance(exc, DeadlineExceeded) and service:
