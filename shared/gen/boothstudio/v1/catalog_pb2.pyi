@@ -221,6 +221,7 @@ class Model(_message.Message):
     BUILTIN_FIELD_NUMBER: _builtins.int
     INPAINTING_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
+    CONFIG_PATH_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Stable id used in requests, e.g. "tiny-sd" or "ft-1a2b3c"."""
     display_name: _builtins.str
@@ -249,6 +250,8 @@ class Model(_message.Message):
     """True when the UNet is a 9-channel inpainting UNet."""
     description: _builtins.str
     """Free-form description."""
+    config_path: _builtins.str
+    """Single-file models: the local diffusers folder that supplies the configs (empty otherwise)."""
     @_builtins.property
     def origin(self) -> Global___ModelOrigin:
         """Base model and training job it came from."""
@@ -276,10 +279,11 @@ class Model(_message.Message):
         builtin: _builtins.bool = ...,
         inpainting: _builtins.bool = ...,
         description: _builtins.str = ...,
+        config_path: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "origin", b"origin"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "backend_id", b"backend_id", "builtin", b"builtin", "create_time", b"create_time", "description", b"description", "display_name", b"display_name", "format", b"format", "id", b"id", "inpainting", b"inpainting", "kind", b"kind", "native_resolution", b"native_resolution", "origin", b"origin", "prediction_type", b"prediction_type", "size_bytes", b"size_bytes", "source_path", b"source_path", "trigger_phrase", b"trigger_phrase"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "backend_id", b"backend_id", "builtin", b"builtin", "config_path", b"config_path", "create_time", b"create_time", "description", b"description", "display_name", b"display_name", "format", b"format", "id", b"id", "inpainting", b"inpainting", "kind", b"kind", "native_resolution", b"native_resolution", "origin", b"origin", "prediction_type", b"prediction_type", "size_bytes", b"size_bytes", "source_path", b"source_path", "trigger_phrase", b"trigger_phrase"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
