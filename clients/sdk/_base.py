@@ -192,9 +192,9 @@ def training_spec(
     spec.options.update({k: v for k, v in fields.items() if v is not None})
     spec.display_name = display_name or spec.display_name
     spec.job_id = job_id or spec.job_id
+    cv.dreambooth_config(spec.options)  # validate now: fail before uploading
     source = images if images is not None else spec.images
     files = cv.image_files(source) if source is not None else None
-    cv.dreambooth_config(spec.options)  # validate now: fail before uploading
     if (
         files is None
         and not spec.options.get("dataset_id")

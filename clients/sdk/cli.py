@@ -545,8 +545,15 @@ def make_client(args: argparse.Namespace) -> BoothStudio:
     )
 
 
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def cmd_serve(args: argparse.Namespace, out: Output) -> int:
-    missing = [m for m in ("services", "torch", "diffusers") if importlib.util.find_spec(m) is None]
+    missing = [m for m in ("services", "torch", "diffusers") if not _importable(m)]
     if missing:
         out.note(
             f"{PROG}: serve needs the services and their extra dependencies (missing: "
