@@ -204,6 +204,7 @@ def model_from_pb(m: catalog_pb2.Model) -> Model:
         builtin=m.builtin,
         inpainting=m.inpainting,
         description=m.description,
+        config_path=m.config_path,
         raw=m,
     )
 

@@ -848,6 +848,7 @@ def print_model(model: Any, out: Output) -> None:
         "training_job_id",
         "trigger_phrase",
         "source_path",
+        "config_path",
         "size_bytes",
         "builtin",
         "inpainting",

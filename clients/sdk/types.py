@@ -268,6 +268,8 @@ class Model:
     builtin: bool = False
     inpainting: bool = False
     description: str = ""
+    #: Single-file models: the diffusers folder that supplies the configs.
+    config_path: str = ""
     #: Remarks returned by import_model (empty otherwise).
     warnings: list[ServerWarning] = field(default_factory=list)
     raw: Any = field(default=None, repr=False, compare=False)
