@@ -25,9 +25,12 @@ from shared.config import SERVICE_NAMES
 def spawn(
     name: str, common: Sequence[str], env: dict[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
+    # Own session: a terminal's Ctrl-C reaches only the launcher, which forwards one SIGTERM
+    # (a second signal would cut the services' grace period short).
     return subprocess.Popen(
         [sys.executable, "-m", f"services.{name}", *common],
         env=env,
+        start_new_session=True,
     )
 
 
