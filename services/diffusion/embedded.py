@@ -18,7 +18,12 @@ TEXT_HIDDEN = 128
 # Words the tokenizer must hold as single tokens besides the scene captions: common words users
 # type, class nouns, and rare strings that never occur in training, which DreamBooth can claim
 # as identifiers ("a zwx circle").
-EXTRA_WORDS = ["a", "an", "the", "of", "on", "in", "with", "and", "photo", "picture", "image", "painting", "drawing", "style", "small", "large", "big", "tiny", "dog", "cat", "person", "man", "woman", "car", "house", "tree", "flower", "sky", "background", "object", "shape", "colour", "color", "bright", "dark", "light", "very", "high", "quality", "blurry", "ugly", "bad", "best"]
+_EXTRA_TEXT = """
+a an the of on in with and photo picture image painting drawing style small large big
+tiny dog cat person man woman car house tree flower sky background object shape colour
+color bright dark light very high quality blurry ugly bad best
+"""
+EXTRA_WORDS = tuple(_EXTRA_TEXT.split())
 RARE_TOKENS = ("zwx", "qlo", "vyn", "krd", "xqz", "bsk", "jvp", "wuq", "sks", "olis")
 
 

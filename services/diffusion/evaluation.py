@@ -85,3 +85,47 @@ def _filled_fraction(mask: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> float:
     h = ys.max() - ys.min() + 1
     w = xs.max() - xs.min() + 1
     return filled / float(h * w)
+
+
+@dataclass
+class Score:
+    """Correct answers per attribute, split into seen and held-out colour/shape pairs."""
+
+    counts: dict[str, dict[str, int]]
+
+    def rate(self, group: str, attribute: str) -> float:
+        c = self.counts[group]
+        return c[attribute] / c["n"] if c["n"] else float("nan")
+
+    def table(self) -> str:
+        rows = ["| images | n | background | object colour | shape |", "|---|---|---|---|---|"]
+        for group in ("all", "seen", "held_out"):
+            c = self.counts[group]
+            rows.append(f"| {group} | {c['n']} | " + " | ".join(
+                f"{100 * self.rate(group, a):.1f}%" for a in ("background", "color", "shape"))
+                + " |")
+        return "\n".join(rows)
+
+
+def score_pipeline(pipe, items, *, steps: int = 20, guidance: float = 5.0,
+                   batch: int = 25) -> Score:
+    """Generate one image per (scene, seed) from the scene's caption and read it back."""
+    import torch
+
+    counts = {g: {"n": 0, "background": 0, "color": 0, "shape": 0}
+              for g in ("all", "seen", "held_out")}
+    for start in range(0, len(items), batch):
+        chunk = items[start: start + batch]
+        prompts = [scene.caption() for scene, _ in chunk]
+        gens = [torch.Generator().manual_seed(seed) for _, seed in chunk]
+        images = pipe(prompts, num_inference_steps=steps, guidance_scale=guidance,
+                      generator=gens, height=64, width=64).images
+        for (scene, _), image in zip(chunk, images, strict=True):
+            r = read_image(image)
+            for group in ("all", "held_out" if scene.held_out else "seen"):
+                c = counts[group]
+                c["n"] += 1
+                c["background"] += r.background == scene.background
+                c["color"] += r.color == scene.color
+                c["shape"] += r.shape == scene.shape
+    return Score(counts)

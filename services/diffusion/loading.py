@@ -27,7 +27,8 @@ class ModelLoadError(Exception):
 
     def __init__(self, reason: str, message: str, field: str = "source") -> None:
         super().__init__(message)
-        self.reason = reason  # MODEL_NOT_FOUND, MODEL_CORRUPT, MODEL_UNSUPPORTED, CONFIG_REQUIRED...
+        # MODEL_NOT_FOUND, MODEL_CORRUPT, MODEL_UNSUPPORTED, CONFIG_REQUIRED, ...
+        self.reason = reason
         self.field = field
 
 
@@ -84,8 +85,9 @@ def inspect_folder(folder: Path, source_format: str = "diffusers") -> ModelInfo:
     arch = _architecture(unet_cfg)
     cls = str(index.get("_class_name", "StableDiffusionPipeline"))
     if cls not in SUPPORTED_PIPELINES:
+        supported = sorted(SUPPORTED_PIPELINES)
         raise ModelLoadError("MODEL_UNSUPPORTED",
-                             f"unsupported pipeline {cls!r}; supported: {sorted(SUPPORTED_PIPELINES)}")
+                             f"unsupported pipeline {cls!r}; supported: {supported}")
     return ModelInfo(arch, int(sample) * vae_scale, sched_cfg.get("prediction_type", "epsilon"),
                      int(unet_cfg.get("in_channels", 4)), cls, source_format, str(folder))
 
@@ -134,7 +136,8 @@ def _single_file_header(path: Path) -> dict[str, tuple[int, ...]]:
         with safe_open(str(path), framework="pt") as f:
             return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
     except Exception as exc:  # safetensors raises several types for a bad header
-        raise ModelLoadError("MODEL_CORRUPT", f"corrupt safetensors file {path.name}: {exc}") from exc
+        raise ModelLoadError("MODEL_CORRUPT",
+                             f"corrupt safetensors file {path.name}: {exc}") from exc
 
 
 def _ckpt_to_safetensors(path: Path, tmpdir: Path) -> Path:
@@ -145,8 +148,8 @@ def _ckpt_to_safetensors(path: Path, tmpdir: Path) -> Path:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ModelLoadError("MODEL_CORRUPT",
-                             f"cannot read {path.name} as a weights-only checkpoint: {exc}") from exc
+        msg = f"cannot read {path.name} as a weights-only checkpoint: {exc}"
+        raise ModelLoadError("MODEL_CORRUPT", msg) from exc
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict):
         raise ModelLoadError("MODEL_CORRUPT", f"{path.name} holds no state dict")

@@ -137,13 +137,14 @@ def train_unet(pipe, latents: tuple[torch.Tensor, torch.Tensor, float], captions
         rng.setstate(st["rng"])
     unet.train()
     text_encoder.train()
-    log = open(work / "unet-log.jsonl", "a")
+    log = open(work / "unet-log.jsonl", "a")  # noqa: SIM115 - appended to across the loop
     bar = tqdm(total=args.unet_steps, initial=step, desc="unet+text")
     started = time.time()
     while step < args.unet_steps:
         # Linear warm-up then cosine decay keeps the short run stable.
         warm = min(1.0, (step + 1) / 300)
-        lr = args.unet_lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / args.unet_steps)))
+        cosine = 0.5 * (1 + math.cos(math.pi * step / args.unet_steps))
+        lr = args.unet_lr * warm * (0.1 + 0.9 * cosine)
         for g in opt.param_groups:
             g["lr"] = lr
         idx = torch.randint(len(mean), (args.batch,), generator=gen)
@@ -166,7 +167,7 @@ def train_unet(pipe, latents: tuple[torch.Tensor, torch.Tensor, float], captions
         decay = min(args.ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
             for e, p in zip(list(ema.parameters()) + list(ema_te.parameters()),
-                            list(unet.parameters()) + list(text_encoder.parameters())):
+                            list(unet.parameters()) + list(text_encoder.parameters()), strict=True):
                 e.lerp_(p, 1 - decay)
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.1e}")

@@ -1,0 +1,109 @@
+"""The one loader: diffusers folders, single files in the original layout, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from services.diffusion.loading import ModelLoadError, inspect_folder, load_pipeline
+from services.diffusion.single_file import export_single_file, original_state_dict
+
+
+def _image(pipe, seed: int = 3) -> np.ndarray:
+    out = pipe(
+        "a red circle on a white background",
+        num_inference_steps=4,
+        height=64,
+        width=64,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="np",
+    )
+    return out.images[0]
+
+
+def test_folder_reports_architecture_resolution_prediction(untrained_model_dir: Path) -> None:
+    info = inspect_folder(untrained_model_dir)
+    assert info.architecture == "tiny-sd"
+    assert info.native_resolution == 64
+    assert info.prediction_type == "epsilon"
+    assert info.unet_in_channels == 4 and not info.inpainting
+
+
+def test_single_file_round_trip_gives_the_same_image(
+    untrained_model_dir: Path, tmp_path: Path
+) -> None:
+    pipe, _ = load_pipeline(untrained_model_dir)
+    pipe.set_progress_bar_config(disable=True)
+    single = export_single_file(pipe, tmp_path / "model.safetensors")
+    keys = set(original_state_dict(pipe))
+    assert "model.diffusion_model.input_blocks.0.0.weight" in keys
+    assert "first_stage_model.decoder.mid.attn_1.q.weight" in keys
+    assert "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight" in keys
+    loaded, info = load_pipeline(single, config=untrained_model_dir)
+    loaded.set_progress_bar_config(disable=True)
+    assert info.source_format == "single_file" and info.architecture == "tiny-sd"
+    for name in ("unet", "vae", "text_encoder"):
+        a, b = getattr(pipe, name).state_dict(), getattr(loaded, name).state_dict()
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    assert np.array_equal(_image(pipe), _image(loaded))
+
+
+def test_ckpt_needs_opt_in_and_loads_weights_only(
+    untrained_model_dir: Path, tmp_path: Path
+) -> None:
+    pipe, _ = load_pipeline(untrained_model_dir)
+    ckpt = tmp_path / "model.ckpt"
+    torch.save({"state_dict": original_state_dict(pipe)}, ckpt)
+    with pytest.raises(ModelLoadError) as err:
+        load_pipeline(ckpt, config=untrained_model_dir)
+    assert err.value.reason == "PICKLE_NOT_ALLOWED" and err.value.field == "allow_pickle"
+    loaded, _ = load_pipeline(ckpt, config=untrained_model_dir, allow_pickle=True)
+    assert torch.equal(loaded.unet.conv_in.weight, pipe.unet.conv_in.weight)
+
+
+@pytest.mark.parametrize(
+    ("make", "reason", "field"),
+    [
+        (lambda d, t: (t / "missing.safetensors", d), "MODEL_NOT_FOUND", "source"),
+        (lambda d, t: (t / "no-such-folder", None), "MODEL_NOT_FOUND", "source"),
+        (
+            lambda d, t: (_write(t / "bad.safetensors", b"\x00garbage" * 8), d),
+            "MODEL_CORRUPT",
+            "source",
+        ),
+        (lambda d, t: (_write(t / "x.safetensors", b"{}"), None), "CONFIG_REQUIRED", "config"),
+        (lambda d, t: ("someone/some-model", None), "MODEL_NOT_FOUND", "source"),
+    ],
+)
+def test_bad_sources_are_clear_errors(
+    untrained_model_dir: Path, tmp_path: Path, make, reason, field
+) -> None:
+    source, config = make(untrained_model_dir, tmp_path)
+    with pytest.raises(ModelLoadError) as err:
+        load_pipeline(source, config=config)
+    assert err.value.reason == reason
+    assert err.value.field == field
+    assert str(err.value)
+
+
+def test_unsupported_pipeline_class_is_refused(untrained_model_dir: Path, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    copy = tmp_path / "weird"
+    shutil.copytree(untrained_model_dir, copy)
+    index = json.loads((copy / "model_index.json").read_text())
+    index["_class_name"] = "KandinskyPipeline"
+    (copy / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(ModelLoadError) as err:
+        load_pipeline(copy)
+    assert err.value.reason == "MODEL_UNSUPPORTED"
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path

@@ -1,0 +1,65 @@
+"""The scene world is deterministic and its detectors read ground truth back correctly."""
+
+from __future__ import annotations
+
+import collections
+import random
+
+import numpy as np
+import pytest
+
+from services.diffusion import evaluation, scenes
+
+
+def test_training_examples_are_deterministic_from_their_seed() -> None:
+    a_img, a_cap, a_scene = scenes.training_example(42)
+    b_img, b_cap, b_scene = scenes.training_example(42)
+    c_img, _, _ = scenes.training_example(43)
+    assert a_cap == b_cap and a_scene == b_scene
+    assert np.array_equal(np.asarray(a_img), np.asarray(b_img))
+    assert not np.array_equal(np.asarray(a_img), np.asarray(c_img))
+
+
+def test_training_set_never_shows_held_out_pairs() -> None:
+    for seed in range(2000):
+        _, caption, scene = scenes.training_example(seed)
+        assert not scene.held_out, caption
+        assert scene.color in caption and scene.shape in caption and scene.background in caption
+
+
+def test_caption_names_what_is_drawn() -> None:
+    scene = scenes.random_scene(
+        random.Random(1), shape="triangle", color="blue", background="white", size="small"
+    )
+    assert scene.caption() == "a small blue triangle on a white background"
+    with pytest.raises(ValueError):
+        scenes.random_scene(random.Random(1), color="blue", background="blue")
+
+
+def test_detectors_read_ground_truth_at_least_98_percent() -> None:
+    hits: collections.Counter[str] = collections.Counter()
+    items = scenes.evaluation_set(seeds_per_combo=2)
+    for scene, _seed in items:
+        r = evaluation.read_image(scenes.render(scene))
+        hits["background"] += r.background == scene.background
+        hits["color"] += r.color == scene.color
+        hits["shape"] += r.shape == scene.shape
+        hits["no_subject"] += not r.subject
+    for key, count in hits.items():
+        assert count / len(items) >= 0.98, (key, count, len(items))
+
+
+def test_subject_detector_tells_the_subject_from_plain_objects() -> None:
+    subjects = scenes.subject_images(count=12, seed=3)
+    assert all(evaluation.read_image(img).subject for img, _ in subjects)
+    readings = [evaluation.read_image(img) for img, _ in subjects]
+    assert all(r.shape == "circle" and r.color == "red" for r in readings)
+    plain = [scenes.render(s) for s, _ in scenes.evaluation_set()[:40]]
+    assert not any(evaluation.read_image(img).subject for img in plain)
+
+
+def test_empty_background_reads_as_no_object() -> None:
+    from PIL import Image
+
+    reading = evaluation.read_image(Image.new("RGB", (64, 64), scenes.BACKGROUNDS["gray"]))
+    assert reading.background == "gray" and reading.shape is None and reading.color is None
