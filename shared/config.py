@@ -12,7 +12,7 @@ One YAML file can configure all three services::
         - {key: "s3cret", roles: [admin]}
         - {key: "viewer", roles: [read]}
     service_api_key: "s3cret"   # key this service presents to the other services
-    tls: {cert: server.pem, key: server.key, client_ca: ""}
+    tls: {cert: server.pem, key: server.key, client_ca: "", root_ca: ca.pem}
     addresses: {catalog: "127.0.0.1:50051", generator: "127.0.0.1:50052",
                 trainer: "127.0.0.1:50053"}
     generator:                  # per-service section: port, metrics_port and free-form options
@@ -24,6 +24,7 @@ Environment variables: BOOTHSTUDIO_CONFIG, BOOTHSTUDIO_HOST, BOOTHSTUDIO_PORT,
 BOOTHSTUDIO_METRICS_PORT, BOOTHSTUDIO_DATA_DIR, BOOTHSTUDIO_LOG_LEVEL, BOOTHSTUDIO_LOG_FORMAT,
 BOOTHSTUDIO_GRACE_PERIOD, BOOTHSTUDIO_API_KEYS ("key1=read,generate;key2=admin"),
 BOOTHSTUDIO_SERVICE_API_KEY, BOOTHSTUDIO_TLS_CERT, BOOTHSTUDIO_TLS_KEY, BOOTHSTUDIO_TLS_CLIENT_CA,
+BOOTHSTUDIO_TLS_ROOT_CA (CA for calls to the other services),
 BOOTHSTUDIO_CATALOG_ADDRESS, BOOTHSTUDIO_GENERATOR_ADDRESS, BOOTHSTUDIO_TRAINER_ADDRESS.
 A service-specific form wins over the generic one: BOOTHSTUDIO_GENERATOR_PORT over
 BOOTHSTUDIO_PORT. Options: BOOTHSTUDIO_GENERATOR_QUEUE_SIZE overrides generator.queue_size.
@@ -83,6 +84,7 @@ class ServiceConfig:
     api_keys: dict[str, frozenset[str]] = field(default_factory=dict)  # key -> roles
     service_api_key: str = ""
     tls: TLSConfig | None = None
+    root_ca: Path | None = None  # CA to verify other services' TLS certificates (outgoing calls)
     addresses: dict[str, str] = field(default_factory=dict)  # service name -> host:port
     options: dict[str, Any] = field(default_factory=dict)  # free-form per-service settings
     max_message_bytes: int = 64 * 1024 * 1024
@@ -276,6 +278,8 @@ def load_config(
         raise ConfigError("TLS needs both a certificate and a key")
     if cert and key:
         cfg.tls = TLSConfig(Path(cert), Path(key), Path(ca) if ca else None)
+    root_ca = pick(None, "TLS_ROOT_CA", tls.get("root_ca"), None)
+    cfg.root_ca = Path(root_ca) if root_ca else None
 
     addresses = dict(file.get("addresses") or {})
     for name in SERVICE_NAMES:

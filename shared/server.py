@@ -43,6 +43,7 @@ from grpc_reflection.v1alpha import reflection
 
 from shared import metrics
 from shared.auth import Authenticator
+from shared.channels import aio_channel
 from shared.config import ConfigError, ServiceConfig, load_config
 from shared.interceptors import (
     AuthInterceptor,
@@ -100,6 +101,19 @@ class ServiceContext:
     health: health.aio.HealthServicer
     #: set when shutdown starts; servicers should refuse new work with errors.Unavailable
     draining: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def channel_to(self, service: str) -> aio.Channel:
+        """An asyncio channel to another service ("catalog", "generator", "trainer"), carrying
+        this service's `service_api_key` and using TLS when `root_ca` is configured.
+
+        The caller owns the channel (close it in the service's on_stop hook)."""
+        cfg = self.config
+        return aio_channel(
+            cfg.address_of(service),
+            api_key=cfg.service_api_key or None,
+            root_ca=cfg.root_ca,
+            max_message_bytes=cfg.max_message_bytes,
+        )
 
     async def set_serving(self, service: str, serving: bool) -> None:
         """Report one service's health (e.g. NOT_SERVING while its backend is down)."""

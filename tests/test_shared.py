@@ -317,3 +317,69 @@ async def test_interceptors_in_process(tmp_path: Path) -> None:
             assert resp.total_bytes == 6
     finally:
         await srv.stop(0)
+
+
+async def test_service_to_service_channel_carries_key(tmp_path: Path) -> None:
+    env = {"BOOTHSTUDIO_API_KEYS": "svc-key=train", "BOOTHSTUDIO_SERVICE_API_KEY": "svc-key"}
+    args = ["--port", "0", "--metrics-port", "0", "--data-dir", str(tmp_path)]
+    srv = ServiceServer(load_config("trainer", args, env), _build)
+    await srv.start()
+    assert srv.ctx is not None
+    srv.config.addresses["trainer"] = f"127.0.0.1:{srv.port}"
+
+    async def chunks() -> AsyncIterator[Any]:
+        yield trainer_pb2.UploadImagesRequest(
+            chunk=trainer_pb2.ImageChunk(filename="a.png", data=b"abc")
+        )
+
+    try:
+        async with srv.ctx.channel_to("trainer") as ch:
+            tr = trainer_pb2_grpc.TrainerServiceStub(ch)
+            assert (await tr.UploadImages(chunks())).total_bytes == 3  # stream-unary
+            with pytest.raises(aio.AioRpcError) as info:  # unary-stream
+                async for _ in tr.WatchTrainingJob(trainer_pb2.WatchTrainingJobRequest()):
+                    pass
+            assert errors.decode_rpc_error(info.value).reason == "JOB_GONE"
+        async with aio.insecure_channel(f"127.0.0.1:{srv.port}") as bare:
+            with pytest.raises(aio.AioRpcError) as info:
+                await trainer_pb2_grpc.TrainerServiceStub(bare).UploadImages(chunks())
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        await srv.stop(0)
+
+
+async def test_tls(tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl CLI not installed; cannot make a test certificate")
+    cert, key = tmp_path / "server.pem", tmp_path / "server.key"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    env = {"BOOTHSTUDIO_TLS_CERT": str(cert), "BOOTHSTUDIO_TLS_KEY": str(key),
+           "BOOTHSTUDIO_TLS_ROOT_CA": str(cert)}  # fmt: skip
+    args = ["--port", "0", "--metrics-port", "0", "--data-dir", str(tmp_path)]
+    srv = ServiceServer(load_config("trainer", args, env), _build)
+    await srv.start()
+    assert srv.ctx is not None
+    srv.config.addresses["trainer"] = f"localhost:{srv.port}"
+
+    async def chunks() -> AsyncIterator[Any]:
+        yield trainer_pb2.UploadImagesRequest(chunk=trainer_pb2.ImageChunk(data=b"abcd"))
+
+    try:
+        async with srv.ctx.channel_to("trainer") as ch:
+            resp = await trainer_pb2_grpc.TrainerServiceStub(ch).UploadImages(chunks())
+            assert resp.total_bytes == 4
+        async with aio.insecure_channel(f"localhost:{srv.port}") as plain:
+            with pytest.raises(aio.AioRpcError) as info:
+                await trainer_pb2_grpc.TrainerServiceStub(plain).UploadImages(chunks(), timeout=5)
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        await srv.stop(0)
