@@ -1,0 +1,3 @@
+from clients.tui.cli import main
+
+main()

@@ -1,0 +1,346 @@
+"""Edit: take an image from the gallery or a file, then img2img (strength) or inpaint with a
+mask painted over it (mouse or keys: brush size, erase, invert, clear). Results go to the
+gallery like any generation."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, HorizontalScroll, Vertical, VerticalScroll
+from textual.message import Message
+from textual.widgets import Button, Input, Select, Static
+
+from clients.sdk import (
+    Finished,
+    GalleryImage,
+    GenerateEvent,
+    GenerateParams,
+    GenerationStatus,
+    ImageReady,
+    Model,
+    Progress,
+    Started,
+)
+from clients.sdk.errors import invalid
+from clients.tui.screens.base import StudioScreen
+from clients.tui.screens.dialogs import PickImageDialog
+from clients.tui.screens.generate import _float, _int, model_label
+from clients.tui.widgets.fields import FormField
+from clients.tui.widgets.mask_canvas import MaskCanvas
+from clients.tui.widgets.results import JobProgress, ResultTile, eta_text
+
+MODES = [("img2img (whole image)", "img2img"), ("inpaint (painted mask)", "inpaint")]
+
+
+class EditScreen(StudioScreen):
+    MODE = "edit"
+    TITLE_TEXT = "Edit"
+
+    BINDINGS = [
+        Binding("ctrl+g", "generate", "Generate"),
+        Binding("ctrl+l", "pick", "From gallery"),
+        Binding("ctrl+o", "open_file", "Open file"),
+        Binding("ctrl+k", "canvas", "Paint", show=False),
+    ]
+
+    class SourceLoaded(Message):
+        def __init__(self, png: bytes, name: str, prompt: str = "") -> None:
+            super().__init__()
+            self.png = png
+            self.name = name
+            self.prompt = prompt
+
+    class ModelsLoaded(Message):
+        def __init__(self, models: list[Model]) -> None:
+            super().__init__()
+            self.models = models
+
+    class Event(Message):
+        def __init__(self, event: GenerateEvent) -> None:
+            super().__init__()
+            self.event = event
+
+    class Failed(Message):
+        def __init__(self, error: BaseException, what: str) -> None:
+            super().__init__()
+            self.error = error
+            self.what = what
+
+    class Ended(Message):
+        pass
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.source_png: bytes | None = None
+        self.running = False
+
+    def compose_body(self) -> ComposeResult:
+        with Horizontal(id="edit-body", classes="body"):
+            with VerticalScroll(id="edit-form", classes="form"):
+                yield Static("No image yet.", id="edit-source")
+                with Horizontal(classes="row buttons"):
+                    yield Button("From gallery", id="pick-gallery")
+                    yield Button("Open file", id="open-file")
+                yield FormField(
+                    "File", Input(placeholder="path to a PNG/JPEG", id="edit-path"), field="path"
+                )
+                yield FormField(
+                    "Prompt",
+                    Input(placeholder="what it should become", id="edit-prompt"),
+                    field="prompt",
+                )
+                yield FormField(
+                    "Negative prompt", Input(id="edit-negative"), field="negative_prompt"
+                )
+                yield FormField(
+                    "Mode",
+                    Select(MODES, value="inpaint", allow_blank=False, id="edit-mode"),
+                    field="mode",
+                )
+                with Horizontal(classes="row"):
+                    yield FormField(
+                        "Strength", Input("0.75", type="number", id="strength"), field="strength"
+                    )
+                    yield FormField("Steps", Input(type="integer", id="edit-steps"), field="steps")
+                with Horizontal(classes="row"):
+                    yield FormField(
+                        "Seed",
+                        Input(type="integer", placeholder="random", id="edit-seed"),
+                        field="seed",
+                    )
+                    yield FormField(
+                        "Blur", Input(type="integer", id="mask-blur"), field="mask_blur"
+                    )
+                yield FormField("Model", Select[str]([], id="edit-model"), field="model_id")
+                yield Static("", id="brush-info")
+                yield Button("Generate  ctrl+g", variant="primary", id="edit-generate")
+            with Vertical(id="edit-main"):
+                yield FormField(
+                    "Mask (drag, or arrows + space · [ ] brush · e erase · i invert · c clear)",
+                    MaskCanvas(id="mask"),
+                    field=["mask", "mask_image", "init_image"],
+                    id="mask-field",
+                )
+                yield JobProgress(id="edit-progress")
+                yield HorizontalScroll(id="edit-results", classes="panel")
+
+    def on_mount(self) -> None:
+        super().on_mount()
+        self._brush_info()
+        self.load_models()
+
+    # ---------------------------------------------------------------------------- models
+
+    @work(exclusive=True, group="catalog")
+    async def load_models(self) -> None:
+        try:
+            page = await self.client.list_models(page_size=200)
+        except Exception as exc:
+            self.post_message(self.Failed(exc, "catalog"))
+            return
+        self.post_message(self.ModelsLoaded(list(page.items)))
+
+    @on(ModelsLoaded)
+    def models_loaded(self, event: ModelsLoaded) -> None:
+        select = self.query_one("#edit-model", Select)
+        select.set_options((model_label(m), m.id) for m in event.models)
+        default = next((m for m in event.models if m.builtin), None)
+        if default is not None:
+            select.value = default.id
+
+    # ---------------------------------------------------------------------------- source
+
+    def action_pick(self) -> None:
+        self.app.push_screen(PickImageDialog(self.client), self._picked)
+
+    @on(Button.Pressed, "#pick-gallery")
+    def pick_pressed(self) -> None:
+        self.action_pick()
+
+    def _picked(self, image_id: str | None) -> None:
+        if image_id:
+            self.fetch_gallery_image(image_id)
+
+    @work(exclusive=True, group="source")
+    async def fetch_gallery_image(self, image_id: str) -> None:
+        try:
+            img = await self.client.get_image(image_id)
+        except Exception as exc:
+            self.post_message(self.Failed(exc, "gallery"))
+            return
+        if img.png:
+            self.post_message(self.SourceLoaded(img.png, f"gallery {image_id}", img.prompt))
+
+    def action_open_file(self) -> None:
+        path = self.query_one("#edit-path", Input)
+        if path.value.strip():
+            self.load_file(path.value.strip())
+        else:
+            path.focus()
+
+    @on(Button.Pressed, "#open-file")
+    def open_pressed(self) -> None:
+        self.action_open_file()
+
+    @on(Input.Submitted, "#edit-path")
+    def path_submitted(self) -> None:
+        self.action_open_file()
+
+    @work(exclusive=True, group="source")
+    async def load_file(self, path: str) -> None:
+        try:
+            png = await asyncio.to_thread(_read_image, Path(path).expanduser())
+        except Exception as exc:
+            self.post_message(self.Failed(invalid("path", f"cannot open: {exc}"), "open"))
+            return
+        self.post_message(self.SourceLoaded(png, Path(path).name))
+
+    @on(SourceLoaded)
+    def source_loaded(self, event: SourceLoaded) -> None:
+        self.source_png = event.png
+        image = Image.open(io.BytesIO(event.png))
+        self.query_one(MaskCanvas).load(image)
+        self.query_one("#edit-source", Static).update(
+            f"{event.name} · {image.width}x{image.height}"
+        )
+        prompt = self.query_one("#edit-prompt", Input)
+        if event.prompt and not prompt.value:
+            prompt.value = event.prompt
+        self.clear_field_errors()
+        self.query_one(MaskCanvas).focus()
+
+    def receive(self, payload: Any) -> None:
+        if isinstance(payload, GalleryImage) and payload.png:
+            self.post_message(
+                self.SourceLoaded(payload.png, f"gallery {payload.image_id}", payload.prompt)
+            )
+
+    # ----------------------------------------------------------------------------- mask
+
+    def action_canvas(self) -> None:
+        self.query_one(MaskCanvas).focus()
+
+    @on(MaskCanvas.Changed)
+    def mask_changed(self) -> None:
+        self._brush_info()
+
+    def _brush_info(self) -> None:
+        canvas = self.query_one(MaskCanvas)
+        tool = "erase" if canvas.erasing else "paint"
+        self.query_one("#brush-info", Static).update(
+            f"brush {canvas.brush} · {tool} · mask {canvas.coverage:.0%}"
+        )
+
+    # ----------------------------------------------------------------------------- run
+
+    def params(self) -> tuple[str, GenerateParams]:
+        if self.source_png is None:
+            raise invalid("init_image", "load an image first (ctrl+l gallery, ctrl+o file)")
+        prompt = self.query_one("#edit-prompt", Input).value.strip()
+        params: GenerateParams = {"init_image": self.source_png, "preview_interval": 1}
+        negative = self.query_one("#edit-negative", Input).value.strip()
+        if negative:
+            params["negative_prompt"] = negative
+        strength = _float(self.query_one("#strength", Input).value, "strength")
+        if strength is not None:
+            params["strength"] = strength
+        steps = _int(self.query_one("#edit-steps", Input).value, "steps")
+        if steps is not None:
+            params["steps"] = steps
+        seed = _int(self.query_one("#edit-seed", Input).value, "seed")
+        if seed is not None:
+            params["seed"] = seed
+        model = self.query_one("#edit-model", Select).value
+        if isinstance(model, str):
+            params["model_id"] = model
+        if self.query_one("#edit-mode", Select).value == "inpaint":
+            canvas = self.query_one(MaskCanvas)
+            if canvas.coverage == 0:
+                raise invalid("mask", "paint the area to repaint first (or use img2img)")
+            params["mask"] = canvas.mask_png()
+            blur = _int(self.query_one("#mask-blur", Input).value, "mask_blur")
+            if blur is not None:
+                params["mask_blur"] = blur
+        return prompt, params
+
+    def action_generate(self) -> None:
+        if self.running:
+            return
+        self.clear_field_errors()
+        try:
+            prompt, params = self.params()
+        except Exception as exc:
+            self.report_error(exc, "edit")
+            return
+        self.running = True
+        self.query_one("#edit-generate", Button).disabled = True
+        self.query_one(JobProgress).reset("starting…")
+        self.say("generating…")
+        self.run_edit(prompt, params)
+
+    @on(Button.Pressed, "#edit-generate")
+    def generate_pressed(self) -> None:
+        self.action_generate()
+
+    @work(exclusive=True, group="generate")
+    async def run_edit(self, prompt: str, params: GenerateParams) -> None:
+        try:
+            async with self.client.stream_generate(prompt, **params) as stream:
+                async for event in stream:
+                    self.post_message(self.Event(event))
+        except Exception as exc:
+            self.post_message(self.Failed(exc, "edit"))
+        finally:
+            self.post_message(self.Ended())
+
+    @on(Event)
+    def edit_event(self, message: Event) -> None:
+        event = message.event
+        progress = self.query_one(JobProgress)
+        if isinstance(event, Started):
+            progress.show(0, event.steps or 1, f"seed {', '.join(map(str, event.seeds))}")
+        elif isinstance(event, Progress):
+            progress.show(
+                event.step, event.total, f"step {event.step}/{event.total} {eta_text(event.eta)}"
+            )
+        elif isinstance(event, ImageReady) and event.image.ok:
+            img = event.image
+            caption = f"seed {img.seed}" + (f" · {img.image_id}" if img.image_id else "")
+            self.query_one("#edit-results", HorizontalScroll).mount(
+                ResultTile(img.png, caption, self.studio.image_method, image_id=img.image_id)
+            )
+        elif isinstance(event, Finished):
+            if event.status is GenerationStatus.SUCCEEDED:
+                progress.finish(f"done in {event.total_seconds:.1f}s")
+                self.say(f"{event.image_count} edited image(s) added to the gallery")
+            else:
+                progress.reset(event.status.value)
+                self.say(f"edit {event.status.value}: {event.error_message}")
+
+    @on(Failed)
+    def failed(self, message: Failed) -> None:
+        self.report_error(message.error, message.what)
+
+    @on(Ended)
+    def ended(self) -> None:
+        self.running = False
+        self.query_one("#edit-generate", Button).disabled = False
+
+
+def _read_image(path: Path) -> bytes:
+    """The file as PNG bytes (other formats converted)."""
+    data = path.read_bytes()
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    if img.format == "PNG":
+        return data
+    buf = io.BytesIO()
+    img.convert("RGB").save(buf, format="PNG")
+    return buf.getvalue()

@@ -1,0 +1,461 @@
+"""Generate: prompt, model, sampler (with its own settings), size, steps, cfg, seed, count;
+a progress bar with ETA, the live preview and the results."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, HorizontalScroll, Vertical, VerticalScroll
+from textual.message import Message
+from textual.widgets import Button, Checkbox, Input, Label, Select, Static
+
+from clients.sdk import (
+    Finished,
+    GalleryImage,
+    GenerateEvent,
+    GenerateParams,
+    GenerationStatus,
+    ImageReady,
+    Model,
+    Progress,
+    Queued,
+    Sampler,
+    SamplerList,
+    Started,
+    WarningEvent,
+)
+from clients.sdk.errors import invalid
+from clients.tui.images import image_widget, set_image
+from clients.tui.screens.base import StudioScreen
+from clients.tui.widgets.fields import FormField
+from clients.tui.widgets.results import JobProgress, ResultTile, eta_text
+from clients.tui.widgets.sampler_settings import SamplerSettings
+
+
+def model_label(m: Model) -> str:
+    return m.display_name or m.id
+
+
+class GenerateScreen(StudioScreen):
+    MODE = "generate"
+    TITLE_TEXT = "Generate"
+
+    BINDINGS = [
+        Binding("ctrl+g", "generate", "Generate"),
+        Binding("escape", "cancel", "Cancel"),
+        Binding("ctrl+r", "refresh", "Reload catalog"),
+        Binding("ctrl+s", "toggle_seed", "Random seed"),
+    ]
+
+    class CatalogLoaded(Message):
+        def __init__(self, models: list[Model], samplers: SamplerList) -> None:
+            super().__init__()
+            self.models = models
+            self.samplers = samplers
+
+    class SamplersLoaded(Message):
+        def __init__(self, samplers: SamplerList) -> None:
+            super().__init__()
+            self.samplers = samplers
+
+    class Event(Message):
+        """One event of the running generation."""
+
+        def __init__(self, event: GenerateEvent) -> None:
+            super().__init__()
+            self.event = event
+
+    class Failed(Message):
+        def __init__(self, error: BaseException, what: str) -> None:
+            super().__init__()
+            self.error = error
+            self.what = what
+
+    class Ended(Message):
+        pass
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.models: list[Model] = []
+        self.samplers: SamplerList | None = None
+        self.running = False
+        self.job_id = ""
+        self._pending: GalleryImage | None = None
+
+    def compose_body(self) -> ComposeResult:
+        with Horizontal(id="generate-body", classes="body"):
+            with VerticalScroll(id="gen-form", classes="form"):
+                yield FormField(
+                    "Prompt", Input(placeholder="what to draw", id="prompt"), field="prompt"
+                )
+                yield FormField(
+                    "Negative prompt",
+                    Input(placeholder="what to avoid", id="negative_prompt"),
+                    field="negative_prompt",
+                )
+                yield FormField("Model", Select[str]([], id="model"), field="model_id")
+                with Horizontal(classes="row"):
+                    yield FormField("Sampler", Select[str]([], id="sampler"), field="sampler")
+                    yield FormField("Schedule", Select[str]([], id="schedule"), field="schedule")
+                with Horizontal(classes="row"):
+                    yield FormField("Width", Input(type="integer", id="width"), field="width")
+                    yield FormField("Height", Input(type="integer", id="height"), field="height")
+                with Horizontal(classes="row"):
+                    yield FormField("Steps", Input(type="integer", id="steps"), field="steps")
+                    yield FormField("CFG", Input(type="number", id="cfg_scale"), field="cfg_scale")
+                with Horizontal(classes="row"):
+                    yield FormField(
+                        "Seed", Input(type="integer", placeholder="random", id="seed"), field="seed"
+                    )
+                    yield FormField("Count", Input("1", type="integer", id="count"), field="count")
+                yield Checkbox("Random seed", True, id="seed-random", compact=True)
+                yield Label("Sampler settings", classes="section")
+                yield SamplerSettings(id="sampler-settings")
+                yield Button("Generate  ctrl+g", variant="primary", id="generate-button")
+            with Vertical(id="gen-output"):
+                yield JobProgress(id="gen-progress")
+                yield Static("", id="seed-used")
+                with Horizontal(id="gen-preview-row"):
+                    with Vertical(id="preview-box", classes="panel"):
+                        yield Label("Preview", classes="section")
+                        yield image_widget(None, self.studio.image_method, id="preview")
+                    yield HorizontalScroll(id="results", classes="panel")
+
+    def on_mount(self) -> None:
+        super().on_mount()
+        self.query_one("#seed", Input).disabled = True
+        self.action_refresh()
+
+    # ------------------------------------------------------------------------- catalog
+
+    def action_refresh(self) -> None:
+        self.say("loading models and samplers…")
+        self.load_catalog()
+
+    @work(exclusive=True, group="catalog")
+    async def load_catalog(self) -> None:
+        try:
+            page = await self.client.list_models(page_size=200)
+            models = list(page.items)
+            default = next((m for m in models if m.builtin), models[0] if models else None)
+            samplers = await self.client.list_samplers(model_id=default.id if default else "")
+        except Exception as exc:
+            self.post_message(self.Failed(exc, "catalog"))
+            return
+        self.post_message(self.CatalogLoaded(models, samplers))
+
+    @on(CatalogLoaded)
+    async def catalog_loaded(self, event: CatalogLoaded) -> None:
+        self.models = event.models
+        model_select = self.query_one("#model", Select)
+        current = model_select.value
+        model_select.set_options((model_label(m), m.id) for m in self.models)
+        ids = [m.id for m in self.models]
+        if current in ids:
+            model_select.value = current
+        elif ids:
+            default = next((m for m in self.models if m.builtin), self.models[0])
+            model_select.value = default.id
+            self._size_defaults(default)
+        await self._show_samplers(event.samplers)
+        self.say(f"{len(self.models)} models, {len(event.samplers)} samplers")
+        if self._pending is not None:
+            self._apply(self._pending)
+
+    def _size_defaults(self, model: Model) -> None:
+        for wid in ("#width", "#height"):
+            field = self.query_one(wid, Input)
+            field.placeholder = str(model.native_resolution or "")
+            if not field.value and model.native_resolution:
+                field.value = str(model.native_resolution)
+
+    async def _show_samplers(self, samplers: SamplerList) -> None:
+        self.samplers = samplers
+        select = self.query_one("#sampler", Select)
+        current = select.value
+        select.set_options((s.label or s.id, s.id) for s in samplers)
+        ids = [s.id for s in samplers]
+        if current in ids:
+            select.value = current
+        elif samplers.default_sampler in ids:
+            select.value = samplers.default_sampler
+        elif ids:
+            select.value = ids[0]
+        await self._sampler_chosen()
+
+    def sampler(self) -> Sampler | None:
+        value = self.query_one("#sampler", Select).value
+        if self.samplers is None or not isinstance(value, str):
+            return None
+        return next((s for s in self.samplers if s.id == value), None)
+
+    @on(Select.Changed, "#sampler")
+    async def sampler_changed(self) -> None:
+        await self._sampler_chosen()
+
+    async def _sampler_chosen(self) -> None:
+        sampler = self.sampler()
+        settings = self.query_one(SamplerSettings)
+        if sampler is settings.sampler:
+            return
+        await settings.show_sampler(sampler)
+        schedule = self.query_one("#schedule", Select)
+        if sampler is None:
+            schedule.set_options([])
+            return
+        labels = {s.id: s.label or s.id for s in (self.samplers.schedules if self.samplers else [])}
+        schedule.set_options((labels.get(s, s), s) for s in sampler.schedules)
+        if sampler.default_schedule in sampler.schedules:
+            schedule.value = sampler.default_schedule
+        steps = self.query_one("#steps", Input)
+        steps.placeholder = str(sampler.default_steps or "")
+
+    @on(Select.Changed, "#model")
+    def model_changed(self, event: Select.Changed) -> None:
+        model = next((m for m in self.models if m.id == event.value), None)
+        if model is not None:
+            self._size_defaults(model)
+            self.load_samplers(model.id)
+
+    @work(exclusive=True, group="samplers")
+    async def load_samplers(self, model_id: str) -> None:
+        try:
+            samplers = await self.client.list_samplers(model_id=model_id)
+        except Exception as exc:
+            self.post_message(self.Failed(exc, "samplers"))
+            return
+        self.post_message(self.SamplersLoaded(samplers))
+
+    @on(SamplersLoaded)
+    async def samplers_loaded(self, event: SamplersLoaded) -> None:
+        if self.samplers is None or [s.id for s in self.samplers] != [s.id for s in event.samplers]:
+            await self._show_samplers(event.samplers)
+
+    # --------------------------------------------------------------------------- seed
+
+    @on(Checkbox.Changed, "#seed-random")
+    def seed_mode(self, event: Checkbox.Changed) -> None:
+        seed = self.query_one("#seed", Input)
+        seed.disabled = event.value
+        if not event.value and not seed.value:
+            seed.value = "0"
+
+    def action_toggle_seed(self) -> None:
+        box = self.query_one("#seed-random", Checkbox)
+        box.value = not box.value
+
+    # ------------------------------------------------------------------------ request
+
+    def params(self) -> tuple[str, GenerateParams]:
+        """The prompt and options from the form (raises InvalidArgument for bad local input)."""
+        prompt = self.query_one("#prompt", Input).value.strip()
+        params: GenerateParams = {}
+        negative = self.query_one("#negative_prompt", Input).value.strip()
+        if negative:
+            params["negative_prompt"] = negative
+        model = self.query_one("#model", Select).value
+        if isinstance(model, str):
+            params["model_id"] = model
+        sampler = self.query_one("#sampler", Select).value
+        if isinstance(sampler, str):
+            params["sampler"] = sampler
+        schedule = self.query_one("#schedule", Select).value
+        if isinstance(schedule, str):
+            params["schedule"] = schedule
+        for name in ("width", "height", "steps", "count"):
+            value = _int(self.query_one(f"#{name}", Input).value, name)
+            if value is not None:
+                params[name] = value
+        cfg = _float(self.query_one("#cfg_scale", Input).value, "cfg_scale")
+        if cfg is not None:
+            params["cfg_scale"] = cfg
+        if not self.query_one("#seed-random", Checkbox).value:
+            seed = _int(self.query_one("#seed", Input).value, "seed")
+            if seed is not None:
+                params["seed"] = seed
+        options = self.query_one(SamplerSettings).values()
+        if options:
+            params["sampler_options"] = options
+        params["preview_interval"] = 1
+        return prompt, params
+
+    def action_generate(self) -> None:
+        if self.running:
+            self.notify("a generation is already running (escape cancels it)")
+            return
+        self.clear_field_errors()
+        try:
+            prompt, params = self.params()
+        except Exception as exc:
+            self.report_error(exc, "generate")
+            return
+        self.running = True
+        self.query_one("#results", HorizontalScroll).remove_children()
+        self.query_one("#seed-used", Static).update("")
+        self.query_one(JobProgress).reset("starting…")
+        self.query_one("#generate-button", Button).disabled = True
+        self.say("generating…")
+        self.run_generation(prompt, params)
+
+    @on(Button.Pressed, "#generate-button")
+    def generate_pressed(self) -> None:
+        self.action_generate()
+
+    @on(Input.Submitted, "#prompt")
+    def prompt_submitted(self) -> None:
+        self.action_generate()
+
+    @work(exclusive=True, group="generate")
+    async def run_generation(self, prompt: str, params: GenerateParams) -> None:
+        stream = self.client.stream_generate(prompt, **params)
+        self.job_id = stream.job_id
+        try:
+            async with stream:
+                async for event in stream:
+                    self.post_message(self.Event(event))
+        except Exception as exc:
+            self.post_message(self.Failed(exc, "generate"))
+        finally:
+            self.post_message(self.Ended())
+
+    def action_cancel(self) -> None:
+        if self.running and self.job_id:
+            self.cancel_generation(self.job_id)
+
+    @work(group="cancel")
+    async def cancel_generation(self, job_id: str) -> None:
+        try:
+            await self.client.cancel_generation(job_id)
+        except Exception as exc:
+            self.post_message(self.Failed(exc, "cancel"))
+
+    @on(Event)
+    def generation_event(self, message: Event) -> None:
+        event = message.event
+        progress = self.query_one(JobProgress)
+        if isinstance(event, Queued):
+            progress.reset(f"queued (position {event.position})")
+        elif isinstance(event, Started):
+            seeds = ", ".join(str(s) for s in event.seeds)
+            self.query_one("#seed-used", Static).update(f"Seed used: {seeds}")
+            progress.show(0, event.steps or 1, f"started · {event.sampler} {event.schedule}")
+        elif isinstance(event, Progress):
+            images = (
+                f" · image {event.images_done + 1}/{event.images_total}"
+                if event.images_total > 1
+                else ""
+            )
+            progress.show(
+                event.step,
+                event.total,
+                f"step {event.step}/{event.total}{images} {eta_text(event.eta)}",
+            )
+            if event.preview:
+                set_image(self.query_one("#preview"), event.preview)
+        elif isinstance(event, ImageReady):
+            img = event.image
+            if img.ok:
+                caption = f"seed {img.seed}" + (f" · {img.image_id}" if img.image_id else "")
+                tile = ResultTile(img.png, caption, self.studio.image_method, image_id=img.image_id)
+                self.query_one("#results", HorizontalScroll).mount(tile)
+                set_image(self.query_one("#preview"), img.png)
+            else:
+                self.notify(
+                    f"image {img.index}: {img.finish_reason.value} {img.message}",
+                    severity="warning",
+                )
+        elif isinstance(event, Finished):
+            if event.status is GenerationStatus.SUCCEEDED:
+                progress.finish(f"done in {event.total_seconds:.1f}s")
+                self.say(f"{event.image_count} image(s) added to the gallery")
+            elif event.status is GenerationStatus.CANCELLED:
+                progress.reset("cancelled")
+                self.say("generation cancelled")
+            else:
+                progress.reset(f"failed: {event.error_reason}")
+                self.say(f"generation failed: {event.error_message or event.error_reason}")
+        elif isinstance(event, WarningEvent):
+            self.notify(event.warning.message, severity="warning")
+
+    @on(Failed)
+    def failed(self, message: Failed) -> None:
+        if message.what == "generate":
+            self.query_one(JobProgress).reset("failed")
+        self.report_error(message.error, message.what)
+
+    @on(Ended)
+    def ended(self) -> None:
+        self.running = False
+        self.query_one("#generate-button", Button).disabled = False
+
+    # ------------------------------------------------------------------------ reuse
+
+    def receive(self, payload: Any) -> None:
+        if isinstance(payload, GalleryImage):
+            self._pending = payload
+            if self.models:
+                self._apply(payload)
+
+    def _apply(self, img: GalleryImage) -> None:
+        """Fill the form with a gallery image's settings (seed fixed to the one it used)."""
+        self._pending = None
+        self.query_one("#prompt", Input).value = img.prompt
+        self.query_one("#negative_prompt", Input).value = img.negative_prompt
+        p = img.params
+        if img.model_id in [m.id for m in self.models]:
+            self.query_one("#model", Select).value = img.model_id
+        if self.samplers is not None and img.sampler in [s.id for s in self.samplers]:
+            self.query_one("#sampler", Select).value = img.sampler
+        for name, value in (
+            ("width", img.width),
+            ("height", img.height),
+            ("steps", img.steps),
+            ("count", 1),
+        ):
+            if value:
+                self.query_one(f"#{name}", Input).value = str(value)
+        if img.cfg_scale:
+            self.query_one("#cfg_scale", Input).value = f"{img.cfg_scale:g}"
+        self.query_one("#seed-random", Checkbox).value = False
+        seed = self.query_one("#seed", Input)
+        seed.disabled = False
+        seed.value = str(img.seed)
+        self.call_after_refresh(
+            self._apply_late, img.schedule, dict(p.get("sampler_options") or {})
+        )
+        self.say(f"settings of {img.image_id} loaded (seed {img.seed})")
+
+    def _apply_late(self, schedule: str, options: dict[str, Any]) -> None:
+        select = self.query_one("#schedule", Select)
+        if schedule and any(value == schedule for _, value in select._options):
+            select.value = schedule
+        for name, value in options.items():
+            try:
+                widget = self.query_one(f"#opt-{name}")
+            except Exception:
+                continue
+            if isinstance(widget, Input):
+                widget.value = str(value)
+
+
+def _int(text: str, field: str) -> int | None:
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise invalid(field, "must be a whole number") from None
+
+
+def _float(text: str, field: str) -> float | None:
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise invalid(field, "must be a number") from None

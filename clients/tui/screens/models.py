@@ -1,0 +1,252 @@
+"""Models: the catalog's list, one model's details, import from a path, delete."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message
+from textual.widgets import Button, DataTable, Input, Label, Static
+
+from clients.sdk import Model
+from clients.tui.screens.base import StudioScreen
+from clients.tui.screens.dialogs import ConfirmDialog
+from clients.tui.widgets.fields import FormField
+
+
+def human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def model_details(m: Model) -> str:
+    rows = [
+        ("id", m.id),
+        ("name", m.display_name),
+        ("kind", m.kind.value),
+        ("format", m.format.value),
+        ("backend", m.backend_id),
+        ("architecture", m.architecture),
+        ("resolution", str(m.native_resolution or "")),
+        ("prediction", m.prediction_type.value),
+        ("base model", m.base_model_id),
+        ("trigger", m.trigger_phrase),
+        ("training job", m.training_job_id),
+        ("inpainting", "yes" if m.inpainting else ""),
+        ("built in", "yes" if m.builtin else ""),
+        ("size", human_bytes(m.size_bytes) if m.size_bytes else ""),
+        ("source", m.source_path),
+        ("config", m.config_path),
+        ("description", m.description),
+    ]
+    return "\n".join(f"[b]{k:>13}[/b]  {v}" for k, v in rows if v)
+
+
+class ModelsScreen(StudioScreen):
+    MODE = "models"
+    TITLE_TEXT = "Models"
+
+    BINDINGS = [
+        Binding("ctrl+r", "refresh", "Refresh"),
+        Binding("ctrl+i", "import_model", "Import"),
+        Binding("d,delete", "delete", "Delete"),
+        Binding("g", "use", "Generate with"),
+    ]
+
+    class Loaded(Message):
+        def __init__(self, models: list[Model], select: str = "") -> None:
+            super().__init__()
+            self.models = models
+            self.select = select
+
+    class Done(Message):
+        def __init__(self, text: str) -> None:
+            super().__init__()
+            self.text = text
+
+    class Failed(Message):
+        def __init__(self, error: BaseException, what: str) -> None:
+            super().__init__()
+            self.error = error
+            self.what = what
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.models: list[Model] = []
+        self._want = ""
+
+    def compose_body(self) -> ComposeResult:
+        with Horizontal(id="models-body", classes="body"):
+            with Vertical(id="models-left"):
+                yield DataTable(id="models-table", cursor_type="row", zebra_stripes=True)
+                with VerticalScroll(id="import-form", classes="form"):
+                    yield Label("Import a model", classes="section")
+                    yield FormField(
+                        "Path (diffusers folder, .safetensors file or HF cache)",
+                        Input(placeholder="/path/to/model", id="import-path"),
+                        field=[
+                            "source",
+                            "diffusers_path",
+                            "single_file_path",
+                            "hf_cache_path",
+                            "path",
+                        ],
+                    )
+                    with Horizontal(classes="row"):
+                        yield FormField(
+                            "Model id",
+                            Input(placeholder="optional", id="import-id"),
+                            field="model_id",
+                        )
+                        yield FormField(
+                            "Name",
+                            Input(placeholder="optional", id="import-name"),
+                            field="display_name",
+                        )
+                    yield Button("Import  ctrl+i", variant="primary", id="import-button")
+            with VerticalScroll(id="model-detail", classes="panel"):
+                yield Static("Select a model.", id="model-info")
+
+    def on_mount(self) -> None:
+        super().on_mount()
+        table = self.query_one(DataTable)
+        table.add_columns("id", "name", "kind", "format", "size")
+        self.action_refresh()
+
+    def action_refresh(self) -> None:
+        self.load()
+
+    @work(exclusive=True, group="models")
+    async def load(self, select: str = "") -> None:
+        try:
+            page = await self.client.list_models(page_size=500)
+        except Exception as exc:
+            self.post_message(self.Failed(exc, "models"))
+            return
+        self.post_message(self.Loaded(list(page.items), select))
+
+    @on(Loaded)
+    def loaded(self, event: Loaded) -> None:
+        self.models = event.models
+        table = self.query_one(DataTable)
+        table.clear()
+        for m in self.models:
+            size = human_bytes(m.size_bytes) if m.size_bytes else ""
+            table.add_row(m.id, m.display_name, m.kind.value, m.format.value, size, key=m.id)
+        self.say(f"{len(self.models)} models")
+        want = event.select or self._want
+        if want:
+            self._select(want)
+
+    def _select(self, model_id: str) -> None:
+        table = self.query_one(DataTable)
+        for row, m in enumerate(self.models):
+            if m.id == model_id:
+                table.move_cursor(row=row)
+                self._want = ""
+                self.show_model(m)
+                table.focus()
+                return
+        self._want = model_id
+
+    @on(DataTable.RowHighlighted)
+    def highlighted(self, event: DataTable.RowHighlighted) -> None:
+        key = event.row_key.value if event.row_key else None
+        model = next((m for m in self.models if m.id == key), None)
+        if model is not None:
+            self.show_model(model)
+
+    def show_model(self, model: Model) -> None:
+        self.query_one("#model-info", Static).update(model_details(model))
+
+    def current(self) -> Model | None:
+        table = self.query_one(DataTable)
+        if not self.models or table.cursor_row < 0 or table.cursor_row >= len(self.models):
+            return None
+        return self.models[table.cursor_row]
+
+    def receive(self, payload: Any) -> None:
+        if isinstance(payload, str):
+            self._want = payload
+            self.load(select=payload)
+
+    # ----------------------------------------------------------------------------- import
+
+    def action_import_model(self) -> None:
+        path = self.query_one("#import-path", Input)
+        if not path.value.strip():
+            path.focus()
+            return
+        self.clear_field_errors()
+        self.say("importing…")
+        self.import_model(
+            path.value.strip(),
+            self.query_one("#import-id", Input).value.strip(),
+            self.query_one("#import-name", Input).value.strip(),
+        )
+
+    @on(Button.Pressed, "#import-button")
+    def import_pressed(self) -> None:
+        self.action_import_model()
+
+    @on(Input.Submitted, "#import-path,#import-id,#import-name")
+    def import_submitted(self) -> None:
+        self.action_import_model()
+
+    @work(exclusive=True, group="import")
+    async def import_model(self, path: str, model_id: str, name: str) -> None:
+        try:
+            model = await self.client.import_model(path, model_id=model_id, display_name=name)
+        except Exception as exc:
+            self.post_message(self.Failed(exc, "import"))
+            return
+        for w in model.warnings:
+            self.post_message(self.Done(f"{model.id}: {w.message}"))
+        self.post_message(self.Done(f"imported {model.id}"))
+        self.load(select=model.id)
+
+    # ----------------------------------------------------------------------------- delete
+
+    def action_delete(self) -> None:
+        model = self.current()
+        if model is None:
+            return
+
+        def confirmed(yes: bool | None) -> None:
+            if yes and model is not None:
+                self.delete_model(model.id)
+
+        self.app.push_screen(ConfirmDialog(f"Delete model {model.id}?"), confirmed)
+
+    @work(group="delete")
+    async def delete_model(self, model_id: str) -> None:
+        try:
+            freed = await self.client.delete_model(model_id)
+        except Exception as exc:
+            self.post_message(self.Failed(exc, "delete"))
+            return
+        self.post_message(
+            self.Done(f"deleted {model_id}" + (f" ({freed} bytes freed)" if freed else ""))
+        )
+        self.load()
+
+    async def action_use(self) -> None:
+        model = self.current()
+        if model is not None:
+            await self.studio.hand_over("generate", model)
+
+    @on(Done)
+    def done(self, event: Done) -> None:
+        self.say(event.text)
+        self.notify(event.text)
+
+    @on(Failed)
+    def failed(self, event: Failed) -> None:
+        self.report_error(event.error, event.what)

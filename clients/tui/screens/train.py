@@ -1,0 +1,428 @@
+"""Train: create a DreamBooth job (images folder, identifier, class, prior preservation, steps,
+LoRA or full), then watch it live: state, step, ETA, loss curve, samples; cancel, resume, and
+jump to the model it produced."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, HorizontalScroll, Vertical, VerticalScroll
+from textual.message import Message
+from textual.widgets import Button, Checkbox, Input, Label, OptionList, Select, Sparkline, Static
+from textual.widgets.option_list import Option
+from textual_plotext import PlotextPlot
+
+from clients.sdk import (
+    ClassImagesProgress,
+    Model,
+    SampleReady,
+    StateChanged,
+    TrainingEvent,
+    TrainingJob,
+    TrainingOptions,
+    TrainingProgress,
+    TrainingState,
+    TrainingWarning,
+)
+from clients.sdk.errors import invalid
+from clients.tui.screens.base import StudioScreen
+from clients.tui.screens.generate import _int, model_label
+from clients.tui.widgets.fields import FormField
+from clients.tui.widgets.results import JobProgress, ResultTile, eta_text
+
+METHODS = [("LoRA (small adapter)", "lora"), ("Full fine-tune", "full")]
+
+
+def parse_extra(text: str) -> dict[str, Any]:
+    """``key=value`` pairs separated by spaces (numbers and true/false converted)."""
+    out: dict[str, Any] = {}
+    for pair in text.split():
+        if "=" not in pair:
+            raise invalid("extra", f"expected key=value, got {pair!r}")
+        key, value = pair.split("=", 1)
+        out[key] = _scalar(value)
+    return out
+
+
+def _scalar(value: str) -> Any:
+    low = value.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return value
+
+
+def job_line(job: TrainingJob) -> str:
+    name = job.display_name or job.job_id
+    return f"{name} · {job.state.value} · {job.step}/{job.total_steps}"
+
+
+class LossPlot(PlotextPlot):
+    """The loss curve, replotted as metrics arrive."""
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.steps: list[int] = []
+        self.losses: list[float] = []
+
+    def on_mount(self) -> None:
+        super().on_mount()
+        self.replot()
+
+    def reset(self) -> None:
+        self.steps, self.losses = [], []
+        self.replot()
+
+    def add(self, step: int, loss: float) -> None:
+        if self.steps and step <= self.steps[-1]:
+            return
+        self.steps.append(step)
+        self.losses.append(loss)
+        self.replot()
+
+    def replot(self) -> None:
+        plt = self.plt
+        plt.clear_data()
+        plt.clear_figure()
+        plt.title("loss")
+        plt.xlabel("step")
+        if self.steps:
+            plt.plot(self.steps, self.losses, marker="braille")
+        self.refresh()
+
+
+class TrainScreen(StudioScreen):
+    MODE = "train"
+    TITLE_TEXT = "Train"
+
+    BINDINGS = [
+        Binding("ctrl+n", "create", "Create job"),
+        Binding("ctrl+r", "refresh", "Refresh jobs"),
+        Binding("ctrl+x", "cancel_job", "Cancel job"),
+        Binding("ctrl+u", "resume_job", "Resume job"),
+        Binding("ctrl+o", "open_model", "Open model"),
+    ]
+
+    class Loaded(Message):
+        def __init__(self, jobs: list[TrainingJob], models: list[Model] | None) -> None:
+            super().__init__()
+            self.jobs = jobs
+            self.models = models
+
+    class JobUpdated(Message):
+        def __init__(self, job: TrainingJob, watch: bool = False) -> None:
+            super().__init__()
+            self.job = job
+            self.watch = watch
+
+    class Event(Message):
+        def __init__(self, event: TrainingEvent) -> None:
+            super().__init__()
+            self.event = event
+
+    class Failed(Message):
+        def __init__(self, error: BaseException, what: str) -> None:
+            super().__init__()
+            self.error = error
+            self.what = what
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.jobs: list[TrainingJob] = []
+        self.job: TrainingJob | None = None
+
+    def compose_body(self) -> ComposeResult:
+        with Horizontal(id="train-body", classes="body"):
+            with VerticalScroll(id="train-form", classes="form"):
+                yield Label("New DreamBooth job", classes="section")
+                yield FormField(
+                    "Images folder",
+                    Input(placeholder="folder with 3-10 photos", id="train-images"),
+                    field=["images", "dataset_id", "instance_images"],
+                )
+                yield FormField(
+                    "Base model", Select[str]([], id="train-base"), field="base_model_id"
+                )
+                with Horizontal(classes="row"):
+                    yield FormField(
+                        "Identifier",
+                        Input(placeholder="e.g. zwx", id="identifier"),
+                        field="identifier",
+                    )
+                    yield FormField(
+                        "Class", Input(placeholder="e.g. dog", id="class_noun"), field="class_noun"
+                    )
+                with Horizontal(classes="row"):
+                    yield FormField(
+                        "Steps",
+                        Input(type="integer", placeholder="default", id="max_train_steps"),
+                        field="max_train_steps",
+                    )
+                    yield FormField(
+                        "Method",
+                        Select(METHODS, value="lora", allow_blank=False, id="method"),
+                        field=["method", "lora"],
+                    )
+                yield FormField(
+                    "Prior preservation",
+                    Checkbox("class images keep the class general", False, id="prior"),
+                    field="prior_preservation",
+                )
+                yield FormField(
+                    "Model name",
+                    Input(placeholder="optional", id="output_model_name"),
+                    field="output_model_name",
+                )
+                yield FormField(
+                    "More options",
+                    Input(placeholder="key=value …  (e.g. resolution=64)", id="extra"),
+                    field="extra",
+                )
+                yield Button("Create job  ctrl+n", variant="primary", id="train-create")
+                yield Label("Jobs", classes="section")
+                yield OptionList(id="jobs")
+            with Vertical(id="train-watch"):
+                yield Static("No job selected.", id="job-title")
+                yield Static("", id="job-state")
+                yield JobProgress(id="job-progress")
+                yield LossPlot(id="loss-plot")
+                yield Sparkline([], id="loss-spark")
+                yield Label("Samples", classes="section")
+                yield HorizontalScroll(id="samples", classes="panel")
+                with Horizontal(classes="row buttons"):
+                    yield Button("Cancel  ctrl+x", variant="error", id="job-cancel", disabled=True)
+                    yield Button("Resume  ctrl+u", id="job-resume", disabled=True)
+                    yield Button("Open model", variant="success", id="job-model", disabled=True)
+
+    def on_mount(self) -> None:
+        super().on_mount()
+        self.load(with_models=True)
+
+    # --------------------------------------------------------------------------- listing
+
+    def action_refresh(self) -> None:
+        self.load(with_models=True)
+
+    @work(exclusive=True, group="list")
+    async def load(self, with_models: bool = False) -> None:
+        try:
+            jobs = await self.client.list_training_jobs(page_size=100)
+            models = None
+            if with_models:
+                models = list((await self.client.list_models(page_size=200)).items)
+        except Exception as exc:
+            self.post_message(self.Failed(exc, "trainer"))
+            return
+        self.post_message(self.Loaded(list(jobs.items), models))
+
+    @on(Loaded)
+    def loaded(self, event: Loaded) -> None:
+        self.jobs = sorted(
+            event.jobs, key=lambda j: j.created_at.timestamp() if j.created_at else 0, reverse=True
+        )
+        jobs = self.query_one("#jobs", OptionList)
+        jobs.clear_options()
+        jobs.add_options(Option(job_line(j), id=j.job_id) for j in self.jobs)
+        if event.models is not None:
+            base = self.query_one("#train-base", Select)
+            current = base.value
+            bases = [
+                m for m in event.models if m.kind.value in ("base", "fine_tuned", "unspecified")
+            ]
+            base.set_options((model_label(m), m.id) for m in bases)
+            ids = [m.id for m in bases]
+            if current in ids:
+                base.value = current
+            elif ids:
+                base.value = next((m.id for m in bases if m.builtin), ids[0])
+
+    @on(OptionList.OptionSelected, "#jobs")
+    def job_chosen(self, event: OptionList.OptionSelected) -> None:
+        job = next((j for j in self.jobs if j.job_id == event.option.id), None)
+        if job is not None:
+            self.post_message(self.JobUpdated(job, watch=True))
+
+    # ---------------------------------------------------------------------------- create
+
+    def options(self) -> tuple[str, TrainingOptions]:
+        folder = self.query_one("#train-images", Input).value.strip()
+        if not folder:
+            raise invalid("images", "choose the folder with the subject's photos")
+        opts: dict[str, Any] = {}
+        base = self.query_one("#train-base", Select).value
+        if isinstance(base, str):
+            opts["base_model_id"] = base
+        for name in ("identifier", "class_noun", "output_model_name"):
+            value = self.query_one(f"#{name}", Input).value.strip()
+            if value:
+                opts[name] = value
+        steps = _int(self.query_one("#max_train_steps", Input).value, "max_train_steps")
+        if steps is not None:
+            opts["max_train_steps"] = steps
+        opts["method"] = self.query_one("#method", Select).value
+        opts["prior_preservation"] = self.query_one("#prior", Checkbox).value
+        opts.update(parse_extra(self.query_one("#extra", Input).value))
+        return folder, opts  # type: ignore[return-value]
+
+    def action_create(self) -> None:
+        self.clear_field_errors()
+        try:
+            folder, opts = self.options()
+        except Exception as exc:
+            self.report_error(exc, "training")
+            return
+        self.query_one("#train-create", Button).disabled = True
+        self.say("uploading images and creating the job…")
+        self.create_job(folder, opts)
+
+    @on(Button.Pressed, "#train-create")
+    def create_pressed(self) -> None:
+        self.action_create()
+
+    @work(exclusive=True, group="create")
+    async def create_job(self, folder: str, opts: TrainingOptions) -> None:
+        try:
+            job = await self.client.create_training_job(folder, **opts)
+        except Exception as exc:
+            self.post_message(self.Failed(exc, "create"))
+            return
+        self.post_message(self.JobUpdated(job, watch=True))
+        self.load()
+
+    # ----------------------------------------------------------------------------- watch
+
+    @on(JobUpdated)
+    def job_updated(self, event: JobUpdated) -> None:
+        self.query_one("#train-create", Button).disabled = False
+        job = event.job
+        fresh = self.job is None or self.job.job_id != job.job_id
+        self.job = job
+        if fresh:
+            self.query_one(LossPlot).reset()
+            self.query_one("#loss-spark", Sparkline).data = []
+            self.query_one("#samples", HorizontalScroll).remove_children()
+        self._show_job(job)
+        if event.watch:
+            self.watch_job(job.job_id)
+
+    def _show_job(self, job: TrainingJob) -> None:
+        self.query_one("#job-title", Static).update(
+            f"[b]{job.display_name or job.job_id}[/b]  {job.trigger_phrase}"
+        )
+        detail = f"state: {job.state.value}"
+        if job.failure_message:
+            detail += f" · {job.failure_reason}: {job.failure_message}"
+        if job.output_model_id:
+            detail += f" · model {job.output_model_id}"
+        self.query_one("#job-state", Static).update(detail)
+        eta = eta_text(job.last_metrics.eta) if job.last_metrics else ""
+        self.query_one(JobProgress).show(
+            job.step, job.total_steps or 1, f"step {job.step}/{job.total_steps} {eta}"
+        )
+        self._buttons(job)
+
+    def _buttons(self, job: TrainingJob) -> None:
+        self.query_one("#job-cancel", Button).disabled = job.state.terminal
+        self.query_one("#job-resume", Button).disabled = not (job.state.terminal and job.resumable)
+        self.query_one("#job-model", Button).disabled = not job.output_model_id
+
+    @work(exclusive=True, group="watch")
+    async def watch_job(self, job_id: str) -> None:
+        try:
+            async with self.client.watch_training_job(job_id, include_history=True) as watch:
+                async for event in watch:
+                    self.post_message(self.Event(event))
+                    if isinstance(event, StateChanged) and event.state.terminal:
+                        break
+            job = await self.client.get_training_job(job_id)
+        except Exception as exc:
+            self.post_message(self.Failed(exc, "watch"))
+            return
+        self.post_message(self.JobUpdated(job))
+        self.load()
+
+    @on(Event)
+    def training_event(self, message: Event) -> None:
+        event = message.event
+        if self.job is None or event.job_id != self.job.job_id:
+            return
+        state = self.query_one("#job-state", Static)
+        if isinstance(event, StateChanged):
+            self.job.state = event.state
+            text = f"state: {event.state.value}"
+            if event.message:
+                text += f" · {event.message}"
+            state.update(text)
+            self._buttons(self.job)
+            if event.state is TrainingState.SUCCEEDED:
+                self.query_one(JobProgress).finish("finished")
+        elif isinstance(event, TrainingProgress):
+            m = event.metrics
+            self.job.step = m.step
+            self.job.total_steps = m.total_steps
+            self.query_one(JobProgress).show(
+                m.step,
+                m.total_steps or 1,
+                f"step {m.step}/{m.total_steps} · loss {m.loss:.4f} {eta_text(m.eta)}",
+            )
+            self.query_one(LossPlot).add(m.step, m.loss)
+            self.query_one("#loss-spark", Sparkline).data = list(self.query_one(LossPlot).losses)
+        elif isinstance(event, SampleReady) and event.png:
+            caption = f"step {event.step} · seed {event.seed}"
+            self.query_one("#samples", HorizontalScroll).mount(
+                ResultTile(event.png, caption, self.studio.image_method)
+            )
+        elif isinstance(event, ClassImagesProgress):
+            state.update(f"state: preparing · class images {event.ready}/{event.total}")
+        elif isinstance(event, TrainingWarning):
+            self.notify(event.warning.message, severity="warning")
+
+    # -------------------------------------------------------------------- cancel / resume
+
+    def action_cancel_job(self) -> None:
+        if self.job is not None and not self.job.state.terminal:
+            self.job_call("cancel", self.job.job_id)
+
+    def action_resume_job(self) -> None:
+        if self.job is not None and self.job.state.terminal:
+            self.job_call("resume", self.job.job_id)
+
+    @on(Button.Pressed, "#job-cancel")
+    def cancel_pressed(self) -> None:
+        self.action_cancel_job()
+
+    @on(Button.Pressed, "#job-resume")
+    def resume_pressed(self) -> None:
+        self.action_resume_job()
+
+    @work(group="job-call")
+    async def job_call(self, what: str, job_id: str) -> None:
+        try:
+            if what == "cancel":
+                job = await self.client.cancel_training_job(job_id)
+            else:
+                job = await self.client.resume_training_job(job_id)
+        except Exception as exc:
+            self.post_message(self.Failed(exc, what))
+            return
+        self.post_message(self.JobUpdated(job, watch=what == "resume"))
+
+    async def action_open_model(self) -> None:
+        if self.job is not None and self.job.output_model_id:
+            await self.studio.hand_over("models", self.job.output_model_id)
+
+    @on(Button.Pressed, "#job-model")
+    async def model_pressed(self) -> None:
+        await self.action_open_model()
+
+    @on(Failed)
+    def failed(self, event: Failed) -> None:
+        self.query_one("#train-create", Button).disabled = False
+        self.report_error(event.error, event.what)

@@ -1,0 +1,86 @@
+"""Form fields that can show a service's complaint about them, right under the input.
+
+A `FormField` names the request fields it stands for (``"steps"``, ``"sampler_options.eta"``,
+``"config.identifier"``...). `show_violations` hands each InvalidArgument field violation to the
+field that claims it and returns those that none claimed (to be shown elsewhere).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.dom import DOMNode
+from textual.widget import Widget
+from textual.widgets import Checkbox, Input, Label, Select, Static
+
+from clients.sdk import BoothStudioError, FieldViolation
+
+
+class FieldError(Static):
+    """The error line under a field (hidden while empty)."""
+
+
+class FormField(Vertical):
+    """A label, one input widget and an error line."""
+
+    def __init__(
+        self,
+        label: str,
+        widget: Widget,
+        *,
+        field: str | Sequence[str],
+        id: str | None = None,
+        classes: str | None = None,
+    ) -> None:
+        super().__init__(id=id, classes=classes)
+        self.label = label
+        self.widget = widget
+        self.fields = [field] if isinstance(field, str) else list(field)
+        if isinstance(widget, Input | Select | Checkbox):
+            widget.compact = True
+
+    def compose(self) -> ComposeResult:
+        yield Label(self.label, classes="field-label")
+        yield self.widget
+        yield FieldError(classes="field-error")
+
+    def claims(self, path: str) -> bool:
+        """True when a violation of `path` concerns this field."""
+        return any(
+            path == f or path.endswith("." + f) or path.startswith(f + "[") for f in self.fields
+        )
+
+    def set_error(self, message: str) -> None:
+        self.query_one(FieldError).update(message)
+        self.set_class(bool(message), "-invalid")
+
+    def clear_error(self) -> None:
+        self.set_error("")
+
+
+def clear_errors(root: DOMNode) -> None:
+    for field in root.query(FormField):
+        field.clear_error()
+
+
+def show_violations(root: DOMNode, violations: Iterable[FieldViolation]) -> list[FieldViolation]:
+    """Show each violation under the FormField (inside `root`) that claims it; return the rest."""
+    fields = list(root.query(FormField))
+    unclaimed: list[FieldViolation] = []
+    for v in violations:
+        owners = [f for f in fields if f.claims(v.field)]
+        if not owners:
+            unclaimed.append(v)
+        for f in owners:
+            f.set_error(v.description)
+    return unclaimed
+
+
+def describe(exc: BaseException) -> str:
+    """One line for an error: the service's message, or the exception's text."""
+    if isinstance(exc, BoothStudioError):
+        reason = f" [{exc.reason}]" if getattr(exc, "reason", "") else ""
+        return f"{exc.message}{reason}"
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,58 @@
+"""Generated images shown as tiles (picture + caption), and a progress line with ETA."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.widgets import ProgressBar, Static
+
+from clients.tui.images import image_widget
+from clients.tui.settings import ImageMethod
+
+
+class ResultTile(Vertical):
+    """One generated image and what it is (seed, gallery id)."""
+
+    def __init__(
+        self, png: bytes, caption: str, method: ImageMethod, *, image_id: str = ""
+    ) -> None:
+        super().__init__(classes="result-tile")
+        self.png = png
+        self.caption = caption
+        self.method = method
+        self.image_id = image_id
+
+    def compose(self) -> ComposeResult:
+        yield image_widget(self.png, self.method, classes="result-image")
+        yield Static(self.caption, classes="result-caption")
+
+
+class JobProgress(Horizontal):
+    """A progress bar with the server's own ETA (the bar's clock-based ETA stays off)."""
+
+    def compose(self) -> ComposeResult:
+        yield ProgressBar(show_eta=False, classes="job-bar")
+        yield Static("idle", classes="job-eta")
+
+    def reset(self, text: str = "idle") -> None:
+        bar = self.query_one(ProgressBar)
+        bar.update(total=None, progress=0)
+        self.query_one(".job-eta", Static).update(text)
+
+    def show(self, done: float, total: float, text: str) -> None:
+        self.query_one(ProgressBar).update(total=max(total, 1), progress=done)
+        self.query_one(".job-eta", Static).update(text)
+
+    def finish(self, text: str) -> None:
+        bar = self.query_one(ProgressBar)
+        bar.update(total=bar.total or 1, progress=bar.total or 1)
+        self.query_one(".job-eta", Static).update(text)
+
+
+def eta_text(seconds: float) -> str:
+    if seconds <= 0:
+        return ""
+    if seconds < 60:
+        return f"ETA {seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    return f"ETA {minutes}m{secs:02d}s"
