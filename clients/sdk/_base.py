@@ -15,7 +15,7 @@ from boothstudio.v1 import catalog_pb2_grpc, generator_pb2_grpc, trainer_pb2_grp
 from clients.sdk import _convert as cv
 from clients.sdk.config import ClientConfig, RetryPolicy, RetryState, ServiceName, TLSOptions
 from clients.sdk.errors import NotFound, TrainingJobFailed, invalid
-from clients.sdk.types import TrainingEvent, TrainingJob, TrainingState
+from clients.sdk.types import ServiceHealth, TrainingEvent, TrainingJob, TrainingState
 
 C = TypeVar("C")
 
@@ -25,6 +25,11 @@ STUBS: dict[ServiceName, Callable[[Any], Any]] = {
     "trainer": trainer_pb2_grpc.TrainerServiceStub,
 }
 SERVICES: tuple[ServiceName, ...] = ("catalog", "generator", "trainer")
+FULL_NAMES: dict[ServiceName, str] = {
+    "catalog": "boothstudio.v1.CatalogService",
+    "generator": "boothstudio.v1.GeneratorService",
+    "trainer": "boothstudio.v1.TrainerService",
+}
 
 
 class Pool(Generic[C]):
@@ -134,12 +139,31 @@ class ClientBase(Generic[C]):
         `index` picks one of several generator addresses."""
         return self._pools[service].stub(index)
 
+    def _health_checks(self) -> list[tuple[ServiceName, str, Any, Any]]:
+        """(service, address, health stub, request) for every service address."""
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        checks = []
+        for service, pool in self._pools.items():
+            request = health_pb2.HealthCheckRequest(service=FULL_NAMES[service])
+            for i, address in enumerate(pool.addresses):
+                channel: Any = pool.channel(i)
+                checks.append((service, address, health_pb2_grpc.HealthStub(channel), request))
+        return checks
+
     def __repr__(self) -> str:
         c = self.config
         return (
             f"{type(self).__name__}(catalog={c.catalog!r}, generator={list(c.generators)!r}, "
             f"trainer={c.trainer!r})"
         )
+
+
+def health_result(service: ServiceName, address: str, resp: Any) -> ServiceHealth:
+    from grpc_health.v1 import health_pb2
+
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+    return ServiceHealth(service, address, status)
 
 
 class StreamState:

@@ -27,12 +27,6 @@ from clients.sdk.types import (
 
 T = TypeVar("T")
 
-RPC_METHODS: dict[ServiceName, str] = {
-    "catalog": "boothstudio.v1.CatalogService",
-    "generator": "boothstudio.v1.GeneratorService",
-    "trainer": "boothstudio.v1.TrainerService",
-}
-
 
 @dataclass(frozen=True)
 class UnaryOp(Generic[T]):

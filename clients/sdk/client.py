@@ -19,6 +19,7 @@ from clients.sdk._base import (
     check_training_outcome,
     dataset_name,
     fanout_result,
+    health_result,
     is_terminal_event,
     training_spec,
 )
@@ -562,27 +563,14 @@ class BoothStudio(ClientBase[grpc.Channel]):
 
     def health(self, *, timeout: float = 2.0) -> list[ServiceHealth]:
         """The grpc.health.v1 status of every service address (never raises)."""
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
-
         out = []
-        for service, pool in self._pools.items():
-            for i, address in enumerate(pool.addresses):
-                stub: Any = health_pb2_grpc.HealthStub(pool.channel(i))
-                status = "UNKNOWN"
-                for name in (ops.RPC_METHODS[service], ""):
-                    try:
-                        resp = stub.Check(
-                            health_pb2.HealthCheckRequest(service=name),
-                            timeout=timeout,
-                        )
-                    except grpc.RpcError as err:
-                        status = err.code().name
-                        if err.code() == grpc.StatusCode.NOT_FOUND:
-                            continue
-                        break
-                    status = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
-                    break
-                out.append(ServiceHealth(service, address, status))
+        for service, address, stub, request in self._health_checks():
+            try:
+                resp = stub.Check(request, timeout=timeout)
+            except grpc.RpcError as err:
+                out.append(ServiceHealth(service, address, err.code().name))
+            else:
+                out.append(health_result(service, address, resp))
         return out
 
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -73,6 +74,19 @@ def pending(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return fn(*args, **kwargs)
     except Unimplemented as exc:
         pytest.skip(f"waiting on the service: {exc.message}")
+
+
+def usable_model(models: Iterable[Any], skip: bool = True) -> str:
+    """The id of a model whose weights exist (builtin first); skip while there is none (the
+    embedded model's weights are built by a separate job)."""
+    ordered = sorted(models, key=lambda m: not (m["builtin"] if isinstance(m, dict) else m.builtin))
+    for m in ordered:
+        source = m.get("source_path", "") if isinstance(m, dict) else m.source_path
+        if source and (not source.startswith("/") or Path(source).exists()):
+            return str(m["id"] if isinstance(m, dict) else m.id)
+    if not skip:
+        return ""
+    pytest.skip("waiting on the service: no model with weights on disk in the catalog yet")
 
 
 @contextlib.contextmanager

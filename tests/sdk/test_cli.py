@@ -7,6 +7,8 @@ Rerun: `.venv/bin/pytest tests/sdk/test_cli.py -v`
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import signal
@@ -19,10 +21,10 @@ import pytest
 from PIL import Image
 
 from clients.sdk import BoothStudio
-from clients.sdk.cli import EXIT_CODES, exit_code_for
+from clients.sdk.cli import EXIT_CODES, exit_code_for, main
 from clients.sdk.errors import Internal, NotFound, TrainingJobFailed, Unavailable
 from tests.helpers import ROOT, free_port, service_env
-from tests.sdk.conftest import Stack
+from tests.sdk.conftest import Stack, usable_model
 
 CLI = [sys.executable, "-m", "clients.sdk"]
 
@@ -40,9 +42,26 @@ def run(
     )
 
 
-def on(stack: Stack, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """Run a command against the stack; skip while the service answers UNIMPLEMENTED."""
-    res = run(*args, env=stack.env, timeout=timeout)
+def run_here(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run the CLI's main() in this process (fast; same code path as the console script)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as exc:  # argparse usage errors
+            code = int(exc.code or 0)
+    return subprocess.CompletedProcess(["boothstudio", *args], code, out.getvalue(), err.getvalue())
+
+
+def on(
+    stack: Stack, *args: str, timeout: float = 300, process: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """Run a command against the stack (in this process, or as a real subprocess with
+    `process=True`); skip while the service answers UNIMPLEMENTED."""
+    if process:
+        res = run(*args, env=stack.env, timeout=timeout)
+    else:
+        res = run_here(*stack.address_args(), *args)
     if res.returncode == 1 and "not implemented" in res.stderr:
         pytest.skip(f"waiting on the service: {res.stderr.strip()}")
     return res
@@ -66,20 +85,22 @@ def test_unreachable_server_exit_4() -> None:
 
 
 def test_usage_errors_exit_2() -> None:
-    res = run("generate")  # missing prompt
-    assert res.returncode == 2 and "prompt" in one_line(res.stderr)
-    res = run("generate", "a cat", "--steps", "many")
+    res = run("generate", "a cat", "--steps", "many")  # as a real process once
     assert res.returncode == 2 and "--steps" in one_line(res.stderr)
-    res = run("--generator", "127.0.0.1:1", "edit", "/no/such/file.png", "a cat")
+    res = run_here("generate")  # missing prompt
+    assert res.returncode == 2 and "prompt" in one_line(res.stderr)
+    res = run_here("--generator", "127.0.0.1:1", "edit", "/no/such/file.png", "a cat")
     assert res.returncode == 2
     assert "init_image: no such file" in one_line(res.stderr)
-    res = run("--trainer", "127.0.0.1:1", "train", "--config", "/no/such.yaml")
+    res = run_here("--trainer", "127.0.0.1:1", "train", "--config", "/no/such.yaml")
     assert res.returncode == 2 and "config_file" in one_line(res.stderr)
-    res = run("--trainer", "127.0.0.1:1", "train", str(ROOT), "--set", "max_train_stepz=3")
+    res = run_here("--trainer", "127.0.0.1:1", "train", str(ROOT), "--set", "max_train_stepz=3")
     assert res.returncode == 2
     assert "config.max_train_stepz" in one_line(res.stderr) and "max_train_steps" in res.stderr
-    res = run("--json", "--generator", "127.0.0.1:1", "generate", "x", "--opt", "eta")
+    res = run_here("--json", "--generator", "127.0.0.1:1", "generate", "x", "--opt", "eta")
     assert res.returncode == 2 and "KEY=VALUE" in res.stderr
+    res = run_here("--trainer", "127.0.0.1:1", "train")
+    assert res.returncode == 2 and "folder of images" in one_line(res.stderr)
 
 
 def test_exit_code_table() -> None:
@@ -91,7 +112,7 @@ def test_exit_code_table() -> None:
 
 
 def test_help_lists_every_command() -> None:
-    res = run("--help")
+    res = run_here("--help")
     assert res.returncode == 0
     for command in ("serve", "generate", "edit", "train", "jobs", "models", "samplers", "gallery"):
         assert command in res.stdout
@@ -195,6 +216,7 @@ def test_generate_writes_pngs(stack: Stack, tmp_path: Path) -> None:
         "64",
         "-o",
         str(tmp_path),
+        process=True,
     )
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
@@ -263,9 +285,7 @@ def test_edit_and_gallery(stack: Stack, tmp_path: Path) -> None:
 
 def test_train_jobs(stack: Stack, tmp_path: Path) -> None:
     res = on(stack, "--json", "models", "list")
-    models = json.loads(res.stdout)
-    if not models:
-        pytest.skip("waiting on the service: the catalog has no model yet")
+    base = usable_model(json.loads(res.stdout))
     folder = tmp_path / "subject"
     folder.mkdir()
     for i in range(2):
@@ -275,7 +295,7 @@ def test_train_jobs(stack: Stack, tmp_path: Path) -> None:
         "train",
         str(folder),
         "--base-model",
-        models[0]["id"],
+        base,
         "--class-noun",
         "ball",
         "--steps",
@@ -283,6 +303,7 @@ def test_train_jobs(stack: Stack, tmp_path: Path) -> None:
         "--progress",
         "always",
         timeout=600,
+        process=True,
     )
     assert res.returncode == 0, res.stderr
     model_id = res.stdout.strip()
@@ -293,8 +314,6 @@ def test_train_jobs(stack: Stack, tmp_path: Path) -> None:
     assert on(stack, "jobs", "watch", job_id).stdout.strip() == model_id
     assert on(stack, "jobs", "delete", job_id).returncode == 0
     assert on(stack, "jobs", "get", job_id).returncode == 3
-    res = on(
-        stack, "train", str(folder), "--set", "max_train_steps=0", "--base-model", models[0]["id"]
-    )
+    res = on(stack, "train", str(folder), "--set", "max_train_steps=0", "--base-model", base)
     assert res.returncode == 2 and "max_train_steps" in one_line(res.stderr)
     assert os.environ.get("BOOTHSTUDIO_CATALOG") is None  # the tests never leak env

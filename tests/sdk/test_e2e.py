@@ -28,7 +28,7 @@ from clients.sdk import (
     TrainingProgress,
     TrainingState,
 )
-from tests.sdk.conftest import Stack, handled, pending, waiting
+from tests.sdk.conftest import Stack, handled, pending, usable_model, waiting
 
 FAST = {"steps": 3, "width": 64, "height": 64}
 
@@ -40,11 +40,7 @@ def client(stack: Stack) -> BoothStudio:
 
 
 def default_model(client: BoothStudio) -> str:
-    models = pending(client.list_models)
-    if not models.items:
-        pytest.skip("waiting on the service: the catalog has no model yet")
-    builtin = [m for m in models if m.builtin]
-    return (builtin or models.items)[0].id
+    return usable_model(pending(client.list_models))
 
 
 # -------------------------------------------------------------------------------- catalog
@@ -277,10 +273,7 @@ async def test_async_client_every_call(stack: Stack, tmp_path: Path) -> None:
         stack.trainer.address,
         timeout=60,
     ) as client:
-        models = await client.list_models()
-        if not models.items:
-            pytest.skip("waiting on the service: the catalog has no model yet")
-        base = models.items[0].id
+        base = usable_model(await client.list_models())
         assert (await client.get_model(base)).id == base
         with pytest.raises(InvalidArgument):
             await client.list_models(page_size=-1)

@@ -9,6 +9,7 @@ Rerun: `.venv/bin/pytest tests/sdk/test_readme.py -v`
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from tests.helpers import ROOT
-from tests.sdk.conftest import Stack, waiting
+from tests.sdk.conftest import Stack, usable_model, waiting
 from tests.sdk.test_cli import on
 
 README = ROOT / "README.md"
@@ -73,8 +74,7 @@ def test_readme_cli_examples(stack: Stack, tmp_path: Path) -> None:
     (tmp_path / "out").mkdir()
     Image.new("RGB", (64, 64), "blue").save(tmp_path / "out" / "init.png")
     Image.new("L", (64, 64), 255).save(tmp_path / "mask.png")
-    models = on(stack, "--json", "models", "list")
-    base = models.stdout.split('"id": "')[1].split('"')[0] if '"id"' in models.stdout else ""
+    base = usable_model(json.loads(on(stack, "--json", "models", "list").stdout), skip=False)
     (tmp_path / "ball.yaml").write_text(
         f"images: photos/\nbase_model_id: {base}\nclass_noun: ball\nmax_train_steps: 4\n"
     )
@@ -91,7 +91,7 @@ def test_readme_cli_examples(stack: Stack, tmp_path: Path) -> None:
             continue
         args = [str(tmp_path / a) if (tmp_path / a.rstrip("/")).exists() else a for a in args]
         args = [str(tmp_path / a) if a in ("out/",) else a for a in args]
-        if args[:1] == ["train"] and not base:
-            pytest.skip("waiting on the service: the catalog has no model yet")
+        if args[0] == "train" and not base:
+            pytest.skip("waiting on the service: no model with weights on disk yet")
         res = on(stack, *args, timeout=600)
         assert res.returncode == 0, f"{line}\n{res.stderr}"
