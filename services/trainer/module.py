@@ -1,0 +1,281 @@
+"""The DreamBooth LightningModule and its step-indexed data.
+
+Training is deterministic from (seed, micro-batch index, rank): which instance and class images
+form micro-batch i, their crops and flips, the latent sample, the noise and the timesteps are
+all drawn from generators seeded by that triple. The data position is therefore the optimiser
+step itself, and resuming from a checkpoint at step k replays exactly what an uninterrupted run
+would have done from step k on.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+SEED_STRIDE = 1_000_003
+
+
+def image_tensor(img: Image.Image, resolution: int) -> torch.Tensor:
+    """RGB in [-1, 1], resized so that the short side is `resolution` (not cropped yet)."""
+    img = img.convert("RGB")
+    scale = resolution / min(img.size)
+    if img.size != (resolution, resolution):
+        size = (max(resolution, round(img.width * scale)),
+                max(resolution, round(img.height * scale)))
+        img = img.resize(size, Image.BICUBIC)
+    t = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
+    t = t.view(img.height, img.width, 3).permute(2, 0, 1).float()
+    return t / 127.5 - 1.0
+
+
+@dataclass
+class DataSpec:
+    seed: int
+    batch_size: int
+    resolution: int
+    center_crop: bool
+    random_flip: bool
+
+
+class StepBatches(Dataset):  # type: ignore[type-arg]
+    """Item i is micro-batch i for this rank: instance images (+ class images) and token ids."""
+
+    def __init__(self, spec: DataSpec, instance: Sequence[torch.Tensor],
+                 instance_ids: torch.Tensor, class_images: Sequence[torch.Tensor] = (),
+                 class_ids: torch.Tensor | None = None, total: int = 0) -> None:
+        self.spec = spec
+        self.instance = list(instance)
+        self.instance_ids = instance_ids  # [n_instance, L]
+        self.class_images = list(class_images)
+        self.class_ids = class_ids  # [1, L]
+        self.total = total
+        self.rank = 0
+        self.world_size = 1
+
+    def __len__(self) -> int:
+        return self.total
+
+    def _order(self, n: int, position: int, salt: int) -> int:
+        epoch, k = divmod(position, n)
+        perm = list(range(n))
+        random.Random(self.spec.seed * SEED_STRIDE + salt * 7919 + epoch).shuffle(perm)
+        return perm[k]
+
+    def _view(self, t: torch.Tensor, rng: random.Random) -> torch.Tensor:
+        res = self.spec.resolution
+        _, h, w = t.shape
+        if self.spec.center_crop:
+            top, left = (h - res) // 2, (w - res) // 2
+        else:
+            top, left = rng.randint(0, h - res), rng.randint(0, w - res)
+        t = t[:, top:top + res, left:left + res]
+        if self.spec.random_flip and rng.random() < 0.5:
+            t = t.flip(-1)
+        return t
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        g = i * self.world_size + self.rank  # global micro-batch index across ranks
+        rng = random.Random(self.spec.seed * SEED_STRIDE + g)
+        bs = self.spec.batch_size
+        idx = [self._order(len(self.instance), g * bs + j, 1) for j in range(bs)]
+        pixels = [self._view(self.instance[k], rng) for k in idx]
+        ids = [self.instance_ids[k] for k in idx]
+        if self.class_images:
+            assert self.class_ids is not None
+            cidx = [self._order(len(self.class_images), g * bs + j, 2) for j in range(bs)]
+            pixels += [self._view(self.class_images[k], rng) for k in cidx]
+            ids += [self.class_ids[0]] * bs
+        return {"pixels": torch.stack(pixels), "input_ids": torch.stack(ids),
+                "n_instance": bs, "noise_seed": self.spec.seed * SEED_STRIDE + g, "index": i}
+
+
+class ResumableSampler(Sampler[int]):
+    """Yields micro-batch indices from the current training position to the end."""
+
+    def __init__(self, total: int, start: Callable[[], int]) -> None:
+        self.total = total
+        self.start = start
+
+    def __len__(self) -> int:
+        return self.total
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(min(self.start(), self.total), self.total))
+
+
+@dataclass
+class OptimSpec:
+    learning_rate: float
+    text_encoder_learning_rate: float
+    weight_decay: float
+    lr_scheduler: str
+    lr_warmup_steps: int
+    total_steps: int
+    use_8bit_adam: bool = False
+    train_text_encoder: bool = False
+    prior_loss_weight: float = 1.0
+    gradient_checkpointing: bool = False
+
+
+class DreamBoothModule(L.LightningModule):
+    """UNet (+ optional text encoder) trained, VAE frozen in eval mode.
+
+    Loss = MSE(instance) + prior_loss_weight * MSE(class); the target is the noise (epsilon
+    models) or the velocity (v-prediction models), as the base model's scheduler config says.
+    """
+
+    def __init__(self, components: dict[str, Any], optim: OptimSpec,
+                 dataset: StepBatches | None = None, lora: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        from diffusers import DDPMScheduler
+
+        self.unet = components["unet"]
+        self.text_encoder = components["text_encoder"]
+        self.vae = components["vae"]
+        self.tokenizer = components["tokenizer"]
+        self.base_scheduler = components["scheduler"]
+        self.noise_scheduler = DDPMScheduler.from_config(components["scheduler"].config)
+        self.prediction_type = self.noise_scheduler.config.prediction_type
+        self.optim = optim
+        self.dataset = dataset
+        self.lora = lora
+        self.strict_loading = False  # checkpoints hold only the trained weights
+        self.vae.requires_grad_(False)
+        self.vae.eval()
+        self.text_encoder.requires_grad_(False)
+        if lora is not None:
+            from peft import LoraConfig
+
+            self.unet.requires_grad_(False)
+            self.unet.add_adapter(LoraConfig(
+                r=lora["rank"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+                init_lora_weights="gaussian", target_modules=list(lora["target_modules"])))
+            if optim.train_text_encoder:
+                self.text_encoder.add_adapter(LoraConfig(
+                    r=lora["rank"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+                    init_lora_weights="gaussian",
+                    target_modules=["q_proj", "k_proj", "v_proj", "out_proj"]))
+        else:
+            self.unet.requires_grad_(True)
+            if optim.train_text_encoder:
+                self.text_encoder.requires_grad_(True)
+        if optim.gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
+            if optim.train_text_encoder:
+                self.text_encoder.gradient_checkpointing_enable()
+        self.grad_norm = 0.0
+        self.last: dict[str, float] = {}
+        alphas = self.noise_scheduler.alphas_cumprod
+        self.register_buffer("alphas_cumprod", alphas.clone().float(), persistent=False)
+
+    # keep the frozen parts in eval mode whatever Lightning asks for
+    def train(self, mode: bool = True) -> DreamBoothModule:
+        super().train(mode)
+        self.vae.eval()
+        if not self.optim.train_text_encoder:
+            self.text_encoder.eval()
+        return self
+
+    def trainable_names(self) -> set[str]:
+        return {n for n, p in self.named_parameters() if p.requires_grad}
+
+    # -- data
+
+    def train_dataloader(self) -> DataLoader:  # type: ignore[type-arg]
+        assert self.dataset is not None
+        self.dataset.rank = self.global_rank
+        self.dataset.world_size = self.trainer.world_size
+        accum = self.trainer.accumulate_grad_batches
+        sampler = ResumableSampler(len(self.dataset), lambda: self.trainer.global_step * accum)
+        return DataLoader(self.dataset, batch_size=None, sampler=sampler, num_workers=0)
+
+    # -- loss
+
+    def compute_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor,
+                                                           torch.Tensor | None]:
+        pixels = batch["pixels"].to(self.device)
+        n_inst = int(batch["n_instance"])
+        gen = torch.Generator().manual_seed(int(batch["noise_seed"]))
+        with torch.no_grad():
+            dist = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist
+            eps = torch.randn(dist.mean.shape, generator=gen).to(dist.mean)
+            latents = (dist.mean + dist.std * eps).float() * self.vae.config.scaling_factor
+        noise = torch.randn(latents.shape, generator=gen).to(latents)
+        steps = self.noise_scheduler.config.num_train_timesteps
+        t = torch.randint(0, steps, (latents.shape[0],), generator=gen).to(self.device)
+        a = self.alphas_cumprod[t].view(-1, 1, 1, 1)
+        noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
+        hidden = self.text_encoder(batch["input_ids"].to(self.device))[0]
+        pred = self.unet(noisy, t, hidden).sample.float()
+        if self.prediction_type == "v_prediction":
+            target = a.sqrt() * noise - (1 - a).sqrt() * latents
+        elif self.prediction_type == "epsilon":
+            target = noise
+        else:
+            target = latents
+        inst = F.mse_loss(pred[:n_inst], target[:n_inst])
+        prior = F.mse_loss(pred[n_inst:], target[n_inst:]) if pred.shape[0] > n_inst else None
+        loss = inst if prior is None else inst + self.optim.prior_loss_weight * prior
+        return loss, inst, prior
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss, inst, prior = self.compute_loss(batch)
+        self.last = {"loss": float(loss.detach()), "instance_loss": float(inst.detach())}
+        if prior is not None:
+            self.last["prior_loss"] = float(prior.detach())
+        self.log("train/loss", loss.detach(), prog_bar=False, on_step=True, batch_size=1)
+        self.log("train/instance_loss", inst.detach(), on_step=True, batch_size=1)
+        if prior is not None:
+            self.log("train/prior_loss", prior.detach(), on_step=True, batch_size=1)
+        return loss
+
+    # -- optimisation
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        from diffusers.optimization import get_scheduler
+
+        o = self.optim
+        unet_params = [p for p in self.unet.parameters() if p.requires_grad]
+        groups = [{"params": unet_params, "lr": o.learning_rate}]
+        if o.train_text_encoder:
+            te = [p for p in self.text_encoder.parameters() if p.requires_grad]
+            groups.append({"params": te, "lr": o.text_encoder_learning_rate})
+        if o.use_8bit_adam:
+            import bitsandbytes as bnb  # only resolved on GPU hosts that have it
+
+            opt: torch.optim.Optimizer = bnb.optim.AdamW8bit(groups, weight_decay=o.weight_decay)
+        else:
+            opt = torch.optim.AdamW(groups, weight_decay=o.weight_decay)
+        sched = get_scheduler(o.lr_scheduler, opt, num_warmup_steps=o.lr_warmup_steps,
+                              num_training_steps=o.total_steps)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer,
+                                    gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        max_norm = float(gradient_clip_val) if gradient_clip_val else float("inf")
+        self.grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+
+    # -- checkpoints: only trained weights, plus RNG states
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        keep = self.trainable_names()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
+                                    if k in keep}
+        checkpoint["boothstudio_rng"] = {
+            "torch": torch.get_rng_state(), "python": random.getstate()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        rng = checkpoint.get("boothstudio_rng")
+        if rng:
+            torch.set_rng_state(rng["torch"])
+            random.setstate(rng["python"])

@@ -1,0 +1,493 @@
+"""Run one DreamBooth job with Lightning: prepare, train (resumably), export.
+
+    result = run_job(JobSpec(...), reporter)
+
+`run_job` is what a worker process executes (and what in-process tests call). It reports
+progress through a `Reporter` (the worker's writes to the job store) and checks it for cancel
+requests after every optimiser step.
+
+Job folder layout::
+
+    config.yaml                     resolved configuration (a job can be created from it)
+    instance/                       instance images (+ captions.json)
+    checkpoints/step-000050.ckpt    full training state (model, optimiser, LR scheduler, scaler,
+                                    loop progress = data position, RNG); atomic, retention-limited
+    exports/step-000050.safetensors inference-ready trained weights (fp16), kept apart
+    samples/step-000050/*.png       fixed-seed validation samples
+    logs/tensorboard, logs/csv      Lightning loggers
+    output/diffusers/               final model (full fine-tune), output/<name>.safetensors
+                                    (original single-file layout); output/lora/ for LoRA jobs
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import resource
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from PIL import Image
+
+from boothstudio.v1 import trainer_pb2
+from services.trainer.class_images import ClassImageCache, ClassImageKey, model_content_hash
+from services.trainer.module import DataSpec, DreamBoothModule, OptimSpec, StepBatches, image_tensor
+from shared.storage import fsync_dir
+
+log = logging.getLogger("boothstudio.trainer.job")
+P = trainer_pb2
+S = trainer_pb2.TrainingJobState
+
+PRECISION = {P.PRECISION_FP32: "32-true", P.PRECISION_BF16_MIXED: "bf16-mixed",
+             P.PRECISION_FP16_MIXED: "16-mixed"}
+SAMPLE_STEPS = 20
+
+
+class Reporter:
+    """Where a job reports to. The base class ignores everything (non-zero DDP ranks)."""
+
+    def state(self, state: int, reason: str = "", message: str = "") -> None: ...
+    def metrics(self, m: trainer_pb2.TrainingMetrics) -> None: ...
+    def sample(self, s: trainer_pb2.TrainingSample) -> None: ...
+    def checkpoint(self, c: trainer_pb2.Checkpoint,
+                   removed: list[trainer_pb2.Checkpoint]) -> None: ...
+    def class_images(self, ready: int, total: int, cached: int) -> None: ...
+    def warning(self, reason: str, message: str, field: str = "") -> None: ...
+
+    def stop_requested(self) -> str:
+        """"" to go on, else why to stop ("cancel", "drain")."""
+        return ""
+
+
+@dataclass
+class JobSpec:
+    job_id: str
+    job_dir: Path
+    config: trainer_pb2.DreamBoothConfig  # resolved
+    base_model: dict[str, Any]  # id, source_path, format (diffusers | hf_cache), ...
+    cache_dir: Path  # class image cache root
+    model_hash_memo: Path | None = None
+    #: denoising steps of validation samples
+    sample_steps: int = SAMPLE_STEPS
+    #: tests: stop as if cancelled once this step is done
+    stop_at_step: int = 0
+    extra_callbacks: list[Callback] = field(default_factory=list)
+
+
+@dataclass
+class JobResult:
+    outcome: str  # "succeeded" | "stopped" | "rank"
+    stop_reason: str = ""
+    step: int = 0
+    outputs: dict[str, str] = field(default_factory=dict)
+    class_images_cached: int = 0
+    class_images_generated: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def peak_memory_bytes() -> int:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return int(torch.cuda.max_memory_allocated())
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def load_base(base_model: dict[str, Any]) -> Any:
+    from services.diffusion.loading import load_pipeline
+
+    pipe, _info = load_pipeline(base_model["source_path"],
+                                source_format=base_model.get("format") or None,
+                                dtype=torch.float32)
+    return pipe
+
+
+def make_pipeline(components: dict[str, Any]) -> Any:
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline(
+        vae=components["vae"], text_encoder=components["text_encoder"],
+        tokenizer=components["tokenizer"], unet=components["unet"],
+        scheduler=components["scheduler"], safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False)
+
+
+def generate(pipe: Any, prompt: str, seeds: list[int], *, steps: int, cfg: float,
+             resolution: int, sampler: str = "", schedule: str = "", negative: str = "",
+             should_stop: Callable[[], bool] | None = None) -> list[Image.Image]:
+    """Images through the same pipeline code the Generator uses."""
+    from services.diffusion import pipelines, samplers
+
+    with torch.no_grad():
+        return list(pipelines.txt2img(
+            pipe, prompt, negative_prompt=negative, seeds=seeds, steps=steps, cfg_scale=cfg,
+            width=resolution, height=resolution, sampler=sampler or samplers.DEFAULT_SAMPLER,
+            schedule=schedule, should_stop=should_stop))
+
+
+def tokenize(tokenizer: Any, prompts: list[str]) -> torch.Tensor:
+    return tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length,
+                     truncation=True, return_tensors="pt").input_ids
+
+
+def checkpoint_files(job_dir: Path) -> list[Path]:
+    return sorted((job_dir / "checkpoints").glob("step-*.ckpt"))
+
+
+def lora_state(module: DreamBoothModule) -> dict[str, dict[str, torch.Tensor]]:
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    out = {"unet": convert_state_dict_to_diffusers(get_peft_model_state_dict(module.unet))}
+    if module.optim.train_text_encoder:
+        out["text_encoder"] = convert_state_dict_to_diffusers(
+            get_peft_model_state_dict(module.text_encoder))
+    return out
+
+
+def trained_weights(module: DreamBoothModule) -> dict[str, torch.Tensor]:
+    """The trained weights, inference-ready (fp16, safetensors names)."""
+    if module.lora is not None:
+        flat = {f"{part}.{k}": v for part, sd in lora_state(module).items() for k, v in sd.items()}
+    else:
+        flat = {f"unet.{k}": v for k, v in module.unet.state_dict().items()}
+        if module.optim.train_text_encoder:
+            flat.update({f"text_encoder.{k}": v
+                         for k, v in module.text_encoder.state_dict().items()})
+    return {k: (v.detach().to(torch.float16) if v.is_floating_point() else v.detach())
+            .contiguous().cpu() for k, v in flat.items()}
+
+
+def _timestamp_now() -> Any:
+    from google.protobuf import timestamp_pb2
+
+    ts = timestamp_pb2.Timestamp()
+    ts.GetCurrentTime()
+    return ts
+
+
+class JobCallback(Callback):
+    """Per optimiser step: metrics, stop requests, checkpoints (+ exports), samples."""
+
+    def __init__(self, spec: JobSpec, reporter: Reporter, pipe_parts: dict[str, Any],
+                 sampling: dict[str, Any]) -> None:
+        self.spec = spec
+        self.cfg = spec.config
+        self.reporter = reporter
+        self.parts = pipe_parts
+        self.sampling = sampling
+        self.last_step = -1
+        self.times: deque[tuple[float, int]] = deque(maxlen=20)
+        self.stop_reason = ""
+        self.last_emit = 0.0
+
+    # -- hooks
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.last_step = trainer.global_step
+        self.times.append((time.monotonic(), trainer.global_step))
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           outputs: Any, batch: Any, batch_idx: int) -> None:
+        step = trainer.global_step
+        if step == self.last_step:
+            return  # inside a gradient accumulation window
+        self.last_step = step
+        assert isinstance(pl_module, DreamBoothModule)
+        total = self.cfg.max_train_steps
+        now = time.monotonic()
+        self.times.append((now, step))
+        if trainer.is_global_zero:
+            self._metrics(trainer, pl_module, step, total, now)
+        reason = self.reporter.stop_requested() if trainer.is_global_zero else ""
+        if self.spec.stop_at_step and step >= self.spec.stop_at_step:
+            reason = reason or "cancel"
+        if trainer.world_size > 1:
+            reason = trainer.strategy.broadcast(reason, src=0)
+        every = self.cfg.checkpoint_every_steps
+        if reason or step >= total or (every and step % every == 0):
+            self.save(trainer, pl_module, step)
+        sample_every = self.cfg.sample_every_steps
+        if not reason and (step >= total or (sample_every and step % sample_every == 0)):
+            self.samples(trainer, pl_module, step)
+        if reason:
+            self.stop_reason = reason
+            trainer.should_stop = True
+
+    # -- pieces
+
+    def _metrics(self, trainer: L.Trainer, module: DreamBoothModule, step: int, total: int,
+                 now: float) -> None:
+        (t0, s0) = self.times[0]
+        rate = (step - s0) / (now - t0) if now > t0 and step > s0 else 0.0
+        last = module.last
+        m = trainer_pb2.TrainingMetrics(
+            step=step, total_steps=total, loss=last.get("loss", 0.0),
+            instance_loss=last.get("instance_loss", 0.0),
+            learning_rate=float(trainer.optimizers[0].param_groups[0]["lr"]),
+            steps_per_second=rate, eta_seconds=(total - step) / rate if rate else 0.0,
+            peak_memory_bytes=peak_memory_bytes(), grad_norm=module.grad_norm,
+            epoch=(step * self.cfg.batch_size * self.cfg.gradient_accumulation_steps)
+            // max(1, len(module.dataset.instance) if module.dataset else 1))
+        if "prior_loss" in last:
+            m.prior_loss = last["prior_loss"]
+        if step >= total or now - self.last_emit >= 0.25:
+            self.last_emit = now
+            self.reporter.metrics(m)
+
+    def save(self, trainer: L.Trainer, module: DreamBoothModule, step: int) -> None:
+        from safetensors.torch import save_file
+
+        name = f"step-{step:06d}"
+        ck_dir = self.spec.job_dir / "checkpoints"
+        ck_dir.mkdir(parents=True, exist_ok=True)
+        final = ck_dir / f"{name}.ckpt"
+        tmp = ck_dir / f".{name}.ckpt.tmp"
+        trainer.save_checkpoint(tmp)  # every rank joins; rank 0 writes
+        if not trainer.is_global_zero:
+            return
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+        fsync_dir(ck_dir)
+        ex_dir = self.spec.job_dir / "exports"
+        ex_dir.mkdir(parents=True, exist_ok=True)
+        export = ex_dir / f"{name}.safetensors"
+        tmp_export = ex_dir / f".{name}.safetensors.tmp"
+        meta = {"format": "pt", "kind": "lora" if module.lora else "full", "step": str(step),
+                "base_model_id": str(self.spec.base_model.get("id", "")),
+                "trigger_phrase": self.cfg.instance_prompt}
+        save_file(trained_weights(module), str(tmp_export), metadata=meta)
+        os.replace(tmp_export, export)
+        fsync_dir(ex_dir)
+        # retention: full-state checkpoints only (exports are small and kept for picking)
+        full = checkpoint_files(self.spec.job_dir)
+        removed = []
+        for old in full[:-self.cfg.checkpoints_to_keep]:
+            old.unlink(missing_ok=True)
+            removed.append(trainer_pb2.Checkpoint(
+                checkpoint_id=old.stem, step=int(old.stem.split("-")[1]),
+                kind=P.CHECKPOINT_KIND_FULL_STATE, path=str(old)))
+        for path, kind in ((final, P.CHECKPOINT_KIND_FULL_STATE),
+                           (export, P.CHECKPOINT_KIND_EXPORT)):
+            self.reporter.checkpoint(trainer_pb2.Checkpoint(
+                checkpoint_id=name, step=step, kind=kind, path=str(path),
+                size_bytes=path.stat().st_size, create_time=_timestamp_now()),
+                removed if kind == P.CHECKPOINT_KIND_FULL_STATE else [])
+
+    def samples(self, trainer: L.Trainer, module: DreamBoothModule, step: int) -> None:
+        if not trainer.is_global_zero:
+            return
+        out_dir = self.spec.job_dir / "samples" / f"step-{step:06d}"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        was_training = module.training
+        module.eval()
+        try:
+            pipe = make_pipeline(self.parts)
+            index = 0
+            for p_i, prompt in enumerate(self.cfg.validation_prompts):
+                seeds = [int(s) for s in self.cfg.validation_seeds]
+                images = generate(pipe, prompt, seeds, **self.sampling)
+                for seed, img in zip(seeds, images, strict=True):
+                    path = out_dir / f"p{p_i:02d}-seed{seed}.png"
+                    img.save(path)
+                    self.reporter.sample(trainer_pb2.TrainingSample(
+                        step=step, prompt=prompt, seed=seed, png=path.read_bytes(), index=index))
+                    index += 1
+        finally:
+            module.train(was_training)
+
+
+def build_trainer(spec: JobSpec, callbacks: list[Callback]) -> L.Trainer:
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+    from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
+
+    c = spec.config
+    on_gpu = c.accelerator == "gpu"
+    strategy: Any = "auto"
+    if c.strategy == P.STRATEGY_DDP:
+        strategy = DDPStrategy(process_group_backend="nccl" if on_gpu else "gloo")
+    elif c.strategy == P.STRATEGY_FSDP:
+        strategy = FSDPStrategy()
+    elif c.strategy == P.STRATEGY_SINGLE_DEVICE:
+        strategy = "auto"
+    logs = spec.job_dir / "logs"
+    loggers = [CSVLogger(str(logs), name="", version="csv")]
+    with contextlib.suppress(ModuleNotFoundError):  # tensorboard missing: CSV only
+        loggers.append(TensorBoardLogger(str(logs), name="", version="tensorboard",
+                                         default_hp_metric=False))  # type: ignore[arg-type]
+    return L.Trainer(
+        accelerator="gpu" if on_gpu else "cpu", devices=c.devices, num_nodes=1,
+        strategy=strategy, precision=PRECISION[c.precision],  # type: ignore[arg-type]
+        max_steps=c.max_train_steps, max_epochs=-1,
+        accumulate_grad_batches=c.gradient_accumulation_steps,
+        gradient_clip_val=c.max_grad_norm if c.max_grad_norm > 0 else None,
+        logger=loggers, callbacks=callbacks, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        limit_val_batches=0, log_every_n_steps=1, default_root_dir=str(spec.job_dir),
+        use_distributed_sampler=False)
+
+
+def _instance_images(job_dir: Path) -> tuple[list[Image.Image], list[str], list[str]]:
+    folder = job_dir / "instance"
+    captions_file = folder / "captions.json"
+    captions = json.loads(captions_file.read_text()) if captions_file.exists() else {}
+    names = sorted(p.name for p in folder.iterdir()
+                   if p.is_file() and p.name != "captions.json" and not p.name.startswith("."))
+    images = []
+    for n in names:
+        with Image.open(folder / n) as im:
+            images.append(im.convert("RGB"))
+    return images, names, [captions.get(n, "") for n in names]
+
+
+def prepare_class_images(spec: JobSpec, pipe: Any, reporter: Reporter
+                         ) -> tuple[list[Path], int, int]:
+    c = spec.config
+    gen = c.prior_preservation.generation
+    from services.diffusion import samplers
+
+    sampler_spec, schedule = samplers.resolve(gen.sampler, gen.schedule)
+    source = Path(spec.base_model["source_path"])
+    model_hash = (model_content_hash(source, spec.model_hash_memo) if source.exists()
+                  else f"id:{spec.base_model.get('id')}")
+    key = ClassImageKey(model_hash=model_hash, prompt=c.class_prompt,
+                        negative_prompt=gen.negative_prompt, sampler=sampler_spec.id,
+                        schedule=schedule, steps=gen.steps, cfg_scale=round(gen.cfg_scale, 4),
+                        resolution=c.resolution, first_seed=int(gen.seed))
+    cache = ClassImageCache(spec.cache_dir)
+
+    def make(seeds: list[int]) -> list[Image.Image]:
+        return generate(pipe, c.class_prompt, seeds, steps=gen.steps, cfg=gen.cfg_scale,
+                        resolution=c.resolution, sampler=sampler_spec.id, schedule=schedule,
+                        negative=gen.negative_prompt,
+                        should_stop=lambda: bool(reporter.stop_requested()))
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=c.prior_preservation.class_image_count, desc="class images",
+               disable=None)
+
+    def progress(ready: int, total: int, cached: int) -> None:
+        bar.n = ready
+        bar.refresh()
+        reporter.class_images(ready, total, cached)
+
+    result = cache.ensure(key, c.prior_preservation.class_image_count, make, progress)
+    bar.close()
+    return result.paths, result.cached, result.generated
+
+
+def run_job(spec: JobSpec, reporter: Reporter) -> JobResult:
+    """Prepare, train from the latest checkpoint (if any) to max_train_steps, export."""
+    c = spec.config
+    timings: dict[str, float] = {}
+    t0 = time.monotonic()
+    reporter.state(S.TRAINING_JOB_STATE_PREPARING)
+    torch.manual_seed(c.seed)
+    pipe = load_base(spec.base_model)
+    images, _names, captions = _instance_images(spec.job_dir)
+    class_paths: list[Path] = []
+    cached = generated = 0
+    if c.prior_preservation.enabled:
+        t = time.monotonic()
+        class_paths, cached, generated = prepare_class_images(spec, pipe, reporter)
+        timings["class_images"] = time.monotonic() - t
+        if reporter.stop_requested():
+            return JobResult("stopped", reporter.stop_requested(), 0, seconds=timings)
+
+    res = c.resolution
+    inst_t = [image_tensor(im, res) for im in images]
+    prompts = [(cap.replace("{identifier}", c.identifier) if cap else c.instance_prompt)
+               for cap in captions]
+    inst_ids = tokenize(pipe.tokenizer, prompts)
+    class_t: list[torch.Tensor] = []
+    class_ids = None
+    if class_paths:
+        for p in class_paths:
+            with Image.open(p) as im:
+                class_t.append(image_tensor(im, res))
+        class_ids = tokenize(pipe.tokenizer, [c.class_prompt])
+    data = StepBatches(DataSpec(c.seed, c.batch_size, res, c.center_crop, c.random_flip),
+                       inst_t, inst_ids, class_t, class_ids,
+                       total=c.max_train_steps * c.gradient_accumulation_steps)
+    lora = None
+    if c.method == P.TRAINING_METHOD_LORA:
+        lora = {"rank": c.lora.rank, "alpha": c.lora.alpha, "dropout": c.lora.dropout,
+                "target_modules": list(c.lora.target_modules)}
+    optim = OptimSpec(
+        learning_rate=c.learning_rate,
+        text_encoder_learning_rate=(c.text_encoder_learning_rate
+                                    if c.HasField("text_encoder_learning_rate")
+                                    else c.learning_rate),
+        weight_decay=c.weight_decay, lr_scheduler=c.lr_scheduler,
+        lr_warmup_steps=c.lr_warmup_steps, total_steps=c.max_train_steps,
+        use_8bit_adam=c.use_8bit_adam, train_text_encoder=c.train_text_encoder,
+        prior_loss_weight=(c.prior_preservation.loss_weight
+                           if c.prior_preservation.enabled else 0.0),
+        gradient_checkpointing=c.gradient_checkpointing)
+    parts = {"vae": pipe.vae, "text_encoder": pipe.text_encoder, "tokenizer": pipe.tokenizer,
+             "unet": pipe.unet, "scheduler": pipe.scheduler}
+    module = DreamBoothModule(parts, optim, data, lora)
+    gen = c.prior_preservation.generation
+    sampling = {"steps": spec.sample_steps, "cfg": 7.0, "resolution": res,
+                "sampler": gen.sampler, "schedule": gen.schedule}
+    job_cb = JobCallback(spec, reporter, parts, sampling)
+    trainer = build_trainer(spec, [job_cb, *spec.extra_callbacks])
+    ckpts = checkpoint_files(spec.job_dir)
+    resume = ckpts[-1] if ckpts else None
+    timings["prepare"] = time.monotonic() - t0
+    reporter.state(S.TRAINING_JOB_STATE_RUNNING,
+                   "RESUMED" if resume else "", f"resuming from {resume.name}" if resume else "")
+    t = time.monotonic()
+    trainer.fit(module, ckpt_path=str(resume) if resume else None)
+    timings["train"] = time.monotonic() - t
+    step = trainer.global_step
+    if not trainer.is_global_zero:
+        return JobResult("rank", step=step)
+    if job_cb.stop_reason:
+        return JobResult("stopped", job_cb.stop_reason, step, class_images_cached=cached,
+                         class_images_generated=generated, seconds=timings)
+    reporter.state(S.TRAINING_JOB_STATE_EXPORTING)
+    t = time.monotonic()
+    outputs = export(spec, module)
+    timings["export"] = time.monotonic() - t
+    return JobResult("succeeded", "", step, outputs, cached, generated, timings)
+
+
+def export(spec: JobSpec, module: DreamBoothModule) -> dict[str, str]:
+    """Write the final model: diffusers folder + original single file, or a LoRA file."""
+    import shutil
+
+    from services.diffusion.single_file import export_single_file
+
+    out = spec.job_dir / "output"
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    module.eval()
+    parts = {"vae": module.vae, "text_encoder": module.text_encoder,
+             "tokenizer": module.tokenizer, "unet": module.unet,
+             "scheduler": module.base_scheduler}
+    if module.lora is not None:
+        from diffusers import StableDiffusionPipeline
+
+        lora_dir = out / "lora"
+        st = lora_state(module)
+        StableDiffusionPipeline.save_lora_weights(
+            str(lora_dir), unet_lora_layers=st["unet"],
+            text_encoder_lora_layers=st.get("text_encoder"), safe_serialization=True)
+        return {"lora": str(lora_dir / "pytorch_lora_weights.safetensors")}
+    pipe = make_pipeline(parts)
+    diffusers_dir = out / "diffusers"
+    pipe.save_pretrained(str(diffusers_dir), safe_serialization=True)
+    single = out / f"{spec.job_id}.safetensors"
+    export_single_file(pipe, single, dtype=torch.float16)
+    return {"diffusers": str(diffusers_dir), "single_file": str(single)}

@@ -1,0 +1,223 @@
+"""One training job in its own process.
+
+    python -m services.trainer.worker --service-dir D --job-id J [--catalog HOST:PORT]
+
+
+Started by the trainer service; a crash here (segfault, OOM kill, exception) never takes the
+service down. The worker dies with its parent (PR_SET_PDEATHSIG plus a parent watch), so a
+killed service leaves no orphan training; the restarted service resumes the job from its last
+checkpoint. Under DDP, Lightning re-runs this module for ranks > 0 (LOCAL_RANK set): those only
+train and never write job state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from boothstudio.v1 import catalog_pb2, catalog_pb2_grpc, trainer_pb2
+from services.trainer.store import JobStore
+
+S = trainer_pb2.TrainingJobState
+log = logging.getLogger("boothstudio.trainer.worker")
+STOP_FILE = "STOP"
+
+
+def die_with_parent() -> None:
+    parent = os.getppid()
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent:
+                os._exit(1)
+            time.sleep(1.0)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+
+
+class StoreReporter:
+    """Job progress into the job store (state, events, checkpoints)."""
+
+    def __init__(self, store: JobStore, job_id: str, job_dir: Path) -> None:
+        self.store = store
+        self.job_id = job_id
+        self.job_dir = job_dir
+        self.last_class_event = 0.0
+
+    def _current(self) -> int:
+        job = self.store.get(self.job_id)
+        return job.state if job else S.TRAINING_JOB_STATE_UNSPECIFIED
+
+    def state(self, state: int, reason: str = "", message: str = "") -> None:
+        current = self._current()
+        if current == state and not reason:
+            return
+        if current == S.TRAINING_JOB_STATE_CANCELLING and state in (
+                S.TRAINING_JOB_STATE_PREPARING, S.TRAINING_JOB_STATE_RUNNING,
+                S.TRAINING_JOB_STATE_EXPORTING):
+            return  # a cancel is pending: keep showing it
+        fields = {}
+        if state == S.TRAINING_JOB_STATE_PREPARING:
+            fields["start_time"] = time.time()
+        self.store.set_state(self.job_id, state, reason, message, **fields)
+
+    def metrics(self, m: trainer_pb2.TrainingMetrics) -> None:
+        self.store.update(self.job_id, step=m.step, total_steps=m.total_steps, last_metrics=m)
+        self.store.event(self.job_id, metrics=m)
+
+    def sample(self, s: trainer_pb2.TrainingSample) -> None:
+        self.store.event(self.job_id, sample=s)
+
+    def checkpoint(self, c: trainer_pb2.Checkpoint,
+                   removed: list[trainer_pb2.Checkpoint]) -> None:
+        self.store.add_checkpoint(self.job_id, c)
+        for r in removed:
+            self.store.remove_checkpoint(self.job_id, r.checkpoint_id, r.kind)
+        self.store.event(self.job_id, checkpoint_saved=trainer_pb2.CheckpointSaved(checkpoint=c))
+
+    def class_images(self, ready: int, total: int, cached: int) -> None:
+        now = time.monotonic()
+        if ready in (0, total) or now - self.last_class_event > 0.5:
+            self.last_class_event = now
+            self.store.event(self.job_id, class_images=trainer_pb2.ClassImagesProgress(
+                ready=ready, total=total, cached=cached))
+
+    def warning(self, reason: str, message: str, field: str = "") -> None:
+        self.store.add_warning(self.job_id, reason, message, field)
+
+    def stop_requested(self) -> str:
+        try:
+            return (self.job_dir / STOP_FILE).read_text().strip() or "cancel"
+        except FileNotFoundError:
+            return ""
+
+
+def register(job_id: str, store: JobStore, outputs: dict[str, str], catalog: str,
+             api_key: str, attempts: int = 5) -> str:
+    """Register the output in Catalog (idempotent: model id derived from the job id)."""
+    import grpc
+
+    from shared.channels import sync_channel
+    from shared.errors import decode_rpc_error
+
+    job = store.get(job_id)
+    assert job is not None
+    cfg = job.config
+    lora = "lora" in outputs
+    # one model per job and length (a resumed, extended job registers a new one)
+    model_id = f"{'lora' if lora else 'ft'}-{job_id}-{cfg.max_train_steps}".lower()
+    model_id = model_id.replace("_", "-")[:128]
+    name = cfg.output_model_name or f"{job.display_name} ({job.trigger_phrase})"
+    req = catalog_pb2.ImportModelRequest(
+        model_id=model_id, display_name=name,
+        kind=catalog_pb2.MODEL_KIND_LORA if lora else catalog_pb2.MODEL_KIND_FINE_TUNED,
+        origin=catalog_pb2.ModelOrigin(base_model_id=cfg.base_model_id, training_job_id=job_id),
+        trigger_phrase=job.trigger_phrase,
+        description=f"DreamBooth {'LoRA' if lora else 'fine-tune'} of {cfg.base_model_id} on "
+                    f"{job.instance_image_count} images, {cfg.max_train_steps} steps")
+    if lora:
+        req.single_file_path = outputs["lora"]
+    else:
+        req.diffusers_path = outputs["diffusers"]
+    delay = 0.5
+    for attempt in range(attempts):
+        with sync_channel(catalog, api_key=api_key or None) as ch:
+            stub = catalog_pb2_grpc.CatalogServiceStub(ch)
+            try:
+                return str(stub.ImportModel(req, timeout=60).model.id)
+            except grpc.RpcError as err:
+                code = err.code()  # type: ignore[attr-defined]
+                if code == grpc.StatusCode.ALREADY_EXISTS:
+                    got = stub.GetModel(catalog_pb2.GetModelRequest(model_id=model_id),
+                                        timeout=10).model
+                    if got.origin.training_job_id == job_id:
+                        return str(got.id)
+                    raise
+                if code != grpc.StatusCode.UNAVAILABLE or attempt == attempts - 1:
+                    raise RuntimeError(f"Catalog refused the model: "
+                                       f"{decode_rpc_error(err).message}") from err
+        time.sleep(delay)
+        delay *= 2
+    raise RuntimeError("Catalog unavailable")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m services.trainer.worker")
+    p.add_argument("--service-dir", type=Path, required=True)
+    p.add_argument("--job-id", required=True)
+    p.add_argument("--catalog", default="")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--sample-steps", type=int, default=20)
+    args = p.parse_args(argv)
+    rank = int(os.environ.get("LOCAL_RANK", "0") or 0)
+    die_with_parent()
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format=f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s")
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from services.trainer.train import JobSpec, Reporter, run_job
+
+    store = JobStore(args.service_dir / "trainer.sqlite3")
+    job = store.get(args.job_id)
+    if job is None:
+        log.error("no job %s", args.job_id)
+        return 2
+    reporter = StoreReporter(store, job.id, job.job_dir) if rank == 0 else Reporter()
+    spec = JobSpec(job.id, job.job_dir, job.config, job.base_model,
+                   args.service_dir / "class_images", args.service_dir / "model_hashes.json",
+                   sample_steps=args.sample_steps)
+    try:
+        result = run_job(spec, reporter)  # type: ignore[arg-type]
+    except BaseException as exc:
+        if rank != 0:
+            raise
+        oom = isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
+        reason = "OUT_OF_MEMORY" if oom else "TRAINING_ERROR"
+        if isinstance(exc, KeyboardInterrupt | SystemExit):
+            reason = "INTERRUPTED"
+        log.exception("job %s failed", job.id)
+        store.set_state(job.id, S.TRAINING_JOB_STATE_FAILED, reason,
+                        f"{type(exc).__name__}: {exc}"[:2000])
+        return 1
+    if rank != 0 or result.outcome == "rank":
+        return 0
+    if result.outcome == "stopped":
+        (job.job_dir / STOP_FILE).unlink(missing_ok=True)
+        if result.stop_reason == "drain":
+            store.set_state(job.id, S.TRAINING_JOB_STATE_QUEUED, "INTERRUPTED",
+                            f"service shutting down; resumes from step {result.step}")
+        else:
+            store.set_state(job.id, S.TRAINING_JOB_STATE_CANCELLED, "CANCELLED",
+                            f"cancelled at step {result.step}; resumable")
+        return 0
+    try:
+        model_id = register(job.id, store, result.outputs, args.catalog,
+                            os.environ.get("BOOTHSTUDIO_SERVICE_API_KEY", ""))
+    except Exception as exc:
+        log.exception("registration failed")
+        store.set_state(job.id, S.TRAINING_JOB_STATE_FAILED, "REGISTRATION_FAILED",
+                        f"model saved in {job.job_dir / 'output'} but not registered: {exc}; "
+                        "ResumeTrainingJob retries the registration")
+        return 1
+    store.set_state(job.id, S.TRAINING_JOB_STATE_SUCCEEDED, "", "", output_model_id=model_id,
+                    step=result.step)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,35 @@
+"""Trainer test fixtures: a tiny untrained model (same architecture as the embedded one) and
+instance images of the DreamBooth subject. Settings stay tiny: 64 px, batch 1, a few steps."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+import torch
+
+# One thread: the CI box has 2 cores shared with other work; oversubscribed OpenMP threads make
+# small CPU models an order of magnitude slower.
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def untrained_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from services.diffusion.embedded import build_untrained_pipeline
+
+    out = tmp_path_factory.mktemp("untrained") / "model"
+    build_untrained_pipeline(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def subject_pngs() -> list[bytes]:
+    from services.diffusion.scenes import subject_images
+
+    out = []
+    for img, _ in subject_images(4):
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+        out.append(buf.getvalue())
+    return out

@@ -1,0 +1,60 @@
+"""Exact resume: stop at step k, resume to N == an uninterrupted run to N (same seed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from boothstudio.v1 import trainer_pb2 as P
+
+
+def _spec(tmp: Path, name: str, model: Path, pngs: list[bytes], steps: int, **kw):
+    from services.trainer.options import Limits, resolve
+    from services.trainer.train import JobSpec
+
+    job_dir = tmp / name
+    (job_dir / "instance").mkdir(parents=True, exist_ok=True)
+    for i, data in enumerate(pngs[:3]):
+        (job_dir / "instance" / f"{i}.png").write_bytes(data)
+    cfg = P.DreamBoothConfig(
+        base_model_id="untrained", class_noun="circle", max_train_steps=steps, seed=3,
+        learning_rate=1e-3, lr_scheduler="linear", train_text_encoder=True, random_flip=True,
+        gradient_accumulation_steps=2, validation_prompts=["a {identifier} circle"])
+    cfg.prior_preservation.enabled = True
+    cfg.prior_preservation.class_image_count = 2
+    cfg.prior_preservation.generation.steps = 2
+    cfg.instance_images.add(data=pngs[0], filename="0.png")
+    resolved = resolve(cfg, base_model={"native_resolution": 64}, limits=Limits()).config
+    return JobSpec(name, job_dir, resolved, {"id": "untrained", "source_path": str(model),
+                                            "format": "diffusers"},
+                   tmp / "class_cache", tmp / "memo.json", sample_steps=2, **kw)
+
+
+def _weights(ckpt: Path) -> dict[str, torch.Tensor]:
+    return torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+
+
+def test_stop_and_resume_gives_the_same_weights(tmp_path, untrained_model, subject_pngs):
+    from services.trainer.train import Reporter, run_job
+
+    steps = 4
+    full = run_job(_spec(tmp_path, "full", untrained_model, subject_pngs, steps), Reporter())
+    assert full.outcome == "succeeded" and full.step == steps
+
+    first = run_job(_spec(tmp_path, "split", untrained_model, subject_pngs, steps,
+                          stop_at_step=2), Reporter())
+    assert first.outcome == "stopped" and first.step == 2
+    assert first.class_images_cached == 2  # the first run generated them
+    assert (tmp_path / "split" / "checkpoints" / "step-000002.ckpt").exists()
+    second = run_job(_spec(tmp_path, "split", untrained_model, subject_pngs, steps), Reporter())
+    assert second.outcome == "succeeded" and second.step == steps
+
+    a = _weights(tmp_path / "full" / "checkpoints" / "step-000004.ckpt")
+    b = _weights(tmp_path / "split" / "checkpoints" / "step-000004.ckpt")
+    assert a.keys() == b.keys() and any(k.startswith("text_encoder.") for k in a)
+    base = _weights(tmp_path / "split" / "checkpoints" / "step-000002.ckpt")
+    moved = max(float((a[k] - base[k]).abs().max()) for k in a)
+    assert moved > 1e-4  # training did change the weights after step 2
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst <= 1e-6, f"resumed run differs by {worst}"
