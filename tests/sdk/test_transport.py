@@ -252,3 +252,25 @@ async def test_async_break_and_cancel(fakes: dict[str, Any]) -> None:
             if isinstance(event, Progress) and event.step == 1:
                 assert await stream2.cancel()
         assert isinstance(last, Finished) and last.status is GenerationStatus.CANCELLED
+
+
+def test_generation_fails_over_to_a_reachable_generator(fakes: dict[str, Any]) -> None:
+    fakes["generators"][0].steps = 1
+    with BoothStudio(
+        fakes["catalog_addr"], ["127.0.0.1:1", fakes["gen_addrs"][0]], "x:1", retry=FAST_RETRY
+    ) as client:
+        for seed in range(3):  # whichever address comes first, the job ends on the live one
+            assert client.generate("p", seed=seed).seeds == [seed]
+    assert fakes["generators"][0].generate_calls == 3
+
+
+def test_api_key_on_streams_and_break(fakes: dict[str, Any]) -> None:
+    with client_for(fakes, api_key="secret") as client:
+        with client.stream_generate("p") as stream:
+            for event in stream:
+                if isinstance(event, Progress):
+                    break
+        gen = next(g for g in fakes["generators"] if g.generate_calls)
+        assert gen.client_left.wait(5)
+        assert client.cancel_generation("unknown-job") is True  # fake answers cancelled=True
+    assert all(g.cancel_requests == ["unknown-job"] for g in fakes["generators"])  # sent to all
