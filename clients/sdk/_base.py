@@ -177,12 +177,22 @@ class StreamState:
         self.retry = RetryState(policy, timeout, idempotent=True)
         self.resume_anytime = resume_anytime
         self.received = 0
-        self.last_sequence = -1
+        self.last_sequence = -1  # highest sequence delivered
+        self.resume_after = -1  # after a reconnect: events up to here were already delivered
         self.closed = False
+        # The live call and the channel index. They live here, not on the stream object, so
+        # that the event generator does not reference the stream: dropping the stream (e.g.
+        # breaking out of a for loop) then frees it at once and its __del__ cancels the call.
+        self.call: Any = None
+        self.index = 0
+
+    def reconnecting(self) -> None:
+        self.resume_after = self.last_sequence
 
     def seen(self, sequence: int) -> bool:
-        """True when an event with this sequence number was already delivered."""
-        if sequence and sequence <= self.last_sequence:
+        """True when an event with this sequence number was delivered before a reconnect (the
+        replayed history repeats it)."""
+        if sequence and sequence <= self.resume_after:
             return True
         self.last_sequence = max(self.last_sequence, sequence)
         return False

@@ -711,6 +711,14 @@ def training_event(resp: trainer_pb2.WatchTrainingJobResponse) -> TrainingEvent 
     return None
 
 
+def watch_request(
+    job_id: str, include_history: bool, include_logs: bool
+) -> trainer_pb2.WatchTrainingJobRequest:
+    return trainer_pb2.WatchTrainingJobRequest(
+        job_id=job_id, include_history=include_history, include_logs=include_logs
+    )
+
+
 def _close(name: str, names: Sequence[str]) -> str:
     near = difflib.get_close_matches(name, names, n=1)
     return f" (did you mean {near[0]!r}?)" if near else ""

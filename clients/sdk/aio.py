@@ -21,6 +21,7 @@ from clients.sdk import _convert as cv
 from clients.sdk import _ops as ops
 from clients.sdk._base import (
     ClientBase,
+    Pool,
     StreamState,
     check_training_outcome,
     dataset_name,
@@ -66,10 +67,9 @@ class AsyncGenerationStream:
         self._client = client
         self._request = request
         self._pool = client._pools["generator"]
-        self._index = self._pool.next_index()
         self._state = StreamState(client.config.retry, timeout, resume_anytime=False)
-        self._call: Any = None
-        self._agen = self._events()
+        self._state.index = self._pool.next_index()
+        self._agen = _generate_events(self._pool, request, self._state)
 
     @property
     def job_id(self) -> str:
@@ -77,28 +77,7 @@ class AsyncGenerationStream:
 
     @property
     def address(self) -> str:
-        return self._pool.addresses[self._index]
-
-    async def _events(self) -> AsyncGenerator[GenerateEvent, None]:
-        st = self._state
-        while True:
-            timeout = st.retry.start_attempt()
-            self._call = self._pool.stub(self._index).Generate(self._request, timeout=timeout)
-            try:
-                async for resp in self._call:
-                    event = cv.generate_event(resp)
-                    if event is not None:
-                        st.got_event()
-                        yield event
-                return
-            except grpc.RpcError as err:
-                if st.closed:
-                    return
-                delay = st.retry_delay(err)
-                if delay is None:
-                    raise from_rpc_error(err, service="generator", address=self.address) from None
-                await asyncio.sleep(delay)
-                self._index = self._pool.next_index()
+        return self._pool.addresses[self._state.index]
 
     def __aiter__(self) -> AsyncGenerationStream:
         return self
@@ -108,22 +87,15 @@ class AsyncGenerationStream:
 
     async def cancel(self, timeout: float | None = None) -> bool:
         op = ops.cancel_generation(self.job_id)
+        timeout_s = self._client._timeout(timeout)
         try:
-            timeout_s = self._client._timeout(timeout)
-            done: bool = await self._client._invoke(op, self._index, timeout_s)
+            done: bool = await self._client._invoke(op, self._state.index, timeout_s)
             return done
         except NotFound:
             return False
 
-    def _cancel_call(self) -> None:
-        self._state.closed = True
-        if self._call is not None and not self._call.done():
-            self._call.cancel()
-
     async def aclose(self) -> None:
-        self._cancel_call()
-        with contextlib.suppress(RuntimeError):
-            await self._agen.aclose()
+        await _aclose(self._state, self._agen)
 
     async def __aenter__(self) -> AsyncGenerationStream:
         return self
@@ -135,7 +107,67 @@ class AsyncGenerationStream:
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
-            self._cancel_call()
+            _cancel_call(self._state)
+
+
+def _cancel_call(st: StreamState) -> None:
+    st.closed = True
+    if st.call is not None and not st.call.done():
+        st.call.cancel()
+
+
+async def _aclose(st: StreamState, agen: AsyncGenerator[Any, None]) -> None:
+    _cancel_call(st)
+    with contextlib.suppress(RuntimeError):
+        await agen.aclose()
+
+
+async def _generate_events(
+    pool: Pool[grpc.aio.Channel], request: Any, st: StreamState
+) -> AsyncGenerator[GenerateEvent, None]:
+    while True:
+        st.call = pool.stub(st.index).Generate(request, timeout=st.retry.start_attempt())
+        try:
+            async for resp in st.call:
+                event = cv.generate_event(resp)
+                if event is not None:
+                    st.got_event()
+                    yield event
+            return
+        except grpc.RpcError as err:
+            if st.closed:
+                return
+            delay = st.retry_delay(err)
+            if delay is None:
+                address = pool.addresses[st.index]
+                raise from_rpc_error(err, service="generator", address=address) from None
+            await asyncio.sleep(delay)
+            st.index = pool.next_index()
+
+
+async def _watch_events(
+    pool: Pool[grpc.aio.Channel], job_id: str, history: bool, logs: bool, st: StreamState
+) -> AsyncGenerator[TrainingEvent, None]:
+    while True:
+        req = cv.watch_request(job_id, history or st.received > 0, logs)
+        st.call = pool.stub(0).WatchTrainingJob(req, timeout=st.retry.start_attempt())
+        try:
+            async for resp in st.call:
+                event = cv.training_event(resp)
+                if event is None or st.seen(event.sequence):
+                    continue
+                st.got_event()
+                yield event
+            return
+        except grpc.RpcError as err:
+            if st.closed:
+                return
+            delay = st.retry_delay(err)
+            if delay is None:
+                address = pool.addresses[0]
+                raise from_rpc_error(err, service="trainer", address=address) from None
+            st.reconnecting()
+            await asyncio.sleep(delay)
 
 
 class AsyncTrainingWatch:
@@ -149,42 +181,11 @@ class AsyncTrainingWatch:
         include_logs: bool,
         timeout: float | None,
     ) -> None:
-        self._client = client
         self.job_id = job_id
-        self._include_history = include_history
-        self._include_logs = include_logs
-        self._pool = client._pools["trainer"]
         self._state = StreamState(client.config.retry, timeout, resume_anytime=True)
-        self._call: Any = None
-        self._agen = self._events()
-
-    async def _events(self) -> AsyncGenerator[TrainingEvent, None]:
-        from boothstudio.v1 import trainer_pb2
-
-        st = self._state
-        while True:
-            req = trainer_pb2.WatchTrainingJobRequest(
-                job_id=self.job_id,
-                include_history=self._include_history or st.received > 0,
-                include_logs=self._include_logs,
-            )
-            self._call = self._pool.stub(0).WatchTrainingJob(req, timeout=st.retry.start_attempt())
-            try:
-                async for resp in self._call:
-                    event = cv.training_event(resp)
-                    if event is None or st.seen(event.sequence):
-                        continue
-                    st.got_event()
-                    yield event
-                return
-            except grpc.RpcError as err:
-                if st.closed:
-                    return
-                delay = st.retry_delay(err)
-                if delay is None:
-                    address = self._pool.addresses[0]
-                    raise from_rpc_error(err, service="trainer", address=address) from None
-                await asyncio.sleep(delay)
+        self._agen = _watch_events(
+            client._pools["trainer"], job_id, include_history, include_logs, self._state
+        )
 
     def __aiter__(self) -> AsyncTrainingWatch:
         return self
@@ -192,15 +193,8 @@ class AsyncTrainingWatch:
     async def __anext__(self) -> TrainingEvent:
         return await self._agen.__anext__()
 
-    def _cancel_call(self) -> None:
-        self._state.closed = True
-        if self._call is not None and not self._call.done():
-            self._call.cancel()
-
     async def aclose(self) -> None:
-        self._cancel_call()
-        with contextlib.suppress(RuntimeError):
-            await self._agen.aclose()
+        await _aclose(self._state, self._agen)
 
     async def __aenter__(self) -> AsyncTrainingWatch:
         return self
@@ -212,7 +206,7 @@ class AsyncTrainingWatch:
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
-            self._cancel_call()
+            _cancel_call(self._state)
 
 
 class AsyncBoothStudio(ClientBase[grpc.aio.Channel]):

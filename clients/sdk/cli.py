@@ -674,7 +674,12 @@ def train_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def show_training_event(event: TrainingEvent, out: Output, logs: bool = True) -> None:
     if isinstance(event, StateChanged):
-        detail = f" ({event.reason}: {event.message})" if event.reason or event.message else ""
+        if event.message:
+            detail = (
+                f" ({event.reason}: {event.message})" if event.reason else f" ({event.message})"
+            )
+        else:
+            detail = f" ({event.reason})" if event.reason not in ("", "CURRENT") else ""
         out.note(f"state: {event.state.value}{detail}")
     elif isinstance(event, TrainingProgress):
         m = event.metrics

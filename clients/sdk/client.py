@@ -15,6 +15,7 @@ from clients.sdk import _convert as cv
 from clients.sdk import _ops as ops
 from clients.sdk._base import (
     ClientBase,
+    Pool,
     StreamState,
     check_training_outcome,
     dataset_name,
@@ -61,10 +62,9 @@ class GenerationStream:
         self._client = client
         self._request = request
         self._pool = client._pools["generator"]
-        self._index = self._pool.next_index()
         self._state = StreamState(client.config.retry, timeout, resume_anytime=False)
-        self._call: Any = None
-        self._it = self._events()
+        self._state.index = self._pool.next_index()
+        self._it = _generate_events(self._pool, request, self._state)
 
     @property
     def job_id(self) -> str:
@@ -74,28 +74,7 @@ class GenerationStream:
     @property
     def address(self) -> str:
         """The generator address serving this stream."""
-        return self._pool.addresses[self._index]
-
-    def _events(self) -> Generator[GenerateEvent, None, None]:
-        st = self._state
-        while True:
-            timeout = st.retry.start_attempt()
-            self._call = self._pool.stub(self._index).Generate(self._request, timeout=timeout)
-            try:
-                for resp in self._call:
-                    event = cv.generate_event(resp)
-                    if event is not None:
-                        st.got_event()
-                        yield event
-                return
-            except grpc.RpcError as err:
-                if st.closed:
-                    return
-                delay = st.retry_delay(err)
-                if delay is None:
-                    raise from_rpc_error(err, service="generator", address=self.address) from None
-                time.sleep(delay)
-                self._index = self._pool.next_index()  # try another generator, if any
+        return self._pool.addresses[self._state.index]
 
     def __iter__(self) -> GenerationStream:
         return self
@@ -108,20 +87,15 @@ class GenerationStream:
 
         Returns False when the job had already finished."""
         op = ops.cancel_generation(self.job_id)
+        timeout_s = self._client._timeout(timeout)
         try:
-            return bool(self._client._invoke(op, self._index, self._client._timeout(timeout)))
+            return bool(self._client._invoke(op, self._state.index, timeout_s))
         except NotFound:
             return False
 
     def close(self) -> None:
         """Stop reading and cancel the RPC (the server cancels the job)."""
-        if self._state.closed:
-            return
-        self._state.closed = True
-        if self._call is not None:
-            self._call.cancel()
-        with contextlib.suppress(ValueError):  # closing from another thread while it runs
-            self._it.close()
+        _close(self._state, self._it)
 
     def __enter__(self) -> GenerationStream:
         return self
@@ -134,6 +108,64 @@ class GenerationStream:
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
             self.close()
+
+
+def _close(st: StreamState, it: Generator[Any, None, None]) -> None:
+    if st.closed:
+        return
+    st.closed = True
+    if st.call is not None:
+        st.call.cancel()
+    with contextlib.suppress(ValueError):  # closing from another thread while it runs
+        it.close()
+
+
+def _generate_events(
+    pool: Pool[grpc.Channel], request: Any, st: StreamState
+) -> Generator[GenerateEvent, None, None]:
+    while True:
+        st.call = pool.stub(st.index).Generate(request, timeout=st.retry.start_attempt())
+        try:
+            for resp in st.call:
+                event = cv.generate_event(resp)
+                if event is not None:
+                    st.got_event()
+                    yield event
+            return
+        except grpc.RpcError as err:
+            if st.closed:
+                return
+            delay = st.retry_delay(err)
+            if delay is None:
+                address = pool.addresses[st.index]
+                raise from_rpc_error(err, service="generator", address=address) from None
+            time.sleep(delay)
+            st.index = pool.next_index()  # try another generator, if any
+
+
+def _watch_events(
+    pool: Pool[grpc.Channel], job_id: str, history: bool, logs: bool, st: StreamState
+) -> Generator[TrainingEvent, None, None]:
+    while True:
+        req = cv.watch_request(job_id, history or st.received > 0, logs)
+        st.call = pool.stub(0).WatchTrainingJob(req, timeout=st.retry.start_attempt())
+        try:
+            for resp in st.call:
+                event = cv.training_event(resp)
+                if event is None or st.seen(event.sequence):
+                    continue
+                st.got_event()
+                yield event
+            return
+        except grpc.RpcError as err:
+            if st.closed:
+                return
+            delay = st.retry_delay(err)
+            if delay is None:
+                address = pool.addresses[0]
+                raise from_rpc_error(err, service="trainer", address=address) from None
+            st.reconnecting()
+            time.sleep(delay)
 
 
 class TrainingWatch:
@@ -150,42 +182,11 @@ class TrainingWatch:
         include_logs: bool,
         timeout: float | None,
     ) -> None:
-        self._client = client
         self.job_id = job_id
-        self._include_history = include_history
-        self._include_logs = include_logs
-        self._pool = client._pools["trainer"]
         self._state = StreamState(client.config.retry, timeout, resume_anytime=True)
-        self._call: Any = None
-        self._it = self._events()
-
-    def _events(self) -> Generator[TrainingEvent, None, None]:
-        from boothstudio.v1 import trainer_pb2
-
-        st = self._state
-        while True:
-            req = trainer_pb2.WatchTrainingJobRequest(
-                job_id=self.job_id,
-                include_history=self._include_history or st.received > 0,
-                include_logs=self._include_logs,
-            )
-            self._call = self._pool.stub(0).WatchTrainingJob(req, timeout=st.retry.start_attempt())
-            try:
-                for resp in self._call:
-                    event = cv.training_event(resp)
-                    if event is None or st.seen(event.sequence):
-                        continue
-                    st.got_event()
-                    yield event
-                return
-            except grpc.RpcError as err:
-                if st.closed:
-                    return
-                delay = st.retry_delay(err)
-                if delay is None:
-                    address = self._pool.addresses[0]
-                    raise from_rpc_error(err, service="trainer", address=address) from None
-                time.sleep(delay)
+        self._it = _watch_events(
+            client._pools["trainer"], job_id, include_history, include_logs, self._state
+        )
 
     def __iter__(self) -> TrainingWatch:
         return self
@@ -194,13 +195,7 @@ class TrainingWatch:
         return next(self._it)
 
     def close(self) -> None:
-        if self._state.closed:
-            return
-        self._state.closed = True
-        if self._call is not None:
-            self._call.cancel()
-        with contextlib.suppress(ValueError):
-            self._it.close()
+        _close(self._state, self._it)
 
     def __enter__(self) -> TrainingWatch:
         return self

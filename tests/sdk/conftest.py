@@ -9,6 +9,10 @@ skip naming the RPC, so these tests switch themselves on as the services land.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import subprocess
+import sys
+import tempfile
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -19,7 +23,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from clients.sdk import BoothStudio, Unimplemented
-from tests.helpers import ServiceProcess, start_service
+from tests.helpers import ROOT, ServiceProcess, service_env, start_service
 
 T = TypeVar("T")
 
@@ -98,13 +102,50 @@ def waiting() -> Iterator[None]:
         pytest.skip(f"waiting on the service: {exc.message}")
 
 
+BUILD_TINY = (
+    "import sys; from pathlib import Path; "
+    "from services.diffusion.embedded import build_untrained_pipeline; "
+    "build_untrained_pipeline(Path(sys.argv[1]), seed=0)"
+)
+
+
 @pytest.fixture(scope="session")
-def stack() -> Iterator[Stack]:
+def tiny_model() -> Path:
+    """The embedded model when its weights are built, else an untrained model of the same
+    architecture, built once in a subprocess (this test process stays free of torch) and cached
+    in the temp folder under a hash of the builder's source."""
+    shipped = ROOT / "services" / "diffusion" / "embedded_model"
+    if (shipped / "model_index.json").exists():
+        return shipped
+    builder = ROOT / "services" / "diffusion" / "embedded.py"
+    digest = hashlib.sha256(builder.read_bytes()).hexdigest()[:12]
+    out = Path(tempfile.gettempdir()) / f"boothstudio-sdk-tiny-{digest}"
+    if (out / "model_index.json").exists():
+        return out
+    partial = Path(tempfile.mkdtemp(prefix="boothstudio-sdk-tiny-")) / "model"
+    subprocess.run(
+        [sys.executable, "-c", BUILD_TINY, str(partial)],
+        cwd=ROOT,
+        env=service_env({"OMP_NUM_THREADS": "1"}),
+        check=True,
+        capture_output=True,
+        timeout=900,
+    )
+    with contextlib.suppress(OSError):  # another session may have won the race
+        partial.rename(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def stack(tiny_model: Path) -> Iterator[Stack]:
     started: list[ServiceProcess] = []
+    threads = {"OMP_NUM_THREADS": "1"}  # 2 shared cores: no oversubscription
     try:
-        catalog = start_service("catalog")
+        catalog = start_service(
+            "catalog", env={**threads, "BOOTHSTUDIO_EMBEDDED_MODEL": str(tiny_model)}
+        )
         started.append(catalog)
-        env = {"BOOTHSTUDIO_CATALOG_ADDRESS": catalog.address}
+        env = {**threads, "BOOTHSTUDIO_CATALOG_ADDRESS": catalog.address}
         generators = []
         for _ in range(2):
             generators.append(start_service("generator", env=env))

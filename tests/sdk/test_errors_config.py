@@ -186,3 +186,14 @@ def test_sdk_imports_with_torch_blocked() -> None:
     )
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "ok"
+
+
+def test_watch_dedupes_only_history_replayed_after_a_reconnect() -> None:
+    from clients.sdk._base import StreamState
+
+    st = StreamState(RetryPolicy(), None, resume_anytime=True)
+    # First connection with history: the latest metrics come last with an older sequence.
+    assert [s for s in (1, 2, 5, 3) if not st.seen(s)] == [1, 2, 5, 3]
+    st.reconnecting()  # replayed history after a reconnect: only newer events pass
+    assert [s for s in (1, 2, 3, 5, 6, 7) if not st.seen(s)] == [6, 7]
+    assert not st.seen(0)  # keepalive-like events without a sequence are never dropped

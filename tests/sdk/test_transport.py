@@ -8,6 +8,7 @@ Rerun: `.venv/bin/pytest tests/sdk/test_transport.py -q`
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from collections.abc import Iterator
@@ -60,7 +61,7 @@ class FakeCatalog(catalog_pb2_grpc.CatalogServiceServicer):
     def GetModel(self, request: Any, context: Any) -> Any:
         self._maybe_fail("GetModel", context)
         if request.model_id == "slow":
-            time.sleep(1.0)
+            time.sleep(5.0)
         if request.model_id == "bad":
             status = shared_errors.InvalidArgument.for_field("model_id", "bad id").to_grpc_status()
             context.abort_with_status(status)
@@ -176,7 +177,7 @@ def test_deadline_and_api_key(fakes: dict[str, Any]) -> None:
         t0 = time.monotonic()
         with pytest.raises(DeadlineExceeded):
             client.get_model("slow", timeout=0.2)
-        assert time.monotonic() - t0 < 0.9
+        assert time.monotonic() - t0 < 4.0
         with pytest.raises(InvalidArgument) as e:
             client.get_model("bad")
         assert e.value.fields == ["model_id"]
@@ -193,12 +194,16 @@ def test_round_robin_over_generators(fakes: dict[str, Any]) -> None:
 
 
 def test_breaking_out_of_the_stream_cancels_the_rpc(fakes: dict[str, Any]) -> None:
-    with client_for(fakes) as client:
-        for event in client.stream_generate("p", seed=1):
-            if isinstance(event, Progress):
-                break
-        gen = next(g for g in fakes["generators"] if g.generate_calls)
-        assert gen.client_left.wait(5), "the server did not see the client leave"
+    gc.disable()  # no reliance on the cycle collector: the dropped stream is freed at once
+    try:
+        with client_for(fakes) as client:
+            for event in client.stream_generate("p", seed=1):
+                if isinstance(event, Progress):
+                    break
+            gen = next(g for g in fakes["generators"] if g.generate_calls)
+            assert gen.client_left.wait(30), "the server did not see the client leave"
+    finally:
+        gc.enable()
 
 
 def test_cancel_keeps_stream_until_finished(fakes: dict[str, Any]) -> None:
@@ -243,7 +248,7 @@ async def test_async_break_and_cancel(fakes: dict[str, Any]) -> None:
                 if isinstance(event, Progress):
                     break
         gen = next(g for g in fakes["generators"] if g.generate_calls)
-        assert gen.client_left.wait(5)
+        assert gen.client_left.wait(30)
 
         stream2 = client.stream_generate("p")
         last = None
@@ -271,6 +276,6 @@ def test_api_key_on_streams_and_break(fakes: dict[str, Any]) -> None:
                 if isinstance(event, Progress):
                     break
         gen = next(g for g in fakes["generators"] if g.generate_calls)
-        assert gen.client_left.wait(5)
+        assert gen.client_left.wait(30)
         assert client.cancel_generation("unknown-job") is True  # fake answers cancelled=True
     assert all(g.cancel_requests == ["unknown-job"] for g in fakes["generators"])  # sent to all
