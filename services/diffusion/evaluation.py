@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from .scenes import BACKGROUNDS, OBJECT_COLORS, SHAPES, SUBJECT_STRIPE
+from .scenes import BACKGROUNDS, OBJECT_COLORS, SUBJECT_STRIPE
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,6 @@ def read_image(image: Image.Image) -> Reading:
     frac = float(mask.mean())
     if frac < 0.01:
         return Reading(background, None, None, False, frac)
-    ys, xs = np.nonzero(mask)
     pixels = arr[mask]
     # Subject stripes are cyan: colour the object by its other pixels.
     stripe = np.sqrt(np.sum((pixels - np.array(SUBJECT_STRIPE, np.float32)) ** 2, axis=-1)) < 90
@@ -56,35 +55,54 @@ def read_image(image: Image.Image) -> Reading:
     color = _nearest(np.median(coloured, axis=0), OBJECT_COLORS, exclude=background)
     stripe_share = float(stripe.mean())
     subject = 0.2 < stripe_share < 0.8
-    # Shape: how much of the bounding box the object fills and where its mass sits.
-    h = ys.max() - ys.min() + 1
-    w = xs.max() - xs.min() + 1
-    fill = mask.sum() / float(h * w)
-    if subject:
-        fill = _filled_fraction(mask, ys, xs)
-    top_rows = mask[ys.min(): ys.min() + max(1, h // 4)].sum()
-    bottom_rows = mask[ys.max() - max(1, h // 4) + 1: ys.max() + 1].sum()
-    top_heavy = bottom_rows / max(1.0, float(top_rows))
-    if fill > 0.9:
-        shape = "square"
-    elif fill < 0.64 or top_heavy > 2.2:
-        shape = "triangle"
-    else:
-        shape = "circle"
-    assert shape in SHAPES
+    shape = _shape(_object_mask(arr, mask, np.median(coloured, axis=0), subject))
     return Reading(background, color, shape, subject, frac)
 
 
-def _filled_fraction(mask: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> float:
-    """Fill ratio of the row-wise filled silhouette (stripes can leave gaps)."""
-    filled = 0
-    for row in range(ys.min(), ys.max() + 1):
-        cols = np.nonzero(mask[row])[0]
-        if cols.size:
-            filled += cols.max() - cols.min() + 1
-    h = ys.max() - ys.min() + 1
-    w = xs.max() - xs.min() + 1
-    return filled / float(h * w)
+def _object_mask(arr: np.ndarray, mask: np.ndarray, color_rgb: np.ndarray,
+                 subject: bool) -> np.ndarray:
+    """The object's own pixels: its colour (or stripes), largest blob, holes filled.
+
+    Generated images carry small blemishes beside the object; keeping only the largest
+    connected region of the object's colour stops them from distorting the silhouette.
+    """
+    from scipy import ndimage
+
+    near = np.sqrt(np.sum((arr - color_rgb) ** 2, axis=-1)) < 110
+    if subject:
+        near |= np.sqrt(np.sum((arr - np.array(SUBJECT_STRIPE, np.float32)) ** 2, axis=-1)) < 110
+    candidate = mask & near
+    labels, count = ndimage.label(ndimage.binary_closing(candidate, iterations=1) | candidate)
+    if count == 0:
+        return mask
+    sizes = ndimage.sum(np.ones_like(labels), labels, index=range(1, count + 1))
+    blob = labels == (int(np.argmax(sizes)) + 1)
+    return np.asarray(ndimage.binary_fill_holes(blob))
+
+
+def _shape(mask: np.ndarray) -> str:
+    """Circle, square or triangle from how the silhouette fills its bounding box's corners.
+
+    A square fills all four corners, an upward triangle only the bottom two, a circle none;
+    the fill ratio of the box breaks ties for blobs too small to have clear corners.
+    """
+    ys, xs = np.nonzero(mask)
+    if ys.size == 0:
+        return "circle"
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    box = mask[y0:y1, x0:x1].astype(np.float32)
+    h, w = box.shape
+    ch, cw = max(1, round(h * 0.2)), max(1, round(w * 0.2))
+    top = (box[:ch, :cw].mean() + box[:ch, -cw:].mean()) / 2
+    bottom = (box[-ch:, :cw].mean() + box[-ch:, -cw:].mean()) / 2
+    if top >= 0.45 and bottom >= 0.45:
+        return "square"
+    if bottom >= 0.45 > top or bottom - top >= 0.3:
+        return "triangle"
+    fill = box.mean()
+    if fill >= 0.9:
+        return "square"
+    return "circle" if fill >= 0.64 else "triangle"
 
 
 @dataclass
