@@ -104,6 +104,8 @@ class StudioApp(App[None]):
         self._handoff: dict[str, Any] = {}
         for theme in STUDIO_THEMES:
             self.register_theme(theme)
+        # Before mounting: a theme set later restyles every widget once more.
+        self.set_theme(base.theme)
 
     # ------------------------------------------------------------------------------ client
 
@@ -146,7 +148,6 @@ class StudioApp(App[None]):
     # ------------------------------------------------------------------------------- mount
 
     def on_mount(self) -> None:
-        self.set_theme(self.settings.theme)
         self.poll_health()
 
     async def on_unmount(self) -> None:

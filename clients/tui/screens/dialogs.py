@@ -125,6 +125,8 @@ class PickImageDialog(ModalScreen[str | None]):
             status.update(event.error)
             return
         status.update(f"{len(images)} images" if images else "the gallery is empty")
+        if images:
+            options.highlighted = 0
         options.focus()
 
     @on(OptionList.OptionSelected)

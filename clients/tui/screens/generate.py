@@ -3,6 +3,7 @@ a progress bar with ETA, the live preview and the results."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from textual import on, work
@@ -11,6 +12,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, HorizontalScroll, Vertical, VerticalScroll
 from textual.message import Message
 from textual.widgets import Button, Checkbox, Input, Label, Select, Static
+from textual.widgets.select import InvalidSelectValueError
 
 from clients.sdk import (
     Finished,
@@ -398,6 +400,13 @@ class GenerateScreen(StudioScreen):
             self._pending = payload
             if self.models:
                 self._apply(payload)
+        elif isinstance(payload, Model):
+            with contextlib.suppress(InvalidSelectValueError):
+                self.query_one("#model", Select).value = payload.id
+            self.say(
+                f"model {payload.id}"
+                + (f" · trigger: {payload.trigger_phrase}" if payload.trigger_phrase else "")
+            )
 
     def _apply(self, img: GalleryImage) -> None:
         """Fill the form with a gallery image's settings (seed fixed to the one it used)."""
@@ -429,9 +438,9 @@ class GenerateScreen(StudioScreen):
         self.say(f"settings of {img.image_id} loaded (seed {img.seed})")
 
     def _apply_late(self, schedule: str, options: dict[str, Any]) -> None:
-        select = self.query_one("#schedule", Select)
-        if schedule and any(value == schedule for _, value in select._options):
-            select.value = schedule
+        if schedule:
+            with contextlib.suppress(InvalidSelectValueError):
+                self.query_one("#schedule", Select).value = schedule
         for name, value in options.items():
             try:
                 widget = self.query_one(f"#opt-{name}")

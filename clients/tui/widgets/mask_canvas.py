@@ -199,9 +199,15 @@ class MaskCanvas(Widget, can_focus=True):
         tint = Image.new("RGB", (dw, dh), self._mask_rgb())
         alpha = self.mask.resize((dw, dh), Image.Resampling.NEAREST).point(lambda v: v * 3 // 5)
         shown = Image.composite(tint, base, alpha)
-        data = list(shown.getdata())
-        rows = [[tuple(data[y * dw + x])[:3] for x in range(dw)] for y in range(dh)]
-        pixels: list[list[RGB]] = [[(p[0], p[1], p[2]) for p in row] for row in rows]
+        px = shown.load()
+        assert px is not None
+        pixels: list[list[RGB]] = []
+        for y in range(dh):
+            row: list[RGB] = []
+            for x in range(dw):
+                r, g, b = px[x, y][:3]  # type: ignore[index]
+                row.append((int(r), int(g), int(b)))
+            pixels.append(row)
         self._cache = ((dw, dh), pixels)
         return pixels
 

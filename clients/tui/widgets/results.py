@@ -31,12 +31,12 @@ class JobProgress(Horizontal):
     """A progress bar with the server's own ETA (the bar's clock-based ETA stays off)."""
 
     def compose(self) -> ComposeResult:
-        yield ProgressBar(show_eta=False, classes="job-bar")
+        yield ProgressBar(total=1, show_eta=False, classes="job-bar")
         yield Static("idle", classes="job-eta")
 
     def reset(self, text: str = "idle") -> None:
-        bar = self.query_one(ProgressBar)
-        bar.update(total=None, progress=0)
+        # A known total: an indeterminate bar animates (and would never look the same twice).
+        self.query_one(ProgressBar).update(total=1, progress=0)
         self.query_one(".job-eta", Static).update(text)
 
     def show(self, done: float, total: float, text: str) -> None:
