@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers import DPMSolverMultistepScheduler
 from PIL import Image
 from tqdm import tqdm
 
@@ -242,6 +243,9 @@ def main(argv: list[str] | None = None) -> None:
     latents = encode_all(pipe.vae, images, args.work)
     pipe.vae.register_to_config(scaling_factor=latents[2])
     train_unet(pipe, latents, captions, args, args.work)
+    # Shipped default sampler: DPM++ 2M (A1111's default too); on the held-out colour/shape
+    # pairs it composed better than DDIM or Euler at 20 steps (see the model card).
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
     if args.fp16:
         pipe.to(torch.float16)
     args.out.mkdir(parents=True, exist_ok=True)
