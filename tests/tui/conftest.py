@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -69,17 +68,10 @@ def mode(name: str) -> Callable[[Pilot[Any]], Awaitable[None]]:
 # ------------------------------------------------------------------------ real services
 
 
-@pytest.fixture(scope="session")
-def tui_tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.generator import fixtures
-
-    return fixtures.build_tiny(tmp_path_factory.mktemp("tui-tiny") / "model")
-
-
 @pytest.fixture(scope="module")
-def studio_stack(module_services: Any, tui_tiny_model: Path) -> Iterator[StudioSettings]:
-    """Catalog + Generator (+ Trainer) on loopback with the untrained tiny model as default."""
-    catalog = module_services("catalog", env={"BOOTHSTUDIO_EMBEDDED_MODEL": str(tui_tiny_model)})
+def studio_stack(module_services: Any) -> Iterator[StudioSettings]:
+    """Catalog, Generator and Trainer on loopback; the shipped embedded model is the default."""
+    catalog = module_services("catalog")
     env = {"BOOTHSTUDIO_CATALOG_ADDRESS": catalog.address}
     generator = module_services("generator", env=env)
     trainer = module_services(

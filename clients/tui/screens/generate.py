@@ -312,9 +312,9 @@ class GenerateScreen(StudioScreen):
 
     @work(exclusive=True, group="generate")
     async def run_generation(self, prompt: str, params: GenerateParams) -> None:
-        stream = self.client.stream_generate(prompt, **params)
-        self.job_id = stream.job_id
         try:
+            stream = self.client.stream_generate(prompt, **params)
+            self.job_id = stream.job_id
             async with stream:
                 async for event in stream:
                     self.post_message(self.Event(event))
