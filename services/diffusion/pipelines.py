@@ -41,17 +41,6 @@ from . import samplers as sampler_table
 
 MASK_FILLS = ("original", "fill", "latent_noise", "latent_nothing")
 
-# SD 1.x/2.x latent -> RGB linear approximation (for previews of models with a big VAE).
-_SD_LATENT_RGB = torch.tensor(
-    [
-        [0.3512, 0.2297, 0.3227],
-        [0.3250, 0.4974, 0.2350],
-        [-0.2829, 0.1762, 0.2721],
-        [-0.2120, -0.2616, -0.7177],
-    ]
-)
-_SMALL_VAE_PARAMS = 10_000_000  # below this, previews decode with the VAE itself
-
 
 class GenerationCancelled(Exception):
     """should_stop() said stop: raised before the next UNet pass (nothing is returned)."""
@@ -296,19 +285,31 @@ def decode_latents(pipe: Any, latents: torch.Tensor) -> list[Image.Image]:
     return [_to_pil(px[i].float()) for i in range(px.shape[0])]
 
 
-def _preview_fn(pipe: Any) -> Callable[[torch.Tensor], Image.Image]:
-    """latents (1,4,h,w) -> a cheap preview: a VAE decode for small VAEs, else a linear map."""
-    params = sum(p.numel() for p in pipe.vae.parameters())
-    if params <= _SMALL_VAE_PARAMS or pipe.vae.config.latent_channels != 4:
-        return lambda lat: decode_latents(pipe, lat)[0]
+def latent_rgb_map(pipe: Any) -> torch.Tensor:
+    """A (5, 3) linear map latents(+1) -> RGB in [-1, 1], fitted once per pipeline by encoding
+    a few solid colours with its own VAE (works for any VAE, no hard-coded factors)."""
+    cached = getattr(pipe, "_boothstudio_latent_rgb", None)
+    if cached is not None:
+        return cached
+    levels = (-1.0, 0.0, 1.0)
+    colours = torch.tensor([(r, g, b) for r in levels for g in levels for b in levels])
+    size = 8 * _vae_scale(pipe)
+    x = colours.view(-1, 3, 1, 1).expand(-1, 3, size, size).contiguous()
+    lat = encode_images(pipe, x).float().mean(dim=(2, 3)).cpu()  # (n, c)
+    design = torch.cat([lat, torch.ones(len(lat), 1)], dim=1)
+    weights = torch.linalg.lstsq(design, colours).solution  # (c + 1, 3)
+    pipe._boothstudio_latent_rgb = weights
+    return weights
 
-    def linear(lat: torch.Tensor) -> Image.Image:
-        rgb = torch.einsum(
-            "bchw,cr->brhw", lat.float().cpu() / _scaling(pipe) * 0.18215, _SD_LATENT_RGB
-        )
-        return _to_pil(rgb[0])
 
-    return linear
+def latents_preview(pipe: Any, latents: torch.Tensor, max_side: int = 128) -> Image.Image:
+    """A cheap RGB preview of latents (1, c, h, w): the fitted linear map, no VAE decode."""
+    w = latent_rgb_map(pipe)
+    lat = latents[0].float().cpu()
+    rgb = torch.einsum("chw,cr->rhw", lat, w[:-1]) + w[-1].view(3, 1, 1)
+    img = _to_pil(rgb)
+    scale = max(1, min(_vae_scale(pipe), max_side // max(img.size)))
+    return img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
 
 
 # --------------------------------------------------------------------------- the loop
@@ -318,7 +319,8 @@ def _timesteps(scheduler: Any, steps: int, strength: float) -> tuple[torch.Tenso
     scheduler.set_timesteps(steps)
     if strength >= 1.0:
         return scheduler.timesteps, 0
-    init = min(max(int(steps * strength), 1), steps)
+    # (the epsilon absorbs float32 strengths from the wire: 0.9f * 10 = 8.99999)
+    init = min(max(int(steps * strength + 1e-4), 1), steps)
     t_start = max(steps - init, 0)
     order = getattr(scheduler, "order", 1)
     ts = scheduler.timesteps[t_start * order :]
@@ -479,10 +481,9 @@ def run_batch(
             latents = scheduler.add_noise(init_latents, noise, timesteps[:1].repeat(n))
 
     preview_source = {"x": latents}
-    preview = _preview_fn(pipe)
 
     def preview_row(k: int) -> Image.Image:
-        return preview(preview_source["x"][k : k + 1])
+        return latents_preview(pipe, preview_source["x"][k : k + 1])
 
     emb = emb.to(device)
     total = len(timesteps)

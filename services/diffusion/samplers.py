@@ -124,7 +124,7 @@ S_NOISE = ParamSpec("s_noise", "float", 1.0, "Noise scale", "Scale of the added 
 S_CHURN = ParamSpec("s_churn", "float", 0.0, "Churn", "Extra noise injected per step.", 0.0, 100.0)
 S_TMIN = ParamSpec("s_tmin", "float", 0.0, "Churn sigma min", "Churn only above this sigma.", 0.0)
 S_TMAX = ParamSpec(
-    "s_tmax", "float", float("inf"), "Churn sigma max", "Churn only below this sigma.", 0.0
+    "s_tmax", "float", 1000.0, "Churn sigma max", "Churn only below this sigma.", 0.0
 )
 SOLVER_ORDER_2 = ParamSpec("solver_order", "int", 2, "Order", "Multistep solver order.", 1, 3)
 LOWER_ORDER_FINAL = ParamSpec(

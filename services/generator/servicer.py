@@ -1,26 +1,235 @@
-"""GeneratorService servicer (skeleton: RPCs not implemented yet answer UNIMPLEMENTED)."""
+"""GeneratorService: validation, queue + micro-batcher, streams, gallery; adapters per backend.
+
+Options (--set KEY=VALUE, YAML `generator:` section, or BOOTHSTUDIO_GENERATOR_<KEY>):
+    queue_size        jobs allowed to wait (default 16); more -> RESOURCE_EXHAUSTED
+    max_batch_images  images per micro-batch (default 8)
+    batching          micro-batch compatible queued requests (default true)
+    batch_window      seconds to wait for companions before a batch starts (default 0)
+    preview_interval  default steps between previews (default 5; 0 = none)
+    device            torch device of the local backend (default "cpu")
+    torch_threads     intra-op threads for torch (default 0 = torch's choice)
+    pipeline_cache    loaded pipelines kept in the LRU cache (default 2)
+    default_model     model used when a request names none (default the embedded model)
+    preload           load the default model at start, in the background (default true)
+    keepalive_seconds send an empty event when a stream was quiet this long (default 10)
+    a1111_url         base URL of an AUTOMATIC1111 webui (also BOOTHSTUDIO_A1111_URL)
+The Catalog address comes from BOOTHSTUDIO_CATALOG_ADDRESS / `addresses.catalog`.
+"""
 
 from __future__ import annotations
 
-from boothstudio.v1 import generator_pb2, generator_pb2_grpc
-from shared.pagination import page_size
+import asyncio
+import os
+from typing import Any
+
+import grpc
+
+from boothstudio.v1 import catalog_pb2, catalog_pb2_grpc, generator_pb2, generator_pb2_grpc
+from services.diffusion.loading import EMBEDDED_MODEL_ID
+from services.generator import metrics
+from services.generator.adapters.base import Adapter
+from services.generator.adapters.diffusers import DiffusersAdapter
+from services.generator.gallery import Gallery
+from services.generator.scheduler import Job, Scheduler, now_timestamp
+from services.generator.validation import Validator, model_ref
+from shared.channels import aio_channel
+from shared.errors import AlreadyExists, BoothStudioError, InvalidArgument, NotFound, Unavailable
+from shared.ids import new_id
+from shared.pagination import decode_token, encode_token, page_size
 from shared.server import ServiceContext, ServiceSpec
 
 DESCRIPTOR = generator_pb2.DESCRIPTOR.services_by_name["GeneratorService"]
+G = generator_pb2
+
+
+def make_adapters(ctx: ServiceContext) -> dict[str, Adapter]:
+    cfg = ctx.config
+    adapters: dict[str, Adapter] = {
+        "diffusers": DiffusersAdapter(
+            device=cfg.option("device", "cpu"),
+            cache_size=cfg.option("pipeline_cache", 2),
+            threads=cfg.option("torch_threads", 0),
+        )
+    }
+    url = cfg.option("a1111_url", "") or os.environ.get("BOOTHSTUDIO_A1111_URL", "")
+    if url:
+        from services.generator.adapters.a1111 import A1111Adapter
+
+        adapters["a1111"] = A1111Adapter(url)
+    return adapters
 
 
 class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
     def __init__(self, ctx: ServiceContext) -> None:
         self.ctx = ctx
+        cfg = ctx.config
+        self.log = ctx.logger
+        self.adapters = make_adapters(ctx)
+        self.gallery = Gallery(cfg.service_dir)
+        self.scheduler = Scheduler(
+            self.gallery,
+            queue_size=cfg.option("queue_size", 16),
+            max_batch_images=cfg.option("max_batch_images", 8),
+            batching=cfg.option("batching", True),
+            batch_window=cfg.option("batch_window", 0.0),
+            log=self.log,
+        )
+        self.preview_interval = cfg.option("preview_interval", 5)
+        self.default_model = cfg.option("default_model", EMBEDDED_MODEL_ID)
+        self.preload = cfg.option("preload", True)
+        self.keepalive = cfg.option("keepalive_seconds", 10.0)
+        self.catalog_channel: Any = None
+        self.validator: Validator | None = None
+        self._preload_task: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        cfg = self.ctx.config
+        self.catalog_channel = aio_channel(
+            cfg.address_of("catalog"), api_key=cfg.service_api_key or None
+        )
+        catalog = catalog_pb2_grpc.CatalogServiceStub(self.catalog_channel)
+        self.validator = Validator(catalog, self.adapters, self.default_model)
+        self.scheduler.start()
+        if self.preload:
+            self._preload_task = asyncio.create_task(self._preload(catalog))
+
+    async def _preload(self, catalog: catalog_pb2_grpc.CatalogServiceStub) -> None:
+        """Load the default model in the device thread so the first request starts warm."""
+        for _ in range(50):
+            try:
+                resp = await catalog.GetModel(
+                    catalog_pb2.GetModelRequest(model_id=self.default_model), timeout=2.0
+                )
+                break
+            except grpc.RpcError:
+                await asyncio.sleep(0.2)
+        else:
+            return
+        model = model_ref(resp.model)
+        adapter = self.adapters.get(model.backend_id)
+        if adapter is None:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self.scheduler.executor, adapter.warm, model)
+            self.log.info("default model preloaded", extra={"model_id": model.id})
+        except Exception as exc:
+            self.log.warning("preloading %s failed: %s", model.id, exc)
+
+    async def drain(self, grace: float) -> None:
+        await self.scheduler.drain(grace)
+
+    async def stop(self) -> None:
+        if self._preload_task is not None:
+            self._preload_task.cancel()
+        await self.scheduler.stop()
+        for a in self.adapters.values():
+            a.close()
+        if self.catalog_channel is not None:
+            await self.catalog_channel.close()
+        self.gallery.close()
+
+    # ------------------------------------------------------------------ generation
+
+    async def Generate(self, request, context):  # type: ignore[no-untyped-def]
+        if self.ctx.draining.is_set():
+            raise Unavailable("the generator is shutting down", reason="DRAINING")
+        assert self.validator is not None
+        try:
+            spec, adapter, warnings = await self.validator.resolve(request)
+        except BoothStudioError:
+            metrics.REQUESTS.labels("invalid").inc()
+            raise
+        job_id = request.job_id or new_id("gen")
+        if self.scheduler.known(job_id):
+            metrics.REQUESTS.labels("invalid").inc()
+            raise AlreadyExists(
+                f"job {job_id!r} exists", reason="JOB_EXISTS", violations=[("job_id", "taken")]
+            )
+        interval = (
+            request.preview_interval
+            if request.HasField("preview_interval")
+            else self.preview_interval
+        )
+        job = Job(job_id, request, spec, adapter, interval)
+        self.scheduler.submit(job)
+        for w in warnings:
+            job.events.put_nowait(G.GenerateResponse(job_id=job.id, warning=w))
+        try:
+            while True:
+                try:
+                    event = await asyncio.wait_for(job.events.get(), self.keepalive)
+                except TimeoutError:
+                    # an empty event: keeps proxies and HTTP/2 ping policies happy while the
+                    # job waits (queue, model load) without progress to report
+                    yield G.GenerateResponse(job_id=job.id, time=now_timestamp())
+                    continue
+                yield event
+                if event.HasField("finished"):
+                    return
+        finally:
+            if not job.done:
+                # the client went away (or the server is stopping): stop the work
+                self.scheduler.cancel(job.id, "CLIENT_GONE")
+
+    async def CancelGeneration(self, request, context):  # type: ignore[no-untyped-def]
+        if not request.job_id:
+            raise InvalidArgument.for_field("job_id", "required")
+        return G.CancelGenerationResponse(cancelled=self.scheduler.cancel(request.job_id))
+
+    # ------------------------------------------------------------------ gallery
 
     async def ListImages(self, request, context):  # type: ignore[no-untyped-def]
-        page_size(request.page_size)
-        return generator_pb2.ListImagesResponse()
+        size = page_size(request.page_size)
+        scope = f"model={request.model_id};job={request.job_id}"
+        offset = decode_token(request.page_token, scope) or 0
+        if not isinstance(offset, int) or offset < 0:
+            raise InvalidArgument.for_field("page_token", "malformed page token")
+        rows, total = await asyncio.to_thread(
+            self.gallery.list,
+            model_id=request.model_id,
+            job_id=request.job_id,
+            offset=offset,
+            limit=size,
+        )
+        more = offset + len(rows) < total
+        return G.ListImagesResponse(
+            images=[self.gallery.to_proto(r, with_png=False) for r in rows],
+            next_page_token=encode_token(offset + len(rows), scope) if more else "",
+            total_size=total,
+        )
+
+    async def GetImage(self, request, context):  # type: ignore[no-untyped-def]
+        if not request.image_id:
+            raise InvalidArgument.for_field("image_id", "required")
+        row = self.gallery.get(request.image_id)
+        if row is None:
+            raise NotFound(resource_type="image", resource_name=request.image_id, field="image_id")
+        image = await asyncio.to_thread(self.gallery.to_proto, row, not request.metadata_only)
+        return G.GetImageResponse(image=image)
+
+    async def DeleteImages(self, request, context):  # type: ignore[no-untyped-def]
+        if not request.image_ids and not request.job_id:
+            raise InvalidArgument.for_field("image_ids", "name images or a job_id")
+        deleted, missing = await asyncio.to_thread(
+            self.gallery.delete, list(request.image_ids), request.job_id
+        )
+        return G.DeleteImagesResponse(deleted_count=deleted, not_found_ids=missing)
 
 
 def build(ctx: ServiceContext) -> ServiceSpec:
     """Build the generator servicer and hooks for the shared runner."""
     servicer = GeneratorServicer(ctx)
     return ServiceSpec.for_servicer(
-        DESCRIPTOR, servicer, generator_pb2_grpc.add_GeneratorServiceServicer_to_server
+        DESCRIPTOR,
+        servicer,
+        generator_pb2_grpc.add_GeneratorServiceServicer_to_server,
+        on_start=servicer.start,
+        on_drain=servicer.drain,
+        on_stop=servicer.stop,
     )
+
+
+__all__ = ["GeneratorServicer", "build"]

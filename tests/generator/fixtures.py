@@ -3,21 +3,44 @@ weights), a 9-channel inpainting variant, and a single-file export. Built once p
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 _built: dict[str, Path] = {}
 
 
-def build_tiny(path: Path) -> Path:
-    """Build once per test session (catalog and generator tests share it)."""
-    from services.diffusion.embedded import build_untrained_pipeline
+def _cache_root() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "boothstudio-tests"
 
-    if "tiny" not in _built:
-        build_untrained_pipeline(path, seed=0)
-        _built["tiny"] = path
-    return _built["tiny"]
+
+def build_tiny(path: Path) -> Path:
+    """The untrained tiny model, built once and cached across sessions (keyed by the builder's
+    source, so a changed architecture rebuilds); `path` is used when the cache is unwritable."""
+    import services.diffusion.embedded as embedded
+
+    if "tiny" in _built:
+        return _built["tiny"]
+    digest = hashlib.sha256(Path(embedded.__file__).read_bytes()).hexdigest()[:16]
+    cached = _cache_root() / f"tiny-{digest}"
+    if not (cached / "model_index.json").exists():
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=cached.parent))
+            embedded.build_untrained_pipeline(tmp / "model", seed=0)
+            try:
+                (tmp / "model").rename(cached)
+            except OSError:  # built concurrently by another session: use theirs
+                shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+        except OSError:
+            embedded.build_untrained_pipeline(path, seed=0)
+            cached = path
+    _built["tiny"] = cached
+    return cached
 
 
 def build_inpaint(tiny: Path, path: Path) -> Path:

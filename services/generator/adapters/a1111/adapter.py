@@ -1,0 +1,208 @@
+"""AUTOMATIC1111 webui over its HTTP API (`--api`): /sdapi/v1/txt2img, img2img, progress,
+interrupt, samplers.
+
+Translation (the only place it happens): our sampler id -> the webui's sampler label
+(`sampler_name`), our schedule -> its `scheduler`, guidance -> `cfg_scale` (StableStudio's plugin
+once sent `cfgScale`, which the server silently ignored), seeds -> `seed` + `batch_size` (the
+webui numbers images seed, seed+1, ...), the model -> `override_settings.sd_model_checkpoint`,
+img2img/inpainting -> `init_images`, `denoising_strength`, `mask`, `mask_blur`,
+`inpainting_fill` (0 fill, 1 original, 2 latent noise, 3 latent nothing),
+`inpainting_mask_invert`. Progress comes from polling /sdapi/v1/progress; cancelling posts
+/sdapi/v1/interrupt (process-global on the webui, so batches are never shared).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from typing import Any
+
+from PIL import Image
+
+from services.diffusion.samplers import SAMPLERS
+from services.generator.adapters.base import (
+    Adapter,
+    Cancelled,
+    GenerationSpec,
+    RunHooks,
+    StepProgress,
+)
+
+FILL = {"fill": 0, "original": 1, "latent_noise": 2, "latent_nothing": 3}
+
+
+class A1111Error(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def _b64png(image: Image.Image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+class A1111Adapter(Adapter):
+    id = "a1111"
+    kind = "a1111"
+
+    def __init__(self, url: str, timeout: float = 600.0, poll_interval: float = 0.25) -> None:
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self.poll_interval = poll_interval
+
+    # ------------------------------------------------------------------ translation
+
+    def translate(self, specs: Sequence[GenerationSpec]) -> tuple[str, dict[str, Any]]:
+        """(endpoint path, JSON payload) for one request."""
+        (s,) = specs
+        sampler = SAMPLERS[s.sampler]
+        payload: dict[str, Any] = {
+            "prompt": s.prompt,
+            "negative_prompt": s.negative_prompt,
+            "seed": s.seeds[0],
+            "subseed": -1,
+            "subseed_strength": 0,
+            "sampler_name": sampler.label,
+            "scheduler": s.schedule,
+            "batch_size": len(s.seeds),
+            "n_iter": 1,
+            "steps": s.steps,
+            "cfg_scale": s.cfg_scale,
+            "width": s.width,
+            "height": s.height,
+            "restore_faces": bool(s.backend_options.get("restore_faces", False)),
+            "tiling": bool(s.backend_options.get("tiling", False)),
+            "send_images": True,
+            "save_images": False,
+            "override_settings": {"sd_model_checkpoint": s.model.source_path},
+            "override_settings_restore_afterwards": True,
+        }
+        if "eta" in s.sampler_options:
+            payload["eta"] = s.sampler_options["eta"]
+        if "s_noise" in s.sampler_options:
+            payload["s_noise"] = s.sampler_options["s_noise"]
+        if "clip_skip" in s.backend_options:
+            payload["override_settings"]["CLIP_stop_at_last_layers"] = int(
+                s.backend_options["clip_skip"]
+            )
+        if s.init_image is None:
+            return "/sdapi/v1/txt2img", payload
+        payload["init_images"] = [_b64png(s.init_image)]
+        payload["denoising_strength"] = s.strength
+        if s.mask is not None:
+            payload.update(
+                mask=_b64png(s.mask),
+                mask_blur=s.mask_blur,
+                inpainting_fill=FILL[s.mask_fill],
+                inpainting_mask_invert=1 if s.invert_mask else 0,
+                inpaint_full_res=False,
+            )
+        return "/sdapi/v1/img2img", payload
+
+    # ------------------------------------------------------------------ HTTP
+
+    def _request(self, method: str, path: str, body: Any = None, timeout: float = 10.0) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(
+            self.url + path,
+            data=data,
+            method=method,
+            headers={"Content-Type": "application/json"} if data is not None else {},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                text = resp.read()
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode(errors="replace")[:500]
+            try:
+                err = json.loads(detail)
+                detail = str(err.get("detail") or err.get("error") or detail)
+            except ValueError:
+                pass
+            raise A1111Error("BACKEND_REJECTED", f"webui answered {exc.code}: {detail}") from exc
+        except (urllib.error.URLError, TimeoutError, OSError) as exc:
+            raise A1111Error(
+                "BACKEND_UNAVAILABLE", f"webui at {self.url} unreachable: {exc}"
+            ) from exc
+        return json.loads(text) if text else None
+
+    async def check(self) -> tuple[bool, str]:
+        import asyncio
+
+        try:
+            await asyncio.to_thread(self._request, "GET", "/sdapi/v1/samplers", None, 2.0)
+        except A1111Error as exc:
+            return False, str(exc)
+        return True, "ok"
+
+    def run(self, specs: Sequence[GenerationSpec], hooks: RunHooks) -> None:
+        (spec,) = specs
+        path, payload = self.translate(specs)
+        done = threading.Event()
+        result: dict[str, Any] = {}
+
+        def call() -> None:
+            try:
+                result["response"] = self._request("POST", path, payload, self.timeout)
+            except A1111Error as exc:
+                result["error"] = exc
+            finally:
+                done.set()
+
+        worker = threading.Thread(target=call, daemon=True)
+        started = time.perf_counter()
+        worker.start()
+        interrupted = False
+        last_step = 0
+        while not done.wait(self.poll_interval):
+            if hooks.should_stop():
+                if not interrupted:
+                    self._request("POST", "/sdapi/v1/interrupt", {}, 5.0)
+                    interrupted = True
+                continue
+            try:
+                prog = self._request("GET", "/sdapi/v1/progress?skip_current_image=false")
+            except A1111Error:
+                continue
+            state = (prog or {}).get("state") or {}
+            step, total = int(state.get("sampling_step", 0)), int(state.get("sampling_steps", 0))
+            if total and step != last_step:
+                last_step = step
+                elapsed = time.perf_counter() - started
+                current = prog.get("current_image")
+
+                def preview(k: int, current: Any = current) -> Image.Image | None:
+                    if not current:
+                        return None
+                    with Image.open(io.BytesIO(base64.b64decode(current))) as im:
+                        im.load()
+                        return im.copy()
+
+                hooks.on_step(
+                    StepProgress(
+                        step, total, elapsed, step / elapsed if elapsed else 0.0,
+                        float(prog.get("eta_relative") or 0.0), preview,
+                    )
+                )  # fmt: skip
+        if interrupted or hooks.should_stop():
+            raise Cancelled()
+        if "error" in result:
+            raise result["error"]
+        response = result["response"] or {}
+        images = response.get("images") or []
+        for i, b64 in enumerate(images[: len(spec.seeds)]):
+            with Image.open(io.BytesIO(base64.b64decode(b64))) as im:
+                im.load()
+                hooks.on_image(0, i, im.convert("RGB"))
+        if len(images) < len(spec.seeds):
+            raise A1111Error(
+                "BACKEND_INCOMPLETE", f"webui returned {len(images)} of {len(spec.seeds)} images"
+            )

@@ -1,0 +1,5 @@
+"""The local diffusers backend adapter."""
+
+from services.generator.adapters.diffusers.adapter import DiffusersAdapter, DiffusersPlan
+
+__all__ = ["DiffusersAdapter", "DiffusersPlan"]

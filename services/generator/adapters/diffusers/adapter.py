@@ -1,0 +1,214 @@
+"""The local diffusers backend: pipelines in this process, an LRU cache of loaded models, our
+batched denoising loop (services.diffusion.pipelines) and the sampler table's schedulers."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.diffusion import samplers as sampler_table
+from services.generator import metrics
+from services.generator.adapters.base import (
+    Adapter,
+    Cancelled,
+    GenerationSpec,
+    ModelRef,
+    RunHooks,
+    StepProgress,
+)
+
+MASK_FILLS = ("original", "fill", "latent_noise", "latent_nothing")
+
+
+@dataclass
+class DiffusersPlan:
+    """What a batch becomes for diffusers (the translation tests pin)."""
+
+    model_source: str
+    source_format: str
+    config_path: str | None
+    scheduler_class: str
+    scheduler_kwargs: dict[str, Any]
+    step_kwargs: dict[str, Any]
+    width: int
+    height: int
+    steps: int
+    clip_skip: int
+    jobs: list[Any] = field(default_factory=list)  # pipelines.ImageJob
+
+
+class DiffusersAdapter(Adapter):
+    id = "diffusers"
+    kind = "diffusers"
+
+    def __init__(self, device: str = "cpu", cache_size: int = 2, threads: int = 0) -> None:
+        self.device = device
+        self.cache_size = max(1, cache_size)
+        self.threads = threads
+        self._cache: OrderedDict[tuple[str, str], Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ description
+
+    def validate(self, spec: GenerationSpec) -> list[tuple[str, str]]:
+        problems = super().validate(spec)
+        if spec.model.architecture == "sdxl":
+            problems.append(("model_id", "SDXL models are not supported by the local backend yet"))
+        if spec.model.format == "lora":
+            problems.append(("model_id", "LoRA models cannot be run by the local backend yet"))
+        if spec.mask_fill not in MASK_FILLS:
+            problems.append(("mask_fill", f"must be one of {MASK_FILLS}"))
+        return problems
+
+    def batch_key(self, spec: GenerationSpec) -> Hashable | None:
+        opts = tuple(sorted(spec.sampler_options.items()))
+        return (
+            spec.model.id,
+            spec.model.source_path,
+            spec.width,
+            spec.height,
+            spec.sampler,
+            spec.schedule,
+            spec.steps,
+            opts,
+            spec.mode,
+            round(spec.strength, 6) if spec.mode != "txt2img" else None,
+            int(spec.backend_options.get("clip_skip", 1)),
+        )
+
+    def translate(self, specs: Sequence[GenerationSpec]) -> DiffusersPlan:
+        from services.diffusion.pipelines import ImageJob
+
+        first = specs[0]
+        spec, schedule = sampler_table.resolve(first.sampler, first.schedule)
+        values, problems = sampler_table.check_options(spec, first.sampler_options)
+        if problems:
+            raise ValueError(problems[0][1])
+        return DiffusersPlan(
+            model_source=first.model.source_path,
+            source_format=first.model.format or "diffusers",
+            config_path=first.model.config_path or None,
+            scheduler_class=spec.scheduler_class,
+            scheduler_kwargs=sampler_table.scheduler_kwargs(spec, schedule, values),
+            step_kwargs=sampler_table.step_kwargs(spec, values),
+            width=first.width,
+            height=first.height,
+            steps=first.steps,
+            clip_skip=int(first.backend_options.get("clip_skip", 1)),
+            jobs=[
+                ImageJob(
+                    prompt=s.prompt,
+                    negative_prompt=s.negative_prompt,
+                    seeds=list(s.seeds),
+                    cfg_scale=s.cfg_scale,
+                    init_image=s.init_image,
+                    mask=s.mask,
+                    strength=s.strength,
+                    mask_blur=s.mask_blur,
+                    invert_mask=s.invert_mask,
+                    mask_fill=s.mask_fill,
+                )
+                for s in specs
+            ],
+        )
+
+    # ------------------------------------------------------------------ pipelines
+
+    def _set_threads(self) -> None:
+        if self.threads > 0:
+            import torch
+
+            if torch.get_num_threads() != self.threads:
+                torch.set_num_threads(self.threads)
+
+    def pipeline(self, model: ModelRef) -> Any:
+        """The loaded pipeline for a model (LRU cache; loads on a miss)."""
+        key = (model.id, model.source_path)
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        from services.diffusion.loading import load_pipeline
+
+        self._set_threads()
+        start = time.perf_counter()
+        fmt = model.format or "diffusers"
+        pipe, _ = load_pipeline(
+            model.source_path,
+            source_format=fmt,
+            config=model.config_path or None,
+            device=self.device,
+        )
+        pipe.set_progress_bar_config(disable=True)
+        metrics.MODEL_LOAD_SECONDS.observe(time.perf_counter() - start)
+        with self._lock:
+            self._cache[key] = pipe
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+            metrics.MODEL_CACHE.set(len(self._cache))
+        return pipe
+
+    def warm(self, model: ModelRef) -> None:
+        import services.diffusion.pipelines  # noqa: F401 - import torch/diffusers now
+
+        self.pipeline(model)
+
+    def run(self, specs: Sequence[GenerationSpec], hooks: RunHooks) -> None:
+        from services.diffusion import pipelines
+
+        plan = self.translate(specs)
+        pipe = self.pipeline(specs[0].model)
+        self._set_threads()
+
+        def on_step(state: pipelines.StepState) -> None:
+            def preview(k: int) -> Any:
+                if hooks.is_cancelled(k):
+                    return None
+                return state.preview(k, 0)
+
+            hooks.on_step(
+                StepProgress(
+                    state.step,
+                    state.total,
+                    state.elapsed,
+                    state.steps_per_second,
+                    state.eta_seconds,
+                    preview,
+                )
+            )
+
+        try:
+            result = pipelines.run_batch(
+                pipe,
+                plan.jobs,
+                width=plan.width,
+                height=plan.height,
+                steps=plan.steps,
+                sampler=specs[0].sampler,
+                schedule=specs[0].schedule,
+                sampler_options=specs[0].sampler_options,
+                clip_skip=plan.clip_skip,
+                on_step=on_step,
+                should_stop=hooks.should_stop,
+                on_image=hooks.on_image,
+                skip_job=hooks.is_cancelled,
+            )
+        except pipelines.GenerationCancelled as exc:
+            raise Cancelled() from exc
+        for k, cut in enumerate(result.truncated):
+            if cut:
+                n, room = pipelines.prompt_token_count(pipe, specs[k].prompt)
+                hooks.on_warning(
+                    k,
+                    "PROMPT_TRUNCATED",
+                    f"the prompt has {n} tokens; the text encoder reads the first {room}",
+                    "prompt",
+                )
+
+    def close(self) -> None:
+        with self._lock:
+            self._cache.clear()

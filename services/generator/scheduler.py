@@ -1,0 +1,440 @@
+"""Bounded queue, micro-batcher and the device worker.
+
+- `submit` refuses work when `queue_size` jobs are waiting (RESOURCE_EXHAUSTED, QUEUE_FULL).
+- One worker per device runs one batch at a time in its own thread. It takes the oldest job and
+  every other queued job its adapter says is compatible (equal `batch_key`: same model, size,
+  sampler, schedule, steps, mode...) up to `max_batch_images` images; each job keeps its own
+  stream, seeds and gallery entries.
+- Cancellation (CancelGeneration or the client leaving): a queued job leaves the queue; a running
+  job is finished as CANCELLED at once, its rows are no longer decoded or saved, and when every
+  job of the batch is cancelled the loop stops before its next denoising step. Images a cancelled
+  job had already saved are removed, so nothing is left half-written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from google.protobuf import timestamp_pb2
+from PIL import Image
+
+from boothstudio.v1 import common_pb2, generator_pb2
+from services.generator import metrics
+from services.generator.adapters.base import (
+    Adapter,
+    Cancelled,
+    GenerationSpec,
+    RunHooks,
+    StepProgress,
+)
+from services.generator.gallery import Gallery, GalleryEntry, parameters_text, png_bytes
+from shared.errors import ResourceExhausted
+from shared.ids import new_id
+
+G = generator_pb2
+
+
+@dataclass
+class Job:
+    id: str
+    request: G.GenerateRequest
+    spec: GenerationSpec
+    adapter: Adapter
+    preview_interval: int
+    created: float = field(default_factory=time.monotonic)
+    events: asyncio.Queue[G.GenerateResponse] = field(default_factory=asyncio.Queue)
+    state: str = "queued"  # queued | running | done
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    started: float = 0.0
+    image_ids: list[str] = field(default_factory=list)
+    images_done: int = 0
+    key: Any = None
+
+    @property
+    def done(self) -> bool:
+        return self.state == "done"
+
+    @property
+    def queue_seconds(self) -> float:
+        return (self.started or time.monotonic()) - self.created
+
+
+def now_timestamp() -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.GetCurrentTime()
+    return ts
+
+
+def preview_png(image: Image.Image, max_side: int = 128) -> bytes:
+    img = image
+    if max(img.size) > max_side:
+        img = img.copy()
+        img.thumbnail((max_side, max_side))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+class Scheduler:
+    def __init__(
+        self,
+        gallery: Gallery,
+        *,
+        queue_size: int = 16,
+        max_batch_images: int = 8,
+        batching: bool = True,
+        batch_window: float = 0.0,
+        log: Any = None,
+    ) -> None:
+        self.gallery = gallery
+        self.queue_size = queue_size
+        self.max_batch_images = max_batch_images
+        self.batching = batching
+        self.batch_window = batch_window
+        self.log = log
+        self.queue: list[Job] = []
+        self.jobs: dict[str, Job] = {}
+        self.finished: dict[str, str] = {}  # recent job id -> status name
+        self.precancelled: dict[str, float] = {}
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="device")
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.running: list[Job] = []
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.create_task(self._worker(), name="generator-worker")
+
+    async def stop(self) -> None:
+        """Cancel everything; the device thread stops before its next step."""
+        for job in list(self.queue) + list(self.running):
+            job.cancelled.set()
+            self._finish(job, G.GENERATION_STATUS_CANCELLED, "SHUTDOWN", "server shutting down")
+        self.queue.clear()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    async def drain(self, grace: float) -> None:
+        """Let running work finish within the grace period; queued jobs are cancelled."""
+        for job in list(self.queue):
+            job.cancelled.set()
+            self._finish(job, G.GENERATION_STATUS_CANCELLED, "SHUTDOWN", "server shutting down")
+        self.queue.clear()
+        metrics.QUEUE_DEPTH.set(0)
+        deadline = time.monotonic() + grace
+        while self.running and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+
+    # ------------------------------------------------------------------ API
+
+    def known(self, job_id: str) -> bool:
+        return job_id in self.jobs or job_id in self.finished
+
+    def submit(self, job: Job) -> int:
+        """Enqueue; returns the position (0 = next). Raises ResourceExhausted when full."""
+        if len(self.queue) >= self.queue_size:
+            metrics.REQUESTS.labels("rejected").inc()
+            raise ResourceExhausted(
+                f"the generation queue is full ({self.queue_size} jobs waiting); retry later",
+                reason="QUEUE_FULL",
+                retry_after=1.0,
+                metadata={"queue_size": self.queue_size},
+            )
+        job.key = job.adapter.batch_key(job.spec) if self.batching else None
+        self.jobs[job.id] = job
+        self.queue.append(job)
+        metrics.QUEUE_DEPTH.set(len(self.queue))
+        position = len(self.queue) - 1 + (1 if self.running else 0)
+        self._emit(
+            job,
+            queued=G.GenerationQueued(position=position, queue_depth=len(self.queue)),
+        )
+        if self.precancelled.pop(job.id, None) is not None:
+            self.cancel(job.id, "CANCELLED_BY_USER")
+        self._wakeup.set()
+        return position
+
+    def cancel(self, job_id: str, reason: str = "CANCELLED_BY_USER") -> bool:
+        job = self.jobs.get(job_id)
+        if job is None:
+            if job_id not in self.finished:
+                # early cancellation: a Generate with this job id arriving soon is cancelled
+                self.precancelled[job_id] = time.monotonic()
+                self._trim()
+            return False
+        if job.done:
+            return False
+        job.cancelled.set()
+        if job in self.queue:
+            self.queue.remove(job)
+            metrics.QUEUE_DEPTH.set(len(self.queue))
+        message = "cancelled by the user" if reason == "CANCELLED_BY_USER" else reason.lower()
+        self._finish(job, G.GENERATION_STATUS_CANCELLED, reason, message)
+        return True
+
+    # ------------------------------------------------------------------ events
+
+    def _emit(self, job: Job, **event: Any) -> None:
+        if job.done:
+            return
+        job.events.put_nowait(G.GenerateResponse(job_id=job.id, time=now_timestamp(), **event))
+
+    def _finish(self, job: Job, status: int, reason: str = "", message: str = "") -> None:
+        if job.done:
+            return
+        now = time.monotonic()
+        gen_s = now - job.started if job.started else 0.0
+        self._emit(
+            job,
+            finished=G.GenerationFinished(
+                status=status,
+                image_count=job.images_done if status == G.GENERATION_STATUS_SUCCEEDED else 0,
+                image_ids=job.image_ids if status == G.GENERATION_STATUS_SUCCEEDED else [],
+                queue_seconds=job.queue_seconds,
+                generation_seconds=gen_s,
+                total_seconds=now - job.created,
+                error_reason=reason,
+                error_message=message,
+            ),
+        )
+        job.state = "done"
+        outcome = {
+            G.GENERATION_STATUS_SUCCEEDED: "succeeded",
+            G.GENERATION_STATUS_CANCELLED: "cancelled",
+        }.get(status, "failed")
+        metrics.REQUESTS.labels(outcome).inc()
+        self.jobs.pop(job.id, None)
+        self.finished[job.id] = G.GenerationStatus.Name(status)
+        self._trim()
+
+    def _trim(self) -> None:
+        while len(self.finished) > 2000:
+            self.finished.pop(next(iter(self.finished)))
+        cutoff = time.monotonic() - 300
+        for k in [k for k, t in self.precancelled.items() if t < cutoff]:
+            del self.precancelled[k]
+
+    def _threadsafe(self, fn: Callable[..., None], *args: Any, **kw: Any) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(lambda: fn(*args, **kw))
+
+    # ------------------------------------------------------------------ worker
+
+    def _take_batch(self) -> list[Job]:
+        head = self.queue.pop(0)
+        batch, images = [head], len(head.spec.seeds)
+        if head.key is not None:
+            for job in list(self.queue):
+                n = len(job.spec.seeds)
+                if job.adapter is head.adapter and job.key == head.key:
+                    if images + n > self.max_batch_images:
+                        continue
+                    batch.append(job)
+                    images += n
+                    self.queue.remove(job)
+        metrics.QUEUE_DEPTH.set(len(self.queue))
+        return batch
+
+    async def _worker(self) -> None:
+        while True:
+            while not self.queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            if self.batch_window > 0 and self.batching:
+                await asyncio.sleep(self.batch_window)
+                if not self.queue:
+                    continue
+            batch = self._take_batch()
+            self.running = batch
+            images = sum(len(j.spec.seeds) for j in batch)
+            now = time.monotonic()
+            for job in batch:
+                job.state, job.started = "running", now
+                metrics.QUEUE_WAIT.observe(job.queue_seconds)
+                s = job.spec
+                self._emit(
+                    job,
+                    started=G.GenerationStarted(
+                        model_id=s.model.id,
+                        backend_id=job.adapter.id,
+                        sampler=s.sampler,
+                        schedule=s.schedule,
+                        seeds=s.seeds,
+                        batch_size=images,
+                        queue_seconds=job.queue_seconds,
+                        width=s.width,
+                        height=s.height,
+                        steps=s.steps,
+                    ),
+                )
+            metrics.BATCH_SIZE.observe(images)
+            metrics.BATCH_JOBS.observe(len(batch))
+            assert self._loop is not None
+            try:
+                await self._loop.run_in_executor(self.executor, self._run, batch)
+            except asyncio.CancelledError:
+                for job in batch:
+                    job.cancelled.set()
+                raise
+            except Exception as exc:  # reported per job in _run; this is a safety net
+                if self.log is not None:
+                    self.log.exception("batch failed: %s", exc)
+            finally:
+                self.running = []
+
+    def _run(self, batch: list[Job]) -> None:
+        """In the device thread: run the batch through its adapter, save and stream images."""
+        started = time.perf_counter()
+        adapter = batch[0].adapter
+        specs = [j.spec for j in batch]
+        saved: dict[int, list[str]] = {k: [] for k in range(len(batch))}
+        last_step = [0, 0]
+
+        def on_step(p: StepProgress) -> None:
+            last_step[:] = [p.step, p.total]
+            for k, job in enumerate(batch):
+                if job.cancelled.is_set():
+                    continue
+                png = b""
+                iv = job.preview_interval
+                if iv > 0 and (p.step % iv == 0 or p.step == p.total):
+                    img = p.preview(k)
+                    png = preview_png(img) if img is not None else b""
+                decode_left = 0.02 * len(job.spec.seeds)
+                self._threadsafe(
+                    self._emit,
+                    job,
+                    progress=G.GenerationProgress(
+                        step=p.step,
+                        total_steps=p.total,
+                        eta_seconds=p.eta_seconds + decode_left,
+                        preview_png=png,
+                        images_done=0,
+                        images_total=len(job.spec.seeds),
+                        steps_per_second=p.steps_per_second,
+                    ),
+                )
+
+        def on_image(k: int, i: int, image: Image.Image) -> None:
+            job = batch[k]
+            if job.cancelled.is_set():
+                return
+            s = job.spec
+            seed = s.seeds[i]
+            text = parameters_text(
+                prompt=s.prompt,
+                negative_prompt=s.negative_prompt,
+                steps=s.steps,
+                sampler=s.sampler,
+                schedule=s.schedule,
+                cfg_scale=s.cfg_scale,
+                seed=seed,
+                width=s.width,
+                height=s.height,
+                model_id=s.model.id,
+                strength=s.strength if s.init_image is not None else None,
+                mask_blur=s.mask_blur if s.mask is not None else None,
+                mask_fill=s.mask_fill if s.mask is not None else None,
+            )
+            data = png_bytes(image, text)
+            image_id = ""
+            if not job.request.skip_gallery:
+                image_id = new_id("img")
+                self.gallery.save(
+                    GalleryEntry(
+                        image_id=image_id,
+                        job_id=job.id,
+                        model_id=s.model.id,
+                        seed=seed,
+                        index=i,
+                        width=s.width,
+                        height=s.height,
+                        sampler=s.sampler,
+                        schedule=s.schedule,
+                        steps=s.steps,
+                        cfg_scale=s.cfg_scale,
+                        queue_seconds=job.queue_seconds,
+                        generation_seconds=time.perf_counter() - started,
+                        parameters=text,
+                        request=job.request,
+                        png=data,
+                    )
+                )
+                saved[k].append(image_id)
+            metrics.IMAGES.inc()
+            self._threadsafe(self._deliver, job, image_id, G.GeneratedImage(
+                png=data, seed=seed, index=i, finish_reason=G.FINISH_REASON_STOP,
+                image_id=image_id, width=s.width, height=s.height,
+            ))  # fmt: skip
+
+        def on_warning(k: int, reason: str, message: str, field_: str) -> None:
+            self._threadsafe(
+                self._emit,
+                batch[k],
+                warning=common_pb2.Warning(reason=reason, message=message, field=field_),
+            )
+
+        hooks = RunHooks(
+            on_step=on_step,
+            should_stop=lambda: all(j.cancelled.is_set() for j in batch),
+            is_cancelled=lambda k: batch[k].cancelled.is_set(),
+            on_image=on_image,
+            on_warning=on_warning,
+        )
+        failure: tuple[str, str] | None = None
+        try:
+            adapter.run(specs, hooks)
+        except Cancelled:
+            pass
+        except MemoryError:
+            failure = ("OUT_OF_MEMORY", "out of memory")
+        except Exception as exc:
+            reason = str(getattr(exc, "reason", "") or "GENERATION_FAILED")
+            if "out of memory" in str(exc).lower():
+                reason = "OUT_OF_MEMORY"
+            failure = (reason, str(exc)[:500])
+            if self.log is not None:
+                self.log.exception("generation failed")
+        elapsed = time.perf_counter() - started
+        metrics.GENERATION_SECONDS.observe(elapsed)
+        if last_step[0]:
+            metrics.STEPS.inc(last_step[0])
+            metrics.STEPS_PER_SECOND.set(last_step[0] / elapsed if elapsed > 0 else 0.0)
+        # Nothing half-written: a job cancelled meanwhile (or failed) loses what it saved.
+        for k, job in enumerate(batch):
+            if saved[k] and (job.cancelled.is_set() or failure is not None):
+                self.gallery.delete(saved[k])
+        self._threadsafe(self._complete, batch, failure)
+
+    def _deliver(self, job: Job, image_id: str, image: G.GeneratedImage) -> None:
+        if job.done:
+            return
+        if image_id:
+            job.image_ids.append(image_id)
+        job.images_done += 1
+        self._emit(job, image=image)
+
+    def _complete(self, batch: list[Job], failure: tuple[str, str] | None) -> None:
+        for job in batch:
+            if job.done:
+                continue
+            if failure is not None:
+                self._finish(job, G.GENERATION_STATUS_FAILED, *failure)
+            elif job.cancelled.is_set():
+                self._finish(job, G.GENERATION_STATUS_CANCELLED, "CANCELLED_BY_USER", "")
+            else:
+                self._finish(job, G.GENERATION_STATUS_SUCCEEDED)
