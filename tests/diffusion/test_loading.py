@@ -107,3 +107,36 @@ def test_unsupported_pipeline_class_is_refused(untrained_model_dir: Path, tmp_pa
 def _write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
+
+
+@pytest.mark.parametrize(
+    ("pipeline_class", "unet_extra", "sample_size", "prediction", "arch", "resolution"),
+    [
+        ("StableDiffusionPipeline", {"cross_attention_dim": 768}, 64, "epsilon", "sd1", 512),
+        ("StableDiffusionPipeline", {"cross_attention_dim": 1024}, 96, "v_prediction", "sd2", 768),
+        ("StableDiffusionXLPipeline", {"cross_attention_dim": 2048,
+                                       "addition_embed_type": "text_time"}, 128, "epsilon",
+         "sdxl", 1024),
+        ("StableDiffusionInpaintPipeline", {"cross_attention_dim": 768, "in_channels": 9}, 64,
+         "epsilon", "sd1", 512),
+    ],
+)
+def test_real_architectures_are_told_apart_from_their_configs(
+        tmp_path: Path, pipeline_class, unet_extra, sample_size, prediction, arch,
+        resolution) -> None:
+    import json
+
+    def write(rel: str, data: dict) -> None:
+        path = tmp_path / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data))
+
+    write("model_index.json", {"_class_name": pipeline_class})
+    write("unet/config.json", {"sample_size": sample_size, "in_channels": 4, **unet_extra})
+    write("vae/config.json", {"block_out_channels": [128, 256, 512, 512]})
+    write("scheduler/scheduler_config.json", {"prediction_type": prediction})
+    info = inspect_folder(tmp_path)
+    assert (info.architecture, info.native_resolution, info.prediction_type) == (
+        arch, resolution, prediction)
+    assert info.pipeline_class == pipeline_class
+    assert info.inpainting == (unet_extra.get("in_channels") == 9)
