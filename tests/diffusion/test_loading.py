@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from services.diffusion.loading import ModelLoadError, inspect_folder, load_pipeline
+from services.diffusion.loading import (
+    ModelLoadError,
+    embedded_model_dir,
+    inspect_folder,
+    load_pipeline,
+)
 from services.diffusion.single_file import export_single_file, original_state_dict
 
 
@@ -32,17 +37,17 @@ def test_folder_reports_architecture_resolution_prediction(untrained_model_dir: 
     assert info.unet_in_channels == 4 and not info.inpainting
 
 
-def test_single_file_round_trip_gives_the_same_image(
-    untrained_model_dir: Path, tmp_path: Path
-) -> None:
-    pipe, _ = load_pipeline(untrained_model_dir)
+def test_single_file_round_trip_gives_the_same_image(tmp_path: Path) -> None:
+    # The shipped model, exported to the layout A1111/ComfyUI load, and read back offline.
+    model_dir = embedded_model_dir()
+    pipe, _ = load_pipeline(model_dir)
     pipe.set_progress_bar_config(disable=True)
     single = export_single_file(pipe, tmp_path / "model.safetensors")
     keys = set(original_state_dict(pipe))
     assert "model.diffusion_model.input_blocks.0.0.weight" in keys
     assert "first_stage_model.decoder.mid.attn_1.q.weight" in keys
     assert "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight" in keys
-    loaded, info = load_pipeline(single, config=untrained_model_dir)
+    loaded, info = load_pipeline(single, config=model_dir)
     loaded.set_progress_bar_config(disable=True)
     assert info.source_format == "single_file" and info.architecture == "tiny-sd"
     for name in ("unet", "vae", "text_encoder"):
