@@ -45,7 +45,8 @@ class Thumb(Vertical, can_focus=True):
 
     def show_png(self, png: bytes) -> None:
         self.png = png
-        set_image(self.query_one(".thumb-image"), png)
+        for picture in self.query(".thumb-image"):  # none yet: compose uses self.png
+            set_image(picture, png)
 
     def on_focus(self) -> None:
         self.post_message(self.Selected(self))
