@@ -95,8 +95,8 @@ class ModelsScreen(StudioScreen):
                             "source",
                             "diffusers_path",
                             "single_file_path",
-                            "hf_cache_path",
-                            "path",
+                            "hf_cache_id",
+                            "config_path",
                         ],
                     )
                     with Horizontal(classes="row"):
