@@ -417,7 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("train", "create a DreamBooth job from a folder of images or a YAML file")
     p.add_argument("images", nargs="?", type=Path, default=None, help="folder of instance images")
     p.add_argument("--config", type=Path, default=None, help="training YAML file")
-    p.add_argument("--base-model", default=None, help="model id to fine-tune")
+    p.add_argument(
+        "--base-model", default=None, help="model id to fine-tune (default: the default model)"
+    )
     p.add_argument("--identifier", default=None, help="rare token, e.g. zwx")
     p.add_argument("--class-noun", default=None, help="class noun, e.g. dog")
     p.add_argument("--steps", type=int, default=None, help="optimiser steps")
@@ -748,6 +750,14 @@ def follow(client: BoothStudio, job_id: str, out: Output, logs: bool) -> Trainin
     )
 
 
+def default_base_model(client: BoothStudio) -> str:
+    """The catalog's built-in base model (else its first base model)."""
+    models = client.list_models(kind="base", page_size=100).items
+    if not models:
+        raise UsageError("the catalog has no base model: import one or pass --base-model")
+    return next((m for m in models if m.builtin), models[0]).id
+
+
 def cmd_train(args: argparse.Namespace, out: Output, client: BoothStudio) -> int:
     if (
         args.images is None
@@ -755,13 +765,21 @@ def cmd_train(args: argparse.Namespace, out: Output, client: BoothStudio) -> int
         and not any(s.startswith("dataset_id=") for s in args.set)
     ):
         raise UsageError("give a folder of images or --config FILE")
+    options = train_options(args)
+    from_file = cv.load_training_yaml(args.config).options if args.config is not None else {}
+    cv.dreambooth_config({**from_file, **options})  # bad settings fail before any call
+    if args.images is not None:
+        cv.image_files(args.images)
+    if not options.get("base_model_id") and not from_file.get("base_model_id"):
+        options["base_model_id"] = default_base_model(client)
+        out.note(f"fine-tuning the default model {options['base_model_id']}")
     job = client.create_training_job(
         args.images,
         config=args.config,
         display_name=args.name,
         job_id=args.job_id,
         validate_only=args.validate_only,
-        **train_options(args),
+        **options,
     )
     if args.validate_only:
         if out.json:

@@ -108,14 +108,14 @@ def test_stream_yields_progress_before_images(client: BoothStudio) -> None:
 
 
 def test_leaving_the_stream_cancels_the_job(stack: Stack, client: BoothStudio) -> None:
-    before = sum(handled(g, "Generate", "Cancelled") for g in stack.generators)
+    before = sum(handled(g, "Generate", "CANCELLED") for g in stack.generators)
     with waiting():
         for event in client.stream_generate("a yellow triangle", steps=150, width=64, height=64):
             if isinstance(event, Progress):
                 break  # the stream object is dropped: the RPC is cancelled
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        if sum(handled(g, "Generate", "Cancelled") for g in stack.generators) > before:
+        if sum(handled(g, "Generate", "CANCELLED") for g in stack.generators) > before:
             break
         time.sleep(0.2)
     else:
