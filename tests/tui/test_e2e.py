@@ -197,3 +197,41 @@ async def test_short_training_job(studio_stack: StudioSettings, tmp_path: Path) 
             return bool(info) and model_id in str(info.first(Static).render())
 
         await wait_for(pilot, model_shown, 60, "the new model's details")
+
+
+async def test_models_import_and_delete(studio_stack: StudioSettings, tmp_path: Path) -> None:
+    from tests.helpers import ROOT
+
+    needs(studio_stack, lambda c: c.list_models())
+    app = real_app(studio_stack)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f5")
+        await wait_for(pilot, lambda: app.current_mode == "models", what="models")
+        screen = screen_of(app)
+        await wait_for(pilot, lambda: bool(screen.models), 60, "the catalog's models")  # type: ignore[attr-defined]
+
+        # a path that does not exist: the catalog's complaint lands on the path field
+        screen.query_one("#import-path", Input).value = str(tmp_path / "nowhere")
+        await pilot.press("ctrl+i")
+        await wait_for(pilot, lambda: field_of(screen, "import-path").has_class("-invalid"), 60)
+
+        # the shipped model folder, registered again under another id (files stay in place)
+        screen.query_one("#import-path", Input).value = str(
+            ROOT / "services/diffusion/embedded_model"
+        )
+        screen.query_one("#import-id", Input).value = "tui-imported"
+        await pilot.press("ctrl+i")
+        info = screen.query_one("#model-info", Static)
+        await wait_for(pilot, lambda: "tui-imported" in str(info.render()), 60, "the import")
+        assert not field_of(screen, "import-path").has_class("-invalid")
+
+        await pilot.press("d")
+        await wait_for(pilot, lambda: app.screen is not screen, what="the confirmation")
+        await pilot.press("y")
+        await wait_for(
+            pilot,
+            lambda: all(m.id != "tui-imported" for m in screen.models),  # type: ignore[attr-defined]
+            60,
+            "the deletion",
+        )
+        assert (ROOT / "services/diffusion/embedded_model/model_index.json").exists()
