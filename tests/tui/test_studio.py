@@ -4,6 +4,10 @@ palette and the gallery's reuse work. (The same flows against real services: tes
 
 from __future__ import annotations
 
+from typing import Any
+
+from textual.command import CommandList, CommandPalette
+from textual.pilot import Pilot
 from textual.widgets import Input, Select, Static
 
 from clients.sdk import InvalidArgument
@@ -16,6 +20,23 @@ from tests.tui.conftest import SIZE, fake_app, settle, wait_for
 
 def field_of(screen: StudioScreen, widget_id: str) -> FormField:
     return next(f for f in screen.query(FormField) if f.widget.id == widget_id)
+
+
+async def palette(pilot: Pilot[Any], query: str) -> None:
+    """Run the command palette's best hit for `query`."""
+    await pilot.press("ctrl+p")
+    await wait_for(pilot, lambda: isinstance(pilot.app.screen, CommandPalette), what="palette")
+    await pilot.press(*query)
+    hits = pilot.app.screen.query_one(CommandList)
+    want = query.split(": ")[-1].lower()
+
+    def best_hit_matches() -> bool:  # results of a partly typed query may still be showing
+        if not hits.option_count or hits.highlighted is None:
+            return False
+        return want in str(hits.get_option_at_index(hits.highlighted).prompt).lower()
+
+    await wait_for(pilot, best_hit_matches, what=f"palette hit for {query!r}")
+    await pilot.press("enter")
 
 
 def error_text(screen: StudioScreen, widget_id: str) -> str:
@@ -124,17 +145,9 @@ async def test_themes_palette_and_reuse() -> None:
         assert app.theme == "textual-dark" and app.settings.theme == "textual-dark"
 
         # the command palette reaches every screen and the themes
-        await pilot.press("ctrl+p")
-        await pilot.pause(0.2)
-        await pilot.press(*"theme: booth-light")
-        await pilot.pause(0.5)
-        await pilot.press("enter")
+        await palette(pilot, "theme: booth-light")
         await wait_for(pilot, lambda: app.theme == "booth-light", what="palette theme")
-        await pilot.press("ctrl+p")
-        await pilot.pause(0.2)
-        await pilot.press(*"go to gallery")
-        await pilot.pause(0.5)
-        await pilot.press("enter")
+        await palette(pilot, "go to gallery")
         await wait_for(pilot, lambda: app.current_mode == "gallery", what="gallery")
         await settle(pilot)
 
