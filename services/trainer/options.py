@@ -8,6 +8,7 @@ value replaced by the default it stands for; image bytes dropped) plus warnings,
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import random
 import string
@@ -211,7 +212,7 @@ def resolve(config: trainer_pb2.DreamBoothConfig, *, base_model: dict, limits: L
                   "with a gradient scaler); use PRECISION_BF16_MIXED or PRECISION_FP32")
     if c.precision == P.PRECISION_UNSPECIFIED:
         c.precision = P.PRECISION_BF16_MIXED if on_gpu else P.PRECISION_FP32
-    if c.use_8bit_adam and not on_gpu:
+    if c.use_8bit_adam and not (on_gpu and importlib.util.find_spec("bitsandbytes")):
         warnings.append(("8BIT_ADAM_UNAVAILABLE", "8-bit Adam needs bitsandbytes and a GPU; "
                          "using AdamW", "config.use_8bit_adam"))
         c.use_8bit_adam = False

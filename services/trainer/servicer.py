@@ -55,7 +55,8 @@ from shared.storage import atomic_write_bytes, atomic_write_text
 DESCRIPTOR = trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"]
 S = trainer_pb2.TrainingJobState
 FORMATS = {catalog_pb2.MODEL_FORMAT_DIFFUSERS: "diffusers",
-           catalog_pb2.MODEL_FORMAT_HF_CACHE: "hf_cache"}
+           catalog_pb2.MODEL_FORMAT_HF_CACHE: "hf_cache",
+           catalog_pb2.MODEL_FORMAT_SINGLE_FILE: "single_file"}
 POLL_SECONDS = 0.2
 KEEPALIVE_SECONDS = 10.0
 
@@ -288,10 +289,13 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         if m.kind == catalog_pb2.MODEL_KIND_LORA:
             return None, FieldViolation(field, f"{model_id!r} is a LoRA adapter; fine-tune its "
                                         f"base model {m.origin.base_model_id!r} instead")
-        if m.format not in FORMATS:
-            return None, FieldViolation(field, f"{model_id!r} is a single-file checkpoint; "
-                                        "import it as a diffusers folder to fine-tune it")
+        if m.format not in FORMATS or (m.format == catalog_pb2.MODEL_FORMAT_SINGLE_FILE
+                                       and not m.config_path):
+            return None, FieldViolation(field, f"{model_id!r} cannot be fine-tuned: its weights "
+                                        "are not a diffusers folder, a cached HF model or a "
+                                        "single file with a config folder")
         return {"id": m.id, "source_path": m.source_path, "format": FORMATS[m.format],
+                "config_path": m.config_path,
                 "native_resolution": m.native_resolution,
                 "prediction_type": catalog_pb2.PredictionType.Name(m.prediction_type),
                 "architecture": m.architecture}, None
@@ -319,8 +323,10 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         base, model_violation = await self._base_model(cfg.base_model_id)
         dataset = (await asyncio.to_thread(self._dataset_images, cfg.dataset_id)
                    if cfg.dataset_id and not cfg.instance_images else None)
-        vocab = (Vocabulary.from_model_dir(Path(base["source_path"]))
-                 if base and base["format"] == "diffusers" else None)
+        vocab = None
+        if base and base["format"] in ("diffusers", "single_file"):
+            folder = base["source_path"] if base["format"] == "diffusers" else base["config_path"]
+            vocab = Vocabulary.from_model_dir(Path(folder))
         try:
             resolved = await asyncio.to_thread(
                 resolve, cfg, base_model=base or {}, limits=self.limits, vocab=vocab,
@@ -464,28 +470,31 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         seq = 0
         done = False
         if request.include_history:
-            history = self.store.events_after(job.id, 0, limit=100_000,
-                                              kinds=["state_changed", "sample",
-                                                     "checkpoint_saved", "warning",
-                                                     "class_images"])
+            history = self.store.events_after(job.id, 0, 1_000_000)
+            last_metrics = None
             for ev in history:
-                seq = max(seq, ev.sequence)
-                yield ev
-            last_metrics = self.store.last_event_of_kind(job.id, "metrics")
+                seq = ev.sequence
+                kind = ev.WhichOneof("event")
+                if kind == "metrics":
+                    last_metrics = ev
+                elif kind != "log" or request.include_logs:
+                    yield ev
             if last_metrics is not None:
                 yield last_metrics
-            seq = self.store.last_event_seq(job.id)
+            if history and history[-1].WhichOneof("event") == "state_changed" and (
+                    history[-1].state_changed.state in TERMINAL):
+                return
         else:
             seq = self.store.last_event_seq(job.id)
             yield trainer_pb2.WatchTrainingJobResponse(
                 job_id=job.id, time=timestamp(time.time()), sequence=seq,
                 state_changed=trainer_pb2.TrainingStateChanged(
                     previous_state=job.state, state=job.state, reason="CURRENT"))  # type: ignore[arg-type]
-        if job.state in TERMINAL:
-            return
+            if job.state in TERMINAL:
+                return
         last_sent = time.monotonic()
         while not done:
-            events = await asyncio.to_thread(self.store.events_after, job.id, seq)
+            events = self.store.events_after(job.id, seq)  # indexed read, well under 1 ms
             for ev in events:
                 seq = ev.sequence
                 if ev.WhichOneof("event") == "log" and not request.include_logs:
@@ -498,8 +507,10 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             if done:
                 break
             if not events:
-                if self.store.get(job.id) is None:
-                    return  # deleted
+                now_job = self.store.get(job.id)
+                if now_job is None or (now_job.state in TERMINAL and
+                                       self.store.last_event_seq(job.id) <= seq):
+                    return  # deleted, or finished with nothing left to send
                 if time.monotonic() - last_sent > KEEPALIVE_SECONDS:
                     yield trainer_pb2.WatchTrainingJobResponse(
                         job_id=job.id, time=timestamp(time.time()), sequence=seq)

@@ -105,6 +105,7 @@ def load_base(base_model: dict[str, Any]) -> Any:
 
     pipe, _info = load_pipeline(base_model["source_path"],
                                 source_format=base_model.get("format") or None,
+                                config=base_model.get("config_path") or None,
                                 dtype=torch.float32)
     return pipe
 
@@ -444,6 +445,9 @@ def run_job(spec: JobSpec, reporter: Reporter) -> JobResult:
     ckpts = checkpoint_files(spec.job_dir)
     resume = ckpts[-1] if ckpts else None
     timings["prepare"] = time.monotonic() - t0
+    if reporter.stop_requested():  # cancelled while preparing: nothing new to save
+        done = int(resume.stem.split("-")[1]) if resume else 0
+        return JobResult("stopped", reporter.stop_requested(), done, seconds=timings)
     reporter.state(S.TRAINING_JOB_STATE_RUNNING,
                    "RESUMED" if resume else "", f"resuming from {resume.name}" if resume else "")
     t = time.monotonic()

@@ -125,7 +125,7 @@ def register(job_id: str, store: JobStore, outputs: dict[str, str], catalog: str
         model_id=model_id, display_name=name,
         kind=catalog_pb2.MODEL_KIND_LORA if lora else catalog_pb2.MODEL_KIND_FINE_TUNED,
         origin=catalog_pb2.ModelOrigin(base_model_id=cfg.base_model_id, training_job_id=job_id),
-        trigger_phrase=job.trigger_phrase,
+        trigger_phrase=job.trigger_phrase, copy_files=True,  # the model outlives the job folder
         description=f"DreamBooth {'LoRA' if lora else 'fine-tune'} of {cfg.base_model_id} on "
                     f"{job.instance_image_count} images, {cfg.max_train_steps} steps")
     if lora:
@@ -200,10 +200,11 @@ def main(argv: list[str] | None = None) -> int:
         (job.job_dir / STOP_FILE).unlink(missing_ok=True)
         if result.stop_reason == "drain":
             store.set_state(job.id, S.TRAINING_JOB_STATE_QUEUED, "INTERRUPTED",
-                            f"service shutting down; resumes from step {result.step}")
+                            f"service shutting down; resumes from step {result.step}",
+                            step=result.step)
         else:
             store.set_state(job.id, S.TRAINING_JOB_STATE_CANCELLED, "CANCELLED",
-                            f"cancelled at step {result.step}; resumable")
+                            f"cancelled at step {result.step}; resumable", step=result.step)
         return 0
     try:
         model_id = register(job.id, store, result.outputs, args.catalog,

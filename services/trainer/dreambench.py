@@ -1,0 +1,216 @@
+"""Toy DreamBench on the embedded model: does DreamBooth learn a subject the base model cannot
+draw, keep following prompts, and (with prior preservation) leave its class alone?
+
+    .venv/bin/python -m services.trainer.dreambench [--steps 400] [--out bench-results/dreambench]
+
+Subject: a red circle with cyan diagonal stripes (services.diffusion.scenes.subject_images), 4
+instance images, class noun "circle", identifier "zwx". Two runs through the trainer's own
+`run_job` (the code a worker runs): with prior preservation and without. Every exported
+checkpoint is scored with the project's detectors over fixed seeds:
+
+- subject:    share of "a zwx circle on a <bg> background" images that show the subject
+              (goal >= 80%; the base model before training: <= 10%);
+- background: share of those images whose background is <bg> (goal >= 80%);
+- leak:       share of plain "a circle on a <bg> background" images that show the subject
+              (goal <= 10% with prior preservation; reported without it to show what it buys).
+
+The best checkpoint of a run is the one that meets the subject and background goals with the
+least leak (else the highest subject + background - leak). Writes table.md and results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from boothstudio.v1 import trainer_pb2 as P
+from services.diffusion.evaluation import read_image
+from services.diffusion.scenes import BACKGROUNDS, subject_images
+
+IDENTIFIER = "zwx"
+CLASS_NOUN = "circle"
+
+
+def prompts(kind: str) -> list[tuple[str, str]]:
+    """(prompt, background) pairs of one prompt family."""
+    out = []
+    for bg in BACKGROUNDS:
+        subject = f"{IDENTIFIER} " if kind == "subject" else ""
+        out.append((f"a {subject}{CLASS_NOUN} on a {bg} background", bg))
+    return out
+
+
+def vae_ceiling(pipe: Any) -> dict[str, float]:
+    """Detectors on VAE round trips of the instance images: what a perfect UNet could show."""
+    from services.trainer.module import image_tensor
+
+    subj = 0
+    images = subject_images(4)
+    for img, _ in images:
+        with torch.no_grad():
+            z = pipe.vae.encode(image_tensor(img, 64)[None]).latent_dist.mean
+            y = pipe.vae.decode(z).sample[0]
+        from PIL import Image
+
+        rec = Image.fromarray(((y.clamp(-1, 1) + 1) * 127.5).permute(1, 2, 0).byte().numpy())
+        subj += read_image(rec).subject
+    return {"subject": subj / len(images)}
+
+
+def score(pipe: Any, seeds: list[int], steps: int, cfg: float) -> dict[str, float]:
+    from services.diffusion import pipelines
+
+    def run(kind: str) -> list[tuple[Any, str]]:
+        out = []
+        for prompt, bg in prompts(kind):
+            with torch.no_grad():
+                images = pipelines.txt2img(pipe, prompt, seeds=seeds, steps=steps,
+                                           cfg_scale=cfg)
+            out += [(read_image(im), bg) for im in images]
+        return out
+
+    subj = run("subject")
+    plain = run("plain")
+    return {
+        "subject": sum(r.subject for r, _ in subj) / len(subj),
+        "background": sum(r.background == bg for r, bg in subj) / len(subj),
+        "leak": sum(r.subject for r, _ in plain) / len(plain),
+        "plain_background": sum(r.background == bg for r, bg in plain) / len(plain),
+        "images": len(subj) + len(plain),
+    }
+
+
+def load_export(pipe: Any, base_state: dict[str, dict[str, torch.Tensor]], export: Path) -> None:
+    """Put a checkpoint's inference export (trained weights) into `pipe` (base weights first)."""
+    from safetensors.torch import load_file
+
+    pipe.unet.load_state_dict(base_state["unet"])
+    pipe.text_encoder.load_state_dict(base_state["text_encoder"])
+    weights = load_file(str(export))
+    for part in ("unet", "text_encoder"):
+        sub = {k[len(part) + 1:]: v.float() for k, v in weights.items()
+               if k.startswith(part + ".")}
+        if sub:
+            getattr(pipe, part).load_state_dict(sub, strict=False)
+
+
+def train(name: str, out: Path, model: Path, *, prior: bool, steps: int, lr: float,
+          every: int, class_images: int, seed: int) -> Path:
+    from services.trainer.options import Limits, resolve
+    from services.trainer.train import JobSpec, Reporter, run_job
+
+    job = out / name
+    (job / "instance").mkdir(parents=True, exist_ok=True)
+    for i, (img, _) in enumerate(subject_images(4)):
+        img.save(job / "instance" / f"{i}.png")
+    cfg = P.DreamBoothConfig(
+        base_model_id="boothstudio-tiny", class_noun=CLASS_NOUN, identifier=IDENTIFIER,
+        max_train_steps=steps, seed=seed, learning_rate=lr, train_text_encoder=True,
+        checkpoint_every_steps=every, checkpoints_to_keep=1, batch_size=1)
+    cfg.instance_images.add(data=(job / "instance" / "0.png").read_bytes(), filename="0.png")
+    if prior:
+        cfg.prior_preservation.enabled = True
+        cfg.prior_preservation.class_image_count = class_images
+        cfg.class_prompt = f"a {CLASS_NOUN}"
+    resolved = resolve(cfg, base_model={"native_resolution": 64}, limits=Limits()).config
+
+    class Log(Reporter):
+        def metrics(self, m: P.TrainingMetrics) -> None:
+            if m.step % 50 == 0 or m.step == m.total_steps:
+                print(f"  {name} step {m.step}/{m.total_steps} loss {m.loss:.4f} "
+                      f"{m.steps_per_second:.2f} step/s", flush=True)
+
+    spec = JobSpec(name, job, resolved, {"id": "boothstudio-tiny", "source_path": str(model),
+                                         "format": "diffusers"},
+                   out / "class_cache", out / "memo.json", sample_steps=20)
+    result = run_job(spec, Log())
+    print(f"  {name}: {result.outcome} in {sum(result.seconds.values()):.0f} s", flush=True)
+    return job
+
+
+def pick_best(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    good = [r for r in rows if r["subject"] >= 0.8 and r["background"] >= 0.8]
+    if good:
+        return min(good, key=lambda r: (r["leak"], -r["subject"], r["step"]))
+    return max(rows, key=lambda r: r["subject"] + r["background"] - r["leak"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m services.trainer.dreambench")
+    p.add_argument("--model", type=Path, default=None)
+    p.add_argument("--out", type=Path, default=Path("bench-results/dreambench"))
+    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--every", type=int, default=100)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--class-images", type=int, default=50)
+    p.add_argument("--seeds", type=int, default=4)
+    p.add_argument("--sample-steps", type=int, default=20)
+    p.add_argument("--cfg", type=float, default=5.0)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from services.diffusion.loading import embedded_model_dir
+    from services.trainer.train import load_base
+
+    model = args.model or embedded_model_dir()
+    args.out.mkdir(parents=True, exist_ok=True)
+    seeds = list(range(1000, 1000 + args.seeds))
+    pipe = load_base({"source_path": str(model), "format": "diffusers"})
+    base_state = {"unet": {k: v.clone() for k, v in pipe.unet.state_dict().items()},
+                  "text_encoder": {k: v.clone() for k, v in pipe.text_encoder.state_dict().items()}}
+    t0 = time.time()
+    ceiling = vae_ceiling(pipe)
+    print(f"VAE round trip of the instance images: {ceiling}", flush=True)
+    before = score(pipe, seeds, args.sample_steps, args.cfg)
+    print(f"before training: {before}", flush=True)
+    settings = vars(args) | {"model": str(model), "out": str(args.out), "seeds": seeds}
+    results: dict[str, Any] = {"before": before, "vae_ceiling": ceiling, "runs": {},
+                               "settings": settings}
+    for name, prior in (("prior", True), ("no-prior", False)):
+        job = train(name, args.out, model, prior=prior, steps=args.steps, lr=args.lr,
+                    every=args.every, class_images=args.class_images, seed=args.seed)
+        rows = []
+        for export in sorted((job / "exports").glob("step-*.safetensors")):
+            load_export(pipe, base_state, export)
+            row = {"step": int(export.stem.split("-")[1]),
+                   **score(pipe, seeds, args.sample_steps, args.cfg)}
+            print(f"  {name} {row}", flush=True)
+            rows.append(row)
+        results["runs"][name] = {"checkpoints": rows, "best": pick_best(rows)}
+    results["seconds"] = time.time() - t0
+    n = len(prompts("subject")) * len(seeds)
+    lines = [
+        f"Toy DreamBench: {n} images per prompt family ({len(BACKGROUNDS)} backgrounds x "
+        f"{len(seeds)} seeds), {args.sample_steps} steps, CFG {args.cfg}; "
+        f"{args.steps} steps at lr {args.lr}, UNet + text encoder, 4 instance images"
+        + (f", {args.class_images} class images" if args.class_images else ""),
+        f"VAE round trip of the 4 instance images: the detector sees the subject in "
+        f"{ceiling['subject']:.0%} (the ceiling for any fine-tune that keeps this VAE)",
+        "",
+        "| model | step | subject in '[V] circle on <bg>' | background right | "
+        "subject in plain 'circle on <bg>' |",
+        "|---|---|---|---|---|",
+        f"| base (before) | 0 | {before['subject']:.0%} | {before['background']:.0%} | "
+        f"{before['leak']:.0%} |",
+    ]
+    for name, run in results["runs"].items():
+        for row in run["checkpoints"]:
+            mark = " **best**" if row is run["best"] or row == run["best"] else ""
+            lines.append(f"| {name}{mark} | {row['step']} | {row['subject']:.0%} | "
+                         f"{row['background']:.0%} | {row['leak']:.0%} |")
+    table = "\n".join(lines)
+    (args.out / "table.md").write_text(table + "\n")
+    (args.out / "results.json").write_text(json.dumps(results, indent=2))
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,161 @@
+"""Helpers for trainer end-to-end tests: a Catalog + Trainer pair on loopback, job requests
+with tiny settings, and stream watching."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from boothstudio.v1 import (
+    catalog_pb2,
+    catalog_pb2_grpc,
+    trainer_pb2,
+    trainer_pb2_grpc,
+)
+from tests.helpers import ServiceProcess
+
+P = trainer_pb2
+S = trainer_pb2.TrainingJobState
+TERMINAL = {S.TRAINING_JOB_STATE_SUCCEEDED, S.TRAINING_JOB_STATE_FAILED,
+            S.TRAINING_JOB_STATE_CANCELLED}
+
+# Tiny everything: one thread per worker (2 shared cores), 2-step validation samples.
+TRAINER_ARGS = ["--set", "worker_threads=1", "--set", "sample_steps=2",
+                "--set", "max_instance_images=8"]
+
+
+@dataclass
+class Stack:
+    catalog: ServiceProcess
+    trainer: ServiceProcess
+    base_model_id: str
+    model_dir: Path
+    extra: dict[str, ServiceProcess] = field(default_factory=dict)
+
+    @property
+    def trainer_stub(self) -> trainer_pb2_grpc.TrainerServiceStub:
+        return trainer_pb2_grpc.TrainerServiceStub(self.trainer.channel())
+
+    @property
+    def catalog_stub(self) -> catalog_pb2_grpc.CatalogServiceStub:
+        return catalog_pb2_grpc.CatalogServiceStub(self.catalog.channel())
+
+
+def start_stack(factory: Callable[..., ServiceProcess], model_dir: Path,
+                trainer_args: list[str] | None = None,
+                trainer_data_dir: Path | None = None) -> Stack:
+    catalog = factory("catalog")
+    stub = catalog_pb2_grpc.CatalogServiceStub(catalog.channel())
+    model = stub.ImportModel(catalog_pb2.ImportModelRequest(
+        diffusers_path=str(model_dir), model_id="untrained-tiny"), timeout=60).model
+    trainer = start_trainer(factory, catalog, trainer_args, trainer_data_dir)
+    return Stack(catalog, trainer, model.id, model_dir)
+
+
+def start_trainer(factory: Callable[..., ServiceProcess], catalog: ServiceProcess,
+                  args: list[str] | None = None, data_dir: Path | None = None) -> ServiceProcess:
+    kw = {"data_dir": data_dir} if data_dir is not None else {}
+    return factory("trainer", [*TRAINER_ARGS, *(args or [])],
+                   env={"BOOTHSTUDIO_CATALOG_ADDRESS": catalog.address,
+                        "PYTHONFAULTHANDLER": "1"}, **kw)
+
+
+def job_config(base_model_id: str, pngs: list[bytes], steps: int = 2, *, prior: bool = False,
+               class_prompt: str = "", **kw: object) -> P.DreamBoothConfig:
+    cfg = P.DreamBoothConfig(base_model_id=base_model_id, class_noun="circle",
+                             max_train_steps=steps, seed=11, learning_rate=1e-4, **kw)  # type: ignore[arg-type]
+    for i, data in enumerate(pngs):
+        cfg.instance_images.add(data=data, filename=f"subject-{i}.png")
+    if prior:
+        cfg.prior_preservation.enabled = True
+        cfg.prior_preservation.class_image_count = 2
+        cfg.prior_preservation.generation.steps = 2
+        cfg.class_prompt = class_prompt
+    return cfg
+
+
+def create(stack: Stack, cfg: P.DreamBoothConfig, **kw: object) -> P.TrainingJob:
+    return stack.trainer_stub.CreateTrainingJob(
+        P.CreateTrainingJobRequest(config=cfg, **kw), timeout=60).job  # type: ignore[arg-type]
+
+
+def get(stack: Stack, job_id: str) -> P.TrainingJob:
+    return stack.trainer_stub.GetTrainingJob(P.GetTrainingJobRequest(job_id=job_id),
+                                             timeout=30).job
+
+
+def watch(stack: Stack, job_id: str, timeout: float = 900, history: bool = False
+          ) -> list[P.WatchTrainingJobResponse]:
+    """Events until the server ends the stream (terminal state).
+
+    Streams are not cancelled mid-way here: a client cancel can crash the service in the shared
+    logging interceptor (context.peer() after the call is gone; see the trainer report).
+    """
+    events: list[P.WatchTrainingJobResponse] = []
+    call = stack.trainer_stub.WatchTrainingJob(
+        P.WatchTrainingJobRequest(job_id=job_id, include_history=history), timeout=timeout)
+    try:
+        for ev in call:
+            events.append(ev)
+    except grpc.RpcError as err:
+        raise AssertionError(f"watch failed: {err}; events: {kinds(events)}") from err
+    return events
+
+
+def wait_job(stack: Stack, job_id: str, pred: Callable[[P.TrainingJob], bool],
+             timeout: float = 600) -> P.TrainingJob:
+    """Poll GetTrainingJob until pred(job)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = get(stack, job_id)
+        if pred(job):
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"condition not met for job {job_id} after {timeout}s: {job}")
+
+
+def wait_state(stack: Stack, job_id: str, states: set[int], timeout: float = 600
+               ) -> P.TrainingJob:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = get(stack, job_id)
+        if job.state in states:
+            return job
+        time.sleep(0.3)
+    raise AssertionError(f"job {job_id} not in {states} after {timeout}s: {job}")
+
+
+def kinds(events: list[P.WatchTrainingJobResponse]) -> list[str]:
+    return [str(e.WhichOneof("event")) for e in events]
+
+
+def states(events: list[P.WatchTrainingJobResponse]) -> list[str]:
+    return [S.Name(e.state_changed.state).removeprefix("TRAINING_JOB_STATE_")
+            for e in events if e.WhichOneof("event") == "state_changed"]
+
+
+def worker_pids(job_id: str) -> list[int]:
+    """Pids of worker processes running `job_id` (started by the trainer under test)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"services.trainer.worker" in cmd and job_id.encode() in cmd:
+            pids.append(int(entry))
+    return pids
+
+
+def worker_log(stack: Stack, job: P.TrainingJob) -> str:
+    try:
+        return (Path(job.job_dir) / "worker.log").read_text(errors="replace")[-6000:]
+    except OSError:
+        return ""

@@ -1,0 +1,140 @@
+"""Bad job configurations are rejected before anything is queued, naming the field; uploads;
+jobs created from a job's config.yaml. No training runs here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import pytest
+
+from boothstudio.v1 import trainer_pb2 as P
+from services.trainer.jobfile import request_from_yaml
+from shared.errors import decode_rpc_error
+from tests.trainer.helpers import S, Stack, create, job_config, start_stack, wait_state
+
+
+@pytest.fixture(scope="module")
+def stack(module_services, untrained_model) -> Stack:
+    return start_stack(module_services, untrained_model)
+
+
+def rejected(stack: Stack, cfg: P.DreamBoothConfig) -> tuple[grpc.StatusCode, list[str]]:
+    with pytest.raises(grpc.RpcError) as info:
+        stack.trainer_stub.CreateTrainingJob(P.CreateTrainingJobRequest(config=cfg), timeout=30)
+    d = decode_rpc_error(info.value)
+    return d.code, d.fields
+
+
+def test_no_images(stack, subject_pngs):
+    code, fields = rejected(stack, job_config(stack.base_model_id, []))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and fields == ["config.instance_images"]
+
+
+def test_unknown_model(stack, subject_pngs):
+    code, fields = rejected(stack, job_config("no-such-model", subject_pngs))
+    assert code == grpc.StatusCode.NOT_FOUND and fields == ["config.base_model_id"]
+
+
+def test_zero_steps(stack, subject_pngs):
+    code, fields = rejected(stack, job_config(stack.base_model_id, subject_pngs, steps=0))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and fields == ["config.max_train_steps"]
+
+
+def test_corrupt_image(stack, subject_pngs):
+    pngs = [subject_pngs[0], subject_pngs[1][:60], subject_pngs[2]]
+    code, fields = rejected(stack, job_config(stack.base_model_id, pngs))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert fields == ["config.instance_images[1].data"]
+
+
+def test_too_many_images(stack, subject_pngs):
+    code, fields = rejected(stack, job_config(stack.base_model_id, subject_pngs * 3))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and fields == ["config.instance_images"]
+
+
+def test_several_problems_at_once(stack, subject_pngs):
+    cfg = job_config("no-such-model", subject_pngs, steps=0, precision=P.PRECISION_FP16_MIXED)
+    code, fields = rejected(stack, cfg)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert set(fields) == {"config.base_model_id", "config.max_train_steps", "config.precision"}
+
+
+def test_validate_only_resolves_defaults_and_warns(stack, subject_pngs):
+    cfg = job_config(stack.base_model_id, subject_pngs, identifier="sks")
+    cfg.ClearField("max_train_steps")
+    job = stack.trainer_stub.CreateTrainingJob(
+        P.CreateTrainingJobRequest(config=cfg, validate_only=True), timeout=30).job
+    assert job.state == P.TRAINING_JOB_STATE_UNSPECIFIED and not job.job_id
+    c = job.config
+    assert c.max_train_steps == 400 and c.resolution == 64 and c.learning_rate == 1e-4
+    assert c.instance_prompt == "a sks circle" and job.trigger_phrase == "a sks circle"
+    assert not c.instance_images  # bytes are not echoed
+    assert [w.reason for w in job.warnings] == ["COMMON_IDENTIFIER"]
+    assert job.warnings[0].field == "config.identifier"
+    # no identifier: a rare single token is picked
+    cfg.ClearField("identifier")
+    job = stack.trainer_stub.CreateTrainingJob(
+        P.CreateTrainingJobRequest(config=cfg, validate_only=True), timeout=30).job
+    assert job.config.identifier == "zwx"
+    assert stack.trainer_stub.ListTrainingJobs(P.ListTrainingJobsRequest()).total_size == 0
+
+
+def test_upload_then_create_from_dataset(stack, subject_pngs):
+    def chunks():
+        yield P.UploadImagesRequest(metadata=P.UploadImagesMetadata(name="subject"))
+        for i, data in enumerate(subject_pngs[:3]):
+            half = len(data) // 2
+            yield P.UploadImagesRequest(chunk=P.ImageChunk(filename=f"s{i}.png", data=data[:half]))
+            yield P.UploadImagesRequest(chunk=P.ImageChunk(filename=f"s{i}.png", data=data[half:]))
+
+    up = stack.trainer_stub.UploadImages(chunks(), timeout=30)
+    assert up.image_count == 3 and [i.width for i in up.images] == [64, 64, 64]
+    cfg = job_config(stack.base_model_id, [], dataset_id=up.dataset_id)
+    job = stack.trainer_stub.CreateTrainingJob(
+        P.CreateTrainingJobRequest(config=cfg, validate_only=True), timeout=30).job
+    assert job.instance_image_count == 3
+
+    def bad():
+        yield P.UploadImagesRequest(chunk=P.ImageChunk(filename="x.png", data=b"not an image"))
+
+    with pytest.raises(grpc.RpcError) as info:
+        stack.trainer_stub.UploadImages(bad(), timeout=30)
+    assert decode_rpc_error(info.value).fields == ["chunk.data"]
+
+
+def test_job_from_yaml(stack, subject_pngs, tmp_path: Path):
+    (tmp_path / "imgs").mkdir()
+    for i, data in enumerate(subject_pngs[:3]):
+        (tmp_path / "imgs" / f"{i}.png").write_bytes(data)
+    (tmp_path / "job.yaml").write_text(
+        f"display_name: from yaml\nbase_model_id: {stack.base_model_id}\nclass_noun: circle\n"
+        "max_train_steps: 7\nprecision: fp32\nstrategy: ddp\ndevices: 2\n"
+        "prior_preservation: {enabled: true, class_image_count: 3}\n"
+        "instance_images: [imgs/0.png, imgs/1.png,\n"
+        "                  {path: imgs/2.png, caption: 'a {identifier}'}]\n")
+    req = request_from_yaml(tmp_path / "job.yaml")
+    req.validate_only = True
+    job = stack.trainer_stub.CreateTrainingJob(req, timeout=30).job
+    assert job.config.max_train_steps == 7 and job.config.strategy == P.STRATEGY_DDP
+    assert job.instance_image_count == 3 and job.config.prior_preservation.class_image_count == 3
+
+
+def test_queue_positions_cancel_and_list(stack, subject_pngs):
+    """One job runs at a time here: the others wait with their positions; cancel empties it."""
+    jobs = [create(stack, job_config(stack.base_model_id, subject_pngs[:1], steps=300))
+            for _ in range(3)]
+    listed = stack.trainer_stub.ListTrainingJobs(
+        P.ListTrainingJobsRequest(states=[S.TRAINING_JOB_STATE_QUEUED])).jobs
+    assert {j.job_id: j.queue_position for j in listed} == {
+        jobs[1].job_id: 0, jobs[2].job_id: 1}
+    for j in reversed(jobs):
+        stack.trainer_stub.CancelTrainingJob(P.CancelTrainingJobRequest(job_id=j.job_id))
+    for j in jobs:
+        assert wait_state(stack, j.job_id, {S.TRAINING_JOB_STATE_CANCELLED}, 180)
+    page = stack.trainer_stub.ListTrainingJobs(P.ListTrainingJobsRequest(page_size=2))
+    assert len(page.jobs) == 2 and page.next_page_token and page.total_size == 3
+    assert page.jobs[0].job_id == jobs[-1].job_id  # newest first
+    nxt = stack.trainer_stub.ListTrainingJobs(
+        P.ListTrainingJobsRequest(page_size=2, page_token=page.next_page_token))
+    assert [j.job_id for j in nxt.jobs] == [jobs[0].job_id] and not nxt.next_page_token
