@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from textual.pilot import Pilot
+from textual.widgets import OptionList
 from textual.worker import WorkerCancelled
 
 from clients.tui.app import StudioApp
@@ -49,6 +50,12 @@ async def settle(pilot: Pilot[Any]) -> None:
         with contextlib.suppress(WorkerCancelled):
             await pilot.app.workers.wait_for_complete()
         await pilot.pause()
+
+
+def picker_ready(pilot: Pilot[Any]) -> bool:
+    """The gallery picker dialog is open with its first image highlighted."""
+    found = pilot.app.screen.query("#pick-list")
+    return bool(found) and found.first(OptionList).highlighted == 0
 
 
 def run_before(*steps: Callable[[Pilot[Any]], Awaitable[None]]) -> Callable[[Pilot[Any]], Any]:

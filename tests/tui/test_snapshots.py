@@ -9,7 +9,7 @@ from typing import Any
 from textual.pilot import Pilot
 
 from clients.tui.widgets.mask_canvas import MaskCanvas
-from tests.tui.conftest import SIZE, fake_app, mode, run_before
+from tests.tui.conftest import SIZE, fake_app, mode, picker_ready, run_before, wait_for
 
 
 def test_generate_screen(snap_compare: Any) -> None:
@@ -37,7 +37,7 @@ def test_edit_screen_with_a_mask(snap_compare: Any) -> None:
         await pilot.app.hand_over("edit", None)
         screen = pilot.app.screen
         await screen.run_action("pick")
-        await pilot.pause(0.2)
+        await wait_for(pilot, lambda: picker_ready(pilot), what="the gallery picker")
         await pilot.press("enter")
         await pilot.app.workers.wait_for_complete()
         await pilot.pause()

@@ -15,7 +15,7 @@ from clients.tui.screens.base import StudioScreen
 from clients.tui.widgets.fields import FormField
 from clients.tui.widgets.mask_canvas import MaskCanvas
 from clients.tui.widgets.sampler_settings import SamplerSettings
-from tests.tui.conftest import SIZE, fake_app, settle, wait_for
+from tests.tui.conftest import SIZE, fake_app, picker_ready, settle, wait_for
 
 
 def field_of(screen: StudioScreen, widget_id: str) -> FormField:
@@ -101,8 +101,7 @@ async def test_mask_canvas_keys_and_mouse() -> None:
         assert field_of(screen, "mask").has_class("-invalid")
 
         await pilot.press("ctrl+l")
-        await wait_for(pilot, lambda: bool(app.screen.query("#pick-list")), what="picker")
-        await settle(pilot)
+        await wait_for(pilot, lambda: picker_ready(pilot), what="the gallery picker")
         await pilot.press("enter")
         await wait_for(pilot, lambda: canvas.image is not None, what="image on canvas")
         assert canvas.coverage == 0
