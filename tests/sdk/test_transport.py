@@ -87,6 +87,8 @@ class FakeGenerator(generator_pb2_grpc.GeneratorServiceServicer):
             job_id=job, started=generator_pb2.GenerationStarted(seeds=[request.seed])
         )
         for step in range(1, self.steps + 1):
+            if not context.is_active():
+                return
             if job in self._cancelled:
                 yield generator_pb2.GenerateResponse(
                     job_id=job,
