@@ -7,11 +7,14 @@ from __future__ import annotations
 from typing import Any
 
 from textual.command import CommandList, CommandPalette
+from textual.message import Message
 from textual.pilot import Pilot
 from textual.widgets import Input, Select, Static
 
 from clients.sdk import InvalidArgument
+from clients.tui.app import StudioApp
 from clients.tui.screens.base import StudioScreen
+from clients.tui.screens.generate import GenerateScreen
 from clients.tui.widgets.fields import FormField
 from clients.tui.widgets.mask_canvas import MaskCanvas
 from clients.tui.widgets.sampler_settings import SamplerSettings
@@ -129,8 +132,12 @@ async def test_mask_canvas_keys_and_mouse() -> None:
 
 async def test_themes_palette_and_reuse() -> None:
     app = fake_app()
-    async with app.run_test(size=SIZE) as pilot:
+    posted: list[Message] = []
+    async with app.run_test(size=SIZE, message_hook=posted.append) as pilot:
         await settle(pilot)
+        # the workers reported back with messages
+        assert any(isinstance(m, StudioApp.HealthChecked) for m in posted)
+        assert any(isinstance(m, GenerateScreen.CatalogLoaded) for m in posted)
         assert app.theme == "booth-dark"
         dark_bg = app.screen.styles.background
         await pilot.press("ctrl+t")

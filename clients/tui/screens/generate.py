@@ -129,7 +129,16 @@ class GenerateScreen(StudioScreen):
     def on_mount(self) -> None:
         super().on_mount()
         self.query_one("#seed", Input).disabled = True
+        self.watch(self.app, "health", self._health_changed, init=False)
         self.action_refresh()
+
+    def _health_changed(self, health: dict[str, str]) -> None:
+        """The catalog came (back) up and the lists are empty: load them now."""
+        busy = any(
+            w.node is self and w.group == "catalog" and w.is_running for w in self.app.workers
+        )
+        if health.get("catalog") == "SERVING" and not self.models and not busy:
+            self.load_catalog()
 
     # ------------------------------------------------------------------------- catalog
 
