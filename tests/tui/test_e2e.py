@@ -1,7 +1,8 @@
 """The studio against real services on loopback (Catalog, Generator, Trainer processes with the
 shipped embedded model as default): generate and find the image in the gallery, sampler settings
 from the real sampler table, a service's field error next to its field, paint a mask and
-inpaint, and a short DreamBooth job watched to its model. Tiny settings: 64 px, 4 steps.
+inpaint, export and delete in the gallery, import and delete a model, and a short DreamBooth
+job watched to its model. Tiny settings: 64 px, 4 steps.
 
 Flows whose service does not answer yet (UNIMPLEMENTED) are skipped, naming the RPC.
 Rerun: `.venv/bin/pytest tests/tui/test_e2e.py -v`
@@ -89,7 +90,7 @@ async def test_sampler_settings_and_field_errors(studio_stack: StudioSettings) -
         assert not field_of(screen, "prompt").has_class("-invalid")
 
 
-async def test_generate_gallery_and_inpaint(studio_stack: StudioSettings) -> None:
+async def test_generate_gallery_and_inpaint(studio_stack: StudioSettings, tmp_path: Path) -> None:
     needs(studio_stack, lambda c: c.list_images(page_size=1))
     app = real_app(studio_stack)
     async with app.run_test(size=SIZE) as pilot:
@@ -141,6 +142,35 @@ async def test_generate_gallery_and_inpaint(studio_stack: StudioSettings) -> Non
         with sdk(studio_stack) as client:
             meta = client.get_image(inpainted.image_id, metadata_only=True)
         assert meta.has_mask and meta.has_init_image and meta.prompt == "a green square"
+
+        # back in the gallery (newest first): export the inpainted image, then delete it
+        await pilot.press("f3")
+        await wait_for(pilot, lambda: app.current_mode == "gallery", what="gallery")
+        await wait_for(
+            pilot,
+            lambda: gallery.query("Thumb").first().image.image_id == inpainted.image_id,  # type: ignore[attr-defined]
+            60,
+            "the inpainted image first",
+        )
+        await wait_for(pilot, lambda: inpainted.image_id in app.png_cache, 60, "its bytes")
+        gallery.query("Thumb").first().focus()
+        await pilot.press("x")
+        await wait_for(pilot, lambda: bool(app.screen.query("#dialog-path")), what="export dialog")
+        target = tmp_path / "out" / "inpainted.png"
+        app.screen.query_one("#dialog-path", Input).value = str(target)
+        await pilot.press("enter")
+        await wait_for(pilot, target.exists, 30, "the exported file")
+        assert target.read_bytes() == app.png_cache[inpainted.image_id]
+
+        await pilot.press("d")
+        await wait_for(pilot, lambda: app.screen is not gallery, what="the confirmation")
+        await pilot.press("y")
+        await wait_for(
+            pilot,
+            lambda: all(t.image.image_id != inpainted.image_id for t in gallery.query("Thumb")),  # type: ignore[attr-defined]
+            60,
+            "the deletion",
+        )
 
 
 def subject_folder(root: Path) -> Path:
