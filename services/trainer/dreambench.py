@@ -100,7 +100,8 @@ def load_export(pipe: Any, base_state: dict[str, dict[str, torch.Tensor]], expor
 
 
 def train(name: str, out: Path, model: Path, *, prior: bool, steps: int, lr: float,
-          every: int, class_images: int, seed: int) -> Path:
+          every: int, class_images: int, seed: int, text_encoder: bool = True,
+          class_prompt: str = "") -> Path:
     from services.trainer.options import Limits, resolve
     from services.trainer.train import JobSpec, Reporter, run_job
 
@@ -110,13 +111,13 @@ def train(name: str, out: Path, model: Path, *, prior: bool, steps: int, lr: flo
         img.save(job / "instance" / f"{i}.png")
     cfg = P.DreamBoothConfig(
         base_model_id="boothstudio-tiny", class_noun=CLASS_NOUN, identifier=IDENTIFIER,
-        max_train_steps=steps, seed=seed, learning_rate=lr, train_text_encoder=True,
+        max_train_steps=steps, seed=seed, learning_rate=lr, train_text_encoder=text_encoder,
         checkpoint_every_steps=every, checkpoints_to_keep=1, batch_size=1)
     cfg.instance_images.add(data=(job / "instance" / "0.png").read_bytes(), filename="0.png")
     if prior:
         cfg.prior_preservation.enabled = True
         cfg.prior_preservation.class_image_count = class_images
-        cfg.class_prompt = f"a {CLASS_NOUN}"
+        cfg.class_prompt = class_prompt or f"a {CLASS_NOUN}"
     resolved = resolve(cfg, base_model={"native_resolution": 64}, limits=Limits()).config
 
     class Log(Reporter):
@@ -153,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cfg", type=float, default=5.0)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--unet-only", action="store_true", help="freeze the text encoder")
+    p.add_argument("--class-prompt", default="")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -175,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
                                "settings": settings}
     for name, prior in (("prior", True), ("no-prior", False)):
         job = train(name, args.out, model, prior=prior, steps=args.steps, lr=args.lr,
-                    every=args.every, class_images=args.class_images, seed=args.seed)
+                    every=args.every, class_images=args.class_images, seed=args.seed,
+                    text_encoder=not args.unet_only, class_prompt=args.class_prompt)
         rows = []
         for export in sorted((job / "exports").glob("step-*.safetensors")):
             load_export(pipe, base_state, export)
@@ -189,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         f"Toy DreamBench: {n} images per prompt family ({len(BACKGROUNDS)} backgrounds x "
         f"{len(seeds)} seeds), {args.sample_steps} steps, CFG {args.cfg}; "
-        f"{args.steps} steps at lr {args.lr}, UNet + text encoder, 4 instance images"
+        f"{args.steps} steps at lr {args.lr}, "
+        f"{'UNet only' if args.unet_only else 'UNet + text encoder'}, 4 instance images"
         + (f", {args.class_images} class images" if args.class_images else ""),
         f"VAE round trip of the 4 instance images: the detector sees the subject in "
         f"{ceiling['subject']:.0%} (the ceiling for any fine-tune that keeps this VAE)",

@@ -36,6 +36,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from PIL import Image
 
 from boothstudio.v1 import trainer_pb2
@@ -306,6 +307,17 @@ class JobCallback(Callback):
             module.train(was_training)
 
 
+class DirectCheckpointIO(TorchCheckpointIO):
+    """torch.save straight into the (temporary) file: Lightning's default serializes the whole
+    state into memory first, a second copy of it at every checkpoint. Atomicity comes from the
+    rename in JobCallback.save."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any,
+                        storage_options: Any | None = None) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        torch.save(checkpoint, str(path))
+
+
 def build_trainer(spec: JobSpec, callbacks: list[Callback]) -> L.Trainer:
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
     from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
@@ -333,7 +345,7 @@ def build_trainer(spec: JobSpec, callbacks: list[Callback]) -> L.Trainer:
         logger=loggers, callbacks=callbacks, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
         limit_val_batches=0, log_every_n_steps=1, default_root_dir=str(spec.job_dir),
-        use_distributed_sampler=False)
+        use_distributed_sampler=False, plugins=[DirectCheckpointIO()])
 
 
 def _instance_images(job_dir: Path) -> tuple[list[Image.Image], list[str], list[str]]:
