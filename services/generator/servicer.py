@@ -216,6 +216,14 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
         deleted, missing = await asyncio.to_thread(
             self.gallery.delete, list(request.image_ids), request.job_id
         )
+        if deleted == 0 and missing:
+            # nothing matched at all: an error; a partial miss is reported in not_found_ids
+            raise NotFound(
+                f"no such images: {', '.join(missing[:10])}",
+                resource_type="image",
+                field="image_ids",
+                metadata={"not_found_ids": ",".join(missing[:50])},
+            )
         return G.DeleteImagesResponse(deleted_count=deleted, not_found_ids=missing)
 
 
