@@ -141,6 +141,34 @@ def pick_best(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return max(rows, key=lambda r: r["subject"] + r["background"] - r["leak"])
 
 
+def render(results: dict[str, Any]) -> str:
+    """The markdown quality table of a results.json."""
+    st, before, ceiling = results["settings"], results["before"], results["vae_ceiling"]
+    n = len(prompts("subject")) * len(st["seeds"])
+    lines = [
+        f"Toy DreamBench: {n} images per prompt family ({len(BACKGROUNDS)} backgrounds x "
+        f"{len(st['seeds'])} seeds), {st['sample_steps']} steps, CFG {st['cfg']}; "
+        f"{st['steps']} steps at lr {st['lr']}, "
+        f"{'UNet only' if st.get('unet_only') else 'UNet + text encoder'}, 4 instance images, "
+        f"{st['class_images']} class images (prior run)",
+        f"VAE round trip of the 4 instance images: the detector sees the subject in "
+        f"{ceiling['subject']:.0%} (the ceiling for any fine-tune that keeps this VAE)",
+        "",
+        "| model | step | subject in '[V] circle on <bg>' | background right | "
+        "subject in plain 'circle on <bg>' | plain prompt: background right |",
+        "|---|---|---|---|---|---|",
+        f"| base (before) | 0 | {before['subject']:.0%} | {before['background']:.0%} | "
+        f"{before['leak']:.0%} | {before['plain_background']:.0%} |",
+    ]
+    for name, run in results["runs"].items():
+        for row in run["checkpoints"]:
+            mark = " **best**" if row == run["best"] else ""
+            lines.append(f"| {name}{mark} | {row['step']} | {row['subject']:.0%} | "
+                         f"{row['background']:.0%} | {row['leak']:.0%} | "
+                         f"{row['plain_background']:.0%} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m services.trainer.dreambench")
     p.add_argument("--model", type=Path, default=None)
@@ -156,7 +184,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--unet-only", action="store_true", help="freeze the text encoder")
     p.add_argument("--class-prompt", default="")
+    p.add_argument("--render", type=Path, default=None, help="print the table of a results.json")
     args = p.parse_args(argv)
+    if args.render:
+        print(render(json.loads(args.render.read_text())))
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     from services.diffusion.loading import embedded_model_dir
@@ -189,28 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
         results["runs"][name] = {"checkpoints": rows, "best": pick_best(rows)}
     results["seconds"] = time.time() - t0
-    n = len(prompts("subject")) * len(seeds)
-    lines = [
-        f"Toy DreamBench: {n} images per prompt family ({len(BACKGROUNDS)} backgrounds x "
-        f"{len(seeds)} seeds), {args.sample_steps} steps, CFG {args.cfg}; "
-        f"{args.steps} steps at lr {args.lr}, "
-        f"{'UNet only' if args.unet_only else 'UNet + text encoder'}, 4 instance images"
-        + (f", {args.class_images} class images" if args.class_images else ""),
-        f"VAE round trip of the 4 instance images: the detector sees the subject in "
-        f"{ceiling['subject']:.0%} (the ceiling for any fine-tune that keeps this VAE)",
-        "",
-        "| model | step | subject in '[V] circle on <bg>' | background right | "
-        "subject in plain 'circle on <bg>' |",
-        "|---|---|---|---|---|",
-        f"| base (before) | 0 | {before['subject']:.0%} | {before['background']:.0%} | "
-        f"{before['leak']:.0%} |",
-    ]
-    for name, run in results["runs"].items():
-        for row in run["checkpoints"]:
-            mark = " **best**" if row is run["best"] or row == run["best"] else ""
-            lines.append(f"| {name}{mark} | {row['step']} | {row['subject']:.0%} | "
-                         f"{row['background']:.0%} | {row['leak']:.0%} |")
-    table = "\n".join(lines)
+    table = render(results)
     (args.out / "table.md").write_text(table + "\n")
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
     print(table)
