@@ -292,7 +292,7 @@ class LoggingInterceptor(_Interceptor):
         key_id = key_fingerprint(key) if key else ""
         quiet = method.startswith(("/grpc.health.", "/grpc.reflection."))
 
-        def done(context: Context, exc: BaseException | None, start: float) -> None:
+        def done(context: Context, exc: BaseException | None, start: float, peer: str) -> None:
             code = final_code(context, exc)
             level = logging.DEBUG if quiet and code == grpc.StatusCode.OK else logging.INFO
             if code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
@@ -308,7 +308,7 @@ class LoggingInterceptor(_Interceptor):
                     "grpc_method": method,
                     "grpc_code": code.name,
                     "duration_ms": round((time.perf_counter() - start) * 1000, 3),
-                    "peer": context.peer(),
+                    "peer": peer,
                     "request_id": request_id,
                     "key_id": key_id,
                 },
@@ -316,27 +316,29 @@ class LoggingInterceptor(_Interceptor):
 
         def unary(inner: UnaryBehavior) -> UnaryBehavior:
             async def call(request: Any, context: Context) -> Any:
-                start = time.perf_counter()
+                start, peer = time.perf_counter(), context.peer()
                 try:
                     result = await inner(request, context)
                 except BaseException as exc:
-                    done(context, exc, start)
+                    done(context, exc, start, peer)
                     raise
-                done(context, None, start)
+                done(context, None, start, peer)
                 return result
 
             return call
 
         def stream(inner: StreamBehavior) -> StreamBehavior:
             async def call(request: Any, context: Context) -> AsyncIterator[Any]:
-                start = time.perf_counter()
+                # Read the peer while the call is live: context.peer() after the client has
+                # cancelled a stream crashes inside grpc (seen as a segfault of the service).
+                start, peer = time.perf_counter(), context.peer()
                 try:
                     async for item in inner(request, context):
                         yield item
                 except BaseException as exc:
-                    done(context, exc, start)
+                    done(context, exc, start, peer)
                     raise
-                done(context, None, start)
+                done(context, None, start, peer)
 
             return call
 

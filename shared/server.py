@@ -177,6 +177,10 @@ class ServiceServer:
             ("grpc.keepalive_time_ms", 60_000),
             ("grpc.http2.max_pings_without_data", 0),
             ("grpc.keepalive_permit_without_calls", 1),
+            # Clients ping every 60 s (shared.channels); the server's default floor is 5 min,
+            # which answers such pings with GOAWAY "too_many_pings" and kills quiet streams.
+            ("grpc.http2.min_ping_interval_without_data_ms", 30_000),
+            ("grpc.http2.min_time_between_pings_ms", 30_000),
         ]
         self.server = aio.server(interceptors=interceptors, options=options)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self.server)

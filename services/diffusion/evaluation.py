@@ -49,12 +49,12 @@ def read_image(image: Image.Image) -> Reading:
     if frac < 0.01:
         return Reading(background, None, None, False, frac)
     pixels = arr[mask]
-    # Subject stripes are cyan: colour the object by its other pixels.
+    # Subject stripes are purple on a red object: colour the object by its other pixels.
+    # A plain purple object is all "stripe", so only a partial share marks the subject.
     stripe = np.sqrt(np.sum((pixels - np.array(SUBJECT_STRIPE, np.float32)) ** 2, axis=-1)) < 90
-    coloured = pixels[~stripe] if (~stripe).sum() >= 5 else pixels
+    subject = 0.2 < float(stripe.mean()) < 0.8
+    coloured = pixels[~stripe] if subject else pixels
     color = _nearest(np.median(coloured, axis=0), OBJECT_COLORS, exclude=background)
-    stripe_share = float(stripe.mean())
-    subject = 0.2 < stripe_share < 0.8
     shape = _shape(_object_mask(arr, mask, np.median(coloured, axis=0), subject))
     return Reading(background, color, shape, subject, frac)
 

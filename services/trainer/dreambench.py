@@ -3,7 +3,7 @@ draw, keep following prompts, and (with prior preservation) leave its class alon
 
     .venv/bin/python -m services.trainer.dreambench [--steps 400] [--out bench-results/dreambench]
 
-Subject: a red circle with cyan diagonal stripes (services.diffusion.scenes.subject_images), 4
+Subject: a red circle with purple diagonal stripes (services.diffusion.scenes.subject_images), 4
 instance images, class noun "circle", identifier "zwx". Two runs through the trainer's own
 `run_job` (the code a worker runs): with prior preservation and without. Every exported
 checkpoint is scored with the project's detectors over fixed seeds:

@@ -2,8 +2,8 @@
 (Catalog, two Generators, Trainer), started once per test session and shared by the SDK, CLI
 and README tests.
 
-RPCs a service does not implement yet answer UNIMPLEMENTED; `pending()` turns that into a
-skip naming the RPC, so these tests switch themselves on as the services land.
+Every RPC is implemented: `pending()` turns an UNIMPLEMENTED answer into a failure naming the
+RPC (it used to skip while the services were being written).
 """
 
 from __future__ import annotations
@@ -73,16 +73,15 @@ def handled(svc: ServiceProcess, method: str, code: str | None = None) -> float:
 
 
 def pending(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Call `fn`; skip the test while the service answers UNIMPLEMENTED."""
+    """Call `fn`; an UNIMPLEMENTED answer fails the test, naming the RPC."""
     try:
         return fn(*args, **kwargs)
     except Unimplemented as exc:
-        pytest.skip(f"waiting on the service: {exc.message}")
+        pytest.fail(f"service answered UNIMPLEMENTED: {exc.message}")
 
 
 def usable_model(models: Iterable[Any], skip: bool = True) -> str:
-    """The id of a model whose weights exist (builtin first); skip while there is none (the
-    embedded model's weights are built by a separate job)."""
+    """The id of a model whose weights exist (builtin first); fails when there is none."""
     ordered = sorted(models, key=lambda m: not (m["builtin"] if isinstance(m, dict) else m.builtin))
     for m in ordered:
         source = m.get("source_path", "") if isinstance(m, dict) else m.source_path
@@ -90,16 +89,16 @@ def usable_model(models: Iterable[Any], skip: bool = True) -> str:
             return str(m["id"] if isinstance(m, dict) else m.id)
     if not skip:
         return ""
-    pytest.skip("waiting on the service: no model with weights on disk in the catalog yet")
+    pytest.fail("no model with weights on disk in the catalog")
 
 
 @contextlib.contextmanager
 def waiting() -> Iterator[None]:
-    """Skip the test when the block hits an RPC the service does not implement yet."""
+    """Fail the test, naming the RPC, when the block hits an UNIMPLEMENTED answer."""
     try:
         yield
     except Unimplemented as exc:
-        pytest.skip(f"waiting on the service: {exc.message}")
+        pytest.fail(f"service answered UNIMPLEMENTED: {exc.message}")
 
 
 BUILD_TINY = (

@@ -1,7 +1,7 @@
 """The `boothstudio` command line end to end: each command as a subprocess against the real
 services (conftest.py's stack), bad input, unreachable servers and `serve`.
 
-Commands whose RPC a service does not implement yet are skipped ("waiting on the service").
+Every command's RPC is implemented: an UNIMPLEMENTED answer fails the test.
 Rerun: `.venv/bin/pytest tests/sdk/test_cli.py -v`
 """
 
@@ -63,7 +63,7 @@ def on(
     else:
         res = run_here(*stack.address_args(), *args)
     if res.returncode == 1 and "not implemented" in res.stderr:
-        pytest.skip(f"waiting on the service: {res.stderr.strip()}")
+        pytest.fail(f"service answered UNIMPLEMENTED: {res.stderr.strip()}")
     return res
 
 

@@ -1,7 +1,7 @@
 """Every SDK call, sync and asyncio, against the real services running as processes on
 loopback (Catalog, two Generators, Trainer; see conftest.py).
 
-Calls a service does not implement yet are skipped with "waiting on the service".
+A call answered UNIMPLEMENTED fails the test, naming the RPC.
 Rerun: `.venv/bin/pytest tests/sdk/test_e2e.py -v`
 """
 

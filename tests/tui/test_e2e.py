@@ -4,7 +4,7 @@ from the real sampler table, a service's field error next to its field, paint a 
 inpaint, export and delete in the gallery, import and delete a model, and a short DreamBooth
 job watched to its model. Tiny settings: 64 px, 4 steps.
 
-Flows whose service does not answer yet (UNIMPLEMENTED) are skipped, naming the RPC.
+A flow whose service answers UNIMPLEMENTED fails, naming the RPC.
 Rerun: `.venv/bin/pytest tests/tui/test_e2e.py -v`
 """
 
@@ -42,7 +42,7 @@ def needs(settings: StudioSettings, probe: Callable[[BoothStudio], Any]) -> None
         try:
             probe(client)
         except Unimplemented as exc:
-            pytest.skip(f"waiting on the service: {exc.message}")
+            pytest.fail(f"service answered UNIMPLEMENTED: {exc.message}")
 
 
 def screen_of(app: Any) -> StudioScreen:
