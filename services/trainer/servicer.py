@@ -470,17 +470,13 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         seq = 0
         done = False
         if request.include_history:
+            # Every stored event, metrics included: a watcher joining late (the studio's
+            # loss curve) sees the whole curve, not just the latest point.
             history = self.store.events_after(job.id, 0, 1_000_000)
-            last_metrics = None
             for ev in history:
                 seq = ev.sequence
-                kind = ev.WhichOneof("event")
-                if kind == "metrics":
-                    last_metrics = ev
-                elif kind != "log" or request.include_logs:
+                if ev.WhichOneof("event") != "log" or request.include_logs:
                     yield ev
-            if last_metrics is not None:
-                yield last_metrics
             if history and history[-1].WhichOneof("event") == "state_changed" and (
                     history[-1].state_changed.state in TERMINAL):
                 return

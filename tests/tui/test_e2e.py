@@ -214,7 +214,10 @@ async def test_short_training_job(studio_stack: StudioSettings, tmp_path: Path) 
         await wait_for(pilot, lambda: not model_button.disabled, 600, "the finished model")
         assert screen.job.state.value == "succeeded"  # type: ignore[attr-defined]
         plot = screen.query_one(LossPlot)
-        assert plot.steps == [1, 2, 3] and all(v > 0 for v in plot.losses)
+        # The trainer streams metrics at most 4 times a second (and always the last step), so a
+        # fast run may skip a middle point: the curve runs from the first step to the last.
+        assert plot.steps[0] == 1 and plot.steps[-1] == 3, plot.steps
+        assert plot.steps == sorted(set(plot.steps)) and all(v > 0 for v in plot.losses)
         assert screen.query(ResultTile), "validation samples shown"
         model_id = screen.job.output_model_id  # type: ignore[attr-defined]
 

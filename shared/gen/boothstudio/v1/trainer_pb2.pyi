@@ -1143,7 +1143,7 @@ class WatchTrainingJobRequest(_message.Message):
     job_id: _builtins.str
     """The job id."""
     include_history: _builtins.bool
-    """First replay the job's stored history (samples, checkpoints, latest metrics)."""
+    """First replay the job's stored history (states, every step's metrics, samples, checkpoints)."""
     include_logs: _builtins.bool
     """Also stream log lines."""
     def __init__(
