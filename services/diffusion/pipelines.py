@@ -542,6 +542,24 @@ def _defaults(pipe: Any, width: int | None, height: int | None) -> tuple[int, in
     return width or native, height or native
 
 
+def _single(
+    pipe: Any,
+    job: ImageJob,
+    width: int,
+    height: int,
+    steps: int,
+    sampler: str,
+    schedule: str,
+    sampler_options: dict[str, Any] | None,
+    on_step: Callable[[StepState], None] | None,
+    should_stop: Callable[[], bool] | None,
+) -> list[Image.Image]:
+    """One job as a batch of one: what txt2img, img2img and inpaint share."""
+    return run_batch(pipe, [job], width=width, height=height, steps=steps, sampler=sampler,
+                     schedule=schedule, sampler_options=sampler_options, on_step=on_step,
+                     should_stop=should_stop).images[0]
+
+
 def txt2img(
     pipe: Any,
     prompt: str,
@@ -561,18 +579,8 @@ def txt2img(
     """Text to image: one image per seed (the model's native size unless given)."""
     w, h = _defaults(pipe, width, height)
     job = ImageJob(prompt, negative_prompt, list(seeds), cfg_scale)
-    return run_batch(
-        pipe,
-        [job],
-        width=w,
-        height=h,
-        steps=steps,
-        sampler=sampler,
-        schedule=schedule,
-        sampler_options=sampler_options,
-        on_step=on_step,
-        should_stop=should_stop,
-    ).images[0]
+    return _single(pipe, job, w, h, steps, sampler, schedule, sampler_options,
+                   on_step, should_stop)
 
 
 def img2img(
@@ -596,18 +604,8 @@ def img2img(
     """Image to image: runs about strength x steps passes from the noised init image."""
     w, h = width or init_image.width, height or init_image.height
     job = ImageJob(prompt, negative_prompt, list(seeds), cfg_scale, init_image, None, strength)
-    return run_batch(
-        pipe,
-        [job],
-        width=w,
-        height=h,
-        steps=steps,
-        sampler=sampler,
-        schedule=schedule,
-        sampler_options=sampler_options,
-        on_step=on_step,
-        should_stop=should_stop,
-    ).images[0]
+    return _single(pipe, job, w, h, steps, sampler, schedule, sampler_options,
+                   on_step, should_stop)
 
 
 def inpaint(
@@ -643,18 +641,9 @@ def inpaint(
         invert_mask,
         mask_fill,
     )
-    return run_batch(
-        pipe,
-        [job],
-        width=init_image.width,
-        height=init_image.height,
-        steps=steps,
-        sampler=sampler,
-        schedule=schedule,
-        sampler_options=sampler_options,
-        on_step=on_step,
-        should_stop=should_stop,
-    ).images[0]
+    w, h = init_image.width, init_image.height
+    return _single(pipe, job, w, h, steps, sampler, schedule, sampler_options, on_step,
+                   should_stop)
 
 
 def images_differ(a: Image.Image, b: Image.Image) -> float:
