@@ -47,13 +47,23 @@ CLIP_SKIP = ParamSpec(
     4,
 )
 
+LORA_SCALE = ParamSpec(
+    "lora_scale",
+    "float",
+    1.0,
+    "LoRA strength",
+    "How strongly a LoRA model's adapter is applied to its base model (0 = base model alone).",
+    0.0,
+    2.0,
+)
+
 BACKEND_KINDS: dict[str, BackendKindInfo] = {
     "diffusers": BackendKindInfo(
         "diffusers",
         "Local diffusers",
         Capabilities(training=True),
         tuple(SAMPLERS),
-        (CLIP_SKIP,),
+        (CLIP_SKIP, LORA_SCALE),
     ),
     "a1111": BackendKindInfo(
         "a1111",

@@ -7,6 +7,7 @@ model_id) and the backend adapter adds its own checks.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 import secrets
@@ -85,6 +86,27 @@ class Validator:
         self.catalog = catalog
         self.adapters = adapters
         self.default_model = default_model
+
+    async def _with_base(self, lora: ModelRef, base_id: str) -> ModelRef:
+        """A LoRA runs on its base model: resolve that too (it may have been deleted)."""
+        try:
+            base = (await self.catalog.GetModel(
+                catalog_pb2.GetModelRequest(model_id=base_id), timeout=5.0)).model
+        except grpc.RpcError as exc:
+            raise FailedPrecondition(
+                f"LoRA {lora.id!r} applies to base model {base_id!r}, which Catalog cannot "
+                f"give: {exc.code() if hasattr(exc, 'code') else exc}",
+                reason="LORA_BASE_MISSING", violations=[("model_id", "base model missing")]
+            ) from exc
+        if base.format == catalog_pb2.MODEL_FORMAT_LORA:
+            raise FailedPrecondition(f"LoRA {lora.id!r} names another LoRA as its base",
+                                     reason="LORA_BASE_MISSING",
+                                     violations=[("model_id", "base is a LoRA")])
+        ref = model_ref(base)
+        return dataclasses.replace(
+            lora, base=ref, backend_id=lora.backend_id or ref.backend_id,
+            architecture=ref.architecture, native_resolution=ref.native_resolution,
+            inpainting=ref.inpainting)
 
     def check_plain(
         self, r: generator_pb2.GenerateRequest
@@ -175,6 +197,8 @@ class Validator:
                 retry_after=1.0,
             ) from exc
         model = model_ref(resp.model)
+        if model.format == "lora":
+            model = await self._with_base(model, resp.model.origin.base_model_id)
         backend_id = r.backend_id or model.backend_id or "diffusers"
         adapter = self.adapters.get(backend_id)
         if adapter is None:

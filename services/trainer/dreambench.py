@@ -101,22 +101,30 @@ def load_export(pipe: Any, base_state: dict[str, dict[str, torch.Tensor]], expor
 
 def train(name: str, out: Path, model: Path, *, prior: bool, steps: int, lr: float,
           every: int, class_images: int, seed: int, text_encoder: bool = True,
-          class_prompt: str = "") -> Path:
+          class_prompt: str = "", captions: bool = False, batch_size: int = 1,
+          prior_weight: float = 1.0) -> Path:
     from services.trainer.options import Limits, resolve
     from services.trainer.train import JobSpec, Reporter, run_job
 
     job = out / name
     (job / "instance").mkdir(parents=True, exist_ok=True)
-    for i, (img, _) in enumerate(subject_images(4)):
+    per_image = {}
+    for i, (img, scene) in enumerate(subject_images(4)):
         img.save(job / "instance" / f"{i}.png")
+        # Per-image captions name what is not the subject (here the background), so the
+        # identifier binds to the stripes alone: the captioned-DreamBooth practice.
+        per_image[f"{i}.png"] = f"a {{identifier}} {CLASS_NOUN} on a {scene.background} background"
+    if captions:
+        (job / "instance" / "captions.json").write_text(json.dumps(per_image))
     cfg = P.DreamBoothConfig(
         base_model_id="boothstudio-tiny", class_noun=CLASS_NOUN, identifier=IDENTIFIER,
         max_train_steps=steps, seed=seed, learning_rate=lr, train_text_encoder=text_encoder,
-        checkpoint_every_steps=every, checkpoints_to_keep=1, batch_size=1)
+        checkpoint_every_steps=every, checkpoints_to_keep=1, batch_size=batch_size)
     cfg.instance_images.add(data=(job / "instance" / "0.png").read_bytes(), filename="0.png")
     if prior:
         cfg.prior_preservation.enabled = True
         cfg.prior_preservation.class_image_count = class_images
+        cfg.prior_preservation.loss_weight = prior_weight
         cfg.class_prompt = class_prompt or f"a {CLASS_NOUN}"
     resolved = resolve(cfg, base_model={"native_resolution": 64}, limits=Limits()).config
 
@@ -184,6 +192,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--unet-only", action="store_true", help="freeze the text encoder")
     p.add_argument("--class-prompt", default="")
+    p.add_argument("--captions", action="store_true",
+                   help="caption each instance image with its background")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--prior-weight", type=float, default=1.0)
+    p.add_argument("--runs", default="prior,no-prior", help="which runs, comma-separated")
     p.add_argument("--render", type=Path, default=None, help="print the table of a results.json")
     args = p.parse_args(argv)
     if args.render:
@@ -208,10 +221,12 @@ def main(argv: list[str] | None = None) -> int:
     settings = vars(args) | {"model": str(model), "out": str(args.out), "seeds": seeds}
     results: dict[str, Any] = {"before": before, "vae_ceiling": ceiling, "runs": {},
                                "settings": settings}
-    for name, prior in (("prior", True), ("no-prior", False)):
-        job = train(name, args.out, model, prior=prior, steps=args.steps, lr=args.lr,
+    for name in args.runs.split(","):
+        job = train(name, args.out, model, prior=name == "prior", steps=args.steps, lr=args.lr,
                     every=args.every, class_images=args.class_images, seed=args.seed,
-                    text_encoder=not args.unet_only, class_prompt=args.class_prompt)
+                    text_encoder=not args.unet_only, class_prompt=args.class_prompt,
+                    captions=args.captions, batch_size=args.batch_size,
+                    prior_weight=args.prior_weight)
         rows = []
         for export in sorted((job / "exports").glob("step-*.safetensors")):
             load_export(pipe, base_state, export)

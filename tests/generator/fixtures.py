@@ -68,3 +68,29 @@ def build_single_file(tiny: Path, path: Path) -> Path:
     pipe, _ = load_pipeline(tiny)
     export_single_file(pipe, path)
     return path
+
+
+def build_lora(tiny: Path, path: Path, *, rank: int = 4, seed: int = 3) -> Path:
+    """A LoRA file for the tiny model with non-zero up-projections, so it changes the images.
+
+    Written by diffusers' own `save_lora_weights` (the trainer's export path), read back by the
+    Generator's `load_lora_weights`.
+    """
+    import torch
+    from diffusers import StableDiffusionPipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny, safety_checker=None)
+    torch.manual_seed(seed)
+    pipe.unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=False,
+                                     target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    with torch.no_grad():
+        for name, p in pipe.unet.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    path.mkdir(parents=True, exist_ok=True)
+    StableDiffusionPipeline.save_lora_weights(
+        str(path), unet_lora_layers=get_peft_model_state_dict(pipe.unet),
+        safe_serialization=True)
+    return path / "pytorch_lora_weights.safetensors"

@@ -75,3 +75,38 @@ def test_a1111_translation_uses_the_webui_field_names() -> None:
     assert body["denoising_strength"] == 0.4 and body["inpainting_fill"] == 0
     assert body["mask_blur"] == 8 and body["inpainting_mask_invert"] == 0
     assert isinstance(body["init_images"][0], str) and isinstance(body["mask"], str)
+
+
+def test_diffusers_adapter_applies_a_lora_only_to_its_own_runs(tiny_model, tmp_path) -> None:
+    """A LoRA model runs on its base model's cached pipeline with its adapter switched on; the
+    base model's own runs before and after are untouched, and lora_scale 0 is the base model."""
+    import numpy as np
+
+    from services.generator.adapters.base import RunHooks
+    from tests.generator.fixtures import build_lora
+
+    lora_file = build_lora(tiny_model, tmp_path / "lora")
+    base = ModelRef("tiny", "diffusers", str(tiny_model), "diffusers", native_resolution=64)
+    lora = ModelRef("tiny-lora", "diffusers", str(lora_file), "lora", base=base,
+                    native_resolution=64)
+    adapter = DiffusersAdapter()
+
+    def generate(model: ModelRef, **options: float) -> np.ndarray:
+        s = spec(model=model, steps=4, seeds=[11], backend_options=dict(options))
+        assert adapter.validate(s) == []
+        out: list[Image.Image] = []
+        adapter.run([s], RunHooks(on_step=lambda p: None, should_stop=lambda: False,
+                                  is_cancelled=lambda k: False,
+                                  on_image=lambda k, i, im: out.append(im),
+                                  on_warning=lambda *a: None))
+        return np.asarray(out[0], np.int16)
+
+    before = generate(base)
+    with_lora = generate(lora)
+    assert np.abs(with_lora - before).mean() > 2.0  # the adapter changes the picture
+    assert len(adapter._cache) == 1  # ...on the base model's pipeline, not a second copy
+    np.testing.assert_array_equal(generate(base), before)  # switched off for the base again
+    np.testing.assert_array_equal(generate(lora, lora_scale=0.0), before)
+    np.testing.assert_array_equal(generate(lora), with_lora)  # and back on, deterministically
+    assert adapter.validate(spec(model=base, backend_options={"lora_scale": 1.0})) == [
+        ("backend_options.lora_scale", "applies to LoRA models only")]

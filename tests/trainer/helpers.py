@@ -67,8 +67,9 @@ def start_trainer(factory: Callable[..., ServiceProcess], catalog: ServiceProces
 
 def job_config(base_model_id: str, pngs: list[bytes], steps: int = 2, *, prior: bool = False,
                class_prompt: str = "", **kw: object) -> P.DreamBoothConfig:
+    fields: dict[str, object] = {"seed": 11, "learning_rate": 1e-4, **kw}
     cfg = P.DreamBoothConfig(base_model_id=base_model_id, class_noun="circle",
-                             max_train_steps=steps, seed=11, learning_rate=1e-4, **kw)  # type: ignore[arg-type]
+                             max_train_steps=steps, **fields)  # type: ignore[arg-type]
     for i, data in enumerate(pngs):
         cfg.instance_images.add(data=data, filename=f"subject-{i}.png")
     if prior:

@@ -162,8 +162,24 @@ def test_cancel_resume_delete(stack, subject_pngs):
     assert decode_rpc_error(info.value).code == grpc.StatusCode.NOT_FOUND
 
 
+def generate_pixels(stack: Stack, model_id: str, prompt: str, **kw: object):  # type: ignore[no-untyped-def]
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    gen = generator_pb2_grpc.GeneratorServiceStub(stack.extra["generator"].channel())
+    out = list(gen.Generate(generator_pb2.GenerateRequest(
+        model_id=model_id, prompt=prompt, steps=3, seed=3, count=1, skip_gallery=True, **kw),
+        timeout=180))
+    images = [e.image for e in out if e.WhichOneof("event") == "image"]
+    assert len(images) == 1, out[-1]
+    return np.asarray(Image.open(io.BytesIO(images[0].png)).convert("RGB"), np.int16)
+
+
 def test_lora_job(stack, subject_pngs):
-    cfg = job_config(stack.base_model_id, subject_pngs[:3], steps=2,
+    # a high learning rate so that two steps move the adapter visibly
+    cfg = job_config(stack.base_model_id, subject_pngs[:3], steps=2, learning_rate=5e-3,
                      method=P.TRAINING_METHOD_LORA, lora=P.LoraConfig(rank=4))
     job = create(stack, cfg)
     watch(stack, job.job_id)
@@ -178,6 +194,12 @@ def test_lora_job(stack, subject_pngs):
     export = [c for c in job.checkpoints if c.kind == P.CHECKPOINT_KIND_EXPORT][-1]
     full = [c for c in job.checkpoints if c.kind == P.CHECKPOINT_KIND_FULL_STATE][-1]
     assert export.size_bytes < 1 << 20 and full.size_bytes < 2 << 20  # adapters only
+
+    # the Generator applies the adapter on top of the base model, for the LoRA's requests only
+    base = generate_pixels(stack, stack.base_model_id, model.trigger_phrase)
+    tuned = generate_pixels(stack, model.id, model.trigger_phrase)
+    assert abs(tuned - base).mean() > 0.5
+    assert (generate_pixels(stack, stack.base_model_id, model.trigger_phrase) == base).all()
 
 
 def test_ddp_two_cpu_processes(stack, subject_pngs):

@@ -31,6 +31,8 @@ class ModelRef:
     architecture: str = ""
     native_resolution: int = 512
     inpainting: bool = False
+    #: for a LoRA adapter (format "lora", source_path = its file): the model it applies to
+    base: ModelRef | None = None
 
 
 @dataclass

@@ -50,6 +50,8 @@ class DiffusersAdapter(Adapter):
         self.cache_size = max(1, cache_size)
         self.threads = threads
         self._cache: OrderedDict[tuple[str, str], Any] = OrderedDict()
+        # LoRA adapters attached to each cached base pipeline (they leave with it)
+        self._loras: dict[tuple[str, str], set[str]] = {}
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ description
@@ -58,8 +60,10 @@ class DiffusersAdapter(Adapter):
         problems = super().validate(spec)
         if spec.model.architecture == "sdxl":
             problems.append(("model_id", "SDXL models are not supported by the local backend yet"))
-        if spec.model.format == "lora":
-            problems.append(("model_id", "LoRA models cannot be run by the local backend yet"))
+        if spec.model.format == "lora" and spec.model.base is None:
+            problems.append(("model_id", "a LoRA model needs its base model"))
+        elif spec.model.format != "lora" and "lora_scale" in spec.backend_options:
+            problems.append(("backend_options.lora_scale", "applies to LoRA models only"))
         if spec.mask_fill not in MASK_FILLS:
             problems.append(("mask_fill", f"must be one of {MASK_FILLS}"))
         return problems
@@ -78,6 +82,7 @@ class DiffusersAdapter(Adapter):
             spec.mode,
             round(spec.strength, 6) if spec.mode != "txt2img" else None,
             int(spec.backend_options.get("clip_skip", 1)),
+            float(spec.backend_options.get("lora_scale", 1.0)),
         )
 
     def translate(self, specs: Sequence[GenerationSpec]) -> DiffusersPlan:
@@ -126,7 +131,15 @@ class DiffusersAdapter(Adapter):
                 torch.set_num_threads(self.threads)
 
     def pipeline(self, model: ModelRef) -> Any:
-        """The loaded pipeline for a model (LRU cache; loads on a miss)."""
+        """The loaded pipeline for a model (LRU cache; loads on a miss).
+
+        A LoRA model shares its base model's pipeline: the adapter is loaded into it once,
+        under its own name, and switched on only for that LoRA's runs (see `_activate`).
+        """
+        if model.base is not None:
+            pipe = self.pipeline(model.base)
+            self._attach_lora(pipe, model)
+            return pipe
         key = (model.id, model.source_path)
         with self._lock:
             if key in self._cache:
@@ -148,9 +161,42 @@ class DiffusersAdapter(Adapter):
         with self._lock:
             self._cache[key] = pipe
             while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
+                evicted, _ = self._cache.popitem(last=False)
+                self._loras.pop(evicted, None)
             metrics.MODEL_CACHE.set(len(self._cache))
         return pipe
+
+    @staticmethod
+    def _lora_name(model: ModelRef) -> str:
+        import hashlib
+
+        # peft keys modules by adapter name: no dots; the path makes a re-import a new adapter
+        digest = hashlib.sha1(model.source_path.encode()).hexdigest()[:8]
+        return f"{model.id.replace('.', '_')}_{digest}"
+
+    def _attach_lora(self, pipe: Any, model: ModelRef) -> None:
+        assert model.base is not None
+        key = (model.base.id, model.base.source_path)
+        name = self._lora_name(model)
+        with self._lock:
+            if name in self._loras.get(key, set()):
+                return
+        start = time.perf_counter()
+        pipe.load_lora_weights(model.source_path, adapter_name=name)
+        metrics.MODEL_LOAD_SECONDS.observe(time.perf_counter() - start)
+        with self._lock:
+            self._loras.setdefault(key, set()).add(name)
+
+    def _activate(self, pipe: Any, spec: GenerationSpec) -> None:
+        """Switch the pipeline's LoRA layers to this batch's model: its adapter or none."""
+        model = spec.model
+        if model.base is None:
+            if self._loras.get((model.id, model.source_path)):
+                pipe.disable_lora()
+            return
+        pipe.enable_lora()
+        pipe.set_adapters([self._lora_name(model)],
+                          adapter_weights=[float(spec.backend_options.get("lora_scale", 1.0))])
 
     def warm(self, model: ModelRef) -> None:
         import services.diffusion.pipelines  # noqa: F401 - import torch/diffusers now
@@ -162,6 +208,7 @@ class DiffusersAdapter(Adapter):
 
         plan = self.translate(specs)
         pipe = self.pipeline(specs[0].model)
+        self._activate(pipe, specs[0])
         self._set_threads()
 
         def on_step(state: pipelines.StepState) -> None:
