@@ -121,7 +121,7 @@ def child_plain(model: str, tmp: Path, steps: int, warm: int) -> dict:
     cls = [image_tensor(Image.open(p), res) for p in sorted(class_dir.glob("*.png"))]
     data = StepBatches(DataSpec(cfg.seed, cfg.batch_size, res, False, False), inst,
                        tokenize(pipe.tokenizer, [cfg.instance_prompt] * len(inst)), cls,
-                       tokenize(pipe.tokenizer, [cfg.class_prompt]), total=steps)
+                       tokenize(pipe.tokenizer, [cfg.class_prompt] * len(cls)), total=steps)
     params = [*unet.parameters(), *te.parameters()]
     opt = torch.optim.AdamW([{"params": list(unet.parameters()), "lr": cfg.learning_rate},
                              {"params": list(te.parameters()), "lr": cfg.learning_rate}],

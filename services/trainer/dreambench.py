@@ -102,7 +102,7 @@ def load_export(pipe: Any, base_state: dict[str, dict[str, torch.Tensor]], expor
 def train(name: str, out: Path, model: Path, *, prior: bool, steps: int, lr: float,
           every: int, class_images: int, seed: int, text_encoder: bool = True,
           class_prompt: str = "", captions: bool = False, batch_size: int = 1,
-          prior_weight: float = 1.0) -> Path:
+          prior_weight: float = 1.0, captioned_prior: bool = False) -> Path:
     from services.trainer.options import Limits, resolve
     from services.trainer.train import JobSpec, Reporter, run_job
 
@@ -125,6 +125,7 @@ def train(name: str, out: Path, model: Path, *, prior: bool, steps: int, lr: flo
         cfg.prior_preservation.enabled = True
         cfg.prior_preservation.class_image_count = class_images
         cfg.prior_preservation.loss_weight = prior_weight
+        cfg.prior_preservation.class_prompts_from_captions = captioned_prior
         cfg.class_prompt = class_prompt or f"a {CLASS_NOUN}"
     resolved = resolve(cfg, base_model={"native_resolution": 64}, limits=Limits()).config
 
@@ -194,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--class-prompt", default="")
     p.add_argument("--captions", action="store_true",
                    help="caption each instance image with its background")
+    p.add_argument("--captioned-prior", action="store_true",
+                   help="class images from the captions without the identifier")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--prior-weight", type=float, default=1.0)
     p.add_argument("--runs", default="prior,no-prior", help="which runs, comma-separated")
@@ -226,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
                     every=args.every, class_images=args.class_images, seed=args.seed,
                     text_encoder=not args.unet_only, class_prompt=args.class_prompt,
                     captions=args.captions, batch_size=args.batch_size,
-                    prior_weight=args.prior_weight)
+                    prior_weight=args.prior_weight, captioned_prior=args.captioned_prior)
         rows = []
         for export in sorted((job / "exports").glob("step-*.safetensors")):
             load_export(pipe, base_state, export)

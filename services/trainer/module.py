@@ -55,7 +55,7 @@ class StepBatches(Dataset):  # type: ignore[type-arg]
         self.instance = list(instance)
         self.instance_ids = instance_ids  # [n_instance, L]
         self.class_images = list(class_images)
-        self.class_ids = class_ids  # [1, L]
+        self.class_ids = class_ids  # [n_class, L]: each class image's own prompt
         self.total = total
         self.rank = 0
         self.world_size = 1
@@ -92,7 +92,7 @@ class StepBatches(Dataset):  # type: ignore[type-arg]
             assert self.class_ids is not None
             cidx = [self._order(len(self.class_images), g * bs + j, 2) for j in range(bs)]
             pixels += [self._view(self.class_images[k], rng) for k in cidx]
-            ids += [self.class_ids[0]] * bs
+            ids += [self.class_ids[k] for k in cidx]
         return {"pixels": torch.stack(pixels), "input_ids": torch.stack(ids),
                 "n_instance": bs, "noise_seed": self.spec.seed * SEED_STRIDE + g, "index": i}
 

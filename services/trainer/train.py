@@ -361,8 +361,25 @@ def _instance_images(job_dir: Path) -> tuple[list[Image.Image], list[str], list[
     return images, names, [captions.get(n, "") for n in names]
 
 
-def prepare_class_images(spec: JobSpec, pipe: Any, reporter: Reporter
-                         ) -> tuple[list[Path], int, int]:
+def class_prompts(config: Any, captions: list[str]) -> list[str]:
+    """The prompts class images are generated from: the class prompt, or (when asked and the
+    instance images carry captions) each caption without its identifier."""
+    if not config.prior_preservation.class_prompts_from_captions:
+        return [config.class_prompt]
+    ident = config.identifier.lower()
+    out: list[str] = []
+    for cap in captions:
+        words = [w for w in cap.split() if w.lower() not in ("{identifier}", ident)]
+        prompt = " ".join(words) if cap else config.class_prompt
+        if prompt not in out:
+            out.append(prompt)
+    return out or [config.class_prompt]
+
+
+def prepare_class_images(spec: JobSpec, pipe: Any, reporter: Reporter, prompts: list[str]
+                         ) -> tuple[list[tuple[Path, str]], int, int]:
+    """(image path, its prompt) for every class image, `class_image_count` split evenly across
+    `prompts`; each prompt is its own cache entry."""
     c = spec.config
     gen = c.prior_preservation.generation
     from services.diffusion import samplers
@@ -371,31 +388,44 @@ def prepare_class_images(spec: JobSpec, pipe: Any, reporter: Reporter
     source = Path(spec.base_model["source_path"])
     model_hash = (model_content_hash(source, spec.model_hash_memo) if source.exists()
                   else f"id:{spec.base_model.get('id')}")
-    key = ClassImageKey(model_hash=model_hash, prompt=c.class_prompt,
-                        negative_prompt=gen.negative_prompt, sampler=sampler_spec.id,
-                        schedule=schedule, steps=gen.steps, cfg_scale=round(gen.cfg_scale, 4),
-                        resolution=c.resolution, first_seed=int(gen.seed))
     cache = ClassImageCache(spec.cache_dir)
-
-    def make(seeds: list[int]) -> list[Image.Image]:
-        return generate(pipe, c.class_prompt, seeds, steps=gen.steps, cfg=gen.cfg_scale,
-                        resolution=c.resolution, sampler=sampler_spec.id, schedule=schedule,
-                        negative=gen.negative_prompt,
-                        should_stop=lambda: bool(reporter.stop_requested()))
+    total = c.prior_preservation.class_image_count
+    share, extra = divmod(total, len(prompts))
+    counts = [share + (i < extra) for i in range(len(prompts))]
 
     from tqdm import tqdm
 
-    bar = tqdm(total=c.prior_preservation.class_image_count, desc="class images",
-               disable=None)
+    bar = tqdm(total=total, desc="class images", disable=None)
+    done = {"ready": 0, "cached": 0}
+    out: list[tuple[Path, str]] = []
+    for prompt, count in zip(prompts, counts, strict=True):
+        if count == 0:
+            continue
+        key = ClassImageKey(model_hash=model_hash, prompt=prompt,
+                            negative_prompt=gen.negative_prompt, sampler=sampler_spec.id,
+                            schedule=schedule, steps=gen.steps,
+                            cfg_scale=round(gen.cfg_scale, 4), resolution=c.resolution,
+                            first_seed=int(gen.seed))
 
-    def progress(ready: int, total: int, cached: int) -> None:
-        bar.n = ready
-        bar.refresh()
-        reporter.class_images(ready, total, cached)
+        def make(seeds: list[int], prompt: str = prompt) -> list[Image.Image]:
+            return generate(pipe, prompt, seeds, steps=gen.steps, cfg=gen.cfg_scale,
+                            resolution=c.resolution, sampler=sampler_spec.id,
+                            schedule=schedule, negative=gen.negative_prompt,
+                            should_stop=lambda: bool(reporter.stop_requested()))
 
-    result = cache.ensure(key, c.prior_preservation.class_image_count, make, progress)
+        def progress(ready: int, _total: int, cached: int) -> None:
+            bar.n = done["ready"] + ready
+            bar.refresh()
+            reporter.class_images(done["ready"] + ready, total, done["cached"] + cached)
+
+        result = cache.ensure(key, count, make, progress)
+        done["ready"] += count
+        done["cached"] += result.cached
+        out += [(path, prompt) for path in result.paths]
+        if reporter.stop_requested():
+            break
     bar.close()
-    return result.paths, result.cached, result.generated
+    return out, done["cached"], done["ready"] - done["cached"]
 
 
 def run_job(spec: JobSpec, reporter: Reporter) -> JobResult:
@@ -407,11 +437,12 @@ def run_job(spec: JobSpec, reporter: Reporter) -> JobResult:
     torch.manual_seed(c.seed)
     pipe = load_base(spec.base_model)
     images, _names, captions = _instance_images(spec.job_dir)
-    class_paths: list[Path] = []
+    class_paths: list[tuple[Path, str]] = []
     cached = generated = 0
     if c.prior_preservation.enabled:
         t = time.monotonic()
-        class_paths, cached, generated = prepare_class_images(spec, pipe, reporter)
+        class_paths, cached, generated = prepare_class_images(
+            spec, pipe, reporter, class_prompts(c, captions))
         timings["class_images"] = time.monotonic() - t
         if reporter.stop_requested():
             return JobResult("stopped", reporter.stop_requested(), 0, seconds=timings)
@@ -424,10 +455,10 @@ def run_job(spec: JobSpec, reporter: Reporter) -> JobResult:
     class_t: list[torch.Tensor] = []
     class_ids = None
     if class_paths:
-        for p in class_paths:
+        for p, _prompt in class_paths:
             with Image.open(p) as im:
                 class_t.append(image_tensor(im, res))
-        class_ids = tokenize(pipe.tokenizer, [c.class_prompt])
+        class_ids = tokenize(pipe.tokenizer, [prompt for _p, prompt in class_paths])
     data = StepBatches(DataSpec(c.seed, c.batch_size, res, c.center_crop, c.random_flip),
                        inst_t, inst_ids, class_t, class_ids,
                        total=c.max_train_steps * c.gradient_accumulation_steps)

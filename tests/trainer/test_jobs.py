@@ -214,3 +214,31 @@ def test_ddp_two_cpu_processes(stack, subject_pngs):
     assert "distributed_backend=gloo" in log and "All distributed processes registered" in log
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in log, log
     assert time.monotonic() - started < 300
+
+
+def test_class_prompts_from_captions(stack, subject_pngs):
+    """Captioned instance images with class_prompts_from_captions: the class images are
+    generated from each caption without the identifier, split evenly, each prompt cached on
+    its own, and every class image trains with its own prompt."""
+    import json
+
+    cfg = job_config(stack.base_model_id, [], steps=1, prior=True)
+    for i, (data, bg) in enumerate(zip(subject_pngs[:3], ("gray", "green", "gray"),
+                                       strict=True)):
+        cfg.instance_images.add(data=data, filename=f"s{i}.png",
+                                caption=f"a {{identifier}} circle on a {bg} background")
+    cfg.prior_preservation.class_image_count = 3
+    cfg.prior_preservation.class_prompts_from_captions = True
+    job = create(stack, cfg)
+    events = watch(stack, job.job_id, history=True)
+    job = get(stack, job.job_id)
+    assert job.state == S.TRAINING_JOB_STATE_SUCCEEDED, worker_log(stack, job)
+    assert class_events(events)[-1] == P.ClassImagesProgress(ready=3, total=3, cached=0)
+    cache = next(p for p in Path(job.job_dir).parents if (p / "class_images").is_dir())
+    counts = {}
+    for manifest in (cache / "class_images").glob("*/manifest.json"):
+        prompt = json.loads(manifest.read_text())["prompt"]
+        counts[prompt] = len(list(manifest.parent.glob("*.png")))
+    # two distinct captions share 3 images: 2 + 1
+    assert counts["a circle on a gray background"] == 2
+    assert counts["a circle on a green background"] == 1

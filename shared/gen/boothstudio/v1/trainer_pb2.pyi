@@ -268,12 +268,19 @@ class PriorPreservation(_message.Message):
     CLASS_IMAGE_COUNT_FIELD_NUMBER: _builtins.int
     LOSS_WEIGHT_FIELD_NUMBER: _builtins.int
     GENERATION_FIELD_NUMBER: _builtins.int
+    CLASS_PROMPTS_FROM_CAPTIONS_FIELD_NUMBER: _builtins.int
     enabled: _builtins.bool
     """Train with class images in the batch and add their loss."""
     class_image_count: _builtins.int
     """Number of class images (0 = 100)."""
     loss_weight: _builtins.float
     """Weight of the class loss (unset = 1.0)."""
+    class_prompts_from_captions: _builtins.bool
+    """With per-image captions: generate the class images from each caption with the identifier
+    removed ("a {identifier} dog on a beach" -> "a dog on a beach"), split evenly, so the prior
+    covers the same phrases the instance captions teach; images without a caption use
+    class_prompt.
+    """
     @_builtins.property
     def generation(self) -> Global___ClassImageSettings:
         """How class images are generated (they are cached by content)."""
@@ -285,10 +292,11 @@ class PriorPreservation(_message.Message):
         class_image_count: _builtins.int = ...,
         loss_weight: _builtins.float | None = ...,
         generation: Global___ClassImageSettings | None = ...,
+        class_prompts_from_captions: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_loss_weight", b"_loss_weight", "generation", b"generation", "loss_weight", b"loss_weight"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_loss_weight", b"_loss_weight", "class_image_count", b"class_image_count", "enabled", b"enabled", "generation", b"generation", "loss_weight", b"loss_weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_loss_weight", b"_loss_weight", "class_image_count", b"class_image_count", "class_prompts_from_captions", b"class_prompts_from_captions", "enabled", b"enabled", "generation", b"generation", "loss_weight", b"loss_weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__loss_weight: _TypeAlias = _typing.Literal["loss_weight"]  # noqa: Y015
     _WhichOneofArgType__loss_weight: _TypeAlias = _typing.Literal["_loss_weight", b"_loss_weight"]  # noqa: Y015
