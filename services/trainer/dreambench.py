@@ -102,7 +102,8 @@ def load_export(pipe: Any, base_state: dict[str, dict[str, torch.Tensor]], expor
 def train(name: str, out: Path, model: Path, *, prior: bool, steps: int, lr: float,
           every: int, class_images: int, seed: int, text_encoder: bool = True,
           class_prompt: str = "", captions: bool = False, batch_size: int = 1,
-          prior_weight: float = 1.0, captioned_prior: bool = False) -> Path:
+          prior_weight: float = 1.0, captioned_prior: bool = False,
+          lr_scheduler: str = "constant") -> Path:
     from services.trainer.options import Limits, resolve
     from services.trainer.train import JobSpec, Reporter, run_job
 
@@ -119,7 +120,8 @@ def train(name: str, out: Path, model: Path, *, prior: bool, steps: int, lr: flo
     cfg = P.DreamBoothConfig(
         base_model_id="boothstudio-tiny", class_noun=CLASS_NOUN, identifier=IDENTIFIER,
         max_train_steps=steps, seed=seed, learning_rate=lr, train_text_encoder=text_encoder,
-        checkpoint_every_steps=every, checkpoints_to_keep=1, batch_size=batch_size)
+        checkpoint_every_steps=every, checkpoints_to_keep=1, batch_size=batch_size,
+        lr_scheduler=lr_scheduler)
     cfg.instance_images.add(data=(job / "instance" / "0.png").read_bytes(), filename="0.png")
     if prior:
         cfg.prior_preservation.enabled = True
@@ -198,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--captioned-prior", action="store_true",
                    help="class images from the captions without the identifier")
     p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--lr-scheduler", default="constant")
     p.add_argument("--prior-weight", type=float, default=1.0)
     p.add_argument("--runs", default="prior,no-prior", help="which runs, comma-separated")
     p.add_argument("--render", type=Path, default=None, help="print the table of a results.json")
@@ -229,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
                     every=args.every, class_images=args.class_images, seed=args.seed,
                     text_encoder=not args.unet_only, class_prompt=args.class_prompt,
                     captions=args.captions, batch_size=args.batch_size,
-                    prior_weight=args.prior_weight, captioned_prior=args.captioned_prior)
+                    prior_weight=args.prior_weight, captioned_prior=args.captioned_prior,
+                    lr_scheduler=args.lr_scheduler)
         rows = []
         for export in sorted((job / "exports").glob("step-*.safetensors")):
             load_export(pipe, base_state, export)
