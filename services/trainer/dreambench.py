@@ -103,7 +103,7 @@ def train(name: str, out: Path, model: Path, *, prior: bool, steps: int, lr: flo
           every: int, class_images: int, seed: int, text_encoder: bool = True,
           class_prompt: str = "", captions: bool = False, batch_size: int = 1,
           prior_weight: float = 1.0, captioned_prior: bool = False,
-          lr_scheduler: str = "constant") -> Path:
+          lr_scheduler: str = "constant", te_lr: float = 0.0, ema: float = 0.0) -> Path:
     from services.trainer.options import Limits, resolve
     from services.trainer.train import JobSpec, Reporter, run_job
 
@@ -121,7 +121,9 @@ def train(name: str, out: Path, model: Path, *, prior: bool, steps: int, lr: flo
         base_model_id="boothstudio-tiny", class_noun=CLASS_NOUN, identifier=IDENTIFIER,
         max_train_steps=steps, seed=seed, learning_rate=lr, train_text_encoder=text_encoder,
         checkpoint_every_steps=every, checkpoints_to_keep=1, batch_size=batch_size,
-        lr_scheduler=lr_scheduler)
+        lr_scheduler=lr_scheduler, ema_decay=ema)
+    if te_lr:
+        cfg.text_encoder_learning_rate = te_lr
     cfg.instance_images.add(data=(job / "instance" / "0.png").read_bytes(), filename="0.png")
     if prior:
         cfg.prior_preservation.enabled = True
@@ -159,9 +161,14 @@ def render(results: dict[str, Any]) -> str:
     lines = [
         f"Toy DreamBench: {n} images per prompt family ({len(BACKGROUNDS)} backgrounds x "
         f"{len(st['seeds'])} seeds), {st['sample_steps']} steps, CFG {st['cfg']}; "
-        f"{st['steps']} steps at lr {st['lr']}, "
-        f"{'UNet only' if st.get('unet_only') else 'UNet + text encoder'}, 4 instance images, "
-        f"{st['class_images']} class images (prior run)",
+        f"{st['steps']} steps at lr {st['lr']} ({st.get('lr_scheduler', 'constant')}), "
+        f"batch {st.get('batch_size', 1)} instance + {st.get('batch_size', 1)} class images, "
+        f"{'UNet only' if st.get('unet_only') else 'UNet + text encoder'}, 4 instance images"
+        f"{' captioned with their background' if st.get('captions') else ''}, "
+        f"{st['class_images']} class images"
+        f"{' from the captions' if st.get('captioned_prior') else ''}, prior weight "
+        f"{st.get('prior_weight', 1.0)} (prior run)"
+        f"{', EMA ' + str(st['ema']) if st.get('ema') else ''}",
         f"VAE round trip of the 4 instance images: the detector sees the subject in "
         f"{ceiling['subject']:.0%} (the ceiling for any fine-tune that keeps this VAE)",
         "",
@@ -177,6 +184,12 @@ def render(results: dict[str, Any]) -> str:
             lines.append(f"| {name}{mark} | {row['step']} | {row['subject']:.0%} | "
                          f"{row['background']:.0%} | {row['leak']:.0%} | "
                          f"{row['plain_background']:.0%} |")
+        if "confirmed" in run:
+            row = run["confirmed"]
+            n_fresh = row["images"] // 2
+            lines.append(f"| {name} best, re-scored on {n_fresh} fresh images | {row['step']} | "
+                         f"**{row['subject']:.0%}** | **{row['background']:.0%}** | "
+                         f"**{row['leak']:.0%}** | {row['plain_background']:.0%} |")
     return "\n".join(lines)
 
 
@@ -189,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--class-images", type=int, default=50)
     p.add_argument("--seeds", type=int, default=4)
+    p.add_argument("--confirm-seeds", type=int, default=0,
+                   help="re-score each run's best checkpoint on this many fresh seeds")
     p.add_argument("--sample-steps", type=int, default=20)
     p.add_argument("--cfg", type=float, default=5.0)
     p.add_argument("--threads", type=int, default=0)
@@ -201,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="class images from the captions without the identifier")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--lr-scheduler", default="constant")
+    p.add_argument("--ema", type=float, default=0.0, help="EMA decay of the weights (0 = off)")
+    p.add_argument("--te-lr", type=float, default=0.0, help="text encoder lr (0 = --lr)")
     p.add_argument("--prior-weight", type=float, default=1.0)
     p.add_argument("--runs", default="prior,no-prior", help="which runs, comma-separated")
     p.add_argument("--render", type=Path, default=None, help="print the table of a results.json")
@@ -233,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
                     text_encoder=not args.unet_only, class_prompt=args.class_prompt,
                     captions=args.captions, batch_size=args.batch_size,
                     prior_weight=args.prior_weight, captioned_prior=args.captioned_prior,
-                    lr_scheduler=args.lr_scheduler)
+                    lr_scheduler=args.lr_scheduler, te_lr=args.te_lr,
+                    ema=args.ema)
         rows = []
         for export in sorted((job / "exports").glob("step-*.safetensors")):
             load_export(pipe, base_state, export)
@@ -241,7 +259,16 @@ def main(argv: list[str] | None = None) -> int:
                    **score(pipe, seeds, args.sample_steps, args.cfg)}
             print(f"  {name} {row}", flush=True)
             rows.append(row)
-        results["runs"][name] = {"checkpoints": rows, "best": pick_best(rows)}
+        best = pick_best(rows)
+        results["runs"][name] = {"checkpoints": rows, "best": best}
+        if args.confirm_seeds:
+            # The best of several noisy checkpoints flatters itself: score it again on seeds
+            # that took no part in picking it, and report that.
+            load_export(pipe, base_state, job / "exports" / f"step-{best['step']:06d}.safetensors")
+            fresh = list(range(5000, 5000 + args.confirm_seeds))
+            confirmed = {"step": best["step"], **score(pipe, fresh, args.sample_steps, args.cfg)}
+            print(f"  {name} confirmed {confirmed}", flush=True)
+            results["runs"][name]["confirmed"] = confirmed
     results["seconds"] = time.time() - t0
     table = render(results)
     (args.out / "table.md").write_text(table + "\n")

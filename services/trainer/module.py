@@ -9,6 +9,7 @@ would have done from step k on.
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -123,6 +124,7 @@ class OptimSpec:
     train_text_encoder: bool = False
     prior_loss_weight: float = 1.0
     gradient_checkpointing: bool = False
+    ema_decay: float = 0.0
 
 
 class DreamBoothModule(L.LightningModule):
@@ -173,6 +175,8 @@ class DreamBoothModule(L.LightningModule):
                 self.text_encoder.gradient_checkpointing_enable()
         self.grad_norm = 0.0
         self.last: dict[str, float] = {}
+        # EMA of the trainable weights (name -> fp32 tensor), when ema_decay > 0
+        self.ema: dict[str, torch.Tensor] | None = None
         alphas = self.noise_scheduler.alphas_cumprod
         self.register_buffer("alphas_cumprod", alphas.clone().float(), persistent=False)
 
@@ -265,6 +269,42 @@ class DreamBoothModule(L.LightningModule):
         max_norm = float(gradient_clip_val) if gradient_clip_val else float("inf")
         self.grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
 
+    # -- EMA of the trained weights
+
+    def on_before_zero_grad(self, optimizer: torch.optim.Optimizer) -> None:
+        """Once per optimiser step, right after it: fold the new weights into the average."""
+        decay = self.optim.ema_decay
+        if decay <= 0:
+            return
+        params = {n: p for n, p in self.named_parameters() if p.requires_grad}
+        if self.ema is None:
+            self.ema = {n: p.detach().float().clone() for n, p in params.items()}
+            return
+        # warm-up: early averages follow the weights closely (as diffusers' EMAModel does)
+        step = self.trainer.global_step if self._trainer is not None else 0
+        d = min(decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for n, p in params.items():
+                self.ema[n].mul_(d).add_(p.detach().float(), alpha=1 - d)
+
+    @contextlib.contextmanager
+    def averaged_weights(self) -> Iterator[None]:
+        """Inside: the trainable weights are the EMA (when there is one); restored after."""
+        if self.ema is None:
+            yield
+            return
+        params = dict(self.named_parameters())
+        saved = {n: params[n].detach().clone() for n in self.ema}
+        with torch.no_grad():
+            for n, v in self.ema.items():
+                params[n].copy_(v.to(params[n].dtype))
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for n, v in saved.items():
+                    params[n].copy_(v)
+
     # -- checkpoints: only trained weights, plus RNG states
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -273,8 +313,12 @@ class DreamBoothModule(L.LightningModule):
                                     if k in keep}
         checkpoint["boothstudio_rng"] = {
             "torch": torch.get_rng_state(), "python": random.getstate()}
+        if self.ema is not None:
+            checkpoint["boothstudio_ema"] = {n: v.clone() for n, v in self.ema.items()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "boothstudio_ema" in checkpoint:
+            self.ema = {n: v.float().clone() for n, v in checkpoint["boothstudio_ema"].items()}
         rng = checkpoint.get("boothstudio_rng")
         if rng:
             torch.set_rng_state(rng["torch"])

@@ -266,7 +266,9 @@ class JobCallback(Callback):
         meta = {"format": "pt", "kind": "lora" if module.lora else "full", "step": str(step),
                 "base_model_id": str(self.spec.base_model.get("id", "")),
                 "trigger_phrase": self.cfg.instance_prompt}
-        save_file(trained_weights(module), str(tmp_export), metadata=meta)
+        with module.averaged_weights():
+            weights = trained_weights(module)
+        save_file(weights, str(tmp_export), metadata=meta)
         os.replace(tmp_export, export)
         fsync_dir(ex_dir)
         # retention: full-state checkpoints only (exports are small and kept for picking)
@@ -292,19 +294,23 @@ class JobCallback(Callback):
         was_training = module.training
         module.eval()
         try:
-            pipe = make_pipeline(self.parts)
-            index = 0
-            for p_i, prompt in enumerate(self.cfg.validation_prompts):
-                seeds = [int(s) for s in self.cfg.validation_seeds]
-                images = generate(pipe, prompt, seeds, **self.sampling)
-                for seed, img in zip(seeds, images, strict=True):
-                    path = out_dir / f"p{p_i:02d}-seed{seed}.png"
-                    img.save(path)
-                    self.reporter.sample(trainer_pb2.TrainingSample(
-                        step=step, prompt=prompt, seed=seed, png=path.read_bytes(), index=index))
-                    index += 1
+            with module.averaged_weights():
+                self._write_samples(trainer, step, out_dir)
         finally:
             module.train(was_training)
+
+    def _write_samples(self, trainer: L.Trainer, step: int, out_dir: Path) -> None:
+        pipe = make_pipeline(self.parts)
+        index = 0
+        for p_i, prompt in enumerate(self.cfg.validation_prompts):
+            seeds = [int(s) for s in self.cfg.validation_seeds]
+            images = generate(pipe, prompt, seeds, **self.sampling)
+            for seed, img in zip(seeds, images, strict=True):
+                path = out_dir / f"p{p_i:02d}-seed{seed}.png"
+                img.save(path)
+                self.reporter.sample(trainer_pb2.TrainingSample(
+                    step=step, prompt=prompt, seed=seed, png=path.read_bytes(), index=index))
+                index += 1
 
 
 class DirectCheckpointIO(TorchCheckpointIO):
@@ -476,7 +482,7 @@ def run_job(spec: JobSpec, reporter: Reporter) -> JobResult:
         use_8bit_adam=c.use_8bit_adam, train_text_encoder=c.train_text_encoder,
         prior_loss_weight=(c.prior_preservation.loss_weight
                            if c.prior_preservation.enabled else 0.0),
-        gradient_checkpointing=c.gradient_checkpointing)
+        gradient_checkpointing=c.gradient_checkpointing, ema_decay=c.ema_decay)
     parts = {"vae": pipe.vae, "text_encoder": pipe.text_encoder, "tokenizer": pipe.tokenizer,
              "unet": pipe.unet, "scheduler": pipe.scheduler}
     module = DreamBoothModule(parts, optim, data, lora)
@@ -504,7 +510,8 @@ def run_job(spec: JobSpec, reporter: Reporter) -> JobResult:
                          class_images_generated=generated, seconds=timings)
     reporter.state(S.TRAINING_JOB_STATE_EXPORTING)
     t = time.monotonic()
-    outputs = export(spec, module)
+    with module.averaged_weights():
+        outputs = export(spec, module)
     timings["export"] = time.monotonic() - t
     return JobResult("succeeded", "", step, outputs, cached, generated, timings)
 

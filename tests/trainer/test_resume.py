@@ -20,7 +20,8 @@ def _spec(tmp: Path, name: str, model: Path, pngs: list[bytes], steps: int, **kw
     cfg = P.DreamBoothConfig(
         base_model_id="untrained", class_noun="circle", max_train_steps=steps, seed=3,
         learning_rate=1e-3, lr_scheduler="linear", train_text_encoder=True, random_flip=True,
-        gradient_accumulation_steps=2, validation_prompts=["a {identifier} circle"])
+        gradient_accumulation_steps=2, validation_prompts=["a {identifier} circle"],
+        ema_decay=0.9)
     cfg.prior_preservation.enabled = True
     cfg.prior_preservation.class_image_count = 2
     cfg.prior_preservation.generation.steps = 2
@@ -58,3 +59,15 @@ def test_stop_and_resume_gives_the_same_weights(tmp_path, untrained_model, subje
     assert moved > 1e-4  # training did change the weights after step 2
     worst = max(float((a[k] - b[k]).abs().max()) for k in a)
     assert worst <= 1e-6, f"resumed run differs by {worst}"
+
+    # the EMA of the weights is part of the state: resumed, and the exports are made from it
+    from safetensors.torch import load_file
+
+    ex_a = load_file(tmp_path / "full" / "exports" / "step-000004.safetensors")
+    ex_b = load_file(tmp_path / "split" / "exports" / "step-000004.safetensors")
+    assert max(float((ex_a[k].float() - ex_b[k].float()).abs().max()) for k in ex_a) <= 1e-3
+    raw = {k: v.half() for k, v in a.items()}
+    assert any(not torch.equal(ex_a[k], raw[k]) for k in ex_a)  # the average, not the weights
+    ema = torch.load(tmp_path / "split" / "checkpoints" / "step-000004.ckpt",
+                     map_location="cpu", weights_only=False)["boothstudio_ema"]
+    assert ema.keys() == a.keys()

@@ -54,10 +54,12 @@ def test_too_many_images(stack, subject_pngs):
 
 
 def test_several_problems_at_once(stack, subject_pngs):
-    cfg = job_config("no-such-model", subject_pngs, steps=0, precision=P.PRECISION_FP16_MIXED)
+    cfg = job_config("no-such-model", subject_pngs, steps=0, precision=P.PRECISION_FP16_MIXED,
+                     ema_decay=1.0)
     code, fields = rejected(stack, cfg)
     assert code == grpc.StatusCode.INVALID_ARGUMENT
-    assert set(fields) == {"config.base_model_id", "config.max_train_steps", "config.precision"}
+    assert set(fields) == {"config.base_model_id", "config.max_train_steps", "config.precision",
+                           "config.ema_decay"}
 
 
 def test_validate_only_resolves_defaults_and_warns(stack, subject_pngs):
