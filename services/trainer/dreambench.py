@@ -103,7 +103,8 @@ def train(name: str, out: Path, model: Path, *, prior: bool, steps: int, lr: flo
           every: int, class_images: int, seed: int, text_encoder: bool = True,
           class_prompt: str = "", captions: bool = False, batch_size: int = 1,
           prior_weight: float = 1.0, captioned_prior: bool = False,
-          lr_scheduler: str = "constant", te_lr: float = 0.0, ema: float = 0.0) -> Path:
+          lr_scheduler: str = "constant", te_lr: float = 0.0, ema: float = 0.0,
+          caption_dropout: float = 0.0) -> Path:
     from services.trainer.options import Limits, resolve
     from services.trainer.train import JobSpec, Reporter, run_job
 
@@ -121,7 +122,7 @@ def train(name: str, out: Path, model: Path, *, prior: bool, steps: int, lr: flo
         base_model_id="boothstudio-tiny", class_noun=CLASS_NOUN, identifier=IDENTIFIER,
         max_train_steps=steps, seed=seed, learning_rate=lr, train_text_encoder=text_encoder,
         checkpoint_every_steps=every, checkpoints_to_keep=1, batch_size=batch_size,
-        lr_scheduler=lr_scheduler, ema_decay=ema)
+        lr_scheduler=lr_scheduler, ema_decay=ema, caption_dropout=caption_dropout)
     if te_lr:
         cfg.text_encoder_learning_rate = te_lr
     cfg.instance_images.add(data=(job / "instance" / "0.png").read_bytes(), filename="0.png")
@@ -168,7 +169,8 @@ def render(results: dict[str, Any]) -> str:
         f"{st['class_images']} class images"
         f"{' from the captions' if st.get('captioned_prior') else ''}, prior weight "
         f"{st.get('prior_weight', 1.0)} (prior run)"
-        f"{', EMA ' + str(st['ema']) if st.get('ema') else ''}",
+        f"{', EMA ' + str(st['ema']) if st.get('ema') else ''}"
+        f"{', caption dropout ' + str(st['caption_dropout']) if st.get('caption_dropout') else ''}",
         f"VAE round trip of the 4 instance images: the detector sees the subject in "
         f"{ceiling['subject']:.0%} (the ceiling for any fine-tune that keeps this VAE)",
         "",
@@ -216,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="class images from the captions without the identifier")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--lr-scheduler", default="constant")
+    p.add_argument("--caption-dropout", type=float, default=0.0)
     p.add_argument("--ema", type=float, default=0.0, help="EMA decay of the weights (0 = off)")
     p.add_argument("--te-lr", type=float, default=0.0, help="text encoder lr (0 = --lr)")
     p.add_argument("--prior-weight", type=float, default=1.0)
@@ -251,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
                     captions=args.captions, batch_size=args.batch_size,
                     prior_weight=args.prior_weight, captioned_prior=args.captioned_prior,
                     lr_scheduler=args.lr_scheduler, te_lr=args.te_lr,
-                    ema=args.ema)
+                    ema=args.ema, caption_dropout=args.caption_dropout)
         rows = []
         for export in sorted((job / "exports").glob("step-*.safetensors")):
             load_export(pipe, base_state, export)

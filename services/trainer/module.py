@@ -44,6 +44,7 @@ class DataSpec:
     resolution: int
     center_crop: bool
     random_flip: bool
+    caption_dropout: float = 0.0
 
 
 class StepBatches(Dataset):  # type: ignore[type-arg]
@@ -51,13 +52,15 @@ class StepBatches(Dataset):  # type: ignore[type-arg]
 
     def __init__(self, spec: DataSpec, instance: Sequence[torch.Tensor],
                  instance_ids: torch.Tensor, class_images: Sequence[torch.Tensor] = (),
-                 class_ids: torch.Tensor | None = None, total: int = 0) -> None:
+                 class_ids: torch.Tensor | None = None, total: int = 0,
+                 empty_ids: torch.Tensor | None = None) -> None:
         self.spec = spec
         self.instance = list(instance)
         self.instance_ids = instance_ids  # [n_instance, L]
         self.class_images = list(class_images)
         self.class_ids = class_ids  # [n_class, L]: each class image's own prompt
         self.total = total
+        self.empty_ids = empty_ids  # [L]: the empty prompt, for caption dropout
         self.rank = 0
         self.world_size = 1
 
@@ -94,6 +97,8 @@ class StepBatches(Dataset):  # type: ignore[type-arg]
             cidx = [self._order(len(self.class_images), g * bs + j, 2) for j in range(bs)]
             pixels += [self._view(self.class_images[k], rng) for k in cidx]
             ids += [self.class_ids[k] for k in cidx]
+        if self.spec.caption_dropout > 0 and self.empty_ids is not None:
+            ids = [self.empty_ids if rng.random() < self.spec.caption_dropout else t for t in ids]
         return {"pixels": torch.stack(pixels), "input_ids": torch.stack(ids),
                 "n_instance": bs, "noise_seed": self.spec.seed * SEED_STRIDE + g, "index": i}
 

@@ -192,6 +192,8 @@ def resolve(config: trainer_pb2.DreamBoothConfig, *, base_model: dict, limits: L
     if not 0 <= c.gradient_accumulation_steps <= 1024:
         violation("gradient_accumulation_steps", "must be between 0 and 1024 (0 = 1)")
     c.gradient_accumulation_steps = c.gradient_accumulation_steps or 1
+    if not (math.isfinite(c.caption_dropout) and 0 <= c.caption_dropout < 1):
+        violation("caption_dropout", f"must be in [0, 1), got {c.caption_dropout:g}")
     if not (math.isfinite(c.ema_decay) and 0 <= c.ema_decay < 1):
         violation("ema_decay", f"must be in [0, 1) (0 = off), got {c.ema_decay:g}")
     if c.HasField("weight_decay") and c.weight_decay < 0:

@@ -465,9 +465,11 @@ def run_job(spec: JobSpec, reporter: Reporter) -> JobResult:
             with Image.open(p) as im:
                 class_t.append(image_tensor(im, res))
         class_ids = tokenize(pipe.tokenizer, [prompt for _p, prompt in class_paths])
-    data = StepBatches(DataSpec(c.seed, c.batch_size, res, c.center_crop, c.random_flip),
+    data = StepBatches(DataSpec(c.seed, c.batch_size, res, c.center_crop, c.random_flip,
+                                c.caption_dropout),
                        inst_t, inst_ids, class_t, class_ids,
-                       total=c.max_train_steps * c.gradient_accumulation_steps)
+                       total=c.max_train_steps * c.gradient_accumulation_steps,
+                       empty_ids=tokenize(pipe.tokenizer, [""])[0])
     lora = None
     if c.method == P.TRAINING_METHOD_LORA:
         lora = {"rank": c.lora.rank, "alpha": c.lora.alpha, "dropout": c.lora.dropout,

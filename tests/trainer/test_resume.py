@@ -21,7 +21,7 @@ def _spec(tmp: Path, name: str, model: Path, pngs: list[bytes], steps: int, **kw
         base_model_id="untrained", class_noun="circle", max_train_steps=steps, seed=3,
         learning_rate=1e-3, lr_scheduler="linear", train_text_encoder=True, random_flip=True,
         gradient_accumulation_steps=2, validation_prompts=["a {identifier} circle"],
-        ema_decay=0.9)
+        ema_decay=0.9, caption_dropout=0.25)
     cfg.prior_preservation.enabled = True
     cfg.prior_preservation.class_image_count = 2
     cfg.prior_preservation.generation.steps = 2

@@ -22,3 +22,25 @@ def test_class_prompts_drop_the_identifier_and_keep_caption_order() -> None:
 def test_class_prompts_default_to_the_class_prompt() -> None:
     assert class_prompts(_config(False), ["a zwx circle on a gray background"]) == ["a circle"]
     assert class_prompts(_config(True), []) == ["a circle"]
+
+
+def test_caption_dropout_is_deterministic_per_micro_batch() -> None:
+    """Dropped captions become the empty prompt; which ones is a function of (seed, index),
+    so a resumed run drops the same ones."""
+    import torch
+
+    from services.trainer.module import DataSpec, StepBatches
+
+    def batches(dropout: float) -> list[torch.Tensor]:
+        inst = [torch.zeros(3, 8, 8) for _ in range(2)]
+        ids = torch.tensor([[1, 5, 2], [1, 6, 2]])
+        data = StepBatches(DataSpec(7, 2, 8, True, False, dropout), inst, ids,
+                           [torch.zeros(3, 8, 8)], torch.tensor([[1, 9, 2]]), total=50,
+                           empty_ids=torch.tensor([1, 2, 0]))
+        return [data[i]["input_ids"] for i in range(50)]
+
+    rows = torch.cat(batches(0.3))
+    empty = (rows == torch.tensor([1, 2, 0])).all(dim=1)
+    assert 0.1 < float(empty.float().mean()) < 0.5  # about 30% of 200 captions
+    assert all(torch.equal(a, b) for a, b in zip(batches(0.3), batches(0.3), strict=True))
+    assert not (torch.cat(batches(0.0)) == torch.tensor([1, 2, 0])).all(dim=1).any()
