@@ -295,11 +295,11 @@ class JobCallback(Callback):
         module.eval()
         try:
             with module.averaged_weights():
-                self._write_samples(trainer, step, out_dir)
+                self._write_samples(step, out_dir)
         finally:
             module.train(was_training)
 
-    def _write_samples(self, trainer: L.Trainer, step: int, out_dir: Path) -> None:
+    def _write_samples(self, step: int, out_dir: Path) -> None:
         pipe = make_pipeline(self.parts)
         index = 0
         for p_i, prompt in enumerate(self.cfg.validation_prompts):
