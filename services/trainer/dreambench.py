@@ -104,7 +104,7 @@ def train(name: str, out: Path, model: Path, *, prior: bool, steps: int, lr: flo
           class_prompt: str = "", captions: bool = False, batch_size: int = 1,
           prior_weight: float = 1.0, captioned_prior: bool = False,
           lr_scheduler: str = "constant", te_lr: float = 0.0, ema: float = 0.0,
-          caption_dropout: float = 0.0) -> Path:
+          caption_dropout: float = 0.0, class_prompts: tuple[str, ...] = ()) -> Path:
     from services.trainer.options import Limits, resolve
     from services.trainer.train import JobSpec, Reporter, run_job
 
@@ -131,6 +131,7 @@ def train(name: str, out: Path, model: Path, *, prior: bool, steps: int, lr: flo
         cfg.prior_preservation.class_image_count = class_images
         cfg.prior_preservation.loss_weight = prior_weight
         cfg.prior_preservation.class_prompts_from_captions = captioned_prior
+        cfg.prior_preservation.class_prompts.extend(class_prompts)
         cfg.class_prompt = class_prompt or f"a {CLASS_NOUN}"
     resolved = resolve(cfg, base_model={"native_resolution": 64}, limits=Limits()).config
 
@@ -167,7 +168,8 @@ def render(results: dict[str, Any]) -> str:
         f"{'UNet only' if st.get('unet_only') else 'UNet + text encoder'}, 4 instance images"
         f"{' captioned with their background' if st.get('captions') else ''}, "
         f"{st['class_images']} class images"
-        f"{' from the captions' if st.get('captioned_prior') else ''}, prior weight "
+        f"{' from the captions' if st.get('captioned_prior') else ''}"
+        f"{' and every background' if st.get('class_on_every_background') else ''}, prior weight "
         f"{st.get('prior_weight', 1.0)} (prior run)"
         f"{', EMA ' + str(st['ema']) if st.get('ema') else ''}"
         f"{', caption dropout ' + str(st['caption_dropout']) if st.get('caption_dropout') else ''}",
@@ -219,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--lr-scheduler", default="constant")
     p.add_argument("--caption-dropout", type=float, default=0.0)
+    p.add_argument("--class-on-every-background", action="store_true",
+                   help="class prompts 'a circle on a <bg> background' for every background")
     p.add_argument("--ema", type=float, default=0.0, help="EMA decay of the weights (0 = off)")
     p.add_argument("--te-lr", type=float, default=0.0, help="text encoder lr (0 = --lr)")
     p.add_argument("--prior-weight", type=float, default=1.0)
@@ -254,7 +258,10 @@ def main(argv: list[str] | None = None) -> int:
                     captions=args.captions, batch_size=args.batch_size,
                     prior_weight=args.prior_weight, captioned_prior=args.captioned_prior,
                     lr_scheduler=args.lr_scheduler, te_lr=args.te_lr,
-                    ema=args.ema, caption_dropout=args.caption_dropout)
+                    ema=args.ema, caption_dropout=args.caption_dropout,
+                    class_prompts=tuple(f"a {{class_noun}} on a {bg} background"
+                                        for bg in BACKGROUNDS)
+                    if args.class_on_every_background else ())
         rows = []
         for export in sorted((job / "exports").glob("step-*.safetensors")):
             load_export(pipe, base_state, export)

@@ -163,6 +163,21 @@ def resolve(config: trainer_pb2.DreamBoothConfig, *, base_model: dict, limits: L
         elif identifier in class_prompt.lower().split():
             violation("class_prompt", "must not contain the identifier")
     c.class_prompt = class_prompt
+    extra = []
+    for i, template in enumerate(prior.class_prompts):
+        field_name = f"prior_preservation.class_prompts[{i}]"
+        try:
+            text = " ".join(_fmt(template, identifier, class_noun).split())
+        except (KeyError, IndexError, ValueError) as exc:
+            violation(field_name, f"bad template ({exc})")
+            continue
+        if not text:
+            violation(field_name, "must not be empty")
+        elif identifier in text.lower().split():
+            violation(field_name, "must not contain the identifier")
+        extra.append(text)
+    del prior.class_prompts[:]
+    prior.class_prompts.extend(extra)
 
     # -- steps and optimisation
     if c.HasField("max_train_steps"):

@@ -368,10 +368,12 @@ def _instance_images(job_dir: Path) -> tuple[list[Image.Image], list[str], list[
 
 
 def class_prompts(config: Any, captions: list[str]) -> list[str]:
-    """The prompts class images are generated from: the class prompt, or (when asked and the
-    instance images carry captions) each caption without its identifier."""
-    if not config.prior_preservation.class_prompts_from_captions:
-        return [config.class_prompt]
+    """The prompts class images are generated from: the class prompt, or the listed class
+    prompts; with class_prompts_from_captions, each caption without its identifier first."""
+    prior = config.prior_preservation
+    listed = list(prior.class_prompts) or [config.class_prompt]
+    if not prior.class_prompts_from_captions:
+        return listed
     ident = config.identifier.lower()
     out: list[str] = []
     for cap in captions:
@@ -379,7 +381,9 @@ def class_prompts(config: Any, captions: list[str]) -> list[str]:
         prompt = " ".join(words) if cap else config.class_prompt
         if prompt not in out:
             out.append(prompt)
-    return out or [config.class_prompt]
+    if prior.class_prompts or not out:
+        out += [p for p in listed if p not in out]
+    return out
 
 
 def prepare_class_images(spec: JobSpec, pipe: Any, reporter: Reporter, prompts: list[str]

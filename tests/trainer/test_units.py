@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from services.trainer.train import class_prompts
+from shared.errors import InvalidArgument
 from tests.trainer.helpers import P
 
 
@@ -44,3 +47,30 @@ def test_caption_dropout_is_deterministic_per_micro_batch() -> None:
     assert 0.1 < float(empty.float().mean()) < 0.5  # about 30% of 200 captions
     assert all(torch.equal(a, b) for a, b in zip(batches(0.3), batches(0.3), strict=True))
     assert not (torch.cat(batches(0.0)) == torch.tensor([1, 2, 0])).all(dim=1).any()
+
+
+def test_listed_class_prompts_replace_or_join() -> None:
+    cfg = _config(False)
+    cfg.prior_preservation.class_prompts.extend(["a circle on a blue background", "a circle"])
+    assert class_prompts(cfg, ["a zwx circle on a gray background"]) == [
+        "a circle on a blue background", "a circle"]
+    cfg.prior_preservation.class_prompts_from_captions = True
+    assert class_prompts(cfg, ["a zwx circle on a gray background"]) == [
+        "a circle on a gray background", "a circle on a blue background", "a circle"]
+
+
+def test_class_prompts_are_templates_checked_by_field() -> None:
+    from services.trainer.options import Limits, resolve
+
+    cfg = P.DreamBoothConfig(base_model_id="m", class_noun="circle", identifier="zwx",
+                             max_train_steps=1)
+    cfg.instance_images.add(data=b"x", filename="0.png")
+    cfg.prior_preservation.enabled = True
+    cfg.prior_preservation.class_prompts.extend(["a {class_noun} on the grass", "a zwx circle",
+                                                 "a {nope}"])
+    with pytest.raises(InvalidArgument) as info:
+        resolve(cfg, base_model={"native_resolution": 64}, limits=Limits())
+    fields = {v.field for v in info.value.violations}
+    assert "config.prior_preservation.class_prompts[0]" not in fields
+    assert {"config.prior_preservation.class_prompts[1]",
+            "config.prior_preservation.class_prompts[2]"} <= fields

@@ -269,6 +269,7 @@ class PriorPreservation(_message.Message):
     LOSS_WEIGHT_FIELD_NUMBER: _builtins.int
     GENERATION_FIELD_NUMBER: _builtins.int
     CLASS_PROMPTS_FROM_CAPTIONS_FIELD_NUMBER: _builtins.int
+    CLASS_PROMPTS_FIELD_NUMBER: _builtins.int
     enabled: _builtins.bool
     """Train with class images in the batch and add their loss."""
     class_image_count: _builtins.int
@@ -285,6 +286,14 @@ class PriorPreservation(_message.Message):
     def generation(self) -> Global___ClassImageSettings:
         """How class images are generated (they are cached by content)."""
 
+    @_builtins.property
+    def class_prompts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """More prompts to generate class images from (templates like class_prompt), so the prior
+        covers the contexts the model will be asked for, e.g. "a {class_noun} on the beach",
+        "a {class_noun} in the snow". They replace class_prompt; with class_prompts_from_captions
+        they join the captions' prompts. The count is split evenly over all prompts.
+        """
+
     def __init__(
         self,
         *,
@@ -293,10 +302,11 @@ class PriorPreservation(_message.Message):
         loss_weight: _builtins.float | None = ...,
         generation: Global___ClassImageSettings | None = ...,
         class_prompts_from_captions: _builtins.bool = ...,
+        class_prompts: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_loss_weight", b"_loss_weight", "generation", b"generation", "loss_weight", b"loss_weight"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_loss_weight", b"_loss_weight", "class_image_count", b"class_image_count", "class_prompts_from_captions", b"class_prompts_from_captions", "enabled", b"enabled", "generation", b"generation", "loss_weight", b"loss_weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_loss_weight", b"_loss_weight", "class_image_count", b"class_image_count", "class_prompts", b"class_prompts", "class_prompts_from_captions", b"class_prompts_from_captions", "enabled", b"enabled", "generation", b"generation", "loss_weight", b"loss_weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__loss_weight: _TypeAlias = _typing.Literal["loss_weight"]  # noqa: Y015
     _WhichOneofArgType__loss_weight: _TypeAlias = _typing.Literal["_loss_weight", b"_loss_weight"]  # noqa: Y015
