@@ -51,8 +51,16 @@ def read_image(image: Image.Image) -> Reading:
     pixels = arr[mask]
     # Subject stripes are purple on a red object: colour the object by its other pixels.
     # A plain purple object is all "stripe", so only a partial share marks the subject.
-    stripe = np.sqrt(np.sum((pixels - np.array(SUBJECT_STRIPE, np.float32)) ** 2, axis=-1)) < 90
-    subject = 0.2 < float(stripe.mean()) < 0.8
+    near_stripe = np.sqrt(np.sum((arr - np.array(SUBJECT_STRIPE, np.float32)) ** 2,
+                                 axis=-1)) < 90
+    stripe = near_stripe[mask]
+    # Judge the stripes inside the object only: in a soft-edged (generated) picture the rim
+    # where a red object meets a blue background blends into purple, which is not a stripe.
+    from scipy import ndimage
+
+    interior = ndimage.binary_erosion(mask, iterations=2)
+    inner = near_stripe[interior]
+    subject = inner.size >= 20 and 0.2 < float(inner.mean()) < 0.8
     coloured = pixels[~stripe] if subject else pixels
     color = _nearest(np.median(coloured, axis=0), OBJECT_COLORS, exclude=background)
     shape = _shape(_object_mask(arr, mask, np.median(coloured, axis=0), subject))
