@@ -1,10 +1,14 @@
 """Toy DreamBench on the embedded model: does DreamBooth learn a subject the base model cannot
 draw, keep following prompts, and (with prior preservation) leave its class alone?
 
-    .venv/bin/python -m services.trainer.dreambench [--steps 400] [--out bench-results/dreambench]
+    .venv/bin/python -m services.trainer.dreambench [--threads 1] [--out bench-results/dreambench]
+
+(the defaults are the settings of the table in services/trainer/README.md; --help lists them)
 
 Subject: a red circle with purple diagonal stripes (services.diffusion.scenes.subject_images), 4
-instance images, class noun "circle", identifier "zwx". Two runs through the trainer's own
+instance images captioned "a zwx circle on a <bg> background", class noun "circle", class
+images from those captions without "zwx" and from "a circle on a <bg> background" for every
+background. Two runs through the trainer's own
 `run_job` (the code a worker runs): with prior preservation and without. Every exported
 checkpoint is scored with the project's detectors over fixed seeds:
 
@@ -15,7 +19,9 @@ checkpoint is scored with the project's detectors over fixed seeds:
               (goal <= 10% with prior preservation; reported without it to show what it buys).
 
 The best checkpoint of a run is the one that meets the subject and background goals with the
-least leak (else the highest subject + background - leak). Writes table.md and results.json.
+least leak (else the highest subject + background - leak); it is then scored again on fresh
+seeds (--confirm-seeds), since the best of several noisy checkpoints flatters itself. Writes
+table.md and results.json.
 """
 
 from __future__ import annotations
@@ -202,11 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", type=Path, default=None)
     p.add_argument("--out", type=Path, default=Path("bench-results/dreambench"))
     p.add_argument("--steps", type=int, default=400)
-    p.add_argument("--every", type=int, default=100)
-    p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--class-images", type=int, default=50)
+    p.add_argument("--every", type=int, default=50)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--class-images", type=int, default=96)
     p.add_argument("--seeds", type=int, default=4)
-    p.add_argument("--confirm-seeds", type=int, default=0,
+    p.add_argument("--confirm-seeds", type=int, default=8,
                    help="re-score each run's best checkpoint on this many fresh seeds")
     p.add_argument("--sample-steps", type=int, default=20)
     p.add_argument("--cfg", type=float, default=5.0)
@@ -214,18 +220,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--unet-only", action="store_true", help="freeze the text encoder")
     p.add_argument("--class-prompt", default="")
-    p.add_argument("--captions", action="store_true",
+    p.add_argument("--captions", action=argparse.BooleanOptionalAction, default=True,
                    help="caption each instance image with its background")
-    p.add_argument("--captioned-prior", action="store_true",
+    p.add_argument("--captioned-prior", action=argparse.BooleanOptionalAction, default=True,
                    help="class images from the captions without the identifier")
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--lr-scheduler", default="constant")
-    p.add_argument("--caption-dropout", type=float, default=0.0)
-    p.add_argument("--class-on-every-background", action="store_true",
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--lr-scheduler", default="cosine")
+    p.add_argument("--caption-dropout", type=float, default=0.1)
+    p.add_argument("--class-on-every-background", action=argparse.BooleanOptionalAction,
+                   default=True,
                    help="class prompts 'a circle on a <bg> background' for every background")
     p.add_argument("--ema", type=float, default=0.0, help="EMA decay of the weights (0 = off)")
     p.add_argument("--te-lr", type=float, default=0.0, help="text encoder lr (0 = --lr)")
-    p.add_argument("--prior-weight", type=float, default=1.0)
+    p.add_argument("--prior-weight", type=float, default=3.0)
     p.add_argument("--runs", default="prior,no-prior", help="which runs, comma-separated")
     p.add_argument("--render", type=Path, default=None, help="print the table of a results.json")
     args = p.parse_args(argv)
