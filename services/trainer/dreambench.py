@@ -7,8 +7,8 @@ draw, keep following prompts, and (with prior preservation) leave its class alon
 
 Subject: a red circle with purple diagonal stripes (services.diffusion.scenes.subject_images), 4
 instance images captioned "a zwx circle on a <bg> background", class noun "circle", class
-images from those captions without "zwx" and from "a circle on a <bg> background" for every
-background. Two runs through the trainer's own
+images from those captions without "zwx" (--class-on-every-background adds "a circle on a <bg>
+background" for every background). Two runs through the trainer's own
 `run_job` (the code a worker runs): with prior preservation and without. Every exported
 checkpoint is scored with the project's detectors over fixed seeds:
 
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--every", type=int, default=50)
     p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--class-images", type=int, default=96)
+    p.add_argument("--class-images", type=int, default=48)
     p.add_argument("--seeds", type=int, default=4)
     p.add_argument("--confirm-seeds", type=int, default=8,
                    help="re-score each run's best checkpoint on this many fresh seeds")
@@ -228,11 +228,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr-scheduler", default="cosine")
     p.add_argument("--caption-dropout", type=float, default=0.1)
     p.add_argument("--class-on-every-background", action=argparse.BooleanOptionalAction,
-                   default=True,
+                   default=False,
                    help="class prompts 'a circle on a <bg> background' for every background")
     p.add_argument("--ema", type=float, default=0.0, help="EMA decay of the weights (0 = off)")
     p.add_argument("--te-lr", type=float, default=0.0, help="text encoder lr (0 = --lr)")
-    p.add_argument("--prior-weight", type=float, default=3.0)
+    p.add_argument("--prior-weight", type=float, default=2.0)
     p.add_argument("--runs", default="prior,no-prior", help="which runs, comma-separated")
     p.add_argument("--render", type=Path, default=None, help="print the table of a results.json")
     args = p.parse_args(argv)
