@@ -152,32 +152,28 @@ def resolve(config: trainer_pb2.DreamBoothConfig, *, base_model: dict, limits: L
                   "(or {identifier})")
     c.instance_prompt = instance_prompt
     prior = c.prior_preservation
-    class_prompt = c.class_prompt or (f"a {class_noun}" if class_noun else "")
-    try:
-        class_prompt = " ".join(_fmt(class_prompt, identifier, class_noun).split())
-    except (KeyError, IndexError, ValueError) as exc:
-        violation("class_prompt", f"bad template ({exc})")
-    if prior.enabled:
-        if not class_prompt:
-            violation("class_prompt", "prior preservation needs a class prompt or class noun")
-        elif identifier in class_prompt.lower().split():
-            violation("class_prompt", "must not contain the identifier")
-    c.class_prompt = class_prompt
-    extra = []
-    for i, template in enumerate(prior.class_prompts):
-        field_name = f"prior_preservation.class_prompts[{i}]"
+
+    def class_text(template: str, field_name: str, empty: str, checked: bool) -> str | None:
+        """A class prompt template filled in, or None when it is not a template."""
         try:
             text = " ".join(_fmt(template, identifier, class_noun).split())
         except (KeyError, IndexError, ValueError) as exc:
             violation(field_name, f"bad template ({exc})")
-            continue
-        if not text:
-            violation(field_name, "must not be empty")
-        elif identifier in text.lower().split():
+            return None
+        if checked and not text:
+            violation(field_name, empty)
+        elif checked and identifier in text.lower().split():
             violation(field_name, "must not contain the identifier")
-        extra.append(text)
+        return text
+
+    default_class = c.class_prompt or (f"a {class_noun}" if class_noun else "")
+    filled = class_text(default_class, "class_prompt",
+                        "prior preservation needs a class prompt or class noun", prior.enabled)
+    c.class_prompt = default_class if filled is None else filled
+    extra = [class_text(t, f"prior_preservation.class_prompts[{i}]", "must not be empty", True)
+             for i, t in enumerate(prior.class_prompts)]
     del prior.class_prompts[:]
-    prior.class_prompts.extend(extra)
+    prior.class_prompts.extend(t for t in extra if t is not None)
 
     # -- steps and optimisation
     if c.HasField("max_train_steps"):
