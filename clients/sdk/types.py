@@ -199,6 +199,9 @@ class TrainingOptions(TypedDict, total=False):
     num_nodes: int
     accelerator: str
     output_model_name: str
+    ema_decay: float
+    caption_dropout: float
+    identifier_learning_rate: float
 
 
 # ------------------------------------------------------------------------------------ helpers

@@ -110,7 +110,8 @@ def train(name: str, out: Path, model: Path, *, prior: bool, steps: int, lr: flo
           class_prompt: str = "", captions: bool = False, batch_size: int = 1,
           prior_weight: float = 1.0, captioned_prior: bool = False,
           lr_scheduler: str = "constant", te_lr: float = 0.0, ema: float = 0.0,
-          caption_dropout: float = 0.0, class_prompts: tuple[str, ...] = ()) -> Path:
+          caption_dropout: float = 0.0, class_prompts: tuple[str, ...] = (),
+          identifier_lr: float = 0.0) -> Path:
     from services.trainer.options import Limits, resolve
     from services.trainer.train import JobSpec, Reporter, run_job
 
@@ -128,7 +129,8 @@ def train(name: str, out: Path, model: Path, *, prior: bool, steps: int, lr: flo
         base_model_id="boothstudio-tiny", class_noun=CLASS_NOUN, identifier=IDENTIFIER,
         max_train_steps=steps, seed=seed, learning_rate=lr, train_text_encoder=text_encoder,
         checkpoint_every_steps=every, checkpoints_to_keep=1, batch_size=batch_size,
-        lr_scheduler=lr_scheduler, ema_decay=ema, caption_dropout=caption_dropout)
+        lr_scheduler=lr_scheduler, ema_decay=ema, caption_dropout=caption_dropout,
+        identifier_learning_rate=identifier_lr)
     if te_lr:
         cfg.text_encoder_learning_rate = te_lr
     cfg.instance_images.add(data=(job / "instance" / "0.png").read_bytes(), filename="0.png")
@@ -232,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="class prompts 'a circle on a <bg> background' for every background")
     p.add_argument("--ema", type=float, default=0.0, help="EMA decay of the weights (0 = off)")
     p.add_argument("--te-lr", type=float, default=0.0, help="text encoder lr (0 = --lr)")
+    p.add_argument("--identifier-lr", type=float, default=0.0,
+                   help="lr of the identifier's embedding row (0 = off)")
     p.add_argument("--prior-weight", type=float, default=2.0)
     p.add_argument("--runs", default="prior,no-prior", help="which runs, comma-separated")
     p.add_argument("--render", type=Path, default=None, help="print the table of a results.json")
@@ -266,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
                     prior_weight=args.prior_weight, captioned_prior=args.captioned_prior,
                     lr_scheduler=args.lr_scheduler, te_lr=args.te_lr,
                     ema=args.ema, caption_dropout=args.caption_dropout,
+                    identifier_lr=args.identifier_lr,
                     class_prompts=tuple(f"a {{class_noun}} on a {bg} background"
                                         for bg in BACKGROUNDS)
                     if args.class_on_every_background else ())

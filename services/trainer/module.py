@@ -130,6 +130,14 @@ class OptimSpec:
     prior_loss_weight: float = 1.0
     gradient_checkpointing: bool = False
     ema_decay: float = 0.0
+    # the identifier's embedding rows train at their own rate (0 = off)
+    identifier_learning_rate: float = 0.0
+    identifier_token_ids: tuple[int, ...] = ()
+
+    @property
+    def trains_text_encoder(self) -> bool:
+        """Some text encoder weights change (all of them, or the identifier's embedding)."""
+        return self.train_text_encoder or self.identifier_learning_rate > 0
 
 
 class DreamBoothModule(L.LightningModule):
@@ -174,6 +182,8 @@ class DreamBoothModule(L.LightningModule):
             self.unet.requires_grad_(True)
             if optim.train_text_encoder:
                 self.text_encoder.requires_grad_(True)
+            if optim.identifier_learning_rate > 0:
+                self._train_identifier_embedding(optim.identifier_token_ids)
         if optim.gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
             if optim.train_text_encoder:
@@ -184,6 +194,16 @@ class DreamBoothModule(L.LightningModule):
         self.ema: dict[str, torch.Tensor] | None = None
         alphas = self.noise_scheduler.alphas_cumprod
         self.register_buffer("alphas_cumprod", alphas.clone().float(), persistent=False)
+
+    def _train_identifier_embedding(self, token_ids: tuple[int, ...]) -> None:
+        """Only the identifier's rows of the embedding table get gradients; the others stay
+        as they are (their gradient is masked, and AdamW without weight decay leaves a row
+        whose gradient is always zero where it was)."""
+        table = self.text_encoder.get_input_embeddings().weight
+        table.requires_grad_(True)
+        rows = torch.zeros(table.shape[0], 1, dtype=table.dtype)
+        rows[list(token_ids)] = 1
+        table.register_hook(lambda grad: grad * rows.to(grad))
 
     # keep the frozen parts in eval mode whatever Lightning asks for
     def train(self, mode: bool = True) -> DreamBoothModule:
@@ -254,9 +274,15 @@ class DreamBoothModule(L.LightningModule):
         o = self.optim
         unet_params = [p for p in self.unet.parameters() if p.requires_grad]
         groups = [{"params": unet_params, "lr": o.learning_rate}]
-        if o.train_text_encoder:
-            te = [p for p in self.text_encoder.parameters() if p.requires_grad]
+        table = self.text_encoder.get_input_embeddings().weight
+        own_rate = o.identifier_learning_rate > 0 and self.lora is None
+        te = [p for p in self.text_encoder.parameters()
+              if p.requires_grad and not (own_rate and p is table)]
+        if te:
             groups.append({"params": te, "lr": o.text_encoder_learning_rate})
+        if own_rate:
+            groups.append({"params": [table], "lr": o.identifier_learning_rate,
+                           "weight_decay": 0.0})
         if o.use_8bit_adam:
             import bitsandbytes as bnb  # only resolved on GPU hosts that have it
 

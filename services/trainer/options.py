@@ -205,6 +205,12 @@ def resolve(config: trainer_pb2.DreamBoothConfig, *, base_model: dict, limits: L
     c.gradient_accumulation_steps = c.gradient_accumulation_steps or 1
     if not (math.isfinite(c.caption_dropout) and 0 <= c.caption_dropout < 1):
         violation("caption_dropout", f"must be in [0, 1), got {c.caption_dropout:g}")
+    if not (math.isfinite(c.identifier_learning_rate) and 0 <= c.identifier_learning_rate <= 1):
+        violation("identifier_learning_rate",
+                  f"must be in [0, 1] (0 = off), got {c.identifier_learning_rate:g}")
+    elif c.identifier_learning_rate and lora:
+        violation("identifier_learning_rate", "applies to full fine-tunes only: a LoRA "
+                  "adapter file carries no token embeddings")
     if not (math.isfinite(c.ema_decay) and 0 <= c.ema_decay < 1):
         violation("ema_decay", f"must be in [0, 1) (0 = off), got {c.ema_decay:g}")
     if c.HasField("weight_decay") and c.weight_decay < 0:

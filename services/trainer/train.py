@@ -160,7 +160,7 @@ def trained_weights(module: DreamBoothModule) -> dict[str, torch.Tensor]:
         flat = {f"{part}.{k}": v for part, sd in lora_state(module).items() for k, v in sd.items()}
     else:
         flat = {f"unet.{k}": v for k, v in module.unet.state_dict().items()}
-        if module.optim.train_text_encoder:
+        if module.optim.trains_text_encoder:
             flat.update({f"text_encoder.{k}": v
                          for k, v in module.text_encoder.state_dict().items()})
     return {k: (v.detach().to(torch.float16) if v.is_floating_point() else v.detach())
@@ -488,7 +488,10 @@ def run_job(spec: JobSpec, reporter: Reporter) -> JobResult:
         use_8bit_adam=c.use_8bit_adam, train_text_encoder=c.train_text_encoder,
         prior_loss_weight=(c.prior_preservation.loss_weight
                            if c.prior_preservation.enabled else 0.0),
-        gradient_checkpointing=c.gradient_checkpointing, ema_decay=c.ema_decay)
+        gradient_checkpointing=c.gradient_checkpointing, ema_decay=c.ema_decay,
+        identifier_learning_rate=c.identifier_learning_rate,
+        identifier_token_ids=tuple(pipe.tokenizer(c.identifier,
+                                                  add_special_tokens=False).input_ids))
     parts = {"vae": pipe.vae, "text_encoder": pipe.text_encoder, "tokenizer": pipe.tokenizer,
              "unet": pipe.unet, "scheduler": pipe.scheduler}
     module = DreamBoothModule(parts, optim, data, lora)

@@ -9,7 +9,8 @@ import torch
 from boothstudio.v1 import trainer_pb2 as P
 
 
-def _spec(tmp: Path, name: str, model: Path, pngs: list[bytes], steps: int, **kw):
+def _spec(tmp: Path, name: str, model: Path, pngs: list[bytes], steps: int,
+          config: dict | None = None, **kw):
     from services.trainer.options import Limits, resolve
     from services.trainer.train import JobSpec
 
@@ -21,7 +22,9 @@ def _spec(tmp: Path, name: str, model: Path, pngs: list[bytes], steps: int, **kw
         base_model_id="untrained", class_noun="circle", max_train_steps=steps, seed=3,
         learning_rate=1e-3, lr_scheduler="linear", train_text_encoder=True, random_flip=True,
         gradient_accumulation_steps=2, validation_prompts=["a {identifier} circle"],
-        ema_decay=0.9, caption_dropout=0.25)
+        ema_decay=0.9, caption_dropout=0.25, identifier_learning_rate=1e-2)
+    for key, value in (config or {}).items():
+        setattr(cfg, key, value)
     cfg.prior_preservation.enabled = True
     cfg.prior_preservation.class_image_count = 2
     cfg.prior_preservation.generation.steps = 2
@@ -71,3 +74,28 @@ def test_stop_and_resume_gives_the_same_weights(tmp_path, untrained_model, subje
     ema = torch.load(tmp_path / "split" / "checkpoints" / "step-000004.ckpt",
                      map_location="cpu", weights_only=False)["boothstudio_ema"]
     assert ema.keys() == a.keys()
+
+
+def test_identifier_learning_rate_trains_only_the_identifier_row(tmp_path, untrained_model,
+                                                                 subject_pngs):
+    """With the text encoder frozen, identifier_learning_rate changes the identifier's row of
+    the embedding table and nothing else in the text encoder; the export carries it."""
+    from safetensors.torch import load_file
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from services.trainer.train import Reporter, run_job
+
+    spec = _spec(tmp_path, "ident", untrained_model, subject_pngs, 2,
+                 config={"train_text_encoder": False, "ema_decay": 0.0})
+    assert run_job(spec, Reporter()).outcome == "succeeded"
+    base = CLIPTextModel.from_pretrained(untrained_model / "text_encoder").state_dict()
+    export = load_file(tmp_path / "ident" / "exports" / "step-000002.safetensors")
+    trained = {k[len("text_encoder."):]: v.float() for k, v in export.items()
+               if k.startswith("text_encoder.")}
+    name = next(k for k in base if k.endswith("token_embedding.weight"))
+    ids = CLIPTokenizer.from_pretrained(untrained_model / "tokenizer")(
+        spec.config.identifier, add_special_tokens=False).input_ids
+    changed = (trained[name] - base[name].float()).abs().amax(dim=1) > 1e-3
+    assert changed.nonzero().flatten().tolist() == sorted(ids)
+    others = [k for k in trained if k != name]
+    assert others and all(torch.allclose(trained[k], base[k].float(), atol=1e-3) for k in others)

@@ -62,6 +62,17 @@ def test_several_problems_at_once(stack, subject_pngs):
                            "config.ema_decay"}
 
 
+def test_identifier_learning_rate_checked(stack, subject_pngs):
+    for bad in (
+        job_config(stack.base_model_id, subject_pngs, identifier_learning_rate=-1e-3),
+        job_config(stack.base_model_id, subject_pngs, identifier_learning_rate=5e-3,
+                   method=P.TRAINING_METHOD_LORA),
+    ):
+        code, fields = rejected(stack, bad)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert fields == ["config.identifier_learning_rate"]
+
+
 def test_validate_only_resolves_defaults_and_warns(stack, subject_pngs):
     cfg = job_config(stack.base_model_id, subject_pngs, identifier="sks")
     cfg.ClearField("max_train_steps")
