@@ -646,6 +646,14 @@ def inpaint(
                    should_stop)
 
 
+@torch.inference_mode()
+def vae_round_trip(pipe: Any, image: Image.Image) -> Image.Image:
+    """The picture encoded and decoded by the model's VAE: the most any fine-tune of the UNet
+    can show of it (the detectors' ceiling for a subject)."""
+    pixels = _to_tensor(image, image.width, image.height)[None]
+    return decode_latents(pipe, encode_images(pipe, pixels))[0]
+
+
 def images_differ(a: Image.Image, b: Image.Image) -> float:
     """Mean absolute pixel difference (0..255), for tests and checks."""
     return float(np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32)).mean())
@@ -668,4 +676,5 @@ __all__ = [
     "prompt_token_count",
     "run_batch",
     "txt2img",
+    "vae_round_trip",
 ]

@@ -53,19 +53,11 @@ def prompts(kind: str) -> list[tuple[str, str]]:
 
 def vae_ceiling(pipe: Any) -> dict[str, float]:
     """Detectors on VAE round trips of the instance images: what a perfect UNet could show."""
-    from services.trainer.module import image_tensor
+    from services.diffusion.pipelines import vae_round_trip
 
-    subj = 0
     images = subject_images(4)
-    for img, _ in images:
-        with torch.no_grad():
-            z = pipe.vae.encode(image_tensor(img, 64)[None]).latent_dist.mean
-            y = pipe.vae.decode(z).sample[0]
-        from PIL import Image
-
-        rec = Image.fromarray(((y.clamp(-1, 1) + 1) * 127.5).permute(1, 2, 0).byte().numpy())
-        subj += read_image(rec).subject
-    return {"subject": subj / len(images)}
+    seen = sum(read_image(vae_round_trip(pipe, img)).subject for img, _ in images)
+    return {"subject": seen / len(images)}
 
 
 def score(pipe: Any, seeds: list[int], steps: int, cfg: float) -> dict[str, float]:

@@ -95,19 +95,13 @@ def test_subject_detector_ignores_the_purple_rim_of_soft_edged_objects() -> None
 def test_subject_detector_on_the_embedded_vae_round_trip() -> None:
     """What a fine-tune can at best show: every subject picture through the shipped VAE is
     still the subject, and no plain object on blue, green or white becomes one."""
-    import numpy as np
-    import torch
-    from PIL import Image
-
     from services.diffusion.loading import embedded_model_dir, load_pipeline
+    from services.diffusion.pipelines import vae_round_trip
 
     pipe, _ = load_pipeline(embedded_model_dir())
 
     def round_trip(img: Image.Image) -> Image.Image:
-        x = torch.from_numpy(np.asarray(img, np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
-        with torch.no_grad():
-            y = pipe.vae.decode(pipe.vae.encode(x).latent_dist.mean).sample[0]
-        return Image.fromarray(((y.clamp(-1, 1) + 1) * 127.5).permute(1, 2, 0).byte().numpy())
+        return vae_round_trip(pipe, img)
 
     subjects = [img for img, _ in scenes.subject_images(4) + scenes.subject_images(16, seed=3)]
     assert all(evaluation.read_image(round_trip(img)).subject for img in subjects)
