@@ -7,9 +7,10 @@ draw, keep following prompts, and (with prior preservation) leave its class alon
 
 Subject: a red circle with purple diagonal stripes (services.diffusion.scenes.subject_images), 4
 instance images captioned "a zwx circle on a <bg> background", class noun "circle", class
-images from those captions without "zwx" (--class-on-every-background adds "a circle on a <bg>
-background" for every background). Two runs through the trainer's own
-`run_job` (the code a worker runs): with prior preservation and without. Every exported
+images from those captions without "zwx" plus "a circle on a <bg> background" for every
+background (--no-class-on-every-background: the captions' backgrounds only), the identifier's
+embedding trained at --identifier-lr. Two runs through the trainer's own `run_job` (the code a
+worker runs): with prior preservation and without (otherwise the same). Every exported
 checkpoint is scored with the project's detectors over fixed seeds:
 
 - subject:    share of "a zwx circle on a <bg> background" images that show the subject
@@ -80,6 +81,11 @@ def score(pipe: Any, seeds: list[int], steps: int, cfg: float) -> dict[str, floa
         "leak": sum(r.subject for r, _ in plain) / len(plain),
         "plain_background": sum(r.background == bg for r, bg in plain) / len(plain),
         "images": len(subj) + len(plain),
+        # where the subject shows (and leaks), per background: unseen contexts fail first
+        "subject_by_background": {bg: sum(r.subject for r, b in subj if b == bg) / len(seeds)
+                                  for bg in BACKGROUNDS},
+        "leak_by_background": {bg: sum(r.subject for r, b in plain if b == bg) / len(seeds)
+                               for bg in BACKGROUNDS},
     }
 
 
@@ -160,6 +166,8 @@ def render(results: dict[str, Any]) -> str:
     """The markdown quality table of a results.json."""
     st, before, ceiling = results["settings"], results["before"], results["vae_ceiling"]
     n = len(prompts("subject")) * len(st["seeds"])
+    ident_lr = (f", identifier embedding lr {st['identifier_lr']}" if st.get("identifier_lr")
+                else "")
     lines = [
         f"Toy DreamBench: {n} images per prompt family ({len(BACKGROUNDS)} backgrounds x "
         f"{len(st['seeds'])} seeds), {st['sample_steps']} steps, CFG {st['cfg']}; "
@@ -171,6 +179,7 @@ def render(results: dict[str, Any]) -> str:
         f"{' from the captions' if st.get('captioned_prior') else ''}"
         f"{' and every background' if st.get('class_on_every_background') else ''}, prior weight "
         f"{st.get('prior_weight', 1.0)} (prior run)"
+        f"{ident_lr}"
         f"{', EMA ' + str(st['ema']) if st.get('ema') else ''}"
         f"{', caption dropout ' + str(st['caption_dropout']) if st.get('caption_dropout') else ''}",
         f"VAE round trip of the 4 instance images: the detector sees the subject in "
@@ -194,6 +203,13 @@ def render(results: dict[str, Any]) -> str:
             lines.append(f"| {name} best, re-scored on {n_fresh} fresh images | {row['step']} | "
                          f"**{row['subject']:.0%}** | **{row['background']:.0%}** | "
                          f"**{row['leak']:.0%}** | {row['plain_background']:.0%} |")
+    for name, run in results["runs"].items():
+        row = run.get("confirmed")
+        if row and "subject_by_background" in row:
+            per = ", ".join(f"{bg} {row['subject_by_background'][bg]:.0%} / "
+                            f"{row['leak_by_background'][bg]:.0%}"
+                            for bg in row["subject_by_background"])
+            lines.append(f"\n{name} best on the fresh seeds, subject / leak by background: {per}")
     return "\n".join(lines)
 
 
@@ -204,9 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--every", type=int, default=50)
     p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--class-images", type=int, default=48)
+    p.add_argument("--class-images", type=int, default=72)
     p.add_argument("--seeds", type=int, default=4)
-    p.add_argument("--confirm-seeds", type=int, default=8,
+    p.add_argument("--confirm-seeds", type=int, default=16,
                    help="re-score each run's best checkpoint on this many fresh seeds")
     p.add_argument("--sample-steps", type=int, default=20)
     p.add_argument("--cfg", type=float, default=5.0)
@@ -222,13 +238,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr-scheduler", default="cosine")
     p.add_argument("--caption-dropout", type=float, default=0.1)
     p.add_argument("--class-on-every-background", action=argparse.BooleanOptionalAction,
-                   default=False,
+                   default=True,
                    help="class prompts 'a circle on a <bg> background' for every background")
     p.add_argument("--ema", type=float, default=0.0, help="EMA decay of the weights (0 = off)")
     p.add_argument("--te-lr", type=float, default=0.0, help="text encoder lr (0 = --lr)")
-    p.add_argument("--identifier-lr", type=float, default=0.0,
+    p.add_argument("--identifier-lr", type=float, default=5e-3,
                    help="lr of the identifier's embedding row (0 = off)")
-    p.add_argument("--prior-weight", type=float, default=2.0)
+    p.add_argument("--prior-weight", type=float, default=1.0)
     p.add_argument("--runs", default="prior,no-prior", help="which runs, comma-separated")
     p.add_argument("--render", type=Path, default=None, help="print the table of a results.json")
     args = p.parse_args(argv)

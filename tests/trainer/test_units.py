@@ -74,3 +74,18 @@ def test_class_prompts_are_templates_checked_by_field() -> None:
     assert "config.prior_preservation.class_prompts[0]" not in fields
     assert {"config.prior_preservation.class_prompts[1]",
             "config.prior_preservation.class_prompts[2]"} <= fields
+
+
+def test_dreambench_picks_the_goal_meeting_checkpoint_with_least_leak() -> None:
+    from services.trainer.dreambench import pick_best
+
+    rows = [
+        {"step": 100, "subject": 0.95, "background": 0.7, "leak": 0.0},  # background missed
+        {"step": 200, "subject": 0.85, "background": 0.9, "leak": 0.2},
+        {"step": 300, "subject": 0.80, "background": 0.9, "leak": 0.05},
+        {"step": 400, "subject": 0.90, "background": 0.9, "leak": 0.05},
+    ]
+    assert pick_best(rows)["step"] == 400  # equal leak: more subject wins
+    # none meets the goals: the best balance of subject + background - leak
+    missed = [{**r, "subject": r["subject"] - 0.5} for r in rows]
+    assert pick_best(missed)["step"] == 400
