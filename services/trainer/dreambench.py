@@ -43,12 +43,12 @@ IDENTIFIER = "zwx"
 CLASS_NOUN = "circle"
 
 
-def prompts(kind: str) -> list[tuple[str, str]]:
+def prompts(kind: str, noun: str = CLASS_NOUN) -> list[tuple[str, str]]:
     """(prompt, background) pairs of one prompt family."""
     out = []
     for bg in BACKGROUNDS:
         subject = f"{IDENTIFIER} " if kind == "subject" else ""
-        out.append((f"a {subject}{CLASS_NOUN} on a {bg} background", bg))
+        out.append((f"a {subject}{noun} on a {bg} background", bg))
     return out
 
 
@@ -61,12 +61,13 @@ def vae_ceiling(pipe: Any) -> dict[str, float]:
     return {"subject": seen / len(images)}
 
 
-def score(pipe: Any, seeds: list[int], steps: int, cfg: float) -> dict[str, float]:
+def score(pipe: Any, seeds: list[int], steps: int, cfg: float,
+          noun: str = CLASS_NOUN) -> dict[str, Any]:
     from services.diffusion import pipelines
 
     def run(kind: str) -> list[tuple[Any, str]]:
         out = []
-        for prompt, bg in prompts(kind):
+        for prompt, bg in prompts(kind, noun):
             with torch.no_grad():
                 images = pipelines.txt2img(pipe, prompt, seeds=seeds, steps=steps,
                                            cfg_scale=cfg)
@@ -109,7 +110,7 @@ def train(name: str, out: Path, model: Path, *, prior: bool, steps: int, lr: flo
           prior_weight: float = 1.0, captioned_prior: bool = False,
           lr_scheduler: str = "constant", te_lr: float = 0.0, ema: float = 0.0,
           caption_dropout: float = 0.0, class_prompts: tuple[str, ...] = (),
-          identifier_lr: float = 0.0) -> Path:
+          identifier_lr: float = 0.0, class_noun: str = CLASS_NOUN) -> Path:
     from services.trainer.options import Limits, resolve
     from services.trainer.train import JobSpec, Reporter, run_job
 
@@ -120,11 +121,11 @@ def train(name: str, out: Path, model: Path, *, prior: bool, steps: int, lr: flo
         img.save(job / "instance" / f"{i}.png")
         # Per-image captions name what is not the subject (here the background), so the
         # identifier binds to the stripes alone: the captioned-DreamBooth practice.
-        per_image[f"{i}.png"] = f"a {{identifier}} {CLASS_NOUN} on a {scene.background} background"
+        per_image[f"{i}.png"] = f"a {{identifier}} {class_noun} on a {scene.background} background"
     if captions:
         (job / "instance" / "captions.json").write_text(json.dumps(per_image))
     cfg = P.DreamBoothConfig(
-        base_model_id="boothstudio-tiny", class_noun=CLASS_NOUN, identifier=IDENTIFIER,
+        base_model_id="boothstudio-tiny", class_noun=class_noun, identifier=IDENTIFIER,
         max_train_steps=steps, seed=seed, learning_rate=lr, train_text_encoder=text_encoder,
         checkpoint_every_steps=every, checkpoints_to_keep=1, batch_size=batch_size,
         lr_scheduler=lr_scheduler, ema_decay=ema, caption_dropout=caption_dropout,
@@ -138,7 +139,7 @@ def train(name: str, out: Path, model: Path, *, prior: bool, steps: int, lr: flo
         cfg.prior_preservation.loss_weight = prior_weight
         cfg.prior_preservation.class_prompts_from_captions = captioned_prior
         cfg.prior_preservation.class_prompts.extend(class_prompts)
-        cfg.class_prompt = class_prompt or f"a {CLASS_NOUN}"
+        cfg.class_prompt = class_prompt or f"a {class_noun}"
     resolved = resolve(cfg, base_model={"native_resolution": 64}, limits=Limits()).config
 
     class Log(Reporter):
@@ -166,6 +167,7 @@ def render(results: dict[str, Any]) -> str:
     """The markdown quality table of a results.json."""
     st, before, ceiling = results["settings"], results["before"], results["vae_ceiling"]
     n = len(prompts("subject")) * len(st["seeds"])
+    noun = st.get("class_noun", CLASS_NOUN)
     ident_lr = (f", identifier embedding lr {st['identifier_lr']}" if st.get("identifier_lr")
                 else "")
     lines = [
@@ -173,7 +175,8 @@ def render(results: dict[str, Any]) -> str:
         f"{len(st['seeds'])} seeds), {st['sample_steps']} steps, CFG {st['cfg']}; "
         f"{st['steps']} steps at lr {st['lr']} ({st.get('lr_scheduler', 'constant')}), "
         f"batch {st.get('batch_size', 1)} instance + {st.get('batch_size', 1)} class images, "
-        f"{'UNet only' if st.get('unet_only') else 'UNet + text encoder'}, 4 instance images"
+        f"{'UNet only' if st.get('unet_only') else 'UNet + text encoder'}, class noun "
+        f"'{noun}', 4 instance images"
         f"{' captioned with their background' if st.get('captions') else ''}, "
         f"{st['class_images']} class images"
         f"{' from the captions' if st.get('captioned_prior') else ''}"
@@ -185,8 +188,8 @@ def render(results: dict[str, Any]) -> str:
         f"VAE round trip of the 4 instance images: the detector sees the subject in "
         f"{ceiling['subject']:.0%} (the ceiling for any fine-tune that keeps this VAE)",
         "",
-        "| model | step | subject in '[V] circle on <bg>' | background right | "
-        "subject in plain 'circle on <bg>' | plain prompt: background right |",
+        f"| model | step | subject in '[V] {noun} on <bg>' | background right | "
+        f"subject in plain '{noun} on <bg>' | plain prompt: background right |",
         "|---|---|---|---|---|---|",
         f"| base (before) | 0 | {before['subject']:.0%} | {before['background']:.0%} | "
         f"{before['leak']:.0%} | {before['plain_background']:.0%} |",
@@ -230,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--unet-only", action="store_true", help="freeze the text encoder")
     p.add_argument("--class-prompt", default="")
+    p.add_argument("--class-noun", default=CLASS_NOUN,
+                   help="the subject's class in every prompt: '[V] <noun> on a <bg> background'")
     p.add_argument("--captions", action=argparse.BooleanOptionalAction, default=True,
                    help="caption each instance image with its background")
     p.add_argument("--captioned-prior", action=argparse.BooleanOptionalAction, default=True,
@@ -265,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     ceiling = vae_ceiling(pipe)
     print(f"VAE round trip of the instance images: {ceiling}", flush=True)
-    before = score(pipe, seeds, args.sample_steps, args.cfg)
+    before = score(pipe, seeds, args.sample_steps, args.cfg, args.class_noun)
     print(f"before training: {before}", flush=True)
     settings = vars(args) | {"model": str(model), "out": str(args.out), "seeds": seeds}
     results: dict[str, Any] = {"before": before, "vae_ceiling": ceiling, "runs": {},
@@ -278,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
                     prior_weight=args.prior_weight, captioned_prior=args.captioned_prior,
                     lr_scheduler=args.lr_scheduler, te_lr=args.te_lr,
                     ema=args.ema, caption_dropout=args.caption_dropout,
-                    identifier_lr=args.identifier_lr,
+                    identifier_lr=args.identifier_lr, class_noun=args.class_noun,
                     class_prompts=tuple(f"a {{class_noun}} on a {bg} background"
                                         for bg in BACKGROUNDS)
                     if args.class_on_every_background else ())
@@ -286,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         for export in sorted((job / "exports").glob("step-*.safetensors")):
             load_export(pipe, base_state, export)
             row = {"step": int(export.stem.split("-")[1]),
-                   **score(pipe, seeds, args.sample_steps, args.cfg)}
+                   **score(pipe, seeds, args.sample_steps, args.cfg, args.class_noun)}
             print(f"  {name} {row}", flush=True)
             rows.append(row)
         best = pick_best(rows)
@@ -296,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
             # that took no part in picking it, and report that.
             load_export(pipe, base_state, job / "exports" / f"step-{best['step']:06d}.safetensors")
             fresh = list(range(5000, 5000 + args.confirm_seeds))
-            confirmed = {"step": best["step"], **score(pipe, fresh, args.sample_steps, args.cfg)}
+            confirmed = {"step": best["step"],
+                         **score(pipe, fresh, args.sample_steps, args.cfg, args.class_noun)}
             print(f"  {name} confirmed {confirmed}", flush=True)
             results["runs"][name]["confirmed"] = confirmed
     results["seconds"] = time.time() - t0
