@@ -201,6 +201,7 @@ class TrainingOptions(TypedDict, total=False):
     output_model_name: str
     ema_decay: float
     caption_dropout: float
+    random_crop_scale: float
     identifier_learning_rate: float
 
 

@@ -110,7 +110,8 @@ def train(name: str, out: Path, model: Path, *, prior: bool, steps: int, lr: flo
           prior_weight: float = 1.0, captioned_prior: bool = False,
           lr_scheduler: str = "constant", te_lr: float = 0.0, ema: float = 0.0,
           caption_dropout: float = 0.0, class_prompts: tuple[str, ...] = (),
-          identifier_lr: float = 0.0, class_noun: str = CLASS_NOUN) -> Path:
+          identifier_lr: float = 0.0, class_noun: str = CLASS_NOUN,
+          crop_scale: float = 0.0) -> Path:
     from services.trainer.options import Limits, resolve
     from services.trainer.train import JobSpec, Reporter, run_job
 
@@ -129,7 +130,7 @@ def train(name: str, out: Path, model: Path, *, prior: bool, steps: int, lr: flo
         max_train_steps=steps, seed=seed, learning_rate=lr, train_text_encoder=text_encoder,
         checkpoint_every_steps=every, checkpoints_to_keep=1, batch_size=batch_size,
         lr_scheduler=lr_scheduler, ema_decay=ema, caption_dropout=caption_dropout,
-        identifier_learning_rate=identifier_lr)
+        identifier_learning_rate=identifier_lr, random_crop_scale=crop_scale)
     if te_lr:
         cfg.text_encoder_learning_rate = te_lr
     cfg.instance_images.add(data=(job / "instance" / "0.png").read_bytes(), filename="0.png")
@@ -184,7 +185,8 @@ def render(results: dict[str, Any]) -> str:
         f"{st.get('prior_weight', 1.0)} (prior run)"
         f"{ident_lr}"
         f"{', EMA ' + str(st['ema']) if st.get('ema') else ''}"
-        f"{', caption dropout ' + str(st['caption_dropout']) if st.get('caption_dropout') else ''}",
+        f"{', caption dropout ' + str(st['caption_dropout']) if st.get('caption_dropout') else ''}"
+        f"{', random crop ' + str(st['crop_scale']) if st.get('crop_scale') else ''}",
         f"VAE round trip of the 4 instance images: the detector sees the subject in "
         f"{ceiling['subject']:.0%} (the ceiling for any fine-tune that keeps this VAE)",
         "",
@@ -250,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--identifier-lr", type=float, default=5e-3,
                    help="lr of the identifier's embedding row (0 = off)")
     p.add_argument("--prior-weight", type=float, default=1.0)
+    p.add_argument("--crop-scale", type=float, default=0.0,
+                   help="random zoom of the training pictures (0 = off)")
     p.add_argument("--runs", default="prior,no-prior", help="which runs, comma-separated")
     p.add_argument("--render", type=Path, default=None, help="print the table of a results.json")
     args = p.parse_args(argv)
@@ -284,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
                     lr_scheduler=args.lr_scheduler, te_lr=args.te_lr,
                     ema=args.ema, caption_dropout=args.caption_dropout,
                     identifier_lr=args.identifier_lr, class_noun=args.class_noun,
+                    crop_scale=args.crop_scale,
                     class_prompts=tuple(f"a {{class_noun}} on a {bg} background"
                                         for bg in BACKGROUNDS)
                     if args.class_on_every_background else ())

@@ -45,6 +45,7 @@ class DataSpec:
     center_crop: bool
     random_flip: bool
     caption_dropout: float = 0.0
+    random_crop_scale: float = 0.0  # 0 = off; else the smallest zoomed square's share of the side
 
 
 class StepBatches(Dataset):  # type: ignore[type-arg]
@@ -81,6 +82,11 @@ class StepBatches(Dataset):  # type: ignore[type-arg]
         else:
             top, left = rng.randint(0, h - res), rng.randint(0, w - res)
         t = t[:, top:top + res, left:left + res]
+        if 0 < self.spec.random_crop_scale < 1:
+            side = round(res * rng.uniform(self.spec.random_crop_scale, 1.0))
+            top, left = rng.randint(0, res - side), rng.randint(0, res - side)
+            t = F.interpolate(t[None, :, top:top + side, left:left + side], size=(res, res),
+                              mode="bilinear", antialias=True, align_corners=False)[0]
         if self.spec.random_flip and rng.random() < 0.5:
             t = t.flip(-1)
         return t

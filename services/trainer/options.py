@@ -205,6 +205,9 @@ def resolve(config: trainer_pb2.DreamBoothConfig, *, base_model: dict, limits: L
     c.gradient_accumulation_steps = c.gradient_accumulation_steps or 1
     if not (math.isfinite(c.caption_dropout) and 0 <= c.caption_dropout < 1):
         violation("caption_dropout", f"must be in [0, 1), got {c.caption_dropout:g}")
+    if not (c.random_crop_scale == 0 or 0.25 <= c.random_crop_scale <= 1):
+        violation("random_crop_scale", f"must be 0 (off) or in [0.25, 1], got "
+                  f"{c.random_crop_scale:g}")
     if not (math.isfinite(c.identifier_learning_rate) and 0 <= c.identifier_learning_rate <= 1):
         violation("identifier_learning_rate",
                   f"must be in [0, 1] (0 = off), got {c.identifier_learning_rate:g}")

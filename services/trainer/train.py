@@ -470,7 +470,7 @@ def run_job(spec: JobSpec, reporter: Reporter) -> JobResult:
                 class_t.append(image_tensor(im, res))
         class_ids = tokenize(pipe.tokenizer, [prompt for _p, prompt in class_paths])
     data = StepBatches(DataSpec(c.seed, c.batch_size, res, c.center_crop, c.random_flip,
-                                c.caption_dropout),
+                                c.caption_dropout, c.random_crop_scale),
                        inst_t, inst_ids, class_t, class_ids,
                        total=c.max_train_steps * c.gradient_accumulation_steps,
                        empty_ids=tokenize(pipe.tokenizer, [""])[0])

@@ -22,7 +22,8 @@ def _spec(tmp: Path, name: str, model: Path, pngs: list[bytes], steps: int,
         base_model_id="untrained", class_noun="circle", max_train_steps=steps, seed=3,
         learning_rate=1e-3, lr_scheduler="linear", train_text_encoder=True, random_flip=True,
         gradient_accumulation_steps=2, validation_prompts=["a {identifier} circle"],
-        ema_decay=0.9, caption_dropout=0.25, identifier_learning_rate=1e-2)
+        ema_decay=0.9, caption_dropout=0.25, identifier_learning_rate=1e-2,
+        random_crop_scale=0.6)
     for key, value in (config or {}).items():
         setattr(cfg, key, value)
     cfg.prior_preservation.enabled = True

@@ -49,6 +49,30 @@ def test_caption_dropout_is_deterministic_per_micro_batch() -> None:
     assert not (torch.cat(batches(0.0)) == torch.tensor([1, 2, 0])).all(dim=1).any()
 
 
+def test_random_crop_zooms_in_reproducibly() -> None:
+    """random_crop_scale shows each picture as a random square of 0.5-1.0 of its side scaled
+    back up: the object grows and moves, differently per micro-batch, the same on a rerun."""
+    import torch
+
+    from services.trainer.module import DataSpec, StepBatches
+
+    image = -torch.ones(3, 32, 32)
+    image[:, 12:20, 12:20] = 1.0  # an 8x8 white square on black
+
+    def views(scale: float) -> list[torch.Tensor]:
+        data = StepBatches(DataSpec(3, 1, 32, True, False, 0.0, scale), [image],
+                           torch.tensor([[1, 5, 2]]), total=20)
+        return [data[i]["pixels"][0] for i in range(20)]
+
+    assert all(torch.equal(v, image) for v in views(0.0))
+    zoomed = views(0.5)
+    areas = [float((v[0] > 0).float().sum()) for v in zoomed]
+    assert max(areas) > 1.5 * 64 and min(areas) >= 64 * 0.9  # never smaller, often larger
+    assert len({tuple(v[0].argmax(dim=0).tolist()) for v in zoomed}) > 5  # and it moves
+    assert all(v.min() >= -1.001 and v.max() <= 1.001 for v in zoomed)
+    assert all(torch.equal(a, b) for a, b in zip(zoomed, views(0.5), strict=True))
+
+
 def test_listed_class_prompts_replace_or_join() -> None:
     cfg = _config(False)
     cfg.prior_preservation.class_prompts.extend(["a circle on a blue background", "a circle"])

@@ -73,6 +73,14 @@ def test_identifier_learning_rate_checked(stack, subject_pngs):
         assert fields == ["config.identifier_learning_rate"]
 
 
+def test_random_crop_scale_checked(stack, subject_pngs):
+    for bad in (0.1, 1.5, -0.5, float("nan")):
+        code, fields = rejected(stack, job_config(stack.base_model_id, subject_pngs,
+                                                  random_crop_scale=bad))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert fields == ["config.random_crop_scale"]
+
+
 def test_validate_only_resolves_defaults_and_warns(stack, subject_pngs):
     cfg = job_config(stack.base_model_id, subject_pngs, identifier="sks")
     cfg.ClearField("max_train_steps")
