@@ -186,7 +186,7 @@ def render(results: dict[str, Any]) -> str:
         f"{ident_lr}"
         f"{', EMA ' + str(st['ema']) if st.get('ema') else ''}"
         f"{', caption dropout ' + str(st['caption_dropout']) if st.get('caption_dropout') else ''}"
-        f"{', random crop ' + str(st['crop_scale']) if st.get('crop_scale') else ''}",
+        f"{', random zoom ' + str(st['crop_scale']) if st.get('crop_scale') else ''}",
         f"VAE round trip of the 4 instance images: the detector sees the subject in "
         f"{ceiling['subject']:.0%} (the ceiling for any fine-tune that keeps this VAE)",
         "",
