@@ -202,6 +202,7 @@ class TrainingOptions(TypedDict, total=False):
     ema_decay: float
     caption_dropout: float
     random_crop_scale: float
+    masked_loss_background_weight: float
     identifier_learning_rate: float
 
 

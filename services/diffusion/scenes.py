@@ -185,11 +185,17 @@ def evaluation_set(seeds_per_combo: int = 1, base_seed: int = 1234) -> list[tupl
 
 
 def subject_images(count: int = 4, *, seed: int = 7, shape: str = "circle",
-                   color: str = "red") -> list[tuple[Image.Image, Scene]]:
-    """Instance images of the DreamBooth subject: a striped object on varied backgrounds."""
+                   color: str = "red", alpha: bool = False) -> list[tuple[Image.Image, Scene]]:
+    """Instance images of the DreamBooth subject: a striped object on varied backgrounds.
+    With `alpha`, RGBA pictures whose alpha is the object's coverage (the mask a user draws
+    for masked training)."""
     rng = random.Random(seed)
     out = []
     for _ in range(count):
         scene = random_scene(rng, shape=shape, color=color, subject=True, size="large")
-        out.append((render(scene), scene))
+        img = render(scene)
+        if alpha:
+            cover = np.clip(_shape_mask(scene, img.width) * 255 + 0.5, 0, 255).astype(np.uint8)
+            img.putalpha(Image.fromarray(cover, "L"))
+        out.append((img, scene))
     return out

@@ -111,14 +111,14 @@ def train(name: str, out: Path, model: Path, *, prior: bool, steps: int, lr: flo
           lr_scheduler: str = "constant", te_lr: float = 0.0, ema: float = 0.0,
           caption_dropout: float = 0.0, class_prompts: tuple[str, ...] = (),
           identifier_lr: float = 0.0, class_noun: str = CLASS_NOUN,
-          crop_scale: float = 0.0) -> Path:
+          crop_scale: float = 0.0, masked_loss: float | None = None) -> Path:
     from services.trainer.options import Limits, resolve
     from services.trainer.train import JobSpec, Reporter, run_job
 
     job = out / name
     (job / "instance").mkdir(parents=True, exist_ok=True)
     per_image = {}
-    for i, (img, scene) in enumerate(subject_images(4)):
+    for i, (img, scene) in enumerate(subject_images(4, alpha=masked_loss is not None)):
         img.save(job / "instance" / f"{i}.png")
         # Per-image captions name what is not the subject (here the background), so the
         # identifier binds to the stripes alone: the captioned-DreamBooth practice.
@@ -131,6 +131,8 @@ def train(name: str, out: Path, model: Path, *, prior: bool, steps: int, lr: flo
         checkpoint_every_steps=every, checkpoints_to_keep=1, batch_size=batch_size,
         lr_scheduler=lr_scheduler, ema_decay=ema, caption_dropout=caption_dropout,
         identifier_learning_rate=identifier_lr, random_crop_scale=crop_scale)
+    if masked_loss is not None:
+        cfg.masked_loss_background_weight = masked_loss
     if te_lr:
         cfg.text_encoder_learning_rate = te_lr
     cfg.instance_images.add(data=(job / "instance" / "0.png").read_bytes(), filename="0.png")
@@ -169,6 +171,8 @@ def render(results: dict[str, Any]) -> str:
     st, before, ceiling = results["settings"], results["before"], results["vae_ceiling"]
     n = len(prompts("subject")) * len(st["seeds"])
     noun = st.get("class_noun", CLASS_NOUN)
+    masked = ("" if st.get("masked_loss") is None else
+              f", masked loss (background weight {st['masked_loss']})")
     ident_lr = (f", identifier embedding lr {st['identifier_lr']}" if st.get("identifier_lr")
                 else "")
     lines = [
@@ -186,7 +190,8 @@ def render(results: dict[str, Any]) -> str:
         f"{ident_lr}"
         f"{', EMA ' + str(st['ema']) if st.get('ema') else ''}"
         f"{', caption dropout ' + str(st['caption_dropout']) if st.get('caption_dropout') else ''}"
-        f"{', random zoom ' + str(st['crop_scale']) if st.get('crop_scale') else ''}",
+        f"{', random zoom ' + str(st['crop_scale']) if st.get('crop_scale') else ''}"
+        f"{masked}",
         f"VAE round trip of the 4 instance images: the detector sees the subject in "
         f"{ceiling['subject']:.0%} (the ceiling for any fine-tune that keeps this VAE)",
         "",
@@ -254,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prior-weight", type=float, default=1.0)
     p.add_argument("--crop-scale", type=float, default=0.0,
                    help="random zoom of the training pictures (0 = off)")
+    p.add_argument("--masked-loss", type=float, default=None, metavar="WEIGHT",
+                   help="masked training: instance pictures carry the subject's alpha, the "
+                        "rest of the picture weighs WEIGHT in the loss (default: off)")
     p.add_argument("--runs", default="prior,no-prior", help="which runs, comma-separated")
     p.add_argument("--render", type=Path, default=None, help="print the table of a results.json")
     args = p.parse_args(argv)
@@ -288,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
                     lr_scheduler=args.lr_scheduler, te_lr=args.te_lr,
                     ema=args.ema, caption_dropout=args.caption_dropout,
                     identifier_lr=args.identifier_lr, class_noun=args.class_noun,
-                    crop_scale=args.crop_scale,
+                    crop_scale=args.crop_scale, masked_loss=args.masked_loss,
                     class_prompts=tuple(f"a {{class_noun}} on a {bg} background"
                                         for bg in BACKGROUNDS)
                     if args.class_on_every_background else ())

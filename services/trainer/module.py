@@ -25,16 +25,19 @@ SEED_STRIDE = 1_000_003
 
 
 def image_tensor(img: Image.Image, resolution: int) -> torch.Tensor:
-    """RGB in [-1, 1], resized so that the short side is `resolution` (not cropped yet)."""
-    img = img.convert("RGB")
+    """RGB in [-1, 1] (plus, for an RGBA image, its alpha in [0, 1] as a 4th channel), resized
+    so that the short side is `resolution` (not cropped yet)."""
+    img = img.convert("RGBA" if img.mode == "RGBA" else "RGB")
     scale = resolution / min(img.size)
     if img.size != (resolution, resolution):
         size = (max(resolution, round(img.width * scale)),
                 max(resolution, round(img.height * scale)))
         img = img.resize(size, Image.BICUBIC)
+    bands = len(img.getbands())
     t = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
-    t = t.view(img.height, img.width, 3).permute(2, 0, 1).float()
-    return t / 127.5 - 1.0
+    t = t.view(img.height, img.width, bands).permute(2, 0, 1).float()
+    rgb = t[:3] / 127.5 - 1.0
+    return torch.cat([rgb, t[3:] / 255.0]) if bands == 4 else rgb
 
 
 @dataclass
@@ -96,7 +99,9 @@ class StepBatches(Dataset):  # type: ignore[type-arg]
         rng = random.Random(self.spec.seed * SEED_STRIDE + g)
         bs = self.spec.batch_size
         idx = [self._order(len(self.instance), g * bs + j, 1) for j in range(bs)]
-        pixels = [self._view(self.instance[k], rng) for k in idx]
+        # an instance picture's alpha (4th channel) goes through the same crop, zoom and flip
+        views = [self._view(self.instance[k], rng) for k in idx]
+        pixels = [v[:3] for v in views]
         ids = [self.instance_ids[k] for k in idx]
         if self.class_images:
             assert self.class_ids is not None
@@ -105,8 +110,23 @@ class StepBatches(Dataset):  # type: ignore[type-arg]
             ids += [self.class_ids[k] for k in cidx]
         if self.spec.caption_dropout > 0 and self.empty_ids is not None:
             ids = [self.empty_ids if rng.random() < self.spec.caption_dropout else t for t in ids]
-        return {"pixels": torch.stack(pixels), "input_ids": torch.stack(ids),
-                "n_instance": bs, "noise_seed": self.spec.seed * SEED_STRIDE + g, "index": i}
+        batch = {"pixels": torch.stack(pixels), "input_ids": torch.stack(ids),
+                 "n_instance": bs, "noise_seed": self.spec.seed * SEED_STRIDE + g, "index": i}
+        if any(v.shape[0] == 4 for v in views):
+            batch["masks"] = torch.stack([v[3:] if v.shape[0] == 4 else torch.ones_like(v[:1])
+                                          for v in views])
+        return batch
+
+
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, masks: torch.Tensor,
+               background_weight: float) -> torch.Tensor:
+    """MSE weighted per latent cell by the highest alpha among its pixels (a cell with any of
+    the subject counts whole: the VAE spreads an edge over the cell), `background_weight` where
+    the cell is all transparent. All-ones masks give the plain MSE."""
+    cover = F.adaptive_max_pool2d(masks, pred.shape[-2:])
+    weight = background_weight + (1 - background_weight) * cover
+    err = (pred - target).pow(2).mean(dim=1, keepdim=True)
+    return (err * weight).sum() / weight.sum().clamp_min(1e-8)
 
 
 class ResumableSampler(Sampler[int]):
@@ -139,6 +159,8 @@ class OptimSpec:
     # the identifier's embedding rows train at their own rate (0 = off)
     identifier_learning_rate: float = 0.0
     identifier_token_ids: tuple[int, ...] = ()
+    # masked training: weight of the instance pictures' transparent part (None = off)
+    masked_loss_background_weight: float | None = None
 
     @property
     def trains_text_encoder(self) -> bool:
@@ -149,7 +171,8 @@ class OptimSpec:
 class DreamBoothModule(L.LightningModule):
     """UNet (+ optional text encoder) trained, VAE frozen in eval mode.
 
-    Loss = MSE(instance) + prior_loss_weight * MSE(class); the target is the noise (epsilon
+    Loss = MSE(instance) + prior_loss_weight * MSE(class) (the instance MSE weighted by the
+    pictures' alpha in masked training); the target is the noise (epsilon
     models) or the velocity (v-prediction models), as the base model's scheduler config says.
     """
 
@@ -256,7 +279,11 @@ class DreamBoothModule(L.LightningModule):
             target = noise
         else:
             target = latents
-        inst = F.mse_loss(pred[:n_inst], target[:n_inst])
+        if "masks" in batch and self.optim.masked_loss_background_weight is not None:
+            inst = masked_mse(pred[:n_inst], target[:n_inst], batch["masks"].to(pred),
+                              self.optim.masked_loss_background_weight)
+        else:
+            inst = F.mse_loss(pred[:n_inst], target[:n_inst])
         prior = F.mse_loss(pred[n_inst:], target[n_inst:]) if pred.shape[0] > n_inst else None
         loss = inst if prior is None else inst + self.optim.prior_loss_weight * prior
         return loss, inst, prior

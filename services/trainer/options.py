@@ -71,6 +71,18 @@ def check_image(data: bytes, limit: int) -> tuple[int, int] | str:
         return f"not a readable image ({type(exc).__name__}: {exc})"
 
 
+def alpha_share(data: bytes) -> float | None:
+    """Share of opaque pixels (alpha >= 128) of an image, or None when it has no alpha."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        if "A" not in img.getbands() and "transparency" not in img.info:
+            return None
+        alpha = img.convert("RGBA").getchannel("A")
+        return sum(alpha.point(lambda a: 255 if a >= 128 else 0).histogram()[255:]) / (
+            img.width * img.height)
+
+
 def _fmt(template: str, identifier: str, class_noun: str) -> str:
     return string.Formatter().vformat(template, (), {"identifier": identifier,
                                                      "class_noun": class_noun})
@@ -208,6 +220,22 @@ def resolve(config: trainer_pb2.DreamBoothConfig, *, base_model: dict, limits: L
     if not (c.random_crop_scale == 0 or 0.25 <= c.random_crop_scale <= 1):
         violation("random_crop_scale", f"must be 0 (off) or in [0.25, 1], got "
                   f"{c.random_crop_scale:g}")
+    if c.HasField("masked_loss_background_weight"):
+        w = c.masked_loss_background_weight
+        if not (math.isfinite(w) and 0 <= w <= 1):
+            violation("masked_loss_background_weight", f"must be in [0, 1], got {w:g}")
+        masks = [alpha_share(data) if isinstance(check_image(data, limits.max_image_bytes),
+                                                 tuple) else None
+                 for data, _, _ in images]
+        for i, share in enumerate(masks):
+            if share == 0:
+                where = f"instance_images[{i}].data" if config.instance_images else "dataset_id"
+                violation(where, f"{names[i]}: the alpha channel is fully transparent, so "
+                          "masked training would learn nothing from it")
+        if images and all(share is None for share in masks):
+            warnings.append(("NO_MASKS", "no instance image has an alpha channel: masked "
+                             "training has nothing to mask and trains on whole pictures",
+                             "config.masked_loss_background_weight"))
     if not (math.isfinite(c.identifier_learning_rate) and 0 <= c.identifier_learning_rate <= 1):
         violation("identifier_learning_rate",
                   f"must be in [0, 1] (0 = off), got {c.identifier_learning_rate:g}")

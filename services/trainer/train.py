@@ -354,7 +354,10 @@ def build_trainer(spec: JobSpec, callbacks: list[Callback]) -> L.Trainer:
         use_distributed_sampler=False, plugins=[DirectCheckpointIO()])
 
 
-def _instance_images(job_dir: Path) -> tuple[list[Image.Image], list[str], list[str]]:
+def _instance_images(job_dir: Path, keep_alpha: bool = False
+                     ) -> tuple[list[Image.Image], list[str], list[str]]:
+    """The job's instance pictures (RGB; RGBA where they carry alpha and `keep_alpha`), their
+    file names and captions."""
     folder = job_dir / "instance"
     captions_file = folder / "captions.json"
     captions = json.loads(captions_file.read_text()) if captions_file.exists() else {}
@@ -363,7 +366,8 @@ def _instance_images(job_dir: Path) -> tuple[list[Image.Image], list[str], list[
     images = []
     for n in names:
         with Image.open(folder / n) as im:
-            images.append(im.convert("RGB"))
+            alpha = "A" in im.getbands() or "transparency" in im.info
+            images.append(im.convert("RGBA" if keep_alpha and alpha else "RGB"))
     return images, names, [captions.get(n, "") for n in names]
 
 
@@ -446,7 +450,8 @@ def run_job(spec: JobSpec, reporter: Reporter) -> JobResult:
     reporter.state(S.TRAINING_JOB_STATE_PREPARING)
     torch.manual_seed(c.seed)
     pipe = load_base(spec.base_model)
-    images, _names, captions = _instance_images(spec.job_dir)
+    masked = c.HasField("masked_loss_background_weight")
+    images, _names, captions = _instance_images(spec.job_dir, keep_alpha=masked)
     class_paths: list[tuple[Path, str]] = []
     cached = generated = 0
     if c.prior_preservation.enabled:
@@ -490,6 +495,7 @@ def run_job(spec: JobSpec, reporter: Reporter) -> JobResult:
                            if c.prior_preservation.enabled else 0.0),
         gradient_checkpointing=c.gradient_checkpointing, ema_decay=c.ema_decay,
         identifier_learning_rate=c.identifier_learning_rate,
+        masked_loss_background_weight=c.masked_loss_background_weight if masked else None,
         identifier_token_ids=tuple(pipe.tokenizer(c.identifier,
                                                   add_special_tokens=False).input_ids))
     parts = {"vae": pipe.vae, "text_encoder": pipe.text_encoder, "tokenizer": pipe.tokenizer,

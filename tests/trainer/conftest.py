@@ -24,6 +24,19 @@ def untrained_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def subject_cutouts() -> list[bytes]:
+    """The same pictures as RGBA PNGs whose alpha marks the subject (masked training)."""
+    from services.diffusion.scenes import subject_images
+
+    out = []
+    for img, _ in subject_images(4, alpha=True):
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+        out.append(buf.getvalue())
+    return out
+
+
+@pytest.fixture(scope="session")
 def subject_pngs() -> list[bytes]:
     from services.diffusion.scenes import subject_images
 

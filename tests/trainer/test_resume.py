@@ -40,19 +40,23 @@ def _weights(ckpt: Path) -> dict[str, torch.Tensor]:
     return torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
 
 
-def test_stop_and_resume_gives_the_same_weights(tmp_path, untrained_model, subject_pngs):
+def test_stop_and_resume_gives_the_same_weights(tmp_path, untrained_model, subject_cutouts):
+    """With every data option on, masked training (RGBA instance pictures) included."""
     from services.trainer.train import Reporter, run_job
 
     steps = 4
-    full = run_job(_spec(tmp_path, "full", untrained_model, subject_pngs, steps), Reporter())
+    masked = {"masked_loss_background_weight": 0.1}
+    full = run_job(_spec(tmp_path, "full", untrained_model, subject_cutouts, steps, masked),
+                   Reporter())
     assert full.outcome == "succeeded" and full.step == steps
 
-    first = run_job(_spec(tmp_path, "split", untrained_model, subject_pngs, steps,
+    first = run_job(_spec(tmp_path, "split", untrained_model, subject_cutouts, steps, masked,
                           stop_at_step=2), Reporter())
     assert first.outcome == "stopped" and first.step == 2
     assert first.class_images_cached == 2  # the first run generated them
     assert (tmp_path / "split" / "checkpoints" / "step-000002.ckpt").exists()
-    second = run_job(_spec(tmp_path, "split", untrained_model, subject_pngs, steps), Reporter())
+    second = run_job(_spec(tmp_path, "split", untrained_model, subject_cutouts, steps, masked),
+                     Reporter())
     assert second.outcome == "succeeded" and second.step == steps
 
     a = _weights(tmp_path / "full" / "checkpoints" / "step-000004.ckpt")

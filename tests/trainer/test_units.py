@@ -73,6 +73,54 @@ def test_random_crop_zooms_in_reproducibly() -> None:
     assert all(torch.equal(a, b) for a, b in zip(zoomed, views(0.5), strict=True))
 
 
+def test_alpha_follows_its_picture_through_crop_zoom_and_flip() -> None:
+    """An RGBA instance picture's alpha is cropped, zoomed and flipped with the picture: after
+    any view the mask still covers exactly the (white) subject. Class pictures, without alpha,
+    count whole."""
+    import torch
+    from PIL import Image
+
+    from services.trainer.module import DataSpec, StepBatches, image_tensor
+
+    img = Image.new("RGBA", (40, 32), (0, 0, 0, 0))
+    img.paste((255, 255, 255, 255), (22, 6, 34, 14))  # an opaque white 12x8 box off-centre
+    t = image_tensor(img, 32)
+    assert t.shape == (4, 32, 40) and float(t[3].sum()) == 96.0
+    data = StepBatches(DataSpec(5, 1, 32, False, True, 0.0, 0.6), [t],
+                       torch.tensor([[1, 5, 2]]), [torch.zeros(3, 32, 32)],
+                       torch.tensor([[1, 9, 2]]), total=30)
+    for i in range(30):
+        batch = data[i]
+        assert batch["pixels"].shape == (2, 3, 32, 32) and batch["masks"].shape == (1, 1, 32, 32)
+        white = batch["pixels"][0, 0] > 0
+        mask = batch["masks"][0, 0] > 0.5
+        assert white.any() and torch.equal(white, mask)
+
+
+def test_masked_mse_weighs_the_subject() -> None:
+    """All-ones masks give the plain MSE; with background weight 0 errors outside the subject's
+    latent cells cost nothing, with 0.5 they cost half."""
+    import torch
+    import torch.nn.functional as F
+
+    from services.trainer.module import masked_mse
+
+    g = torch.Generator().manual_seed(0)
+    pred, target = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
+    ones = torch.ones(2, 1, 64, 64)
+    assert torch.allclose(masked_mse(pred, target, ones, 0.0), F.mse_loss(pred, target))
+    masks = torch.zeros(2, 1, 64, 64)
+    masks[:, :, 8:16, 8:16] = 1.0  # the subject fills latent cell (1, 1)
+    masks[:, :, 40, 41] = 1.0  # a single subject pixel makes its whole cell (5, 5) count
+    worse = target.clone()
+    worse[:, :, 6, 0] += 3.0  # an error in the background only
+    assert torch.allclose(masked_mse(pred, target, masks, 0.0),
+                          masked_mse(pred, worse, masks, 0.0))
+    cells = (pred - target).pow(2).mean(1)[:, [1, 5], [1, 5]]
+    assert torch.allclose(masked_mse(pred, target, masks, 0.0), cells.mean())
+    assert masked_mse(pred, worse, masks, 0.5) > masked_mse(pred, target, masks, 0.5)
+
+
 def test_listed_class_prompts_replace_or_join() -> None:
     cfg = _config(False)
     cfg.prior_preservation.class_prompts.extend(["a circle on a blue background", "a circle"])

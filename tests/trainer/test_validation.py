@@ -81,6 +81,41 @@ def test_random_crop_scale_checked(stack, subject_pngs):
         assert fields == ["config.random_crop_scale"]
 
 
+def _png(img) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_masked_loss_checked(stack, subject_pngs):
+    """The weight must be in [0, 1]; a picture with nothing opaque is refused by name; with
+    no alpha anywhere the job is accepted with a warning (it trains on whole pictures)."""
+    from PIL import Image
+
+    from services.diffusion.scenes import subject_images
+
+    cutouts = [_png(img) for img, _ in subject_images(3, alpha=True)]
+    for bad in (1.5, -0.1, float("nan")):
+        code, fields = rejected(stack, job_config(stack.base_model_id, cutouts,
+                                                  masked_loss_background_weight=bad))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert fields == ["config.masked_loss_background_weight"]
+    clear = _png(Image.new("RGBA", (64, 64), (200, 0, 0, 0)))
+    code, fields = rejected(stack, job_config(stack.base_model_id,
+                                              [cutouts[0], clear, cutouts[2]],
+                                              masked_loss_background_weight=0.1))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert fields == ["config.instance_images[1].data"]
+    for pngs, warned in ((cutouts, []), (subject_pngs, ["NO_MASKS"])):
+        cfg = job_config(stack.base_model_id, pngs, masked_loss_background_weight=0.0)
+        job = stack.trainer_stub.CreateTrainingJob(
+            P.CreateTrainingJobRequest(config=cfg, validate_only=True), timeout=30).job
+        assert [w.reason for w in job.warnings if w.reason == "NO_MASKS"] == warned
+        assert job.config.HasField("masked_loss_background_weight")
+
+
 def test_validate_only_resolves_defaults_and_warns(stack, subject_pngs):
     cfg = job_config(stack.base_model_id, subject_pngs, identifier="sks")
     cfg.ClearField("max_train_steps")

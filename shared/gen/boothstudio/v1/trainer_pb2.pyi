@@ -399,6 +399,7 @@ class DreamBoothConfig(_message.Message):
     CAPTION_DROPOUT_FIELD_NUMBER: _builtins.int
     IDENTIFIER_LEARNING_RATE_FIELD_NUMBER: _builtins.int
     RANDOM_CROP_SCALE_FIELD_NUMBER: _builtins.int
+    MASKED_LOSS_BACKGROUND_WEIGHT_FIELD_NUMBER: _builtins.int
     base_model_id: _builtins.str
     """Model id from Catalog to fine-tune."""
     dataset_id: _builtins.str
@@ -486,6 +487,13 @@ class DreamBoothConfig(_message.Message):
     side, placed at random, scaled back to the resolution. A few instance pictures are otherwise
     memorised whole (the subject at one place per context), which then fails in new contexts.
     """
+    masked_loss_background_weight: _builtins.float
+    """Masked training. Instance images with an alpha channel mark the subject (opaque) and its
+    surroundings (transparent); the instance loss then weighs each latent cell by the alpha
+    it covers, and the transparent part by this weight (0 = ignored, e.g. 0.1 keeps a little
+    context), so the fine-tune learns the subject rather than memorising its few backgrounds.
+    Unset = off (alpha ignored). Images without alpha count whole; class images always do.
+    """
     @_builtins.property
     def instance_images(self) -> _containers.RepeatedCompositeFieldContainer[Global___InstanceImage]:
         """Instance images inline (small sets); use dataset_id for larger ones."""
@@ -550,11 +558,14 @@ class DreamBoothConfig(_message.Message):
         caption_dropout: _builtins.float = ...,
         identifier_learning_rate: _builtins.float = ...,
         random_crop_scale: _builtins.float = ...,
+        masked_loss_background_weight: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_train_steps", b"_max_train_steps", "_seed", b"_seed", "_text_encoder_learning_rate", b"_text_encoder_learning_rate", "_weight_decay", b"_weight_decay", "lora", b"lora", "max_train_steps", b"max_train_steps", "prior_preservation", b"prior_preservation", "seed", b"seed", "text_encoder_learning_rate", b"text_encoder_learning_rate", "weight_decay", b"weight_decay"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_masked_loss_background_weight", b"_masked_loss_background_weight", "_max_train_steps", b"_max_train_steps", "_seed", b"_seed", "_text_encoder_learning_rate", b"_text_encoder_learning_rate", "_weight_decay", b"_weight_decay", "lora", b"lora", "masked_loss_background_weight", b"masked_loss_background_weight", "max_train_steps", b"max_train_steps", "prior_preservation", b"prior_preservation", "seed", b"seed", "text_encoder_learning_rate", b"text_encoder_learning_rate", "weight_decay", b"weight_decay"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_train_steps", b"_max_train_steps", "_seed", b"_seed", "_text_encoder_learning_rate", b"_text_encoder_learning_rate", "_weight_decay", b"_weight_decay", "accelerator", b"accelerator", "base_model_id", b"base_model_id", "batch_size", b"batch_size", "caption_dropout", b"caption_dropout", "center_crop", b"center_crop", "checkpoint_every_steps", b"checkpoint_every_steps", "checkpoints_to_keep", b"checkpoints_to_keep", "class_noun", b"class_noun", "class_prompt", b"class_prompt", "dataset_id", b"dataset_id", "devices", b"devices", "ema_decay", b"ema_decay", "gradient_accumulation_steps", b"gradient_accumulation_steps", "gradient_checkpointing", b"gradient_checkpointing", "identifier", b"identifier", "identifier_learning_rate", b"identifier_learning_rate", "instance_images", b"instance_images", "instance_prompt", b"instance_prompt", "learning_rate", b"learning_rate", "lora", b"lora", "lr_scheduler", b"lr_scheduler", "lr_warmup_steps", b"lr_warmup_steps", "max_grad_norm", b"max_grad_norm", "max_train_steps", b"max_train_steps", "method", b"method", "num_nodes", b"num_nodes", "output_model_name", b"output_model_name", "precision", b"precision", "prior_preservation", b"prior_preservation", "random_crop_scale", b"random_crop_scale", "random_flip", b"random_flip", "resolution", b"resolution", "sample_every_steps", b"sample_every_steps", "seed", b"seed", "strategy", b"strategy", "text_encoder_learning_rate", b"text_encoder_learning_rate", "train_text_encoder", b"train_text_encoder", "use_8bit_adam", b"use_8bit_adam", "validation_prompts", b"validation_prompts", "validation_seeds", b"validation_seeds", "weight_decay", b"weight_decay"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_masked_loss_background_weight", b"_masked_loss_background_weight", "_max_train_steps", b"_max_train_steps", "_seed", b"_seed", "_text_encoder_learning_rate", b"_text_encoder_learning_rate", "_weight_decay", b"_weight_decay", "accelerator", b"accelerator", "base_model_id", b"base_model_id", "batch_size", b"batch_size", "caption_dropout", b"caption_dropout", "center_crop", b"center_crop", "checkpoint_every_steps", b"checkpoint_every_steps", "checkpoints_to_keep", b"checkpoints_to_keep", "class_noun", b"class_noun", "class_prompt", b"class_prompt", "dataset_id", b"dataset_id", "devices", b"devices", "ema_decay", b"ema_decay", "gradient_accumulation_steps", b"gradient_accumulation_steps", "gradient_checkpointing", b"gradient_checkpointing", "identifier", b"identifier", "identifier_learning_rate", b"identifier_learning_rate", "instance_images", b"instance_images", "instance_prompt", b"instance_prompt", "learning_rate", b"learning_rate", "lora", b"lora", "lr_scheduler", b"lr_scheduler", "lr_warmup_steps", b"lr_warmup_steps", "masked_loss_background_weight", b"masked_loss_background_weight", "max_grad_norm", b"max_grad_norm", "max_train_steps", b"max_train_steps", "method", b"method", "num_nodes", b"num_nodes", "output_model_name", b"output_model_name", "precision", b"precision", "prior_preservation", b"prior_preservation", "random_crop_scale", b"random_crop_scale", "random_flip", b"random_flip", "resolution", b"resolution", "sample_every_steps", b"sample_every_steps", "seed", b"seed", "strategy", b"strategy", "text_encoder_learning_rate", b"text_encoder_learning_rate", "train_text_encoder", b"train_text_encoder", "use_8bit_adam", b"use_8bit_adam", "validation_prompts", b"validation_prompts", "validation_seeds", b"validation_seeds", "weight_decay", b"weight_decay"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__masked_loss_background_weight: _TypeAlias = _typing.Literal["masked_loss_background_weight"]  # noqa: Y015
+    _WhichOneofArgType__masked_loss_background_weight: _TypeAlias = _typing.Literal["_masked_loss_background_weight", b"_masked_loss_background_weight"]  # noqa: Y015
     _WhichOneofReturnType__max_train_steps: _TypeAlias = _typing.Literal["max_train_steps"]  # noqa: Y015
     _WhichOneofArgType__max_train_steps: _TypeAlias = _typing.Literal["_max_train_steps", b"_max_train_steps"]  # noqa: Y015
     _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
@@ -563,6 +574,8 @@ class DreamBoothConfig(_message.Message):
     _WhichOneofArgType__text_encoder_learning_rate: _TypeAlias = _typing.Literal["_text_encoder_learning_rate", b"_text_encoder_learning_rate"]  # noqa: Y015
     _WhichOneofReturnType__weight_decay: _TypeAlias = _typing.Literal["weight_decay"]  # noqa: Y015
     _WhichOneofArgType__weight_decay: _TypeAlias = _typing.Literal["_weight_decay", b"_weight_decay"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__masked_loss_background_weight) -> _WhichOneofReturnType__masked_loss_background_weight | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_train_steps) -> _WhichOneofReturnType__max_train_steps | None: ...
     @_typing.overload
