@@ -6,7 +6,8 @@ draw, keep following prompts, and (with prior preservation) leave its class alon
 (the defaults are the settings of the table in services/trainer/README.md; --help lists them)
 
 Subject: a red circle with purple diagonal stripes (services.diffusion.scenes.subject_images), 4
-instance images captioned "a zwx circle on a <bg> background", class noun "circle", class
+instance images captioned "a zwx circle on a <bg> background" and cut out (their alpha marks
+the subject; masked training, the background weighing --masked-loss), class noun "circle", class
 images from those captions without "zwx" plus "a circle on a <bg> background" for every
 background (--no-class-on-every-background: the captions' backgrounds only), the identifier's
 embedding trained at --identifier-lr. Two runs through the trainer's own `run_job` (the code a
@@ -223,13 +224,17 @@ def render(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _weight_or_off(text: str) -> float | None:
+    return None if text == "off" else float(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m services.trainer.dreambench")
     p.add_argument("--model", type=Path, default=None)
     p.add_argument("--out", type=Path, default=Path("bench-results/dreambench"))
-    p.add_argument("--steps", type=int, default=400)
-    p.add_argument("--every", type=int, default=50)
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--steps", type=int, default=800)
+    p.add_argument("--every", type=int, default=100)
+    p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--class-images", type=int, default=72)
     p.add_argument("--seeds", type=int, default=4)
     p.add_argument("--confirm-seeds", type=int, default=16,
@@ -259,9 +264,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prior-weight", type=float, default=1.0)
     p.add_argument("--crop-scale", type=float, default=0.0,
                    help="random zoom of the training pictures (0 = off)")
-    p.add_argument("--masked-loss", type=float, default=None, metavar="WEIGHT",
+    p.add_argument("--masked-loss", type=_weight_or_off, default=0.0, metavar="WEIGHT|off",
                    help="masked training: instance pictures carry the subject's alpha, the "
-                        "rest of the picture weighs WEIGHT in the loss (default: off)")
+                        "rest of the picture weighs WEIGHT in the loss (default 0; off = "
+                        "whole pictures)")
     p.add_argument("--runs", default="prior,no-prior", help="which runs, comma-separated")
     p.add_argument("--render", type=Path, default=None, help="print the table of a results.json")
     args = p.parse_args(argv)
