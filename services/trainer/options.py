@@ -107,10 +107,12 @@ def resolve(config: trainer_pb2.DreamBoothConfig, *, base_model: dict, limits: L
         violation("dataset_id", "give instance_images or dataset_id, not both")
     if dataset_images is not None:
         images = list(dataset_images)
+    unreadable: set[int] = set()  # (uploaded datasets were checked on upload)
     for i, img in enumerate(c.instance_images):
         checked = check_image(img.data, limits.max_image_bytes)
         if isinstance(checked, str):
             violation(f"instance_images[{i}].data", checked)
+            unreadable.add(len(images))
         name = Path(img.filename).name if img.filename else f"image-{i:03d}.png"
         images.append((img.data, name, img.caption))
     if not images and not c.dataset_id:
@@ -224,9 +226,8 @@ def resolve(config: trainer_pb2.DreamBoothConfig, *, base_model: dict, limits: L
         w = c.masked_loss_background_weight
         if not (math.isfinite(w) and 0 <= w <= 1):
             violation("masked_loss_background_weight", f"must be in [0, 1], got {w:g}")
-        masks = [alpha_share(data) if isinstance(check_image(data, limits.max_image_bytes),
-                                                 tuple) else None
-                 for data, _, _ in images]
+        masks = [None if i in unreadable else alpha_share(data)
+                 for i, (data, _, _) in enumerate(images)]
         for i, share in enumerate(masks):
             if share == 0:
                 where = f"instance_images[{i}].data" if config.instance_images else "dataset_id"
