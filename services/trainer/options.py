@@ -15,6 +15,7 @@ import random
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from boothstudio.v1 import trainer_pb2
 from services.trainer.identifiers import (
@@ -71,12 +72,17 @@ def check_image(data: bytes, limit: int) -> tuple[int, int] | str:
         return f"not a readable image ({type(exc).__name__}: {exc})"
 
 
+def has_alpha(img: Any) -> bool:
+    """Whether a PIL image carries transparency (an alpha band or a transparent palette entry)."""
+    return "A" in img.getbands() or "transparency" in img.info
+
+
 def alpha_share(data: bytes) -> float | None:
     """Share of opaque pixels (alpha >= 128) of an image, or None when it has no alpha."""
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as img:
-        if "A" not in img.getbands() and "transparency" not in img.info:
+        if not has_alpha(img):
             return None
         alpha = img.convert("RGBA").getchannel("A")
         return sum(alpha.point(lambda a: 255 if a >= 128 else 0).histogram()[255:]) / (

@@ -42,6 +42,7 @@ from PIL import Image
 from boothstudio.v1 import trainer_pb2
 from services.trainer.class_images import ClassImageCache, ClassImageKey, model_content_hash
 from services.trainer.module import DataSpec, DreamBoothModule, OptimSpec, StepBatches, image_tensor
+from services.trainer.options import has_alpha
 from shared.storage import fsync_dir
 
 log = logging.getLogger("boothstudio.trainer.job")
@@ -366,8 +367,7 @@ def _instance_images(job_dir: Path, keep_alpha: bool = False
     images = []
     for n in names:
         with Image.open(folder / n) as im:
-            alpha = "A" in im.getbands() or "transparency" in im.info
-            images.append(im.convert("RGBA" if keep_alpha and alpha else "RGB"))
+            images.append(im.convert("RGBA" if keep_alpha and has_alpha(im) else "RGB"))
     return images, names, [captions.get(n, "") for n in names]
 
 

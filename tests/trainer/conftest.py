@@ -3,11 +3,12 @@ instance images of the DreamBooth subject. Settings stay tiny: 64 px, batch 1, a
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import pytest
 import torch
+
+from tests.trainer.helpers import png_bytes
 
 # One thread: the CI box has 2 cores shared with other work; oversubscribed OpenMP threads make
 # small CPU models an order of magnitude slower.
@@ -28,21 +29,11 @@ def subject_cutouts() -> list[bytes]:
     """The same pictures as RGBA PNGs whose alpha marks the subject (masked training)."""
     from services.diffusion.scenes import subject_images
 
-    out = []
-    for img, _ in subject_images(4, alpha=True):
-        buf = io.BytesIO()
-        img.save(buf, format="PNG")
-        out.append(buf.getvalue())
-    return out
+    return [png_bytes(img) for img, _ in subject_images(4, alpha=True)]
 
 
 @pytest.fixture(scope="session")
 def subject_pngs() -> list[bytes]:
     from services.diffusion.scenes import subject_images
 
-    out = []
-    for img, _ in subject_images(4):
-        buf = io.BytesIO()
-        img.save(buf, format="PNG")
-        out.append(buf.getvalue())
-    return out
+    return [png_bytes(img) for img, _ in subject_images(4)]

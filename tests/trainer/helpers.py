@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -160,3 +161,12 @@ def worker_log(stack: Stack, job: P.TrainingJob) -> str:
         return (Path(job.job_dir) / "worker.log").read_text(errors="replace")[-6000:]
     except OSError:
         return ""
+
+
+def png_bytes(img: Any) -> bytes:
+    """A PIL image encoded as PNG (alpha kept)."""
+    import io
+
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()

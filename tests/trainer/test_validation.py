@@ -11,7 +11,15 @@ import pytest
 from boothstudio.v1 import trainer_pb2 as P
 from services.trainer.jobfile import request_from_yaml
 from shared.errors import decode_rpc_error
-from tests.trainer.helpers import S, Stack, create, job_config, start_stack, wait_state
+from tests.trainer.helpers import (
+    S,
+    Stack,
+    create,
+    job_config,
+    png_bytes,
+    start_stack,
+    wait_state,
+)
 
 
 @pytest.fixture(scope="module")
@@ -81,14 +89,6 @@ def test_random_crop_scale_checked(stack, subject_pngs):
         assert fields == ["config.random_crop_scale"]
 
 
-def _png(img) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def test_masked_loss_checked(stack, subject_pngs):
     """The weight must be in [0, 1]; a picture with nothing opaque is refused by name; with
     no alpha anywhere the job is accepted with a warning (it trains on whole pictures)."""
@@ -96,13 +96,13 @@ def test_masked_loss_checked(stack, subject_pngs):
 
     from services.diffusion.scenes import subject_images
 
-    cutouts = [_png(img) for img, _ in subject_images(3, alpha=True)]
+    cutouts = [png_bytes(img) for img, _ in subject_images(3, alpha=True)]
     for bad in (1.5, -0.1, float("nan")):
         code, fields = rejected(stack, job_config(stack.base_model_id, cutouts,
                                                   masked_loss_background_weight=bad))
         assert code == grpc.StatusCode.INVALID_ARGUMENT
         assert fields == ["config.masked_loss_background_weight"]
-    clear = _png(Image.new("RGBA", (64, 64), (200, 0, 0, 0)))
+    clear = png_bytes(Image.new("RGBA", (64, 64), (200, 0, 0, 0)))
     code, fields = rejected(stack, job_config(stack.base_model_id,
                                               [cutouts[0], clear, cutouts[2]],
                                               masked_loss_background_weight=0.1))
