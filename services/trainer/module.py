@@ -203,10 +203,15 @@ class DreamBoothModule(L.LightningModule):
                 r=lora["rank"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
                 init_lora_weights="gaussian", target_modules=list(lora["target_modules"])))
             if optim.train_text_encoder:
-                self.text_encoder.add_adapter(LoraConfig(
+                from peft import inject_adapter_in_model
+
+                # peft itself, not transformers' add_adapter: that one demands a newer peft
+                # than PyPI has for the transformers we pin (diffusers loads it the same way)
+                inject_adapter_in_model(LoraConfig(
                     r=lora["rank"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
                     init_lora_weights="gaussian",
-                    target_modules=["q_proj", "k_proj", "v_proj", "out_proj"]))
+                    target_modules=["q_proj", "k_proj", "v_proj", "out_proj"]),
+                    self.text_encoder, adapter_name="default")
         else:
             self.unet.requires_grad_(True)
             if optim.train_text_encoder:

@@ -174,8 +174,11 @@ def test_cancel_resume_delete(stack, subject_pngs):
 
 def test_lora_job(stack, subject_pngs):
     # a high learning rate so that two steps move the adapter visibly
+    # adapters on the UNet and the text encoder (the text encoder's through peft, which the
+    # Generator's diffusers loader must read back)
     cfg = job_config(stack.base_model_id, subject_pngs[:3], steps=2, learning_rate=5e-3,
-                     method=P.TRAINING_METHOD_LORA, lora=P.LoraConfig(rank=4))
+                     method=P.TRAINING_METHOD_LORA, lora=P.LoraConfig(rank=4),
+                     train_text_encoder=True)
     job = create(stack, cfg)
     watch(stack, job.job_id)
     job = get(stack, job.job_id)
@@ -186,6 +189,9 @@ def test_lora_job(stack, subject_pngs):
     assert model.origin.base_model_id == stack.base_model_id
     lora_file = Path(job.job_dir) / "output" / "lora" / "pytorch_lora_weights.safetensors"
     assert lora_file.exists() and lora_file.stat().st_size < 1 << 20
+    with safe_open(str(lora_file), "pt") as f:
+        parts = {key.split(".")[0] for key in f.keys()}
+    assert parts == {"unet", "text_encoder"}
     export = [c for c in job.checkpoints if c.kind == P.CHECKPOINT_KIND_EXPORT][-1]
     full = [c for c in job.checkpoints if c.kind == P.CHECKPOINT_KIND_FULL_STATE][-1]
     assert export.size_bytes < 1 << 20 and full.size_bytes < 2 << 20  # adapters only
