@@ -22,8 +22,10 @@ checkpoint is scored with the project's detectors over fixed seeds:
 
 The best checkpoint of a run is the one that meets the subject and background goals with the
 least leak (else the highest subject + background - leak); it is then scored again on fresh
-seeds (--confirm-seeds), since the best of several noisy checkpoints flatters itself. Writes
-table.md and results.json.
+seeds (--confirm-seeds), since the best of several noisy checkpoints flatters itself. A list of
+training seeds (--seed 0,1,2) trains each run once per seed and reports how far apart the
+re-scored bests are, since one training run can be the lucky end. Writes table.md and
+results.json.
 """
 
 from __future__ import annotations
@@ -221,7 +223,26 @@ def render(results: dict[str, Any]) -> str:
                             f"{row['leak_by_background'][bg]:.0%}"
                             for bg in row["subject_by_background"])
             lines.append(f"\n{name} best on the fresh seeds, subject / leak by background: {per}")
+    lines += spread(results["runs"])
     return "\n".join(lines)
+
+
+def spread(runs: dict[str, Any]) -> list[str]:
+    """One line per run kind trained with several seeds: how far apart the re-scored bests
+    are (a single run's figure can be the lucky end)."""
+    kinds: dict[str, list[dict[str, Any]]] = {}
+    for name, run in runs.items():
+        if "-seed" in name and "confirmed" in run:
+            kinds.setdefault(name.split("-seed")[0], []).append(run["confirmed"])
+    out = []
+    for kind, rows in kinds.items():
+        if len(rows) < 2:
+            continue
+        figures = {key: [r[key] for r in rows] for key in ("subject", "background", "leak")}
+        text = ", ".join(f"{key} mean {sum(v) / len(v):.0%} ({min(v):.0%}-{max(v):.0%})"
+                         for key, v in figures.items())
+        out.append(f"\n{kind} over {len(rows)} training seeds (fresh images): {text}")
+    return out
 
 
 def _weight_or_off(text: str) -> float | None:
@@ -242,7 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sample-steps", type=int, default=20)
     p.add_argument("--cfg", type=float, default=5.0)
     p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", default="0",
+                   help="training seed; a list (0,1,2) trains each run once per seed and "
+                        "reports the spread of the re-scored best checkpoints")
     p.add_argument("--unet-only", action="store_true", help="freeze the text encoder")
     p.add_argument("--class-prompt", default="")
     p.add_argument("--class-noun", default=CLASS_NOUN,
@@ -293,9 +316,11 @@ def main(argv: list[str] | None = None) -> int:
     settings = vars(args) | {"model": str(model), "out": str(args.out), "seeds": seeds}
     results: dict[str, Any] = {"before": before, "vae_ceiling": ceiling, "runs": {},
                                "settings": settings}
-    for name in args.runs.split(","):
-        job = train(name, args.out, model, prior=name == "prior", steps=args.steps, lr=args.lr,
-                    every=args.every, class_images=args.class_images, seed=args.seed,
+    train_seeds = [int(x) for x in str(args.seed).split(",")]
+    for kind, seed in [(k, s) for k in args.runs.split(",") for s in train_seeds]:
+        name = kind if len(train_seeds) == 1 else f"{kind}-seed{seed}"
+        job = train(name, args.out, model, prior=kind == "prior", steps=args.steps, lr=args.lr,
+                    every=args.every, class_images=args.class_images, seed=seed,
                     text_encoder=not args.unet_only, class_prompt=args.class_prompt,
                     captions=args.captions, batch_size=args.batch_size,
                     prior_weight=args.prior_weight, captioned_prior=args.captioned_prior,
