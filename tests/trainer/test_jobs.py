@@ -190,7 +190,7 @@ def test_lora_job(stack, subject_pngs):
     lora_file = Path(job.job_dir) / "output" / "lora" / "pytorch_lora_weights.safetensors"
     assert lora_file.exists() and lora_file.stat().st_size < 1 << 20
     with safe_open(str(lora_file), "pt") as f:
-        parts = {key.split(".")[0] for key in f.keys()}
+        parts = {key.split(".")[0] for key in f.keys()}  # noqa: SIM118 (safe_open is no dict)
     assert parts == {"unet", "text_encoder"}
     export = [c for c in job.checkpoints if c.kind == P.CHECKPOINT_KIND_EXPORT][-1]
     full = [c for c in job.checkpoints if c.kind == P.CHECKPOINT_KIND_FULL_STATE][-1]
