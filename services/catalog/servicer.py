@@ -12,6 +12,8 @@ Options (--set KEY=VALUE, YAML `catalog:` section or BOOTHSTUDIO_CATALOG_<KEY>):
     embedded_model   folder of the default model (also BOOTHSTUDIO_EMBEDDED_MODEL; default: the
                      shipped services/diffusion/embedded_model)
     a1111_url        base URL of an AUTOMATIC1111 webui backend (also BOOTHSTUDIO_A1111_URL)
+    hosted_api_key   API key of Stability AI's REST API: enables the "hosted" backend (also
+                     BOOTHSTUDIO_HOSTED_API_KEY); hosted_url its base URL (default Stability's)
     generator_device device shown for the local diffusers backend (default "cpu")
 """
 
@@ -33,7 +35,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from boothstudio.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2, trainer_pb2, trainer_pb2_grpc
 from services.catalog.registry import FORMATS, PREDICTION, Registry, folder_size, slug, to_proto
 from services.diffusion import loading
-from services.diffusion.backends import BACKEND_KINDS, BackendKindInfo
+from services.diffusion.backends import (
+    BACKEND_KINDS,
+    BackendKindInfo,
+    RemoteEndpoint,
+    remote_endpoints,
+)
 from services.diffusion.samplers import SCHEDULES, ParamSpec, SamplerSpec
 from shared.channels import aio_channel
 from shared.errors import (
@@ -176,9 +183,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
             or os.environ.get("BOOTHSTUDIO_EMBEDDED_MODEL", "")
             or str(loading.EMBEDDED_MODEL_DIR)
         )
-        self.a1111_url = (
-            cfg.option("a1111_url", "") or os.environ.get("BOOTHSTUDIO_A1111_URL", "")
-        ).rstrip("/")
+        self.remotes = remote_endpoints(cfg)
         self.device = cfg.option("generator_device", "cpu")
         self._backend_cache: tuple[float, list[catalog_pb2.Backend]] | None = None
         self._import_lock = asyncio.Lock()
@@ -233,7 +238,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         return BACKEND_KINDS[backend_id]
 
     def backend_ids(self) -> list[str]:
-        return ["diffusers", *(["a1111"] if self.a1111_url else [])]
+        return ["diffusers", *self.remotes]
 
     def _model(self, model_id: str, field: str = "model_id") -> Any:
         if not model_id:
@@ -578,8 +583,9 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
                 address, "boothstudio.v1.GeneratorService"
             )
         else:
-            msg.endpoint = self.a1111_url
-            msg.reachable, msg.message = await asyncio.to_thread(self._http_ping, self.a1111_url)
+            remote = self.remotes[backend_id]
+            msg.endpoint = remote.url
+            msg.reachable, msg.message = await asyncio.to_thread(self._http_ping, remote)
         return msg
 
     async def _grpc_health(self, address: str, service: str) -> tuple[bool, str]:
@@ -595,9 +601,10 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         return serving, f"generator at {address}: {status}"
 
     @staticmethod
-    def _http_ping(url: str) -> tuple[bool, str]:
+    def _http_ping(remote: RemoteEndpoint) -> tuple[bool, str]:
+        req = urllib.request.Request(remote.url + remote.health_path, headers=remote.headers())
         try:
-            with urllib.request.urlopen(f"{url}/sdapi/v1/samplers", timeout=2.0) as resp:
+            with urllib.request.urlopen(req, timeout=2.0) as resp:
                 return resp.status == 200, f"HTTP {resp.status}"
         except Exception as exc:  # connection refused, timeout, HTTP error
             return False, f"not reachable: {exc}"

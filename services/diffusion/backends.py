@@ -8,7 +8,9 @@ request into a backend's own parameters is NOT here: that lives in each adapter
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from typing import Any
 
 from .samplers import SAMPLERS, ParamSpec, SamplerSpec
 
@@ -57,6 +59,24 @@ LORA_SCALE = ParamSpec(
     2.0,
 )
 
+# Stability AI's REST API (v1 generation): its `sampler` enum for our sampler ids. It has no
+# noise-schedule field: each sampler runs on the service's own schedule.
+HOSTED_SAMPLERS: dict[str, str] = {
+    "ddim": "DDIM",
+    "euler": "K_EULER",
+    "euler_a": "K_EULER_ANCESTRAL",
+    "heun": "K_HEUN",
+    "lms": "K_LMS",
+    "dpm2": "K_DPM_2",
+    "dpm2_a": "K_DPM_2_ANCESTRAL",
+    "dpmpp_2m": "K_DPMPP_2M",
+}
+HOSTED_STYLE_PRESETS = (
+    "3d-model", "analog-film", "anime", "cinematic", "comic-book", "digital-art", "enhance",
+    "fantasy-art", "isometric", "line-art", "low-poly", "modeling-compound", "neon-punk",
+    "origami", "photographic", "pixel-art", "tile-texture",
+)  # fmt: skip
+
 BACKEND_KINDS: dict[str, BackendKindInfo] = {
     "diffusers": BackendKindInfo(
         "diffusers",
@@ -76,4 +96,59 @@ BACKEND_KINDS: dict[str, BackendKindInfo] = {
             ParamSpec("tiling", "bool", False, "Tiling", "Make the image tile seamlessly."),
         ),
     ),
+    "hosted": BackendKindInfo(
+        "hosted",
+        "Stability AI REST API (hosted)",
+        # one HTTP call per image: no step previews; cancelling stops before the next image
+        Capabilities(training=False, previews=False),
+        tuple(HOSTED_SAMPLERS),
+        (
+            ParamSpec("style_preset", "choice", "", "Style preset",
+                      "Guide the image towards a style (empty = none).",
+                      choices=("", *HOSTED_STYLE_PRESETS)),
+            ParamSpec("clip_guidance_preset", "choice", "NONE", "CLIP guidance",
+                      "CLIP guidance preset (ancestral samplers only).",
+                      choices=("NONE", "FAST_BLUE", "FAST_GREEN", "SIMPLE", "SLOW", "SLOWER",
+                               "SLOWEST")),
+        ),
+    ),
 }
+
+
+@dataclass(frozen=True)
+class RemoteEndpoint:
+    """Where a remote backend answers, and how to knock (Catalog pings it, Generator uses it)."""
+
+    kind: str
+    url: str
+    api_key: str = ""
+
+    @property
+    def health_path(self) -> str:
+        """A cheap GET that succeeds only when the backend is up (and the key is good)."""
+        return {"a1111": "/sdapi/v1/samplers", "hosted": "/v1/engines/list"}[self.kind]
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+
+HOSTED_DEFAULT_URL = "https://api.stability.ai"
+
+
+def remote_endpoints(cfg: Any) -> dict[str, RemoteEndpoint]:
+    """The remote backends a service's config enables, by backend id.
+
+    a1111: option `a1111_url` (or BOOTHSTUDIO_A1111_URL). hosted: option `hosted_api_key` (or
+    BOOTHSTUDIO_HOSTED_API_KEY), at `hosted_url` (or BOOTHSTUDIO_HOSTED_URL; default
+    Stability's). Options come through `cfg.option` so YAML and --set work as for the rest.
+    """
+    out: dict[str, RemoteEndpoint] = {}
+    a1111 = cfg.option("a1111_url", "") or os.environ.get("BOOTHSTUDIO_A1111_URL", "")
+    if a1111:
+        out["a1111"] = RemoteEndpoint("a1111", a1111.rstrip("/"))
+    key = cfg.option("hosted_api_key", "") or os.environ.get("BOOTHSTUDIO_HOSTED_API_KEY", "")
+    if key:
+        url = (cfg.option("hosted_url", "") or os.environ.get("BOOTHSTUDIO_HOSTED_URL", "")
+               or HOSTED_DEFAULT_URL)
+        out["hosted"] = RemoteEndpoint("hosted", url.rstrip("/"), key)
+    return out

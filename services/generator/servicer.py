@@ -13,18 +13,20 @@ Options (--set KEY=VALUE, YAML `generator:` section, or BOOTHSTUDIO_GENERATOR_<K
     preload           load the default model at start, in the background (default true)
     keepalive_seconds send an empty event when a stream was quiet this long (default 10)
     a1111_url         base URL of an AUTOMATIC1111 webui (also BOOTHSTUDIO_A1111_URL)
+    hosted_api_key    API key of Stability AI's REST API: enables the "hosted" backend (also
+                      BOOTHSTUDIO_HOSTED_API_KEY); hosted_url its base URL (default Stability's)
 The Catalog address comes from BOOTHSTUDIO_CATALOG_ADDRESS / `addresses.catalog`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 from typing import Any
 
 import grpc
 
 from boothstudio.v1 import catalog_pb2, catalog_pb2_grpc, generator_pb2, generator_pb2_grpc
+from services.diffusion.backends import remote_endpoints
 from services.diffusion.loading import EMBEDDED_MODEL_ID
 from services.generator import metrics
 from services.generator.adapters.base import Adapter
@@ -51,11 +53,15 @@ def make_adapters(ctx: ServiceContext) -> dict[str, Adapter]:
             threads=cfg.option("torch_threads", 0),
         )
     }
-    url = cfg.option("a1111_url", "") or os.environ.get("BOOTHSTUDIO_A1111_URL", "")
-    if url:
+    remotes = remote_endpoints(cfg)
+    if "a1111" in remotes:
         from services.generator.adapters.a1111 import A1111Adapter
 
-        adapters["a1111"] = A1111Adapter(url)
+        adapters["a1111"] = A1111Adapter(remotes["a1111"].url)
+    if "hosted" in remotes:
+        from services.generator.adapters.hosted import HostedAdapter
+
+        adapters["hosted"] = HostedAdapter(remotes["hosted"].url, remotes["hosted"].api_key)
     return adapters
 
 

@@ -20,6 +20,7 @@ from boothstudio.v1 import catalog_pb2, common_pb2
 from boothstudio.v1 import generator_pb2 as G
 from shared.errors import decode_rpc_error
 from tests.generator.fake_a1111 import FakeA1111
+from tests.generator.fake_hosted import FakeHosted
 from tests.generator.stack import (
     Stack,
     arr,
@@ -42,12 +43,22 @@ def webui() -> Iterator[FakeA1111]:
 
 
 @pytest.fixture(scope="module")
-def stack(tiny_model: Path, webui: FakeA1111) -> Iterator[Stack]:
+def hosted() -> Iterator[FakeHosted]:
+    fake = FakeHosted(api_key="sk-test")
+    yield fake
+    fake.close()
+
+
+@pytest.fixture(scope="module")
+def stack(tiny_model: Path, webui: FakeA1111, hosted: FakeHosted) -> Iterator[Stack]:
     s = start_stack(
         tiny_model,
-        ["queue_size=3", "preview_interval=2", "max_batch_images=8", f"a1111_url={webui.url}"],
-        catalog_env={"BOOTHSTUDIO_A1111_URL": webui.url},
-    )
+        ["queue_size=3", "preview_interval=2", "max_batch_images=8", f"a1111_url={webui.url}",
+         "hosted_api_key=sk-test", f"hosted_url={hosted.url}"],
+        catalog_env={"BOOTHSTUDIO_A1111_URL": webui.url,
+                     "BOOTHSTUDIO_HOSTED_API_KEY": "sk-test",
+                     "BOOTHSTUDIO_HOSTED_URL": hosted.url},
+    )  # fmt: skip
     yield s
     stop_stack(s)
 
@@ -423,7 +434,10 @@ def test_catalog_sees_the_generator_and_a_trainer_registered_model_is_usable(
     stack: Stack, tiny_model: Path
 ) -> None:
     backends = stack.cat.ListBackends(catalog_pb2.ListBackendsRequest(refresh=True)).backends
-    assert [(b.id, b.reachable) for b in backends] == [("diffusers", True), ("a1111", True)]
+    assert [(b.id, b.reachable) for b in backends] == [
+        ("diffusers", True), ("a1111", True), ("hosted", True)]  # fmt: skip
+    assert backends[2].kind == catalog_pb2.BACKEND_KIND_HOSTED
+    assert not backends[2].capabilities.previews
     stack.cat.ImportModel(
         catalog_pb2.ImportModelRequest(
             diffusers_path=str(tiny_model), model_id="ft-fresh",
@@ -487,3 +501,42 @@ def test_a1111_adapter_speaks_the_webui_fields(stack: Stack, webui: FakeA1111) -
     while not webui.interrupted.is_set() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert webui.interrupted.is_set()
+
+
+def test_hosted_api_backend_end_to_end(stack: Stack, hosted: FakeHosted) -> None:
+    stack.cat.ImportModel(
+        catalog_pb2.ImportModelRequest(
+            single_file_path="stable-diffusion-v1-6", backend_id="hosted",
+            model_id="hosted-sd16", architecture="sd1",
+        )
+    )  # fmt: skip
+    offered = [s.id for s in stack.cat.ListSamplers(
+        catalog_pb2.ListSamplersRequest(model_id="hosted-sd16")).samplers]  # fmt: skip
+    assert "dpmpp_2m" in offered and "unipc" not in offered
+    out = run(
+        stack.gen, prompt="a lighthouse", negative_prompt="fog", model_id="hosted-sd16",
+        sampler="K_EULER", steps=12, cfg_scale=6.0, seed=20, count=2, width=128, height=128,
+        skip_gallery=True,
+    )  # fmt: skip
+    assert out["finished"].status == G.GENERATION_STATUS_SUCCEEDED
+    assert out["started"].backend_id == "hosted" and out["seeds"] == {0: 20, 1: 21}
+    assert [out["images"][i].getpixel((0, 0)) for i in (0, 1)] == [(20, 50, 200), (21, 50, 200)]
+    kind, engine, body, _ = hosted.requests[-1]
+    assert (kind, engine) == ("text-to-image", "stable-diffusion-v1-6")
+    assert (body["sampler"], body["steps"], body["cfg_scale"], body["seed"]) == (
+        "K_EULER", 12, 6.0, 21)  # fmt: skip
+    # img2img through the multipart endpoint, the strength turned into the API's image_strength
+    out = run(stack.gen, prompt="x", model_id="hosted-sd16", steps=10, seed=1,
+              init_image=png(Image.new("RGB", (128, 128), (9, 9, 9))), strength=0.6,
+              skip_gallery=True)  # fmt: skip
+    assert out["finished"].status == G.GENERATION_STATUS_SUCCEEDED
+    kind, _, body, _ = hosted.requests[-1]
+    assert kind == "image-to-image" and float(body["image_strength"]) == pytest.approx(0.4)
+    # what the API cannot take is refused up front, the field named
+    for fields, field in (({"steps": 5}, "steps"), ({"schedule": "exponential"}, "schedule"),
+                          ({"width": 96}, "width")):  # fmt: skip
+        req = G.GenerateRequest(prompt="x", model_id="hosted-sd16", **fields)
+        with pytest.raises(grpc.RpcError) as err:
+            list(stack.gen.Generate(req))
+        d = decode_rpc_error(err.value)
+        assert d.code == grpc.StatusCode.INVALID_ARGUMENT and field in d.fields, d.fields

@@ -15,11 +15,8 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,14 +30,12 @@ from services.generator.adapters.base import (
     RunHooks,
     StepProgress,
 )
+from services.generator.adapters.http import BackendError, json_request
 
 FILL = {"fill": 0, "original": 1, "latent_noise": 2, "latent_nothing": 3}
 
 
-class A1111Error(Exception):
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
+A1111Error = BackendError
 
 
 def _b64png(image: Image.Image) -> str:
@@ -110,29 +105,8 @@ class A1111Adapter(Adapter):
     # ------------------------------------------------------------------ HTTP
 
     def _request(self, method: str, path: str, body: Any = None, timeout: float = 10.0) -> Any:
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(
-            self.url + path,
-            data=data,
-            method=method,
-            headers={"Content-Type": "application/json"} if data is not None else {},
-        )
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                text = resp.read()
-        except urllib.error.HTTPError as exc:
-            detail = exc.read().decode(errors="replace")[:500]
-            try:
-                err = json.loads(detail)
-                detail = str(err.get("detail") or err.get("error") or detail)
-            except ValueError:
-                pass
-            raise A1111Error("BACKEND_REJECTED", f"webui answered {exc.code}: {detail}") from exc
-        except (urllib.error.URLError, TimeoutError, OSError) as exc:
-            raise A1111Error(
-                "BACKEND_UNAVAILABLE", f"webui at {self.url} unreachable: {exc}"
-            ) from exc
-        return json.loads(text) if text else None
+        return json_request(self.url + path, body, method=method, timeout=timeout,
+                            backend="webui")
 
     async def check(self) -> tuple[bool, str]:
         import asyncio
