@@ -12,10 +12,11 @@ import io
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from PIL import Image
+
+from tests.generator.fake_http import JsonHandler, LoopbackServer
 
 TXT2IMG_FIELDS = {
     "prompt", "negative_prompt", "styles", "seed", "subseed", "subseed_strength",
@@ -29,7 +30,7 @@ IMG2IMG_FIELDS = TXT2IMG_FIELDS | {
 }  # fmt: skip
 
 
-class FakeA1111:
+class FakeA1111(LoopbackServer):
     def __init__(self, step_seconds: float = 0.02) -> None:
         self.requests: list[tuple[str, dict[str, Any]]] = []
         self.step_seconds = step_seconds
@@ -37,18 +38,7 @@ class FakeA1111:
         self.interrupted = threading.Event()
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _json(self, code: int, body: Any) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(JsonHandler):
             def do_GET(self) -> None:
                 if self.path.startswith("/sdapi/v1/samplers"):
                     self._json(200, [{"name": "DPM++ 2M", "aliases": [], "options": {}}])
@@ -98,11 +88,4 @@ class FakeA1111:
                 info = json.dumps({"all_seeds": [seed + k for k in range(n)], "seed": seed})
                 self._json(200, {"images": images, "parameters": body, "info": info})
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.serve(Handler)

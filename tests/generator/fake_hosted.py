@@ -12,11 +12,11 @@ import base64
 import email.parser
 import io
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from PIL import Image
+
+from tests.generator.fake_http import JsonHandler, LoopbackServer
 
 SAMPLERS = {"DDIM", "DDPM", "K_DPMPP_2M", "K_DPMPP_2S_ANCESTRAL", "K_DPM_2", "K_DPM_2_ANCESTRAL",
             "K_EULER", "K_EULER_ANCESTRAL", "K_HEUN", "K_LMS"}  # fmt: skip
@@ -105,25 +105,14 @@ def check(kind: str, body: dict[str, Any], files: dict[str, bytes]) -> None:
                 raise ContractError("mask_image: must be the size of init_image")
 
 
-class FakeHosted:
+class FakeHosted(LoopbackServer):
     def __init__(self, api_key: str = "sk-test") -> None:
         self.api_key = api_key
         #: (kind, engine, fields, files) of every accepted generation
         self.requests: list[tuple[str, str, dict[str, Any], dict[str, bytes]]] = []
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _json(self, code: int, body: Any) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(JsonHandler):
             def _error(self, code: int, name: str, message: str) -> None:
                 self._json(code, {"id": "fake", "name": name, "message": message})
 
@@ -187,11 +176,4 @@ class FakeHosted:
                                       else "SUCCESS"})  # fmt: skip
                 self._json(200, {"artifacts": artifacts})
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.serve(Handler)

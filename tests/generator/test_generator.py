@@ -450,15 +450,17 @@ def test_catalog_sees_the_generator_and_a_trainer_registered_model_is_usable(
     assert out["finished"].status == G.GENERATION_STATUS_SUCCEEDED
 
 
+def import_remote_model(stack: Stack, name: str, backend_id: str, model_id: str) -> list[str]:
+    """Register a remote backend's model by its name there; the sampler ids offered for it."""
+    stack.cat.ImportModel(catalog_pb2.ImportModelRequest(
+        single_file_path=name, backend_id=backend_id, model_id=model_id, architecture="sd1"))
+    return [s.id for s in stack.cat.ListSamplers(
+        catalog_pb2.ListSamplersRequest(model_id=model_id)).samplers]  # fmt: skip
+
+
 def test_a1111_adapter_speaks_the_webui_fields(stack: Stack, webui: FakeA1111) -> None:
-    stack.cat.ImportModel(
-        catalog_pb2.ImportModelRequest(
-            single_file_path="v1-5-pruned-emaonly.safetensors [6ce0161689]", backend_id="a1111",
-            model_id="webui-sd15", architecture="sd1",
-        )
-    )  # fmt: skip
-    offered = [s.id for s in stack.cat.ListSamplers(
-        catalog_pb2.ListSamplersRequest(model_id="webui-sd15")).samplers]  # fmt: skip
+    offered = import_remote_model(
+        stack, "v1-5-pruned-emaonly.safetensors [6ce0161689]", "a1111", "webui-sd15")
     assert "dpmpp_2m" in offered and "deis" not in offered
     out = run(
         stack.gen, prompt="a cat", negative_prompt="dog", model_id="webui-sd15",
@@ -504,14 +506,7 @@ def test_a1111_adapter_speaks_the_webui_fields(stack: Stack, webui: FakeA1111) -
 
 
 def test_hosted_api_backend_end_to_end(stack: Stack, hosted: FakeHosted) -> None:
-    stack.cat.ImportModel(
-        catalog_pb2.ImportModelRequest(
-            single_file_path="stable-diffusion-v1-6", backend_id="hosted",
-            model_id="hosted-sd16", architecture="sd1",
-        )
-    )  # fmt: skip
-    offered = [s.id for s in stack.cat.ListSamplers(
-        catalog_pb2.ListSamplersRequest(model_id="hosted-sd16")).samplers]  # fmt: skip
+    offered = import_remote_model(stack, "stable-diffusion-v1-6", "hosted", "hosted-sd16")
     assert "dpmpp_2m" in offered and "unipc" not in offered
     out = run(
         stack.gen, prompt="a lighthouse", negative_prompt="fog", model_id="hosted-sd16",
