@@ -149,9 +149,8 @@ def parse_weights(text: str) -> list[tuple[str, float]]:
     return merged or [("", 1.0)]
 
 
-def _tokens(pipe: Any, prompt: str) -> tuple[list[int], list[float], bool]:
+def _tokens(tok: Any, prompt: str) -> tuple[list[int], list[float], bool]:
     """Token ids (no BOS/EOS) with per-token weights, truncated to fit; and whether truncated."""
-    tok = pipe.tokenizer
     ids: list[int] = []
     weights: list[float] = []
     for text, w in parse_weights(prompt):
@@ -173,26 +172,40 @@ def prompt_token_count(pipe: Any, prompt: str) -> tuple[int, int]:
     return n, tok.model_max_length - 2
 
 
+def _token_rows(tok: Any, prompts: Sequence[str]) -> tuple[list[list[int]], list[list[float]],
+                                                           list[bool]]:
+    """Padded id rows [BOS, ..., EOS, pad...], their weights, and which prompts were cut."""
+    length = tok.model_max_length
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    rows, wrows, truncated = [], [], []
+    for p in prompts:
+        ids, ws, cut = _tokens(tok, p)
+        ids = [tok.bos_token_id, *ids, tok.eos_token_id]
+        ws = [1.0, *ws, 1.0]
+        rows.append(ids + [pad] * (length - len(ids)))
+        wrows.append(ws + [1.0] * (length - len(ws)))
+        truncated.append(cut)
+    return rows, wrows, truncated
+
+
+def _weighted(emb: torch.Tensor, wrows: list[list[float]]) -> torch.Tensor:
+    """A1111's emphasis: scale each token's embedding by its weight, then restore the mean."""
+    weights = torch.tensor(wrows, dtype=emb.dtype, device=emb.device)
+    if torch.all(weights == 1.0):
+        return emb
+    before = emb.mean(dim=(1, 2), keepdim=True)
+    emb = emb * weights.unsqueeze(-1)
+    after = emb.mean(dim=(1, 2), keepdim=True)
+    return emb * torch.where(after.abs() > 1e-8, before / after, torch.ones_like(after))
+
+
 @torch.inference_mode()
 def encode_prompts(
     pipe: Any, prompts: Sequence[str], clip_skip: int = 1
 ) -> tuple[torch.Tensor, list[bool]]:
     """Text embeddings for the prompts (weighted as A1111 does) and which were truncated."""
-    tok = pipe.tokenizer
-    length = tok.model_max_length
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    rows, wrows, truncated = [], [], []
-    for p in prompts:
-        ids, ws, cut = _tokens(pipe, p)
-        ids = [tok.bos_token_id, *ids, tok.eos_token_id]
-        ws = [1.0, *ws, 1.0]
-        ids += [pad] * (length - len(ids))
-        ws += [1.0] * (length - len(ws))
-        rows.append(ids)
-        wrows.append(ws)
-        truncated.append(cut)
-    device = pipe.unet.device
-    input_ids = torch.tensor(rows, device=device)
+    rows, wrows, truncated = _token_rows(pipe.tokenizer, prompts)
+    input_ids = torch.tensor(rows, device=pipe.unet.device)
     te = pipe.text_encoder
     if clip_skip > 1:
         out = te(input_ids, output_hidden_states=True)
@@ -201,13 +214,29 @@ def encode_prompts(
         emb = final_norm(hidden) if final_norm is not None else hidden
     else:
         emb = te(input_ids)[0]
-    weights = torch.tensor(wrows, dtype=emb.dtype, device=device)
-    if not torch.all(weights == 1.0):
-        before = emb.mean(dim=(1, 2), keepdim=True)
-        emb = emb * weights.unsqueeze(-1)
-        after = emb.mean(dim=(1, 2), keepdim=True)
-        emb = emb * torch.where(after.abs() > 1e-8, before / after, torch.ones_like(after))
-    return emb.to(pipe.unet.dtype), truncated
+    return _weighted(emb, wrows).to(pipe.unet.dtype), truncated
+
+
+@torch.inference_mode()
+def encode_prompts_xl(
+    pipe: Any, prompts: Sequence[str], clip_skip: int = 1
+) -> tuple[torch.Tensor, torch.Tensor, list[bool]]:
+    """SDXL: both text encoders' penultimate layers side by side (one layer further back per
+    clip skip, without the final norm, as SDXL was trained), the second encoder's pooled
+    projection, and which prompts were truncated."""
+    parts, pooled, truncated = [], None, [False] * len(prompts)
+    for tok, te in ((pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)):
+        if te is None:
+            continue
+        rows, wrows, cut = _token_rows(tok, prompts)
+        truncated = [a or b for a, b in zip(truncated, cut, strict=True)]
+        out = te(torch.tensor(rows, device=pipe.unet.device), output_hidden_states=True)
+        if out[0].ndim == 2:  # CLIPTextModelWithProjection: text_embeds first
+            pooled = out[0]
+        parts.append(_weighted(out.hidden_states[-(clip_skip + 1)], wrows))
+    assert pooled is not None, "SDXL needs a text_encoder_2 with a projection"
+    dtype = pipe.unet.dtype
+    return torch.cat(parts, dim=-1).to(dtype), pooled.to(dtype), truncated
 
 
 # --------------------------------------------------------------------------- images
@@ -366,8 +395,8 @@ def run_batch(
     """Run several compatible requests as one batch (same size, steps, sampler, mode, strength).
 
     Args:
-        pipe: a loaded StableDiffusion(Inpaint)Pipeline (SD 1.x/2.x layout; a 9-channel UNet is
-            treated as an inpainting model).
+        pipe: a loaded StableDiffusion(XL)(Inpaint)Pipeline (SD 1.x/2.x or SDXL; a 9-channel
+            UNet is treated as an inpainting model).
         jobs: the requests; each makes len(job.seeds) images.
         on_step: called after every denoising pass with a StepState (preview on demand).
         should_stop: polled before every pass and before decoding; True -> GenerationCancelled.
@@ -377,8 +406,7 @@ def run_batch(
     Returns:
         BatchResult with images per job (a skipped job gets an empty list).
     """
-    if getattr(pipe, "text_encoder_2", None) is not None:
-        raise ValueError("SDXL pipelines are not supported by this loop yet")
+    xl = getattr(pipe, "text_encoder_2", None) is not None
     mode = check_batch(jobs)
     if width % 8 or height % 8:
         raise ValueError("width and height must be multiples of 8")
@@ -409,7 +437,20 @@ def run_batch(
     # Text: [uncond rows..., cond rows...] in one batch.
     prompts = [jobs[j].prompt for j, _ in rows]
     negatives = [jobs[j].negative_prompt for j, _ in rows]
-    emb, trunc_rows = encode_prompts(pipe, negatives + prompts, clip_skip)
+    added: dict[str, torch.Tensor] | None = None
+    if xl:
+        emb, pooled, trunc_rows = encode_prompts_xl(pipe, negatives + prompts, clip_skip)
+        if pipe.config.get("force_zeros_for_empty_prompt", False):
+            # SDXL's unconditional input for "no negative prompt" is zeros, not an encoded ""
+            empty = torch.tensor([not neg for neg in negatives] + [False] * n, device=emb.device)
+            emb = torch.where(empty.view(-1, 1, 1), torch.zeros_like(emb), emb)
+            pooled = torch.where(empty.view(-1, 1), torch.zeros_like(pooled), pooled)
+        # micro-conditioning: original size, crop (0, 0), target size, as SDXL was trained
+        time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=emb.dtype)
+        added = {"text_embeds": pooled.to(device),
+                 "time_ids": time_ids.repeat(2 * n, 1).to(device)}
+    else:
+        emb, trunc_rows = encode_prompts(pipe, negatives + prompts, clip_skip)
     truncated = [False] * len(jobs)
     for (j, _), cut in zip(rows, trunc_rows[n:], strict=True):
         truncated[j] = truncated[j] or cut
@@ -495,7 +536,7 @@ def run_batch(
             x = scheduler.scale_model_input(x, t)
             if nine_extra is not None:
                 x = torch.cat([x, torch.cat([nine_extra, nine_extra])], dim=1)
-            eps = unet(x, t, encoder_hidden_states=emb).sample
+            eps = unet(x, t, encoder_hidden_states=emb, added_cond_kwargs=added).sample
             uncond, cond = eps.chunk(2)
             eps = uncond + guidance * (cond - uncond)
             kw = dict(step_kw)
@@ -669,6 +710,7 @@ __all__ = [
     "decode_latents",
     "encode_images",
     "encode_prompts",
+    "encode_prompts_xl",
     "img2img",
     "inpaint",
     "parse_weights",

@@ -271,34 +271,41 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     # ------------------------------------------------------------------ create
 
     async def _base_model(self, model_id: str) -> tuple[dict[str, Any] | None,
-                                                        FieldViolation | None]:
+                                                        FieldViolation | None, bool]:
+        """(the base model, or what is wrong with it, and whether it is missing altogether)."""
         field = "config.base_model_id"
         if not model_id:
-            return None, None  # resolve() names the missing field
+            return None, None, False  # resolve() names the missing field
         try:
             resp = await self.catalog.GetModel(catalog_pb2.GetModelRequest(model_id=model_id),
                                                timeout=10)
         except grpc.aio.AioRpcError as err:
             if err.code() == grpc.StatusCode.NOT_FOUND:
-                return None, FieldViolation(field, f"no model {model_id!r} in the Catalog")
+                return None, FieldViolation(field, f"no model {model_id!r} in the Catalog"), True
             if err.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                return None, FieldViolation(field, err.details() or "invalid model id")
+                return None, FieldViolation(field, err.details() or "invalid model id"), False
             raise Unavailable(f"Catalog unreachable at {self.catalog_address}: "
                               f"{err.code().name}", retry_after=2.0) from err
         m = resp.model
+        problem = ""
         if m.kind == catalog_pb2.MODEL_KIND_LORA:
-            return None, FieldViolation(field, f"{model_id!r} is a LoRA adapter; fine-tune its "
-                                        f"base model {m.origin.base_model_id!r} instead")
-        if m.format not in FORMATS or (m.format == catalog_pb2.MODEL_FORMAT_SINGLE_FILE
-                                       and not m.config_path):
-            return None, FieldViolation(field, f"{model_id!r} cannot be fine-tuned: its weights "
-                                        "are not a diffusers folder, a cached HF model or a "
-                                        "single file with a config folder")
+            problem = (f"{model_id!r} is a LoRA adapter; fine-tune its base model "
+                       f"{m.origin.base_model_id!r} instead")
+        elif m.format not in FORMATS or (m.format == catalog_pb2.MODEL_FORMAT_SINGLE_FILE
+                                         and not m.config_path):
+            problem = (f"{model_id!r} cannot be fine-tuned: its weights are not a diffusers "
+                       "folder, a cached HF model or a single file with a config folder")
+        elif m.architecture == "sdxl":
+            # the DreamBooth module trains one text encoder and no size conditioning
+            problem = (f"{model_id!r} is SDXL: the trainer fine-tunes SD 1.x/2.x models "
+                       "(SDXL generation is supported)")
+        if problem:
+            return None, FieldViolation(field, problem), False
         return {"id": m.id, "source_path": m.source_path, "format": FORMATS[m.format],
                 "config_path": m.config_path,
                 "native_resolution": m.native_resolution,
                 "prediction_type": catalog_pb2.PredictionType.Name(m.prediction_type),
-                "architecture": m.architecture}, None
+                "architecture": m.architecture}, None, False
 
     def _dataset_images(self, dataset_id: str) -> list[tuple[bytes, str, str]]:
         if not self.store.dataset_exists(dataset_id):
@@ -320,7 +327,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             if self.store.get(request.job_id) is not None:
                 raise AlreadyExists(f"job {request.job_id!r} exists", reason="JOB_EXISTS")
         cfg = request.config
-        base, model_violation = await self._base_model(cfg.base_model_id)
+        base, model_violation, model_missing = await self._base_model(cfg.base_model_id)
         dataset = (await asyncio.to_thread(self._dataset_images, cfg.dataset_id)
                    if cfg.dataset_id and not cfg.instance_images else None)
         vocab = None
@@ -336,9 +343,11 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
                 exc.violations.insert(0, model_violation)
                 raise InvalidArgument(violations=exc.violations) from None
             raise
-        if model_violation is not None:
+        if model_violation is not None and model_missing:
             raise NotFound(model_violation.description, resource_type="model",
                            resource_name=cfg.base_model_id, field=model_violation.field)
+        if model_violation is not None:  # it exists but cannot be the base of this job
+            raise InvalidArgument(violations=[model_violation])
         assert base is not None
         job_id = request.job_id or new_id("job")
         display = request.display_name or f"{resolved.trigger_phrase} on {base['id']}"

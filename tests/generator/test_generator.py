@@ -535,3 +535,25 @@ def test_hosted_api_backend_end_to_end(stack: Stack, hosted: FakeHosted) -> None
             list(stack.gen.Generate(req))
         d = decode_rpc_error(err.value)
         assert d.code == grpc.StatusCode.INVALID_ARGUMENT and field in d.fields, d.fields
+
+
+def test_sdxl_model_served_by_the_local_backend(
+    stack: Stack, tmp_path_factory: pytest.TempPathFactory, tiny_model: Path
+) -> None:
+    from tests.diffusion.tiny_sdxl import build_tiny_sdxl
+
+    folder = tmp_path_factory.mktemp("sdxl")
+    build_tiny_sdxl(folder, tiny_model / "tokenizer")
+    model = stack.cat.ImportModel(catalog_pb2.ImportModelRequest(
+        diffusers_path=str(folder), model_id="tiny-sdxl")).model  # fmt: skip
+    assert model.architecture == "sdxl"
+    out = run(stack.gen, prompt="a red circle", model_id="tiny-sdxl", steps=3, seed=5, count=2,
+              width=64, height=64, skip_gallery=True)  # fmt: skip
+    assert out["finished"].status == G.GENERATION_STATUS_SUCCEEDED
+    assert out["seeds"] == {0: 5, 1: 6} and out["images"][0].size == (64, 64)
+    assert np.abs(arr(out["images"][0]) - arr(out["images"][1])).mean() > 0.5
+    # img2img on SDXL goes through the same loop
+    out = run(stack.gen, prompt="a red circle", model_id="tiny-sdxl", steps=4, seed=5,
+              init_image=png(Image.new("RGB", (64, 64), (200, 30, 30))), strength=0.5,
+              skip_gallery=True)  # fmt: skip
+    assert out["finished"].status == G.GENERATION_STATUS_SUCCEEDED

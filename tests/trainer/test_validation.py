@@ -44,6 +44,22 @@ def test_unknown_model(stack, subject_pngs):
     assert code == grpc.StatusCode.NOT_FOUND and fields == ["config.base_model_id"]
 
 
+def test_sdxl_base_is_refused_by_name(stack, subject_pngs, untrained_model, tmp_path):
+    from boothstudio.v1 import catalog_pb2
+    from tests.diffusion.tiny_sdxl import build_tiny_sdxl
+
+    build_tiny_sdxl(tmp_path / "sdxl", Path(untrained_model) / "tokenizer")
+    stack.catalog_stub.ImportModel(catalog_pb2.ImportModelRequest(
+        diffusers_path=str(tmp_path / "sdxl"), model_id="trainer-sdxl"))
+    with pytest.raises(grpc.RpcError) as info:
+        stack.trainer_stub.CreateTrainingJob(P.CreateTrainingJobRequest(
+            config=job_config("trainer-sdxl", subject_pngs)), timeout=30)
+    d = decode_rpc_error(info.value)
+    code, fields = d.code, d.fields
+    assert "SDXL" in d.message, d.message
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and fields == ["config.base_model_id"]
+
+
 def test_zero_steps(stack, subject_pngs):
     code, fields = rejected(stack, job_config(stack.base_model_id, subject_pngs, steps=0))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and fields == ["config.max_train_steps"]

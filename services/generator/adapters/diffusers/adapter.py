@@ -58,8 +58,6 @@ class DiffusersAdapter(Adapter):
 
     def validate(self, spec: GenerationSpec) -> list[tuple[str, str]]:
         problems = super().validate(spec)
-        if spec.model.architecture == "sdxl":
-            problems.append(("model_id", "SDXL models are not supported by the local backend yet"))
         if spec.model.format == "lora" and spec.model.base is None:
             problems.append(("model_id", "a LoRA model needs its base model"))
         elif spec.model.format != "lora" and "lora_scale" in spec.backend_options:
