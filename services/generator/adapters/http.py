@@ -5,10 +5,14 @@ BACKEND_UNAVAILABLE)."""
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import urllib.error
 import urllib.request
 from typing import Any
+
+from PIL import Image
 
 
 class BackendError(Exception):
@@ -57,3 +61,14 @@ def json_request(url: str, body: Any = None, *, method: str = "POST",
     raw = http_request(url, method=method, data=data, headers=hdrs, timeout=timeout,
                        backend=backend)
     return json.loads(raw) if raw else None
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    """The picture as PNG, the format both remote backends take."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def png_base64(image: Image.Image) -> str:
+    return base64.b64encode(png_bytes(image)).decode()

@@ -30,18 +30,12 @@ from services.generator.adapters.base import (
     RunHooks,
     StepProgress,
 )
-from services.generator.adapters.http import BackendError, json_request
+from services.generator.adapters.http import BackendError, json_request, png_base64
 
 FILL = {"fill": 0, "original": 1, "latent_noise": 2, "latent_nothing": 3}
 
 
 A1111Error = BackendError
-
-
-def _b64png(image: Image.Image) -> str:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode()
 
 
 class A1111Adapter(Adapter):
@@ -90,11 +84,11 @@ class A1111Adapter(Adapter):
             )
         if s.init_image is None:
             return "/sdapi/v1/txt2img", payload
-        payload["init_images"] = [_b64png(s.init_image)]
+        payload["init_images"] = [png_base64(s.init_image)]
         payload["denoising_strength"] = s.strength
         if s.mask is not None:
             payload.update(
-                mask=_b64png(s.mask),
+                mask=png_base64(s.mask),
                 mask_blur=s.mask_blur,
                 inpainting_fill=FILL[s.mask_fill],
                 inpainting_mask_invert=1 if s.invert_mask else 0,

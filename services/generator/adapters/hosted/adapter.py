@@ -41,7 +41,7 @@ from services.generator.adapters.base import (
     RunHooks,
     StepProgress,
 )
-from services.generator.adapters.http import BackendError, http_request
+from services.generator.adapters.http import BackendError, http_request, png_bytes
 
 MAX_SEED = 4_294_967_295
 MAX_PROMPT = 2000
@@ -55,12 +55,6 @@ class HostedCall:
     json: dict[str, Any] | None = None
     form: list[tuple[str, str]] = field(default_factory=list)
     files: dict[str, bytes] = field(default_factory=dict)
-
-
-def _png(image: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def multipart(form: list[tuple[str, str]], files: dict[str, bytes]) -> tuple[bytes, str]:
@@ -142,7 +136,8 @@ class HostedAdapter(Adapter):
             form = [(f"text_prompts[{i}][{k}]", str(v)) for i, (t, w) in enumerate(prompts)
                     for k, v in (("text", t), ("weight", w))]
             form += [(k, str(v)) for k, v in {**common, "seed": seed}.items()]
-            files = {"init_image": _png(s.init_image.convert("RGB").resize((s.width, s.height)))}
+            init = s.init_image.convert("RGB").resize((s.width, s.height))
+            files = {"init_image": png_bytes(init)}
             if s.mask is None:
                 form += [("init_image_mode", "IMAGE_STRENGTH"),
                          ("image_strength", f"{1.0 - s.strength:g}")]
@@ -153,7 +148,7 @@ class HostedAdapter(Adapter):
                 mask = mask.filter(ImageFilter.GaussianBlur(s.mask_blur))
             source = "MASK_IMAGE_BLACK" if s.invert_mask else "MASK_IMAGE_WHITE"
             form.append(("mask_source", source))
-            files["mask_image"] = _png(mask)
+            files["mask_image"] = png_bytes(mask)
             calls.append(HostedCall(f"{base}/image-to-image/masking", form=form, files=files))
         return calls
 
