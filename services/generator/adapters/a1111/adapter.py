@@ -22,6 +22,7 @@ from typing import Any
 
 from PIL import Image
 
+from services.diffusion.backends import RemoteEndpoint
 from services.diffusion.samplers import SAMPLERS
 from services.generator.adapters.base import (
     Adapter,
@@ -106,7 +107,8 @@ class A1111Adapter(Adapter):
         import asyncio
 
         try:
-            await asyncio.to_thread(self._request, "GET", "/sdapi/v1/samplers", None, 2.0)
+            health = RemoteEndpoint(self.kind, self.url).health_path
+            await asyncio.to_thread(self._request, "GET", health, None, 2.0)
         except A1111Error as exc:
             return False, str(exc)
         return True, "ok"

@@ -32,7 +32,7 @@ from typing import Any
 
 from PIL import Image, ImageFilter
 
-from services.diffusion.backends import HOSTED_SAMPLERS
+from services.diffusion.backends import HOSTED_SAMPLERS, RemoteEndpoint
 from services.diffusion.samplers import SAMPLERS
 from services.generator.adapters.base import (
     Adapter,
@@ -41,7 +41,7 @@ from services.generator.adapters.base import (
     RunHooks,
     StepProgress,
 )
-from services.generator.adapters.http import BackendError, http_request, png_bytes
+from services.generator.adapters.http import BackendError, http_request, json_request, png_bytes
 
 MAX_SEED = 4_294_967_295
 MAX_PROMPT = 2000
@@ -77,8 +77,8 @@ class HostedAdapter(Adapter):
     kind = "hosted"
 
     def __init__(self, url: str, api_key: str, timeout: float = 120.0) -> None:
-        self.url = url.rstrip("/")
-        self.api_key = api_key
+        self.endpoint = RemoteEndpoint("hosted", url.rstrip("/"), api_key)
+        self.url = self.endpoint.url
         self.timeout = timeout
 
     # ------------------------------------------------------------------ validation
@@ -154,16 +154,13 @@ class HostedAdapter(Adapter):
 
     # ------------------------------------------------------------------ HTTP
 
-    def _headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.api_key}", "Accept": "application/json"}
-
     def _call(self, call: HostedCall) -> Any:
-        headers = self._headers()
         if call.json is not None:
-            data = json.dumps(call.json).encode()
-            headers["Content-Type"] = "application/json"
-        else:
-            data, headers["Content-Type"] = multipart(call.form, call.files)
+            return json_request(self.url + call.path, call.json, headers=self.endpoint.headers(),
+                                timeout=self.timeout, backend="hosted API")
+        data, content_type = multipart(call.form, call.files)
+        headers = {**self.endpoint.headers(), "Accept": "application/json",
+                   "Content-Type": content_type}
         raw = http_request(self.url + call.path, method="POST", data=data, headers=headers,
                            timeout=self.timeout, backend="hosted API")
         return json.loads(raw)
@@ -172,8 +169,9 @@ class HostedAdapter(Adapter):
         import asyncio
 
         try:
-            await asyncio.to_thread(http_request, self.url + "/v1/engines/list",
-                                    headers=self._headers(), timeout=5.0, backend="hosted API")
+            await asyncio.to_thread(http_request, self.url + self.endpoint.health_path,
+                                    headers=self.endpoint.headers(), timeout=5.0,
+                                    backend="hosted API")
         except BackendError as exc:
             return False, str(exc)
         return True, "ok"
