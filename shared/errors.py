@@ -39,9 +39,33 @@ class FieldViolation:
 
 ViolationLike = FieldViolation | tuple[str, str]
 
+# What an error may carry back: the status travels in trailing metadata, which clients cap
+# (8 KiB by default); an error that echoes a huge request value must still fit, or the client
+# sees RESOURCE_EXHAUSTED instead of the real error. Message and details are clipped to these
+# budgets (UTF-8 bytes): the message travels twice (grpc-message, percent-encoded, and inside
+# the status), the details once, base64-encoded.
+MAX_MESSAGE_BYTES = 512
+MAX_TEXT_CHARS = 200
+MAX_DETAILS_BYTES = 2500
+MAX_VIOLATIONS = 20
+
+
+def clip(text: str, limit: int = MAX_TEXT_CHARS) -> str:
+    """`text` cut to `limit` characters, marked with an ellipsis when cut."""
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def clip_bytes(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` UTF-8 bytes (on a character boundary), with an ellipsis."""
+    data = text.encode()
+    if len(data) <= limit:
+        return text
+    return data[: limit - 3].decode(errors="ignore") + "\u2026"
+
 
 def _violation(v: ViolationLike) -> FieldViolation:
-    return v if isinstance(v, FieldViolation) else FieldViolation(v[0], v[1])
+    v = v if isinstance(v, FieldViolation) else FieldViolation(v[0], v[1])
+    return FieldViolation(clip(v.field), clip(v.description, 2 * MAX_TEXT_CHARS), clip(v.reason))
 
 
 class BoothStudioError(Exception):
@@ -70,17 +94,22 @@ class BoothStudioError(Exception):
         metadata: Mapping[str, Any] | None = None,
         retry_after: float | None = None,
     ) -> None:
-        self.violations: list[FieldViolation] = [_violation(v) for v in violations]
+        self.violations: list[FieldViolation] = [
+            _violation(v) for _, v in zip(range(MAX_VIOLATIONS), violations, strict=False)
+        ]
         if message is None:
             message = (
                 "; ".join(f"{v.field}: {v.description}" for v in self.violations)
                 if self.violations
                 else self.default_message
             )
+        message = clip_bytes(message, MAX_MESSAGE_BYTES)
         super().__init__(message)
         self.message = message
-        self.reason = reason or self.default_reason
-        self.metadata: dict[str, str] = {k: str(v) for k, v in (metadata or {}).items()}
+        self.reason = clip(reason or self.default_reason)
+        self.metadata: dict[str, str] = {
+            clip(k, 64): clip(str(v)) for k, v in list((metadata or {}).items())[:8]
+        }
         self.retry_after = retry_after
 
     @property
@@ -92,21 +121,24 @@ class BoothStudioError(Exception):
         return f"{type(self).__name__}({self.message!r}, reason={self.reason!r})"
 
     def to_rpc_status(self) -> status_pb2.Status:
-        """The google.rpc.Status carried in the trailing metadata."""
-        details: list[Any] = [
-            error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN, metadata=self.metadata)
-        ]
+        """The google.rpc.Status carried in the trailing metadata (within MAX_DETAILS_BYTES:
+        field violations that do not fit are left out, the first ones always kept)."""
+        info = error_details_pb2.ErrorInfo(
+            reason=self.reason, domain=DOMAIN, metadata=self.metadata
+        )
+        details: list[Any] = [info]
+        budget = MAX_DETAILS_BYTES - info.ByteSize()
         if self.violations:
-            details.append(
-                error_details_pb2.BadRequest(
-                    field_violations=[
-                        error_details_pb2.BadRequest.FieldViolation(
-                            field=v.field, description=v.description, reason=v.reason
-                        )
-                        for v in self.violations
-                    ]
+            bad = error_details_pb2.BadRequest()
+            for v in self.violations:
+                item = error_details_pb2.BadRequest.FieldViolation(
+                    field=v.field, description=v.description, reason=v.reason
                 )
-            )
+                if bad.field_violations and item.ByteSize() + 4 > budget:
+                    break
+                budget -= item.ByteSize() + 4
+                bad.field_violations.append(item)
+            details.append(bad)
         if self.retry_after is not None:
             delay = duration_pb2.Duration()
             delay.FromNanoseconds(int(self.retry_after * 1e9))
@@ -400,6 +432,7 @@ __all__ = [
     "Unavailable",
     "Unimplemented",
     "UnknownError",
+    "clip",
     "decode_rpc_error",
     "exception_from_rpc_error",
     "from_exception",

@@ -1,7 +1,8 @@
-"""grpc.aio server interceptors: metrics, logging, auth, exception -> status mapping.
+"""grpc.aio server interceptors: metrics, logging, auth, exception -> status mapping, and the
+checks every request passes.
 
-The runner installs them outermost first: Metrics, Logging, Auth, Errors. Each one wraps the
-method handler's behaviour, so it sees unary and streaming calls alike.
+The runner installs them outermost first: Metrics, Logging, Auth, Errors, RequestCheck. Each one
+wraps the method handler's behaviour, so it sees unary and streaming calls alike.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from grpc import aio
 
 from shared import metrics
 from shared.auth import Authenticator, extract_key, key_fingerprint, set_current_principal
-from shared.errors import BoothStudioError, Unimplemented, from_exception
+from shared.errors import BoothStudioError, InvalidArgument, Unimplemented, from_exception
+from shared.request_checks import UndecodableRequest, message_problems, safe_deserializer
 
 if TYPE_CHECKING:  # the grpc classes are generic only in the type stubs
     Context: TypeAlias = aio.ServicerContext[Any, Any]
@@ -62,15 +64,17 @@ def wrap_handler(
     handler: Handler,
     unary: Callable[[UnaryBehavior], UnaryBehavior],
     stream: Callable[[StreamBehavior], StreamBehavior],
+    request_deserializer: Callable[[bytes], Any] | None = None,
 ) -> Handler:
-    """Rebuild `handler` with its behaviour wrapped by `unary` (unary responses) or `stream`."""
+    """Rebuild `handler` with its behaviour wrapped by `unary` (unary responses) or `stream`
+    (and, when given, another request deserializer)."""
 
     def need(fn: Callable[..., Any] | None) -> Callable[..., Any]:
         assert fn is not None, "handler without behaviour"
         return fn
 
     kw = {
-        "request_deserializer": handler.request_deserializer,
+        "request_deserializer": request_deserializer or handler.request_deserializer,
         "response_serializer": handler.response_serializer,
     }
     if handler.request_streaming and handler.response_streaming:
@@ -172,6 +176,53 @@ class ErrorInterceptor(_Interceptor):
             return call
 
         return wrap_handler(handler, unary, stream)
+
+
+def _checked(request: Any) -> Any:
+    """The request itself, or InvalidArgument when it did not parse or holds values no field
+    takes (see shared.request_checks)."""
+    if isinstance(request, UndecodableRequest):
+        raise InvalidArgument(
+            f"the request bytes are not a valid {request.type_name} ({request.error})",
+            reason="MALFORMED_REQUEST",
+        )
+    problems = message_problems(request)
+    if problems:
+        raise InvalidArgument(violations=problems)
+    return request
+
+
+class RequestCheckInterceptor(_Interceptor):
+    """Innermost: refuses undecodable request bytes (which the server library would answer
+    UNKNOWN), non-finite numbers and control characters, in every message of every RPC,
+    before the servicer runs. Client streams are checked message by message."""
+
+    def wrap(self, handler: Handler, details: grpc.HandlerCallDetails) -> Handler:
+        streaming = handler.request_streaming
+
+        async def checked_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+            async for request in requests:
+                yield _checked(request)
+
+        def incoming(request: Any) -> Any:
+            return checked_stream(request) if streaming else _checked(request)
+
+        def unary(inner: UnaryBehavior) -> UnaryBehavior:
+            async def call(request: Any, context: Context) -> Any:
+                return await inner(incoming(request), context)
+
+            return call
+
+        def stream(inner: StreamBehavior) -> StreamBehavior:
+            async def call(request: Any, context: Context) -> AsyncIterator[Any]:
+                async for item in inner(incoming(request), context):
+                    yield item
+
+            return call
+
+        return wrap_handler(
+            handler, unary, stream, safe_deserializer(handler.request_deserializer)
+        )
 
 
 class AuthInterceptor(_Interceptor):

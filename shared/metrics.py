@@ -6,7 +6,12 @@ Metric names follow go-grpc-prometheus / grpc-ecosystem conventions:
 - grpc_server_handled_total{grpc_type, grpc_service, grpc_method, grpc_code}
 - grpc_server_handling_seconds{grpc_type, grpc_service, grpc_method} (histogram)
 - grpc_server_msg_sent_total{grpc_type, grpc_service, grpc_method} (streamed responses)
-- boothstudio_build_info{service, version, python_version, grpc_version}
+- boothstudio_build_info{component, version, python_version, grpc_version}
+
+`component` (catalog, generator, trainer) is not called `service`: scrape configs commonly attach
+a `service` target label, and Prometheus would rename a clashing series label to
+`exported_service`. The `*_created` sample of every counter and histogram is switched off: it
+doubles the series without saying anything a rate() needs.
 
 Services add their own metrics with prometheus_client in the default registry, named
 `boothstudio_<service>_<what>_<unit>` (e.g. boothstudio_generator_queue_depth).
@@ -19,8 +24,17 @@ import threading
 from typing import Any
 
 import grpc
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, Info
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    Info,
+    disable_created_metrics,
+)
 from prometheus_client.exposition import start_http_server
+
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 LABELS = ("grpc_type", "grpc_service", "grpc_method")
 
@@ -82,7 +96,7 @@ def preregister(service_descriptor: Any) -> None:
 def set_build_info(service: str, version: str) -> None:
     BUILD_INFO.info(
         {
-            "service": service,
+            "component": service,
             "version": version,
             "python_version": platform.python_version(),
             "grpc_version": grpc.__version__,

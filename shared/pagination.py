@@ -1,7 +1,7 @@
 """Page size validation and opaque page tokens for List* RPCs.
 
     size = page_size(request.page_size)              # InvalidArgument on field "page_size"
-    offset = decode_token(request.page_token, scope) # InvalidArgument on field "page_token"
+    offset = decode_offset(request.page_token, scope) # InvalidArgument on field "page_token"
     ...
     next_token = encode_token(offset + size, scope) if more else ""
 
@@ -21,6 +21,10 @@ from shared.errors import InvalidArgument
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
+# Tokens we issue are ~60 characters; anything far longer is forged, refuse before decoding.
+MAX_TOKEN_CHARS = 512
+# An offset beyond any list we could hold: larger ones are forged (and would overflow SQLite).
+MAX_OFFSET = 10**9
 
 
 def page_size(
@@ -52,14 +56,32 @@ def decode_token(token: str, scope: str = "", *, field: str = "page_token") -> A
     """The position in a token from encode_token; None for an empty token."""
     if not token:
         return None
+    if len(token) > MAX_TOKEN_CHARS:
+        raise InvalidArgument.for_field(field, "malformed page token")
     try:
         padded = token + "=" * (-len(token) % 4)
         data = json.loads(base64.urlsafe_b64decode(padded.encode()))
         position, token_scope = data["p"], data["s"]
-    except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+    except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError,
+            RecursionError) as exc:
         raise InvalidArgument.for_field(field, "malformed page token") from exc
     if token_scope != _scope_hash(scope):
         raise InvalidArgument.for_field(
             field, "page token was issued for a different query (filters changed)"
         )
+    return position
+
+
+def decode_offset(token: str, scope: str = "", *, field: str = "page_token") -> int:
+    """The offset in a token from encode_token(offset, scope); 0 for an empty token.
+
+    The one decoder every offset-paged List RPC uses: whatever a forged token holds (a huge
+    number, a float, a string, a list), the answer is INVALID_ARGUMENT on `field`.
+    """
+    position = decode_token(token, scope, field=field)
+    if position is None:
+        return 0
+    # bool is an int in Python; a token never carries one
+    if type(position) is not int or not 0 <= position <= MAX_OFFSET:
+        raise InvalidArgument.for_field(field, "malformed page token")
     return position

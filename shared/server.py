@@ -5,7 +5,8 @@ A service module provides a `build(ctx: ServiceContext) -> ServiceSpec` function
 
 - loads the configuration (flags, BOOTHSTUDIO_* env, optional YAML; see shared.config);
 - starts a grpc.aio server with interceptors (metrics, logging, auth, exception mapping),
-  the grpc.health.v1 health service (overall "" and per-service status) and server reflection;
+  the grpc.health.v1 health service (overall "" and per-service status) and server reflection
+  (v1 and v1alpha);
 - serves Prometheus /metrics on --metrics-port (gRPC server metrics + boothstudio_build_info);
 - optionally serves TLS (and mTLS when a client CA is set);
 - on SIGTERM/SIGINT: marks health NOT_SERVING, sets ctx.draining, calls the service's
@@ -39,7 +40,6 @@ from typing import Any
 import grpc
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from shared import metrics
 from shared.auth import Authenticator
@@ -50,8 +50,10 @@ from shared.interceptors import (
     ErrorInterceptor,
     LoggingInterceptor,
     MetricsInterceptor,
+    RequestCheckInterceptor,
 )
 from shared.logs import configure_logging
+from shared.reflection import enable_server_reflection
 from shared.version import __version__
 
 DrainHook = Callable[[float], Awaitable[None]]
@@ -169,6 +171,7 @@ class ServiceServer:
             LoggingInterceptor(),
             AuthInterceptor(Authenticator(cfg.api_keys)),
             ErrorInterceptor(),
+            RequestCheckInterceptor(),
         ]
         options = [
             ("grpc.max_send_message_length", cfg.max_message_bytes),
@@ -188,13 +191,8 @@ class ServiceServer:
             spec.register(self.server)
             metrics.preregister(spec.descriptor)
         names = [s.full_name for s in self.specs]
-        reflection.enable_server_reflection(
-            [
-                *names,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ],
-            self.server,
+        enable_server_reflection(
+            [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name], self.server
         )
         address = f"{cfg.host}:{cfg.port}"
         creds = _server_credentials(cfg)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import sqlite3
 import tempfile
@@ -176,6 +177,14 @@ def _split_sql(script: str) -> list[str]:
 # --------------------------------------------------------------------------- files
 
 
+@functools.cache
+def _umask() -> int:
+    # os.umask can only be read by setting it; read it once, at first use, and put it back.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def fsync_dir(path: Path) -> None:
     """fsync a directory so a rename inside it is durable (no-op where unsupported)."""
     try:
@@ -201,6 +210,9 @@ def atomic_write(path: Path | str, mode: str = "wb") -> Iterator[IO[Any]]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     tmp = Path(tmp_name)
     try:
+        # mkstemp creates 0600; give the file the mode open() would (0644 under umask 022),
+        # so models and pictures stay readable by other tools like any other file.
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()

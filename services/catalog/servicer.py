@@ -50,7 +50,7 @@ from shared.errors import (
     NotFound,
 )
 from shared.ids import is_valid_id
-from shared.pagination import decode_token, encode_token, page_size
+from shared.pagination import decode_offset, encode_token, page_size
 from shared.server import ServiceContext, ServiceSpec
 
 DESCRIPTOR = catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"]
@@ -253,9 +253,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         if request.kind not in catalog_pb2.ModelKind.values():
             raise InvalidArgument.for_field("kind", f"unknown model kind {request.kind}")
         scope = f"kind={request.kind};backend={request.backend_id};base={request.base_model_id}"
-        offset = decode_token(request.page_token, scope) or 0
-        if not isinstance(offset, int) or offset < 0:
-            raise InvalidArgument.for_field("page_token", "malformed page token")
+        offset = decode_offset(request.page_token, scope)
         rows, total = self.registry.list(
             kind=request.kind,
             backend_id=request.backend_id,

@@ -37,7 +37,7 @@ from services.generator.validation import Validator, model_ref
 from shared.channels import aio_channel
 from shared.errors import AlreadyExists, BoothStudioError, InvalidArgument, NotFound, Unavailable
 from shared.ids import new_id
-from shared.pagination import decode_token, encode_token, page_size
+from shared.pagination import decode_offset, encode_token, page_size
 from shared.server import ServiceContext, ServiceSpec
 
 DESCRIPTOR = generator_pb2.DESCRIPTOR.services_by_name["GeneratorService"]
@@ -190,9 +190,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
     async def ListImages(self, request, context):  # type: ignore[no-untyped-def]
         size = page_size(request.page_size)
         scope = f"model={request.model_id};job={request.job_id}"
-        offset = decode_token(request.page_token, scope) or 0
-        if not isinstance(offset, int) or offset < 0:
-            raise InvalidArgument.for_field("page_token", "malformed page token")
+        offset = decode_offset(request.page_token, scope)
         rows, total = await asyncio.to_thread(
             self.gallery.list,
             model_id=request.model_id,

@@ -48,7 +48,7 @@ from shared.errors import (
     Unavailable,
 )
 from shared.ids import is_valid_id, new_id
-from shared.pagination import decode_token, encode_token, page_size
+from shared.pagination import decode_offset, encode_token, page_size
 from shared.server import ServiceContext, ServiceSpec
 from shared.storage import atomic_write_bytes, atomic_write_text
 
@@ -465,7 +465,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             if st not in S.values():
                 raise InvalidArgument.for_field(f"states[{i}]", f"unknown state {st}")
         scope = f"states={sorted(request.states)};base={request.base_model_id}"
-        offset = decode_token(request.page_token, scope) or 0
+        offset = decode_offset(request.page_token, scope)
         jobs = self.store.list(request.states, request.base_model_id)
         page = jobs[offset:offset + size]
         queued = [j.id for j in self.store.queued()]
