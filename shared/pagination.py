@@ -78,9 +78,9 @@ def decode_offset(token: str, scope: str = "", *, field: str = "page_token") -> 
     The one decoder every offset-paged List RPC uses: whatever a forged token holds (a huge
     number, a float, a string, a list), the answer is INVALID_ARGUMENT on `field`.
     """
-    position = decode_token(token, scope, field=field)
-    if position is None:
+    if not token:
         return 0
+    position = decode_token(token, scope, field=field)
     # bool is an int in Python; a token never carries one
     if type(position) is not int or not 0 <= position <= MAX_OFFSET:
         raise InvalidArgument.for_field(field, "malformed page token")

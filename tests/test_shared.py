@@ -383,3 +383,114 @@ async def test_tls(tmp_path: Path) -> None:
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     finally:
         await srv.stop(0)
+
+
+# ----------------------------------------------------------------------------- hardening
+
+
+def png_bomb(width: int, height: int) -> bytes:
+    """A valid PNG header declaring width x height over a few bytes of data: what an attacker
+    sends, since a real 12000x12000 PNG of one colour is still ~500 KB."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
+def test_images_refused_on_the_header_before_decoding() -> None:
+    import io
+
+    from PIL import Image
+
+    from shared import images
+
+    limits = images.ImageLimits(max_bytes=1 << 20, max_side=2048, max_pixels=1024 * 1024)
+    with pytest.raises(images.ImageRejected, match="12000x12000"):
+        images.probe(png_bomb(12000, 12000), limits)
+    with pytest.raises(images.ImageRejected, match="pixels in all"):
+        images.probe(png_bomb(2048, 2048), limits)  # each side fits, the area does not
+    with pytest.raises(images.ImageRejected, match="limit"):
+        images.probe(b"\0" * (2 << 20), limits)
+    with pytest.raises(images.ImageRejected, match="PNG"):
+        images.probe(b"GIF89a" + b"\0" * 64, limits)
+    # A header that promises more than the data holds is refused when decoded, not a crash.
+    with pytest.raises(images.ImageRejected, match="truncated or corrupt"):
+        images.decode(png_bomb(64, 64), limits)
+    buf = io.BytesIO()
+    Image.new("RGB", (96, 64), "red").save(buf, format="PNG")
+    info = images.probe(buf.getvalue(), limits)
+    assert (info.width, info.height, info.format) == (96, 64, "PNG")
+    assert images.decode(buf.getvalue(), limits).getpixel((5, 5)) == (255, 0, 0)
+
+
+def test_decode_offset_refuses_every_forged_position() -> None:
+    from shared.pagination import MAX_OFFSET, decode_offset
+
+    assert decode_offset("", "s") == 0
+    assert decode_offset(encode_token(7, "s"), "s") == 7
+    for position in (MAX_OFFSET + 1, -1, 2.0, "3", None, [1], {"a": 1}, True):
+        with pytest.raises(errors.InvalidArgument) as info:
+            decode_offset(encode_token(position, "s"), "s")
+        assert info.value.fields == ["page_token"]
+
+
+def test_errors_fit_a_trailer_whatever_they_echo() -> None:
+    """A client's default metadata limit is 8 KiB; errors must stay well inside it."""
+    huge = "\u00e9" * 100_000
+    err = errors.NotFound(resource_type="image", resource_name=huge, field="image_id")
+    assert len(err.message.encode()) <= errors.MAX_MESSAGE_BYTES
+    many = errors.InvalidArgument(violations=[(huge, huge)] * 500, metadata={huge: huge})
+    size = len(many.to_rpc_status().SerializeToString())
+    assert size <= errors.MAX_DETAILS_BYTES + errors.MAX_MESSAGE_BYTES + 64
+    assert many.to_rpc_status().details  # the first violation is always there
+
+
+def test_request_checks_walk_nested_maps_and_lists() -> None:
+    import math
+
+    from boothstudio.v1 import common_pb2, generator_pb2
+    from shared.request_checks import message_problems
+
+    request = generator_pb2.GenerateRequest(
+        prompt="ok\nwith a newline\tand a tab",
+        negative_prompt="bell\x07",
+        cfg_scale=math.inf,
+        sampler_options={"eta": common_pb2.OptionValue(float_value=math.nan),
+                         "ok": common_pb2.OptionValue(float_value=0.5)},
+    )
+    fields = sorted(v.field for v in message_problems(request))
+    assert fields == ["cfg_scale", "negative_prompt", "sampler_options[eta].float_value"]
+    config = trainer_pb2.DreamBoothConfig(validation_prompts=["fine", "nul\x00"])
+    config.prior_preservation.loss_weight = -math.inf
+    fields = sorted(v.field for v in message_problems(config, "config."))
+    assert fields == ["config.prior_preservation.loss_weight", "config.validation_prompts[1]"]
+
+
+def test_atomic_writes_are_readable_like_any_file(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    plain = tmp_path / "plain.bin"
+    plain.write_bytes(b"x")
+    atomic_write_bytes(tmp_path / "atomic.bin", b"x")
+    mode = stat.S_IMODE(os.stat(tmp_path / "atomic.bin").st_mode)
+    assert mode == stat.S_IMODE(plain.stat().st_mode)
+    assert mode & stat.S_IROTH  # 0644 under the usual umask, not mkstemp's 0600
+
+
+def test_path_and_file_name_problems() -> None:
+    from shared.paths import file_name_problem, path_problem
+
+    assert path_problem("/models/sd15") is None
+    assert path_problem("/m/" + "x" * 256)
+    assert path_problem("/m/" + "ab/" * 1500)
+    assert path_problem("/m/\x00")
+    assert file_name_problem("dog-1.png") is None
+    for bad in ("", "a/b.png", "..", ".hidden", "x" * 256, "tab\there", "back\\slash"):
+        assert file_name_problem(bad), bad

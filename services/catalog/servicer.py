@@ -51,6 +51,7 @@ from shared.errors import (
 )
 from shared.ids import is_valid_id
 from shared.pagination import decode_offset, encode_token, page_size
+from shared.paths import path_problem
 from shared.server import ServiceContext, ServiceSpec
 
 DESCRIPTOR = catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"]
@@ -67,6 +68,14 @@ ACTIVE_TRAINING = [
     trainer_pb2.TRAINING_JOB_STATE_EXPORTING,
     trainer_pb2.TRAINING_JOB_STATE_CANCELLING,
 ]
+# Lengths of the free-text fields of ImportModel (characters).
+TEXT_LIMITS = {
+    "display_name": 256,
+    "description": 4096,
+    "trigger_phrase": 512,
+    "architecture": 64,
+    "backend_id": 64,
+}
 _TYPES = {
     "int": catalog_pb2.PARAMETER_TYPE_INT,
     "float": catalog_pb2.PARAMETER_TYPE_FLOAT,
@@ -129,6 +138,16 @@ def inspect_single_file(path: Path, config: str | None) -> loading.ModelInfo:
         cfg.pipeline_class,
         "single_file",
         str(path),
+    )
+
+
+def _path_error(err: OSError, field: str) -> InvalidArgument | NotFound:
+    """An OSError met while reading an imported path, as the error of the field that named it."""
+    what = err.strerror or type(err).__name__
+    if isinstance(err, FileNotFoundError):
+        return NotFound(f"{field}: {what}", reason="MODEL_NOT_FOUND", field=field)
+    return InvalidArgument(
+        f"{field}: cannot read it ({what})", reason="PATH_UNREADABLE", violations=[(field, what)]
     )
 
 
@@ -243,6 +262,10 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
     def _model(self, model_id: str, field: str = "model_id") -> Any:
         if not model_id:
             raise InvalidArgument.for_field(field, "required")
+        if not is_valid_id(model_id):
+            raise InvalidArgument.for_field(
+                field, "not a model id (lowercase letter first, then [a-z0-9_-], at most 128)"
+            )
         row = self.registry.get(model_id)
         if row is None:
             raise NotFound(resource_type="model", resource_name=model_id, field=field)
@@ -281,10 +304,22 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         source = str(getattr(request, source_field)).strip()
         if not source:
             violations.append((source_field, "must not be empty"))
+        # a remote backend's model is a name there, not a path here, but still bounded
+        for name, value in ((source_field, source), ("config_path", request.config_path)):
+            problem = path_problem(value)
+            if problem:
+                violations.append((name, problem))
+        for name, limit in TEXT_LIMITS.items():
+            if len(getattr(request, name)) > limit:
+                violations.append((name, f"longer than {limit} characters"))
         if request.model_id and not is_valid_id(request.model_id):
             violations.append(
                 ("model_id", "lowercase letter first, then [a-z0-9_-], at most 128 characters")
             )
+        for name in ("base_model_id", "training_job_id"):
+            value = getattr(request.origin, name)
+            if value and not is_valid_id(value):
+                violations.append((f"origin.{name}", "not a valid id"))
         if request.kind not in catalog_pb2.ModelKind.values():
             violations.append(("kind", f"unknown model kind {request.kind}"))
         if request.prediction_type not in catalog_pb2.PredictionType.values():
@@ -433,9 +468,15 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
             if err.reason == "MODEL_NOT_FOUND":
                 raise NotFound(str(err), reason=err.reason, field=f) from err
             raise InvalidArgument(str(err), reason=err.reason, violations=[(f, str(err))]) from err
+        except OSError as err:
+            # unreadable, not a folder, a folder where a file was expected: the path is at fault
+            raise _path_error(err, source_field) from err
         values["source_path"] = path_str
         if request.copy_files and source_field != "hf_cache_id":
-            dest = await asyncio.to_thread(self._copy_in, Path(path_str), model_id)
+            try:
+                dest = await asyncio.to_thread(self._copy_in, Path(path_str), model_id)
+            except OSError as err:
+                raise _path_error(err, source_field) from err
             values["source_path"] = str(dest)
             values["owned_path"] = str(self.models_dir / model_id)
         values.setdefault("size_bytes", folder_size(Path(values["source_path"])))

@@ -250,6 +250,14 @@ def main(argv: list[str] | None = None) -> None:
         pipe.to(torch.float16)
     args.out.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(args.out, safe_serialization=True)
+    if args.fp16:
+        # transformers writes the text encoder's dtype into its config, and then loads it in
+        # fp16 while diffusers loads the UNet and VAE in fp32: a plain from_pretrained(folder)
+        # would crash on mixed dtypes. fp16 stays the storage format only.
+        config_file = args.out / "text_encoder" / "config.json"
+        config = json.loads(config_file.read_text())
+        config["dtype"] = "float32"
+        config_file.write_text(json.dumps(config, indent=2) + "\n")
     print(f"saved to {args.out}")
 
 

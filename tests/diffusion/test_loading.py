@@ -145,3 +145,17 @@ def test_real_architectures_are_told_apart_from_their_configs(
         arch, resolution, prediction)
     assert info.pipeline_class == pipeline_class
     assert info.inpainting == (unet_extra.get("in_channels") == 9)
+
+
+def test_plain_from_pretrained_of_the_embedded_model_generates() -> None:
+    """The obvious diffusers call, no dtype argument: every part must load in one dtype (the
+    text encoder's config once said float16 while the UNet and VAE loaded as float32)."""
+    from diffusers import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(str(embedded_model_dir()))
+    parts = ("unet", "vae", "text_encoder")
+    dtypes = {next(getattr(pipe, part).parameters()).dtype for part in parts}
+    assert dtypes == {torch.float32}
+    image = pipe("a red circle on a blue background", height=64, width=64,
+                 num_inference_steps=4, generator=torch.Generator().manual_seed(0)).images[0]
+    assert image.size == (64, 64)
