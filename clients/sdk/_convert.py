@@ -24,6 +24,7 @@ from google.protobuf.message import Message
 
 from boothstudio.v1 import catalog_pb2, common_pb2, generator_pb2, trainer_pb2
 from clients.sdk.errors import Cancelled, GenerationFailed, Unavailable, invalid
+from clients.sdk.text import parse_option as parse_option  # kept here for older callers
 from clients.sdk.types import (
     Backend,
     BackendCapabilities,
@@ -143,19 +144,6 @@ def option_from_pb(value: common_pb2.OptionValue) -> OptionScalar | None:
         return None
     result: OptionScalar = getattr(value, kind)
     return result
-
-
-def parse_option(text: str) -> OptionScalar:
-    """A command-line option value: true/false, an int, a float, else the string."""
-    low = text.strip().lower()
-    if low in ("true", "false"):
-        return low == "true"
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
 
 
 def image_bytes(value: ImageInput, field_path: str) -> bytes:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -69,10 +70,9 @@ class StudioApp(App[None]):
     #: Health status per service ("SERVING", "UNAVAILABLE", ... or "UNKNOWN").
     health: reactive[dict[str, str]] = reactive(dict, always_update=True)
 
+    @dataclass
     class HealthChecked(Message):
-        def __init__(self, statuses: dict[str, str]) -> None:
-            super().__init__()
-            self.statuses = statuses
+        statuses: dict[str, str]
 
     def __init__(
         self,

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
+from textual import on
 from textual.app import ComposeResult
+from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Header
 
@@ -22,6 +27,19 @@ class StudioScreen(Screen[None]):
     #: The mode name of this screen (also shown in the header).
     MODE = ""
     TITLE_TEXT = ""
+
+    @dataclass
+    class Failed(Message):
+        """A worker's call failed; `what` names the step (it prefixes the error shown)."""
+
+        error: BaseException
+        what: str
+
+    @dataclass
+    class Done(Message):
+        """A worker finished something worth telling: said in the status bar and as a toast."""
+
+        text: str
 
     def compose(self) -> ComposeResult:
         yield Header(icon="◆")
@@ -68,5 +86,33 @@ class StudioScreen(Screen[None]):
         self.say(f"{prefix}{describe(exc)}")
         self.notify(f"{prefix}{describe(exc)}", severity="error", timeout=8)
 
+    @on(Failed)
+    def _on_failed(self, event: Failed) -> None:
+        self.failed(event)
+
+    def failed(self, event: Failed) -> None:
+        """Show a worker's failure (screens that also restore some state extend this)."""
+        self.report_error(event.error, event.what)
+
+    @on(Done)
+    def done(self, event: Done) -> None:
+        self.say(event.text)
+        self.notify(event.text)
+
     def receive(self, payload: Any) -> None:
         """Something another screen handed over (see StudioApp.hand_over)."""
+
+
+class _Dated(Protocol):
+    @property
+    def created_at(self) -> datetime | None: ...
+
+
+D = TypeVar("D", bound=_Dated)
+
+
+def newest_first(items: Iterable[D]) -> list[D]:
+    """Gallery images or training jobs, newest first (undated ones last)."""
+    return sorted(
+        items, key=lambda i: i.created_at.timestamp() if i.created_at else 0.0, reverse=True
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -13,6 +15,7 @@ from textual.widgets.option_list import Option
 
 from clients.sdk import AsyncBoothStudio, GalleryImage
 from clients.tui.images import image_widget
+from clients.tui.screens.base import newest_first
 from clients.tui.settings import ImageMethod
 from clients.tui.widgets.fields import describe
 
@@ -81,13 +84,12 @@ class PickImageDialog(ModalScreen[str | None]):
 
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
 
+    @dataclass
     class Loaded(Message):
         """The gallery listing arrived (or failed: `error`)."""
 
-        def __init__(self, images: list[GalleryImage], error: str = "") -> None:
-            super().__init__()
-            self.images = images
-            self.error = error
+        images: list[GalleryImage]
+        error: str = ""
 
     def __init__(self, client: AsyncBoothStudio) -> None:
         super().__init__(classes="dialog")
@@ -109,7 +111,7 @@ class PickImageDialog(ModalScreen[str | None]):
         except Exception as exc:
             self.post_message(self.Loaded([], describe(exc)))
             return
-        self.post_message(self.Loaded(sorted(page.items, key=_newest, reverse=True)))
+        self.post_message(self.Loaded(newest_first(page.items)))
 
     @on(Loaded)
     def show(self, event: Loaded) -> None:
@@ -155,7 +157,3 @@ class ImageViewer(ModalScreen[None]):
 
     def action_close(self) -> None:
         self.dismiss(None)
-
-
-def _newest(img: GalleryImage) -> float:
-    return img.created_at.timestamp() if img.created_at else 0.0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,7 @@ from clients.sdk import (
 from clients.sdk.errors import invalid
 from clients.tui.screens.base import StudioScreen
 from clients.tui.screens.dialogs import PickImageDialog
-from clients.tui.screens.generate import _float, _int, model_label
-from clients.tui.widgets.fields import FormField
+from clients.tui.widgets.fields import FormField, model_label, parse_float, parse_int
 from clients.tui.widgets.mask_canvas import MaskCanvas
 from clients.tui.widgets.results import JobProgress, ResultTile, eta_text
 
@@ -50,28 +50,19 @@ class EditScreen(StudioScreen):
         Binding("ctrl+k", "canvas", "Paint", show=False),
     ]
 
+    @dataclass
     class SourceLoaded(Message):
-        def __init__(self, png: bytes, name: str, prompt: str = "") -> None:
-            super().__init__()
-            self.png = png
-            self.name = name
-            self.prompt = prompt
+        png: bytes
+        name: str
+        prompt: str = ""
 
+    @dataclass
     class ModelsLoaded(Message):
-        def __init__(self, models: list[Model]) -> None:
-            super().__init__()
-            self.models = models
+        models: list[Model]
 
+    @dataclass
     class Event(Message):
-        def __init__(self, event: GenerateEvent) -> None:
-            super().__init__()
-            self.event = event
-
-    class Failed(Message):
-        def __init__(self, error: BaseException, what: str) -> None:
-            super().__init__()
-            self.error = error
-            self.what = what
+        event: GenerateEvent
 
     class Ended(Message):
         pass
@@ -248,13 +239,13 @@ class EditScreen(StudioScreen):
         negative = self.query_one("#edit-negative", Input).value.strip()
         if negative:
             params["negative_prompt"] = negative
-        strength = _float(self.query_one("#strength", Input).value, "strength")
+        strength = parse_float(self.query_one("#strength", Input).value, "strength")
         if strength is not None:
             params["strength"] = strength
-        steps = _int(self.query_one("#edit-steps", Input).value, "steps")
+        steps = parse_int(self.query_one("#edit-steps", Input).value, "steps")
         if steps is not None:
             params["steps"] = steps
-        seed = _int(self.query_one("#edit-seed", Input).value, "seed")
+        seed = parse_int(self.query_one("#edit-seed", Input).value, "seed")
         if seed is not None:
             params["seed"] = seed
         model = self.query_one("#edit-model", Select).value
@@ -265,7 +256,7 @@ class EditScreen(StudioScreen):
             if canvas.coverage == 0:
                 raise invalid("mask", "paint the area to repaint first (or use img2img)")
             params["mask"] = canvas.mask_png()
-            blur = _int(self.query_one("#mask-blur", Input).value, "mask_blur")
+            blur = parse_int(self.query_one("#mask-blur", Input).value, "mask_blur")
             if blur is not None:
                 params["mask_blur"] = blur
         return prompt, params
@@ -323,10 +314,6 @@ class EditScreen(StudioScreen):
             else:
                 progress.reset(event.status.value)
                 self.say(f"edit {event.status.value}: {event.error_message}")
-
-    @on(Failed)
-    def failed(self, message: Failed) -> None:
-        self.report_error(message.error, message.what)
 
     @on(Ended)
     def ended(self) -> None:

@@ -4,6 +4,7 @@ Generate, edit, delete, export to a file, full view."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from pathlib import Path
 
 from textual import on, work
@@ -15,18 +16,17 @@ from textual.widgets import Static
 
 from clients.sdk import GalleryImage
 from clients.tui.images import image_widget, set_image
-from clients.tui.screens.base import StudioScreen
-from clients.tui.screens.dialogs import ConfirmDialog, ImageViewer, PathDialog, _newest
+from clients.tui.screens.base import StudioScreen, newest_first
+from clients.tui.screens.dialogs import ConfirmDialog, ImageViewer, PathDialog
 from clients.tui.settings import ImageMethod
 
 
 class Thumb(Vertical, can_focus=True):
     """A thumbnail; focusing or clicking it selects the image."""
 
+    @dataclass
     class Selected(Message):
-        def __init__(self, thumb: Thumb) -> None:
-            super().__init__()
-            self.thumb = thumb
+        thumb: Thumb
 
         @property
         def control(self) -> Thumb:
@@ -88,26 +88,13 @@ class GalleryScreen(StudioScreen):
         Binding("up,left", "app.focus_previous", "Previous", show=False),
     ]
 
+    @dataclass
     class Listed(Message):
-        def __init__(self, images: list[GalleryImage]) -> None:
-            super().__init__()
-            self.images = images
+        images: list[GalleryImage]
 
+    @dataclass
     class Fetched(Message):
-        def __init__(self, image: GalleryImage) -> None:
-            super().__init__()
-            self.image = image
-
-    class Done(Message):
-        def __init__(self, text: str) -> None:
-            super().__init__()
-            self.text = text
-
-    class Failed(Message):
-        def __init__(self, error: BaseException, what: str) -> None:
-            super().__init__()
-            self.error = error
-            self.what = what
+        image: GalleryImage
 
     def __init__(self) -> None:
         super().__init__()
@@ -138,7 +125,7 @@ class GalleryScreen(StudioScreen):
         except Exception as exc:
             self.post_message(self.Failed(exc, "gallery"))
             return
-        images = sorted(page.items, key=_newest, reverse=True)
+        images = newest_first(page.items)
         self.post_message(self.Listed(images))
         cache = self.studio.png_cache
         for img in images:
@@ -270,15 +257,6 @@ class GalleryScreen(StudioScreen):
         self.studio.png_cache.pop(image_id, None)
         self.post_message(self.Done(f"deleted {result.deleted_count} image(s)"))
         self.load()
-
-    @on(Done)
-    def done(self, event: Done) -> None:
-        self.say(event.text)
-        self.notify(event.text)
-
-    @on(Failed)
-    def failed(self, event: Failed) -> None:
-        self.report_error(event.error, event.what)
 
 
 def _write(path: Path, data: bytes) -> None:

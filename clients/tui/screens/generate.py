@@ -4,6 +4,7 @@ a progress bar with ETA, the live preview and the results."""
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from typing import Any
 
 from textual import on, work
@@ -29,16 +30,11 @@ from clients.sdk import (
     Started,
     WarningEvent,
 )
-from clients.sdk.errors import invalid
 from clients.tui.images import image_widget, set_image
 from clients.tui.screens.base import StudioScreen
-from clients.tui.widgets.fields import FormField
+from clients.tui.widgets.fields import FormField, model_label, parse_float, parse_int
 from clients.tui.widgets.results import JobProgress, ResultTile, eta_text
 from clients.tui.widgets.sampler_settings import SamplerSettings
-
-
-def model_label(m: Model) -> str:
-    return m.display_name or m.id
 
 
 class GenerateScreen(StudioScreen):
@@ -52,29 +48,20 @@ class GenerateScreen(StudioScreen):
         Binding("ctrl+s", "toggle_seed", "Random seed"),
     ]
 
+    @dataclass
     class CatalogLoaded(Message):
-        def __init__(self, models: list[Model], samplers: SamplerList) -> None:
-            super().__init__()
-            self.models = models
-            self.samplers = samplers
+        models: list[Model]
+        samplers: SamplerList
 
+    @dataclass
     class SamplersLoaded(Message):
-        def __init__(self, samplers: SamplerList) -> None:
-            super().__init__()
-            self.samplers = samplers
+        samplers: SamplerList
 
+    @dataclass
     class Event(Message):
         """One event of the running generation."""
 
-        def __init__(self, event: GenerateEvent) -> None:
-            super().__init__()
-            self.event = event
-
-    class Failed(Message):
-        def __init__(self, error: BaseException, what: str) -> None:
-            super().__init__()
-            self.error = error
-            self.what = what
+        event: GenerateEvent
 
     class Ended(Message):
         pass
@@ -277,14 +264,14 @@ class GenerateScreen(StudioScreen):
         if isinstance(schedule, str):
             params["schedule"] = schedule
         for name in ("width", "height", "steps", "count"):
-            value = _int(self.query_one(f"#{name}", Input).value, name)
+            value = parse_int(self.query_one(f"#{name}", Input).value, name)
             if value is not None:
                 params[name] = value
-        cfg = _float(self.query_one("#cfg_scale", Input).value, "cfg_scale")
+        cfg = parse_float(self.query_one("#cfg_scale", Input).value, "cfg_scale")
         if cfg is not None:
             params["cfg_scale"] = cfg
         if not self.query_one("#seed-random", Checkbox).value:
-            seed = _int(self.query_one("#seed", Input).value, "seed")
+            seed = parse_int(self.query_one("#seed", Input).value, "seed")
             if seed is not None:
                 params["seed"] = seed
         options = self.query_one(SamplerSettings).values()
@@ -391,11 +378,10 @@ class GenerateScreen(StudioScreen):
         elif isinstance(event, WarningEvent):
             self.notify(event.warning.message, severity="warning")
 
-    @on(Failed)
-    def failed(self, message: Failed) -> None:
-        if message.what == "generate":
+    def failed(self, event: StudioScreen.Failed) -> None:
+        if event.what == "generate":
             self.query_one(JobProgress).reset("failed")
-        self.report_error(message.error, message.what)
+        super().failed(event)
 
     @on(Ended)
     def ended(self) -> None:
@@ -457,23 +443,3 @@ class GenerateScreen(StudioScreen):
                 continue
             if isinstance(widget, Input):
                 widget.value = str(value)
-
-
-def _int(text: str, field: str) -> int | None:
-    text = text.strip()
-    if not text:
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise invalid(field, "must be a whole number") from None
-
-
-def _float(text: str, field: str) -> float | None:
-    text = text.strip()
-    if not text:
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        raise invalid(field, "must be a number") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from textual import on, work
@@ -12,18 +13,10 @@ from textual.message import Message
 from textual.widgets import Button, DataTable, Input, Label, Static
 
 from clients.sdk import Model
+from clients.sdk.text import human_bytes
 from clients.tui.screens.base import StudioScreen
 from clients.tui.screens.dialogs import ConfirmDialog
 from clients.tui.widgets.fields import FormField
-
-
-def human_bytes(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
 
 
 def model_details(m: Model) -> str:
@@ -60,22 +53,10 @@ class ModelsScreen(StudioScreen):
         Binding("g", "use", "Generate with"),
     ]
 
+    @dataclass
     class Loaded(Message):
-        def __init__(self, models: list[Model], select: str = "") -> None:
-            super().__init__()
-            self.models = models
-            self.select = select
-
-    class Done(Message):
-        def __init__(self, text: str) -> None:
-            super().__init__()
-            self.text = text
-
-    class Failed(Message):
-        def __init__(self, error: BaseException, what: str) -> None:
-            super().__init__()
-            self.error = error
-            self.what = what
+        models: list[Model]
+        select: str = ""
 
     def __init__(self) -> None:
         super().__init__()
@@ -241,12 +222,3 @@ class ModelsScreen(StudioScreen):
         model = self.current()
         if model is not None:
             await self.studio.hand_over("generate", model)
-
-    @on(Done)
-    def done(self, event: Done) -> None:
-        self.say(event.text)
-        self.notify(event.text)
-
-    @on(Failed)
-    def failed(self, event: Failed) -> None:
-        self.report_error(event.error, event.what)

@@ -4,6 +4,7 @@ jump to the model it produced."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from textual import on, work
@@ -28,9 +29,9 @@ from clients.sdk import (
     TrainingWarning,
 )
 from clients.sdk.errors import invalid
-from clients.tui.screens.base import StudioScreen
-from clients.tui.screens.generate import _int, model_label
-from clients.tui.widgets.fields import FormField
+from clients.sdk.text import parse_option
+from clients.tui.screens.base import StudioScreen, newest_first
+from clients.tui.widgets.fields import FormField, model_label, parse_int
 from clients.tui.widgets.results import JobProgress, ResultTile, eta_text
 
 METHODS = [("LoRA (small adapter)", "lora"), ("Full fine-tune", "full")]
@@ -43,20 +44,8 @@ def parse_extra(text: str) -> dict[str, Any]:
         if "=" not in pair:
             raise invalid("extra", f"expected key=value, got {pair!r}")
         key, value = pair.split("=", 1)
-        out[key] = _scalar(value)
+        out[key] = parse_option(value)
     return out
-
-
-def _scalar(value: str) -> Any:
-    low = value.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    for cast in (int, float):
-        try:
-            return cast(value)
-        except ValueError:
-            pass
-    return value
 
 
 def job_line(job: TrainingJob) -> str:
@@ -110,28 +99,19 @@ class TrainScreen(StudioScreen):
         Binding("ctrl+o", "open_model", "Open model"),
     ]
 
+    @dataclass
     class Loaded(Message):
-        def __init__(self, jobs: list[TrainingJob], models: list[Model] | None) -> None:
-            super().__init__()
-            self.jobs = jobs
-            self.models = models
+        jobs: list[TrainingJob]
+        models: list[Model] | None
 
+    @dataclass
     class JobUpdated(Message):
-        def __init__(self, job: TrainingJob, watch: bool = False) -> None:
-            super().__init__()
-            self.job = job
-            self.watch = watch
+        job: TrainingJob
+        watch: bool = False
 
+    @dataclass
     class Event(Message):
-        def __init__(self, event: TrainingEvent) -> None:
-            super().__init__()
-            self.event = event
-
-    class Failed(Message):
-        def __init__(self, error: BaseException, what: str) -> None:
-            super().__init__()
-            self.error = error
-            self.what = what
+        event: TrainingEvent
 
     def __init__(self) -> None:
         super().__init__()
@@ -224,9 +204,7 @@ class TrainScreen(StudioScreen):
 
     @on(Loaded)
     def loaded(self, event: Loaded) -> None:
-        self.jobs = sorted(
-            event.jobs, key=lambda j: j.created_at.timestamp() if j.created_at else 0, reverse=True
-        )
+        self.jobs = newest_first(event.jobs)
         jobs = self.query_one("#jobs", OptionList)
         jobs.clear_options()
         jobs.add_options(Option(job_line(j), id=j.job_id) for j in self.jobs)
@@ -263,7 +241,7 @@ class TrainScreen(StudioScreen):
             value = self.query_one(f"#{name}", Input).value.strip()
             if value:
                 opts[name] = value
-        steps = _int(self.query_one("#max_train_steps", Input).value, "max_train_steps")
+        steps = parse_int(self.query_one("#max_train_steps", Input).value, "max_train_steps")
         if steps is not None:
             opts["max_train_steps"] = steps
         opts["method"] = self.query_one("#method", Select).value
@@ -422,7 +400,6 @@ class TrainScreen(StudioScreen):
     async def model_pressed(self) -> None:
         await self.action_open_model()
 
-    @on(Failed)
-    def failed(self, event: Failed) -> None:
+    def failed(self, event: StudioScreen.Failed) -> None:
         self.query_one("#train-create", Button).disabled = False
-        self.report_error(event.error, event.what)
+        super().failed(event)

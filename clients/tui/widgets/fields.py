@@ -3,11 +3,16 @@
 A `FormField` names the request fields it stands for (``"steps"``, ``"sampler_options.eta"``,
 ``"config.identifier"``...). `show_violations` hands each InvalidArgument field violation to the
 field that claims it and returns those that none claimed (to be shown elsewhere).
+
+`parse_int` and `parse_float` read a form's text the same way on every screen (blank = not set,
+anything else a number or an InvalidArgument of that field); `model_label` names a model in a
+model select.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import TypeVar
 
 from textual.app import ComposeResult
 from textual.containers import Vertical
@@ -15,7 +20,10 @@ from textual.dom import DOMNode
 from textual.widget import Widget
 from textual.widgets import Checkbox, Input, Label, Select, Static
 
-from clients.sdk import BoothStudioError, FieldViolation
+from clients.sdk import BoothStudioError, FieldViolation, Model
+from clients.sdk.errors import invalid
+
+N = TypeVar("N", int, float)
 
 
 class FieldError(Static):
@@ -84,3 +92,28 @@ def describe(exc: BaseException) -> str:
         reason = f" [{exc.reason}]" if getattr(exc, "reason", "") else ""
         return f"{exc.message}{reason}"
     return str(exc) or type(exc).__name__
+
+
+def parse_int(text: str, field: str) -> int | None:
+    """A whole number typed in a form (None when blank); InvalidArgument of `field` otherwise."""
+    return _parse(text, field, int, "must be a whole number")
+
+
+def parse_float(text: str, field: str) -> float | None:
+    """A number typed in a form (None when blank); InvalidArgument of `field` otherwise."""
+    return _parse(text, field, float, "must be a number")
+
+
+def _parse(text: str, field: str, cast: Callable[[str], N], problem: str) -> N | None:
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        return cast(text)
+    except ValueError:
+        raise invalid(field, problem) from None
+
+
+def model_label(m: Model) -> str:
+    """How a model is named in a model select."""
+    return m.display_name or m.id

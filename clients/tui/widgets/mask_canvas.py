@@ -8,6 +8,7 @@ paints a disc of r display pixels scaled back to image pixels. White (255) = rep
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from PIL import Image, ImageDraw, ImageOps
@@ -56,12 +57,11 @@ class MaskCanvas(Widget, can_focus=True):
     brush: reactive[int] = reactive(2)
     erasing: reactive[bool] = reactive(False)
 
+    @dataclass
     class Changed(Message):
         """The mask or the brush changed."""
 
-        def __init__(self, canvas: MaskCanvas) -> None:
-            super().__init__()
-            self.canvas = canvas
+        canvas: MaskCanvas
 
         @property
         def control(self) -> MaskCanvas:

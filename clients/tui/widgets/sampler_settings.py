@@ -13,9 +13,8 @@ from textual.widget import Widget
 from textual.widgets import Input, Select, Static, Switch
 
 from clients.sdk import Parameter, ParameterType, Sampler
+from clients.sdk.types import OptionScalar
 from clients.tui.widgets.fields import FormField
-
-OptionValue = int | float | bool | str
 
 
 def _number(p: Parameter, value: float | None) -> str:
@@ -78,9 +77,9 @@ class SamplerSettings(Vertical):
         field.tooltip = p.help or None
         return field
 
-    def values(self) -> dict[str, OptionValue]:
+    def values(self) -> dict[str, OptionScalar]:
         """Options the person set (empty inputs and untouched defaults are left out)."""
-        out: dict[str, OptionValue] = {}
+        out: dict[str, OptionScalar] = {}
         if self.sampler is None:
             return out
         for p in self.sampler.parameters:
