@@ -8,12 +8,13 @@ HOST ?= 127.0.0.1
 # Extra flags for every service, e.g. `make run ARGS="--config boothstudio.yaml"`.
 ARGS ?=
 
-.PHONY: setup run test test-fast lint protos protos-check bench clean help
+.PHONY: setup run test test-fast fuzz lint protos protos-check bench clean help
 
 help:
 	@echo "make setup   - create .venv and install boothstudio[services,dev] (editable)"
 	@echo "make run     - start catalog :50051, generator :50052, trainer :50053 (metrics 9101-9103)"
 	@echo "make test    - run the test suite"
+	@echo "make fuzz    - long fuzz run of every RPC (20x the examples of the test suite)"
 	@echo "make lint    - ruff, mypy (shared/, clients/), buf lint, generated-code freshness"
 	@echo "make protos  - regenerate shared/gen/boothstudio/v1 from protos/"
 	@echo "make bench   - run the benchmarks in bench/"
@@ -36,6 +37,11 @@ test: $(VENV)/.installed
 
 test-fast: $(VENV)/.installed
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# The fuzz suite runs in `make test` too, bounded; this is the long run (about 10 minutes).
+FUZZ_EXAMPLES ?= 1000
+fuzz: $(VENV)/.installed
+	BOOTHSTUDIO_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest tests/fuzz -m fuzz $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
