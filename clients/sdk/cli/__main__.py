@@ -1,0 +1,5 @@
+"""`python -m clients.sdk.cli`: the `boothstudio` command line."""
+
+from clients.sdk.cli import run
+
+run()

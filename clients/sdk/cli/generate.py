@@ -1,0 +1,160 @@
+"""`boothstudio generate` and `boothstudio edit`: images from a prompt (and, for edit, an image and
+a mask), with progress on stderr and the PNGs written to a folder."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from clients.sdk.cli.arguments import Commands, key_values
+from clients.sdk.cli.exits import EXIT_OK
+from clients.sdk.cli.output import Output, bar, fmt_seconds, to_jsonable
+from clients.sdk.client import BoothStudio
+from clients.sdk.types import (
+    Finished,
+    GenerateEvent,
+    ImageReady,
+    Progress,
+    Queued,
+    Started,
+    WarningEvent,
+)
+
+
+def register(commands: Commands) -> None:
+    gen = generation_parent()
+    p = commands.add("generate", "generate images from a prompt and write PNGs", [gen])
+    p.add_argument("prompt", help="what to draw")
+    p.set_defaults(func=cmd_generate)
+
+    p = commands.add("edit", "img2img or inpainting from image files", [gen])
+    p.add_argument("image", type=Path, help="the starting image")
+    p.add_argument("prompt", help="what to draw")
+    p.add_argument("--mask", type=Path, default=None, help="mask image: white = repaint")
+    p.add_argument("--strength", type=float, default=None, help="how much to change, 0..1")
+    p.add_argument("--mask-blur", type=int, default=None, help="mask blur radius in pixels")
+    p.add_argument("--invert-mask", action="store_true", help="repaint the black area instead")
+    p.add_argument(
+        "--mask-fill", default=None, choices=["fill", "original", "latent_noise", "latent_nothing"]
+    )
+    p.set_defaults(func=cmd_generate)
+
+
+def generation_parent() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("generation")
+    g.add_argument("-n", "--negative", default=None, help="negative prompt")
+    g.add_argument("-m", "--model", default=None, help="model id (default: the default model)")
+    g.add_argument("--backend", default=None, help="backend id")
+    g.add_argument("-s", "--sampler", default=None, help="sampler id, label or alias")
+    g.add_argument("--schedule", default=None, help="schedule id, e.g. karras")
+    g.add_argument("--steps", type=int, default=None, help="denoising steps")
+    g.add_argument("--cfg", type=float, default=None, help="guidance scale")
+    g.add_argument("-W", "--width", type=int, default=None, help="width in pixels")
+    g.add_argument("-H", "--height", type=int, default=None, help="height in pixels")
+    g.add_argument("--seed", type=int, default=None, help="seed of the first image (-1 random)")
+    g.add_argument("-c", "--count", type=int, default=None, help="number of images")
+    g.add_argument(
+        "--opt",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="sampler option (see `boothstudio samplers`), repeatable",
+    )
+    g.add_argument(
+        "--backend-opt",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="backend option, repeatable",
+    )
+    g.add_argument(
+        "--preview-interval", type=int, default=None, help="preview every N steps (0 = none)"
+    )
+    g.add_argument(
+        "--no-gallery", action="store_true", help="do not keep the images in the gallery"
+    )
+    g.add_argument(
+        "-o",
+        "--out",
+        type=Path,
+        default=Path("."),
+        help="folder to write the PNGs to (default: current folder)",
+    )
+    g.add_argument("--prefix", default="", help="file name prefix")
+    return p
+
+
+def generation_params(args: argparse.Namespace) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "negative_prompt": args.negative,
+        "model_id": args.model,
+        "backend_id": args.backend,
+        "sampler": args.sampler,
+        "schedule": args.schedule,
+        "steps": args.steps,
+        "cfg_scale": args.cfg,
+        "width": args.width,
+        "height": args.height,
+        "seed": args.seed,
+        "count": args.count,
+        "preview_interval": args.preview_interval,
+        "skip_gallery": args.no_gallery or None,
+        "sampler_options": key_values(args.opt, "--opt") or None,
+        "backend_options": key_values(args.backend_opt, "--backend-opt") or None,
+    }
+    if args.command == "edit":
+        params.update(
+            init_image=args.image,
+            mask=args.mask,
+            strength=args.strength,
+            mask_blur=args.mask_blur,
+            invert_mask=args.invert_mask or None,
+            mask_fill=args.mask_fill,
+        )
+    return {k: v for k, v in params.items() if v is not None}
+
+
+def show_generate_event(event: GenerateEvent, out: Output) -> None:
+    if isinstance(event, Queued):
+        out.status(f"queued (position {event.position}, {event.queue_depth} waiting)")
+    elif isinstance(event, Started):
+        out.status(
+            f"started: {event.model_id} {event.sampler} {event.width}x{event.height} "
+            f"{event.steps} steps, seeds {event.seeds}"
+        )
+    elif isinstance(event, Progress):
+        imgs = (
+            f" image {event.images_done + 1}/{event.images_total}" if event.images_total > 1 else ""
+        )
+        out.status(
+            f"{bar(event.fraction)} step {event.step}/{event.total}{imgs} "
+            f"ETA {fmt_seconds(event.eta)}"
+        )
+    elif isinstance(event, ImageReady):
+        out.status(f"image {event.image.index} ready (seed {event.image.seed})")
+    elif isinstance(event, WarningEvent):
+        out.note(f"warning: {event.warning.message} [{event.warning.reason}]")
+    elif isinstance(event, Finished):
+        out.status(f"finished: {event.status.value} in {fmt_seconds(event.total_seconds)}")
+        out.end_line()
+
+
+def cmd_generate(args: argparse.Namespace, out: Output, client: BoothStudio) -> int:
+    params = generation_params(args)
+    result = client.generate(args.prompt, on_event=lambda e: show_generate_event(e, out), **params)
+    written = []
+    for img in result:
+        if not img.ok:
+            out.note(f"image {img.index}: {img.finish_reason.value} {img.message}".rstrip())
+            continue
+        path = img.save(args.out / f"{args.prefix}{result.job_id}-{img.index}.png")
+        written.append({"path": str(path), **to_jsonable(img)})
+    if out.json:
+        out.emit({"job_id": result.job_id, "seeds": result.seeds, "images": written})
+    else:
+        for w in written:
+            out.print(w["path"])
+        out.note(f"seeds: {', '.join(map(str, result.seeds))}")
+    return EXIT_OK
