@@ -18,6 +18,7 @@ import contextlib
 import io
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -40,6 +41,13 @@ from shared.errors import ResourceExhausted
 from shared.ids import new_id
 
 G = generator_pb2
+
+#: Finished job ids remembered (CancelGeneration on them answers False, Generate refuses reuse).
+FINISHED_REMEMBERED = 2000
+#: Ids cancelled before their Generate arrived: the newest this many, for PRECANCEL_SECONDS.
+#: Anyone may send CancelGeneration with made-up ids, so this memory must stay bounded.
+PRECANCELLED_REMEMBERED = 1000
+PRECANCEL_SECONDS = 300.0
 
 
 @dataclass
@@ -103,7 +111,7 @@ class Scheduler:
         self.queue: list[Job] = []
         self.jobs: dict[str, Job] = {}
         self.finished: dict[str, str] = {}  # recent job id -> status name
-        self.precancelled: dict[str, float] = {}
+        self.precancelled: OrderedDict[str, float] = OrderedDict()  # id -> when, oldest first
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="device")
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -174,6 +182,7 @@ class Scheduler:
             if job_id not in self.finished:
                 # early cancellation: a Generate with this job id arriving soon is cancelled
                 self.precancelled[job_id] = time.monotonic()
+                self.precancelled.move_to_end(job_id)
                 self._trim()
             return False
         if job.done:
@@ -222,11 +231,14 @@ class Scheduler:
         self._trim()
 
     def _trim(self) -> None:
-        while len(self.finished) > 2000:
+        while len(self.finished) > FINISHED_REMEMBERED:
             self.finished.pop(next(iter(self.finished)))
-        cutoff = time.monotonic() - 300
-        for k in [k for k, t in self.precancelled.items() if t < cutoff]:
-            del self.precancelled[k]
+        cutoff = time.monotonic() - PRECANCEL_SECONDS
+        while self.precancelled and (
+            len(self.precancelled) > PRECANCELLED_REMEMBERED
+            or next(iter(self.precancelled.values())) < cutoff
+        ):
+            self.precancelled.popitem(last=False)
 
     def _threadsafe(self, fn: Callable[..., None], *args: Any, **kw: Any) -> None:
         assert self._loop is not None

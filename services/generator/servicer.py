@@ -33,7 +33,7 @@ from services.generator.adapters.base import Adapter
 from services.generator.adapters.diffusers import DiffusersAdapter
 from services.generator.gallery import Gallery
 from services.generator.scheduler import Job, Scheduler, now_timestamp
-from services.generator.validation import Validator, model_ref
+from services.generator.validation import Validator, check_id, check_id_list, model_ref
 from shared.channels import aio_channel
 from shared.errors import AlreadyExists, BoothStudioError, InvalidArgument, NotFound, Unavailable
 from shared.ids import new_id
@@ -181,13 +181,14 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
                 self.scheduler.cancel(job.id, "CLIENT_GONE")
 
     async def CancelGeneration(self, request, context):  # type: ignore[no-untyped-def]
-        if not request.job_id:
-            raise InvalidArgument.for_field("job_id", "required")
+        check_id("job_id", request.job_id, required=True)
         return G.CancelGenerationResponse(cancelled=self.scheduler.cancel(request.job_id))
 
     # ------------------------------------------------------------------ gallery
 
     async def ListImages(self, request, context):  # type: ignore[no-untyped-def]
+        check_id("model_id", request.model_id)
+        check_id("job_id", request.job_id)
         size = page_size(request.page_size)
         scope = f"model={request.model_id};job={request.job_id}"
         offset = decode_offset(request.page_token, scope)
@@ -206,8 +207,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
         )
 
     async def GetImage(self, request, context):  # type: ignore[no-untyped-def]
-        if not request.image_id:
-            raise InvalidArgument.for_field("image_id", "required")
+        check_id("image_id", request.image_id, required=True)
         row = self.gallery.get(request.image_id)
         if row is None:
             raise NotFound(resource_type="image", resource_name=request.image_id, field="image_id")
@@ -217,6 +217,8 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
     async def DeleteImages(self, request, context):  # type: ignore[no-untyped-def]
         if not request.image_ids and not request.job_id:
             raise InvalidArgument.for_field("image_ids", "name images or a job_id")
+        check_id_list("image_ids", list(request.image_ids))
+        check_id("job_id", request.job_id)
         deleted, missing = await asyncio.to_thread(
             self.gallery.delete, list(request.image_ids), request.job_id
         )

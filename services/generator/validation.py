@@ -7,26 +7,35 @@ model_id) and the backend adapter adds its own checks.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
-import io
 import math
 import secrets
 from typing import Any
 
 import grpc
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from boothstudio.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2, generator_pb2
 from services.diffusion import samplers as sampler_table
 from services.generator.adapters.base import Adapter, GenerationSpec, ModelRef
 from shared.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from shared.ids import is_valid_id
+from shared.images import ImageInfo, ImageLimits, ImageRejected, decode, probe
 
 MAX_PROMPT_CHARS = 4000
 MAX_SIDE = 2048
 MIN_SIDE = 64
 MAX_COUNT = 16
-MAX_IMAGE_BYTES = 32 * 1024 * 1024
+#: Work one request may ask for: width * height * count. 16 images of 1024x1024 (or 4 of
+#: 2048x2048); beyond that a single request holds the device (and its memory) for minutes.
+MAX_REQUEST_PIXELS = 16 * 1024 * 1024
+#: Pictures sent with a request (init_image, mask_image): checked on their header before any
+#: pixel is decoded. Larger than MAX_SIDE, since a picture is resized to width x height, but
+#: bounded so the decoded copy stays small (16 Mpx: 64 MB as RGBA).
+INPUT_IMAGE_LIMITS = ImageLimits(
+    max_bytes=32 * 1024 * 1024, max_side=4 * MAX_SIDE, max_pixels=4096 * 4096
+)
 FILLS = {
     generator_pb2.MASK_FILL_UNSPECIFIED: "original",
     generator_pb2.MASK_FILL_FILL: "fill",
@@ -47,20 +56,89 @@ def option_python(value: common_pb2.OptionValue) -> Any:
     return None if kind is None else getattr(value, kind)
 
 
-def decode_image(data: bytes, field: str, problems: list[tuple[str, str]]) -> Image.Image | None:
-    if len(data) > MAX_IMAGE_BYTES:
-        problems.append((field, f"larger than {MAX_IMAGE_BYTES // (1024 * 1024)} MiB"))
-        return None
+def probe_image(data: bytes, field: str, problems: list[tuple[str, str]]) -> ImageInfo | None:
+    """The picture's header checked against INPUT_IMAGE_LIMITS (nothing decoded)."""
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            if im.width > 4 * MAX_SIDE or im.height > 4 * MAX_SIDE:
-                problems.append((field, f"image too large ({im.width}x{im.height})"))
-                return None
-            return im.copy()
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        problems.append((field, f"not a decodable PNG/JPEG/WebP image: {exc}"))
+        return probe(data, INPUT_IMAGE_LIMITS)
+    except ImageRejected as exc:
+        problems.append((field, str(exc)))
         return None
+
+
+def output_size(
+    r: generator_pb2.GenerateRequest, init: ImageInfo | None, native: int
+) -> tuple[int, int]:
+    """width x height of the output: as asked, else the init image's (rounded down to a
+    multiple of 8), else the model's native resolution."""
+    if init is not None:
+        w = r.width if r.HasField("width") else max(MIN_SIDE, init.width // 8 * 8)
+        h = r.height if r.HasField("height") else max(MIN_SIDE, init.height // 8 * 8)
+    else:
+        w = r.width if r.HasField("width") else native
+        h = r.height if r.HasField("height") else native
+    return w, h
+
+
+def derived_size_problem(
+    r: generator_pb2.GenerateRequest, init: ImageInfo | None
+) -> tuple[str, str] | None:
+    """A size taken from init_image must pass the same limits as an explicit width/height."""
+    if init is None or (r.HasField("width") and r.HasField("height")):
+        return None
+    w, h = output_size(r, init, MAX_SIDE)
+    if max(w, h) <= MAX_SIDE:
+        return None
+    return (
+        "init_image",
+        f"is {init.width}x{init.height}; without width and height the output takes its size, "
+        f"which may be at most {MAX_SIDE} a side: set width and height (the picture is resized "
+        "to them)",
+    )
+
+
+def request_pixels_problem(width: int, height: int, count: int) -> tuple[str, str] | None:
+    """The whole request's work (width x height x count) within MAX_REQUEST_PIXELS."""
+    pixels = width * height * count
+    if pixels <= MAX_REQUEST_PIXELS:
+        return None
+    return (
+        "count",
+        f"{count} images of {width}x{height} are {pixels} pixels; a request may ask for at most "
+        f"{MAX_REQUEST_PIXELS} (width x height x count): lower count or size",
+    )
+
+
+async def decode_input(data: bytes, field: str) -> Image.Image:
+    """Decode a picture that passed probe_image, in a worker thread (never on the event loop)."""
+    try:
+        return await asyncio.to_thread(decode, data, INPUT_IMAGE_LIMITS)
+    except ImageRejected as exc:  # a header promising more than the data holds
+        raise InvalidArgument.for_field(field, str(exc)) from exc
+
+
+ID_RULE = "lowercase letter first, then [a-z0-9_-], at most 128 characters"
+#: Ids one request may name in a repeated field (DeleteImages.image_ids).
+MAX_DELETE_IDS = 1000
+
+
+def check_id(field: str, value: str, *, required: bool = False) -> None:
+    """Job and image ids are shared.ids ids: anything else is refused by field before it is
+    looked up, stored or echoed (an id may be megabytes of text)."""
+    if required and not value:
+        raise InvalidArgument.for_field(field, "required")
+    if value and not is_valid_id(value):
+        raise InvalidArgument.for_field(field, ID_RULE)
+
+
+def check_id_list(field: str, values: list[str]) -> None:
+    """check_id for a repeated field: every bad entry named by its index."""
+    if len(values) > MAX_DELETE_IDS:
+        raise InvalidArgument.for_field(
+            field, f"at most {MAX_DELETE_IDS} per call, got {len(values)}"
+        )
+    bad = [(f"{field}[{i}]", ID_RULE) for i, v in enumerate(values) if not is_valid_id(v)]
+    if bad:
+        raise InvalidArgument(violations=bad)
 
 
 def model_ref(m: catalog_pb2.Model) -> ModelRef:
@@ -140,12 +218,14 @@ class Validator:
         if r.HasField("preview_interval") and r.preview_interval < 0:
             p.append(("preview_interval", "must be >= 0"))
         if r.job_id and not is_valid_id(r.job_id):
-            p.append(("job_id", "lowercase letter first, then [a-z0-9_-], at most 128 characters"))
-        init = decode_image(r.init_image, "init_image", p) if r.init_image else None
-        mask = decode_image(r.mask_image, "mask_image", p) if r.mask_image else None
+            p.append(("job_id", ID_RULE))
+        # headers only: nothing is decoded before every check has passed (see resolve)
+        init = probe_image(r.init_image, "init_image", p) if r.init_image else None
+        mask = probe_image(r.mask_image, "mask_image", p) if r.mask_image else None
         if r.mask_image and not r.init_image:
             p.append(("mask_image", "inpainting needs init_image too"))
-        if init is not None and mask is not None and init.size != mask.size:
+        sizes = [(i.width, i.height) for i in (init, mask) if i is not None]
+        if len(sizes) == 2 and sizes[0] != sizes[1]:
             p.append(
                 (
                     "mask_image",
@@ -153,6 +233,8 @@ class Validator:
                     f"got {mask.width}x{mask.height}",
                 )
             )
+        if (derived := derived_size_problem(r, init)) is not None:
+            p.append(derived)
         if r.HasField("strength") and not r.init_image:
             warnings.append(
                 common_pb2.Warning(
@@ -214,15 +296,13 @@ class Validator:
                 "backend_id", f"model {model.id!r} is served by {model.backend_id!r}"
             )
         sampler = plain["sampler"]
-        init, mask = plain["init"], plain["mask"]
-        native = model.native_resolution
-        if init is not None:
-            w = r.width if r.HasField("width") else max(MIN_SIDE, init.width // 8 * 8)
-            h = r.height if r.HasField("height") else max(MIN_SIDE, init.height // 8 * 8)
-        else:
-            w = r.width if r.HasField("width") else native
-            h = r.height if r.HasField("height") else native
+        w, h = output_size(r, plain["init"], model.native_resolution)
         count = r.count if r.HasField("count") else 1
+        if (too_much := request_pixels_problem(w, h, count)) is not None:
+            raise InvalidArgument(violations=[too_much])
+        # decoded last, off the event loop: only pictures whose request passed every check
+        init = await decode_input(r.init_image, "init_image") if r.init_image else None
+        mask = await decode_input(r.mask_image, "mask_image") if r.mask_image else None
         base_seed = r.seed if r.HasField("seed") else secrets.randbelow(2**32)
         spec = GenerationSpec(
             prompt=r.prompt,
