@@ -38,7 +38,7 @@ test: $(VENV)/.installed
 test-fast: $(VENV)/.installed
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
-# The fuzz suite runs in `make test` too, bounded; this is the long run (about 10 minutes).
+# The fuzz suite runs in `make test` too, bounded; this is the long run (about 5 minutes on 2 cores).
 FUZZ_EXAMPLES ?= 1000
 fuzz: $(VENV)/.installed
 	BOOTHSTUDIO_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest tests/fuzz -m fuzz $(PYTEST_ARGS)
