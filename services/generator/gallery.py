@@ -1,8 +1,9 @@
 """The gallery: every image with its full request, seed and timings (SQLite + PNG files).
 
-PNG files carry an A1111-style "parameters" text chunk, so other tools (A1111's PNG Info,
-ComfyUI loaders, exiftool) read the settings back. Files are written atomically (temporary file,
-fsync, rename) before their row is inserted; a failed insert removes the file.
+PNG files carry an A1111-style "parameters" text chunk (services.generator.infotext), so other
+tools (A1111's PNG Info, ComfyUI loaders, exiftool) read the settings back. Files are written
+atomically (temporary file, fsync, rename) before their row is inserted; a failed insert removes
+the file.
 """
 
 from __future__ import annotations
@@ -17,9 +18,7 @@ from google.protobuf import timestamp_pb2
 from PIL import Image, PngImagePlugin
 
 from boothstudio.v1 import generator_pb2
-from services.diffusion.samplers import SAMPLERS, SCHEDULES
 from shared.storage import SQLiteDatabase, atomic_write_bytes
-from shared.version import __version__
 
 MIGRATIONS = [
     """
@@ -50,55 +49,6 @@ MIGRATIONS = [
     CREATE INDEX images_model ON images(model_id);
     """
 ]
-
-FILL_LABELS = {
-    "fill": "fill",
-    "original": "original",
-    "latent_noise": "latent noise",
-    "latent_nothing": "latent nothing",
-}
-
-
-def parameters_text(
-    *,
-    prompt: str,
-    negative_prompt: str,
-    steps: int,
-    sampler: str,
-    schedule: str,
-    cfg_scale: float,
-    seed: int,
-    width: int,
-    height: int,
-    model_id: str,
-    strength: float | None = None,
-    mask_blur: int | None = None,
-    mask_fill: str | None = None,
-) -> str:
-    """The A1111 "parameters" text: prompt, "Negative prompt: ...", then "Key: value, ..."."""
-    spec = SAMPLERS.get(sampler)
-    fields = [
-        ("Steps", str(steps)),
-        ("Sampler", spec.label if spec else sampler),
-        ("Schedule type", SCHEDULES[schedule].label if schedule in SCHEDULES else schedule),
-        ("CFG scale", f"{cfg_scale:g}"),
-        ("Seed", str(seed)),
-        ("Size", f"{width}x{height}"),
-        ("Model", model_id),
-    ]
-    if strength is not None:
-        fields.append(("Denoising strength", f"{strength:g}"))
-    if mask_blur is not None:
-        fields.append(("Mask blur", str(mask_blur)))
-    if mask_fill is not None:
-        fields.append(("Masked content", FILL_LABELS.get(mask_fill, mask_fill)))
-    fields.append(("Version", f"boothstudio {__version__}"))
-    lines = [prompt]
-    if negative_prompt:
-        lines.append(f"Negative prompt: {negative_prompt}")
-    lines.append(", ".join(f"{k}: {v}" for k, v in fields))
-    return "\n".join(lines)
-
 
 def png_bytes(image: Image.Image, parameters: str) -> bytes:
     info = PngImagePlugin.PngInfo()

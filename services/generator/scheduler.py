@@ -28,15 +28,16 @@ from google.protobuf import timestamp_pb2
 from PIL import Image
 
 from boothstudio.v1 import common_pb2, generator_pb2
-from services.generator import metrics
+from services.generator import infotext, metrics
 from services.generator.adapters.base import (
     Adapter,
     Cancelled,
     GenerationSpec,
+    ModelRef,
     RunHooks,
     StepProgress,
 )
-from services.generator.gallery import Gallery, GalleryEntry, parameters_text, png_bytes
+from services.generator.gallery import Gallery, GalleryEntry, png_bytes
 from shared.errors import ResourceExhausted
 from shared.ids import new_id
 
@@ -146,6 +147,16 @@ class Scheduler:
         deadline = time.monotonic() + grace
         while self.running and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
+
+    async def warm(self, adapter: Adapter, model: ModelRef) -> None:
+        """Load a model (and hash its file for the infotext) in the device thread, ahead of
+        the first request. Shutdown does not wait for it (see services/generator/__main__)."""
+
+        def load() -> None:
+            adapter.warm(model)
+            infotext.model_facts(model)
+
+        await asyncio.get_running_loop().run_in_executor(self.executor, load)
 
     # ------------------------------------------------------------------ API
 
@@ -315,6 +326,8 @@ class Scheduler:
         specs = [j.spec for j in batch]
         saved: dict[int, list[str]] = {k: [] for k in range(len(batch))}
         last_step = [0, 0]
+        # model hashes for the infotext: computed once per file (seconds for a large one)
+        facts = [infotext.spec_model_facts(j.spec) for j in batch]
 
         def on_step(p: StepProgress) -> None:
             last_step[:] = [p.step, p.total]
@@ -347,21 +360,7 @@ class Scheduler:
                 return
             s = job.spec
             seed = s.seeds[i]
-            text = parameters_text(
-                prompt=s.prompt,
-                negative_prompt=s.negative_prompt,
-                steps=s.steps,
-                sampler=s.sampler,
-                schedule=s.schedule,
-                cfg_scale=s.cfg_scale,
-                seed=seed,
-                width=s.width,
-                height=s.height,
-                model_id=s.model.id,
-                strength=s.strength if s.init_image is not None else None,
-                mask_blur=s.mask_blur if s.mask is not None else None,
-                mask_fill=s.mask_fill if s.mask is not None else None,
-            )
+            text = infotext.spec_parameters_text(s, seed, facts[k])
             data = png_bytes(image, text)
             image_id = ""
             if not job.request.skip_gallery:
@@ -387,7 +386,7 @@ class Scheduler:
                     )
                 )
                 saved[k].append(image_id)
-            metrics.IMAGES.inc()
+            metrics.image_generated(s.model.id, s.sampler)
             self._threadsafe(self._deliver, job, image_id, G.GeneratedImage(
                 png=data, seed=seed, index=i, finish_reason=G.FINISH_REASON_STOP,
                 image_id=image_id, width=s.width, height=s.height,
@@ -422,7 +421,8 @@ class Scheduler:
             if self.log is not None:
                 self.log.exception("generation failed")
         elapsed = time.perf_counter() - started
-        metrics.GENERATION_SECONDS.observe(elapsed)
+        # a batch shares its model and sampler (both are part of the batch key)
+        metrics.batch_ran(specs[0].model.id, specs[0].sampler, elapsed)
         if last_step[0]:
             metrics.STEPS.inc(last_step[0])
             metrics.STEPS_PER_SECOND.set(last_step[0] / elapsed if elapsed > 0 else 0.0)

@@ -117,9 +117,9 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
         adapter = self.adapters.get(model.backend_id)
         if adapter is None:
             return
-        loop = asyncio.get_running_loop()
+        self.log.info("preloading default model", extra={"model_id": model.id})
         try:
-            await loop.run_in_executor(self.scheduler.executor, adapter.warm, model)
+            await self.scheduler.warm(adapter, model)
             self.log.info("default model preloaded", extra={"model_id": model.id})
         except Exception as exc:
             self.log.warning("preloading %s failed: %s", model.id, exc)
