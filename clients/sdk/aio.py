@@ -12,7 +12,7 @@ import os
 import time
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, TypeVar, Unpack
+from typing import Any, Generic, Self, TypeVar, Unpack
 
 import grpc
 import grpc.aio
@@ -54,9 +54,39 @@ from clients.sdk.types import (
 from shared.channels import aio_channel
 
 T = TypeVar("T")
+EventT = TypeVar("EventT")
 
 
-class AsyncGenerationStream:
+class _AsyncEventStream(Generic[EventT]):
+    """What both async streams share: iteration, and closing with `aclose()`, an ``async with``
+    block or when dropped (the RPC is cancelled)."""
+
+    _state: StreamState
+    _agen: AsyncGenerator[EventT, None]
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> EventT:
+        return await self._agen.__anext__()
+
+    async def aclose(self) -> None:
+        await _aclose(self._state, self._agen)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            _cancel_call(self._state)
+
+
+class AsyncGenerationStream(_AsyncEventStream[GenerateEvent]):
     """The events of one generation, as an async iterator (see `GenerationStream`).
 
     Leave early with ``break`` (the RPC is cancelled when the stream is dropped), an
@@ -79,12 +109,6 @@ class AsyncGenerationStream:
     def address(self) -> str:
         return self._pool.addresses[self._state.index]
 
-    def __aiter__(self) -> AsyncGenerationStream:
-        return self
-
-    async def __anext__(self) -> GenerateEvent:
-        return await self._agen.__anext__()
-
     async def cancel(self, timeout: float | None = None) -> bool:
         op = ops.cancel_generation(self.job_id)
         timeout_s = self._client._timeout(timeout)
@@ -93,21 +117,6 @@ class AsyncGenerationStream:
             return done
         except NotFound:
             return False
-
-    async def aclose(self) -> None:
-        await _aclose(self._state, self._agen)
-
-    async def __aenter__(self) -> AsyncGenerationStream:
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
-
-    def __del__(self) -> None:
-        with contextlib.suppress(Exception):
-            _cancel_call(self._state)
 
 
 def _cancel_call(st: StreamState) -> None:
@@ -170,7 +179,7 @@ async def _watch_events(
             await asyncio.sleep(delay)
 
 
-class AsyncTrainingWatch:
+class AsyncTrainingWatch(_AsyncEventStream[TrainingEvent]):
     """A training job's events as an async iterator (see `TrainingWatch`)."""
 
     def __init__(
@@ -186,27 +195,6 @@ class AsyncTrainingWatch:
         self._agen = _watch_events(
             client._pools["trainer"], job_id, include_history, include_logs, self._state
         )
-
-    def __aiter__(self) -> AsyncTrainingWatch:
-        return self
-
-    async def __anext__(self) -> TrainingEvent:
-        return await self._agen.__anext__()
-
-    async def aclose(self) -> None:
-        await _aclose(self._state, self._agen)
-
-    async def __aenter__(self) -> AsyncTrainingWatch:
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
-
-    def __del__(self) -> None:
-        with contextlib.suppress(Exception):
-            _cancel_call(self._state)
 
 
 class AsyncBoothStudio(ClientBase[grpc.aio.Channel]):

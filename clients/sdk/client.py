@@ -7,7 +7,7 @@ import os
 import time
 from collections.abc import Callable, Generator, Mapping, Sequence
 from types import TracebackType
-from typing import Any, TypeVar, Unpack
+from typing import Any, Generic, Self, TypeVar, Unpack
 
 import grpc
 
@@ -48,9 +48,40 @@ from clients.sdk.types import (
 from shared.channels import sync_channel
 
 T = TypeVar("T")
+EventT = TypeVar("EventT")
 
 
-class GenerationStream:
+class _EventStream(Generic[EventT]):
+    """What both streams share: iteration, and closing with `close()`, a ``with`` block or when
+    dropped."""
+
+    _state: StreamState
+    _it: Generator[EventT, None, None]
+
+    def __iter__(self) -> Self:
+        return self
+
+    def __next__(self) -> EventT:
+        return next(self._it)
+
+    def close(self) -> None:
+        """Stop reading and cancel the RPC (for a generation, the server cancels the job)."""
+        _close(self._state, self._it)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+
+class GenerationStream(_EventStream[GenerateEvent]):
     """The events of one generation, as an iterator.
 
     Leaving it early cancels the job: break out of the ``for`` loop (the stream is closed when
@@ -76,12 +107,6 @@ class GenerationStream:
         """The generator address serving this stream."""
         return self._pool.addresses[self._state.index]
 
-    def __iter__(self) -> GenerationStream:
-        return self
-
-    def __next__(self) -> GenerateEvent:
-        return next(self._it)
-
     def cancel(self, timeout: float | None = None) -> bool:
         """Ask the generator to cancel the job; the stream then ends with Finished(CANCELLED).
 
@@ -92,22 +117,6 @@ class GenerationStream:
             return bool(self._client._invoke(op, self._state.index, timeout_s))
         except NotFound:
             return False
-
-    def close(self) -> None:
-        """Stop reading and cancel the RPC (the server cancels the job)."""
-        _close(self._state, self._it)
-
-    def __enter__(self) -> GenerationStream:
-        return self
-
-    def __exit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        with contextlib.suppress(Exception):
-            self.close()
 
 
 def _close(st: StreamState, it: Generator[Any, None, None]) -> None:
@@ -168,7 +177,7 @@ def _watch_events(
             time.sleep(delay)
 
 
-class TrainingWatch:
+class TrainingWatch(_EventStream[TrainingEvent]):
     """The events of a training job, as an iterator; ends when the job reaches a final state.
 
     Reconnects by itself when the trainer is briefly unavailable (events are not repeated).
@@ -187,27 +196,6 @@ class TrainingWatch:
         self._it = _watch_events(
             client._pools["trainer"], job_id, include_history, include_logs, self._state
         )
-
-    def __iter__(self) -> TrainingWatch:
-        return self
-
-    def __next__(self) -> TrainingEvent:
-        return next(self._it)
-
-    def close(self) -> None:
-        _close(self._state, self._it)
-
-    def __enter__(self) -> TrainingWatch:
-        return self
-
-    def __exit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        with contextlib.suppress(Exception):
-            self.close()
 
 
 class BoothStudio(ClientBase[grpc.Channel]):
