@@ -2,7 +2,8 @@
 
 For every call, whatever the request:
 - the status is never INTERNAL or UNKNOWN (nor UNIMPLEMENTED, DATA_LOSS, UNAVAILABLE, or a
-  DEADLINE_EXCEEDED at our generous deadline, which means a hang);
+  DEADLINE_EXCEEDED at our generous deadline, which means a hang), and every error carries
+  the service's ErrorInfo (one without it came from the gRPC library, not the service);
 - an INVALID_ARGUMENT carries BadRequest field violations naming fields of the request (the
   undecodable-bytes case, reason MALFORMED_REQUEST, has no field to name);
 - afterwards every service is alive and SERVING;
@@ -293,6 +294,10 @@ def judge(method: MethodDescriptor, out: Outcome, expect_field: str | None = Non
     problems = []
     if out.code in FORBIDDEN:
         problems.append(f"{name}: got {got} ({_clip(out.message, 120)})")
+    elif out.code != C.OK and not out.reason:
+        # every BoothStudio error carries ErrorInfo; one without came from the gRPC library
+        # (e.g. RESOURCE_EXHAUSTED for error details too big for the client's trailer limit)
+        problems.append(f"{name}: {got} without ErrorInfo ({_clip(out.message, 120)})")
     if raw:
         if out.code != C.INVALID_ARGUMENT or out.reason != MALFORMED:
             problems.append(f"{name}: undecodable bytes got {got}, expected INVALID_ARGUMENT "
