@@ -8,6 +8,7 @@ opposite direction (``from_single_file``), which the tests use to prove this map
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -117,5 +118,25 @@ def export_single_file(pipe: Any, path: Path, dtype: torch.dtype | None = None) 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     save_file(state, str(tmp), metadata={"format": "pt", "exported_by": "boothstudio"})
+    make_readable(tmp)
     tmp.replace(path)
     return path
+
+
+def default_file_mode() -> int:
+    """The mode open() gives a new file: 0666 less the umask (0644 under the usual 022)."""
+    mask = os.umask(0o022)  # the umask can only be read by setting it; put it straight back
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def make_readable(path: Path | str) -> None:
+    """Give a file, or every file under a folder, the mode of any other new file.
+
+    safetensors writes its files 0600 (so do the diffusers and LoRA savers that use it); a
+    model other tools and users load must be as readable as the rest of their files.
+    """
+    mode = default_file_mode()
+    path = Path(path)
+    for p in [path] if path.is_file() else (q for q in path.rglob("*") if q.is_file()):
+        os.chmod(p, mode)

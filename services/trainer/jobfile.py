@@ -43,9 +43,25 @@ def config_to_dict(config: trainer_pb2.DreamBoothConfig,
     return d
 
 
+def _as_template(text: str) -> str:
+    """A filled-in prompt written back as the template that fills in to it again."""
+    return text.replace("{", "{{").replace("}", "}}")
+
+
 def config_to_yaml(config: trainer_pb2.DreamBoothConfig, image_paths: list[str],
                    display_name: str = "") -> str:
+    """The YAML a job can be created from again. A resolved config holds its prompts filled
+    in; they are written as templates (literal braces doubled) so that creating a job from the
+    file gives the same prompts."""
     d = config_to_dict(config, image_paths)
+    for key in ("instance_prompt", "class_prompt"):
+        if key in d:
+            d[key] = _as_template(d[key])
+    if "validation_prompts" in d:
+        d["validation_prompts"] = [_as_template(t) for t in d["validation_prompts"]]
+    prior = d.get("prior_preservation", {})
+    if "class_prompts" in prior:
+        prior["class_prompts"] = [_as_template(t) for t in prior["class_prompts"]]
     if display_name:
         d = {"display_name": display_name, **d}
     return yaml.safe_dump(d, sort_keys=False)

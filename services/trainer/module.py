@@ -24,6 +24,16 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 SEED_STRIDE = 1_000_003
 
 
+def check_target_modules(model: torch.nn.Module, targets: Sequence[str]) -> None:
+    """Every LoRA target names a module of `model` (peft's rule: the whole name or its dotted
+    tail); the service checked their form, only the model knows whether they exist."""
+    names = [n for n, _ in model.named_modules()]
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        raise ValueError(f"config.lora.target_modules: {missing} name no module of the "
+                         f"{type(model).__name__}")
+
+
 def image_tensor(img: Image.Image, resolution: int) -> torch.Tensor:
     """RGB in [-1, 1] (plus, for an RGBA image, its alpha in [0, 1] as a 4th channel), resized
     so that the short side is `resolution` (not cropped yet)."""
@@ -199,6 +209,7 @@ class DreamBoothModule(L.LightningModule):
             from peft import LoraConfig
 
             self.unet.requires_grad_(False)
+            check_target_modules(self.unet, lora["target_modules"])
             self.unet.add_adapter(LoraConfig(
                 r=lora["rank"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
                 init_lora_weights="gaussian", target_modules=list(lora["target_modules"])))

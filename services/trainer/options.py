@@ -9,28 +9,41 @@ value replaced by the default it stands for; image bytes dropped) plus warnings,
 from __future__ import annotations
 
 import importlib.util
-import io
 import math
 import random
-import string
+import re
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 from boothstudio.v1 import trainer_pb2
+from services.diffusion import samplers  # the sampler table only: imports no torch
 from services.trainer.identifiers import (
     IDENTIFIER_RE,
     Vocabulary,
     identifier_warnings,
     pick_identifier,
 )
-from shared.errors import FieldViolation, InvalidArgument
+from services.trainer.inputs import (
+    ImageRejected,
+    check_image,
+    filename_problem,
+    image_limits,
+)
+from services.trainer.templates import MAX_PROMPT_CHARS, TemplateError, fill
+from shared.errors import FieldViolation, InvalidArgument, clip
 
 P = trainer_pb2
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
 ACCELERATORS = ("", "auto", "cpu", "gpu", "cuda")
 DEFAULT_STEPS = 400
 MAX_STEPS = 100_000
+MAX_CLASS_NOUN_CHARS = 100
+MAX_CLASS_PROMPTS = 64
+MAX_GRAD_NORM = 1e4
+MAX_PRIOR_WEIGHT = 100.0
+MAX_LORA_ALPHA = 4096.0
+MAX_TARGET_MODULES = 64
+# a module path inside the UNet ("to_q", "attn1.to_out.0"): no slashes, globs or regexes
+MODULE_NAME_RE = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*")
 
 
 @dataclass
@@ -54,44 +67,9 @@ class Resolved:
     images: list[tuple[bytes, str, str]] = field(default_factory=list)  # data, filename, caption
 
 
-def check_image(data: bytes, limit: int) -> tuple[int, int] | str:
-    """(width, height) of a decodable image, or why it is not one."""
-    from PIL import Image, UnidentifiedImageError
-
-    if not data:
-        return "empty image"
-    if len(data) > limit:
-        return f"image is {len(data)} bytes, more than the limit of {limit}"
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            if img.width < 8 or img.height < 8:
-                return f"image is only {img.width}x{img.height} pixels"
-            return img.width, img.height
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        return f"not a readable image ({type(exc).__name__}: {exc})"
-
-
-def has_alpha(img: Any) -> bool:
-    """Whether a PIL image carries transparency (an alpha band or a transparent palette entry)."""
-    return "A" in img.getbands() or "transparency" in img.info
-
-
-def alpha_share(data: bytes) -> float | None:
-    """Share of opaque pixels (alpha >= 128) of an image, or None when it has no alpha."""
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as img:
-        if not has_alpha(img):
-            return None
-        alpha = img.convert("RGBA").getchannel("A")
-        return sum(alpha.point(lambda a: 255 if a >= 128 else 0).histogram()[255:]) / (
-            img.width * img.height)
-
-
-def _fmt(template: str, identifier: str, class_noun: str) -> str:
-    return string.Formatter().vformat(template, (), {"identifier": identifier,
-                                                     "class_noun": class_noun})
+def _fill(template: str, identifier: str, class_noun: str) -> str:
+    """A prompt template filled in, whitespace normalised; TemplateError when it is not one."""
+    return " ".join(fill(template, {"identifier": identifier, "class_noun": class_noun}).split())
 
 
 def resolve(config: trainer_pb2.DreamBoothConfig, *, base_model: dict, limits: Limits,
@@ -107,31 +85,50 @@ def resolve(config: trainer_pb2.DreamBoothConfig, *, base_model: dict, limits: L
     c = trainer_pb2.DreamBoothConfig()
     c.CopyFrom(config)
 
-    # -- images
+    # -- images: header first, then one decode each (with the alpha share masked training
+    # needs); names checked before anything is written under them
     images: list[tuple[bytes, str, str]] = []
     if c.instance_images and c.dataset_id:
         violation("dataset_id", "give instance_images or dataset_id, not both")
     if dataset_images is not None:
         images = list(dataset_images)
+    masked = c.HasField("masked_loss_background_weight")
+    pic_limits = image_limits(limits.max_image_bytes)
+    shares: dict[int, float | None] = {}  # alpha share by image index (masked training)
     unreadable: set[int] = set()  # (uploaded datasets were checked on upload)
-    for i, img in enumerate(c.instance_images):
-        checked = check_image(img.data, limits.max_image_bytes)
-        if isinstance(checked, str):
-            violation(f"instance_images[{i}].data", checked)
+    for i, img in enumerate(c.instance_images[:limits.max_instance_images]):
+        name = img.filename or f"image-{i:03d}.png"
+        problem = filename_problem(name)
+        if problem:
+            violation(f"instance_images[{i}].filename", problem)
+        if len(img.caption) > MAX_PROMPT_CHARS:
+            violation(f"instance_images[{i}].caption", f"at most {MAX_PROMPT_CHARS} characters")
+        try:
+            shares[len(images)] = check_image(img.data, pic_limits, want_alpha=masked).alpha_share
+        except ImageRejected as exc:
+            violation(f"instance_images[{i}].data", str(exc))
             unreadable.add(len(images))
-        name = Path(img.filename).name if img.filename else f"image-{i:03d}.png"
         images.append((img.data, name, img.caption))
+    # pictures past the limit are counted, never decoded
+    count = len(images) + max(0, len(c.instance_images) - limits.max_instance_images)
     if not images and not c.dataset_id:
         violation("instance_images",
                   "at least one instance image is required (DreamBooth works best with 3-5)")
     elif dataset_images is not None and not images:
         violation("dataset_id", "the dataset holds no images")
-    if len(images) > limits.max_instance_images:
-        violation("instance_images", f"{len(images)} images is more than the limit of "
+    if count > limits.max_instance_images:
+        violation("instance_images", f"{count} images is more than the limit of "
                   f"{limits.max_instance_images} (DreamBooth needs 3-5)")
     names = [n for _, n, _ in images]
     if len(set(names)) != len(names):
         violation("instance_images", "file names must be unique")
+    if masked and count <= limits.max_instance_images:
+        for i, (data, _, _) in enumerate(dataset_images or []):
+            try:  # uploads were checked on arrival; only their alpha is new here
+                shares[i] = check_image(data, pic_limits, want_alpha=True).alpha_share
+            except ImageRejected as exc:
+                violation("dataset_id", f"{names[i]}: {exc}")
+                unreadable.add(i)
     c.ClearField("instance_images")
 
     # -- model
@@ -141,6 +138,8 @@ def resolve(config: trainer_pb2.DreamBoothConfig, *, base_model: dict, limits: L
     # -- identifier, prompts
     if c.class_noun and not c.class_noun.strip():
         violation("class_noun", "must not be blank")
+    if len(c.class_noun) > MAX_CLASS_NOUN_CHARS:
+        violation("class_noun", f"at most {MAX_CLASS_NOUN_CHARS} characters")
     class_noun = c.class_noun.strip()
     if c.identifier:
         if not IDENTIFIER_RE.match(c.identifier.lower()):
@@ -161,13 +160,15 @@ def resolve(config: trainer_pb2.DreamBoothConfig, *, base_model: dict, limits: L
         violation("class_noun", "required (e.g. 'dog'): DreamBooth binds the identifier to a "
                   "class; without it subject fidelity collapses")
     template = c.instance_prompt or "a {identifier} {class_noun}"
-    try:
-        instance_prompt = " ".join(_fmt(template, identifier, class_noun).split())
-    except (KeyError, IndexError, ValueError) as exc:
-        violation("instance_prompt", f"bad template ({exc}); use {{identifier}} and "
-                  "{class_noun}")
-        instance_prompt = template
-    if identifier not in instance_prompt.lower().split():
+    instance_prompt, filled_in = template, False
+    if len(template) > MAX_PROMPT_CHARS:
+        violation("instance_prompt", f"at most {MAX_PROMPT_CHARS} characters")
+    else:
+        try:
+            instance_prompt, filled_in = _fill(template, identifier, class_noun), True
+        except TemplateError as exc:
+            violation("instance_prompt", str(exc))
+    if filled_in and identifier not in instance_prompt.lower().split():
         violation("instance_prompt", f"must contain the identifier {identifier!r} "
                   "(or {identifier})")
     c.instance_prompt = instance_prompt
@@ -175,10 +176,13 @@ def resolve(config: trainer_pb2.DreamBoothConfig, *, base_model: dict, limits: L
 
     def class_text(template: str, field_name: str, empty: str, checked: bool) -> str | None:
         """A class prompt template filled in, or None when it is not a template."""
+        if len(template) > MAX_PROMPT_CHARS:
+            violation(field_name, f"at most {MAX_PROMPT_CHARS} characters")
+            return None
         try:
-            text = " ".join(_fmt(template, identifier, class_noun).split())
-        except (KeyError, IndexError, ValueError) as exc:
-            violation(field_name, f"bad template ({exc})")
+            text = _fill(template, identifier, class_noun)
+        except TemplateError as exc:
+            violation(field_name, str(exc))
             return None
         if checked and not text:
             violation(field_name, empty)
@@ -186,12 +190,14 @@ def resolve(config: trainer_pb2.DreamBoothConfig, *, base_model: dict, limits: L
             violation(field_name, "must not contain the identifier")
         return text
 
-    default_class = c.class_prompt or (f"a {class_noun}" if class_noun else "")
+    default_class = c.class_prompt or ("a {class_noun}" if class_noun else "")
     filled = class_text(default_class, "class_prompt",
                         "prior preservation needs a class prompt or class noun", prior.enabled)
     c.class_prompt = default_class if filled is None else filled
+    if len(prior.class_prompts) > MAX_CLASS_PROMPTS:
+        violation("prior_preservation.class_prompts", f"at most {MAX_CLASS_PROMPTS}")
     extra = [class_text(t, f"prior_preservation.class_prompts[{i}]", "must not be empty", True)
-             for i, t in enumerate(prior.class_prompts)]
+             for i, t in enumerate(prior.class_prompts[:MAX_CLASS_PROMPTS])]
     del prior.class_prompts[:]
     prior.class_prompts.extend(t for t in extra if t is not None)
 
@@ -207,7 +213,7 @@ def resolve(config: trainer_pb2.DreamBoothConfig, *, base_model: dict, limits: L
         violation("method", f"unknown method {c.method}")
     c.method = P.TRAINING_METHOD_LORA if lora else P.TRAINING_METHOD_FULL
     if not 0 <= c.learning_rate <= 1:
-        violation("learning_rate", f"must be in (0, 1], got {c.learning_rate}")
+        violation("learning_rate", f"must be in (0, 1] (0 = default), got {c.learning_rate:g}")
     c.learning_rate = c.learning_rate or (1e-4 if lora else 5e-6)
     if c.HasField("text_encoder_learning_rate") and not 0 < c.text_encoder_learning_rate <= 1:
         violation("text_encoder_learning_rate", "must be in (0, 1]")
@@ -232,8 +238,7 @@ def resolve(config: trainer_pb2.DreamBoothConfig, *, base_model: dict, limits: L
         w = c.masked_loss_background_weight
         if not (math.isfinite(w) and 0 <= w <= 1):
             violation("masked_loss_background_weight", f"must be in [0, 1], got {w:g}")
-        masks = [None if i in unreadable else alpha_share(data)
-                 for i, (data, _, _) in enumerate(images)]
+        masks = [shares.get(i) for i in range(len(images))]
         for i, share in enumerate(masks):
             if share == 0:
                 where = f"instance_images[{i}].data" if config.instance_images else "dataset_id"
@@ -251,10 +256,15 @@ def resolve(config: trainer_pb2.DreamBoothConfig, *, base_model: dict, limits: L
                   "adapter file carries no token embeddings")
     if not (math.isfinite(c.ema_decay) and 0 <= c.ema_decay < 1):
         violation("ema_decay", f"must be in [0, 1) (0 = off), got {c.ema_decay:g}")
-    if c.HasField("weight_decay") and c.weight_decay < 0:
-        violation("weight_decay", "must not be negative")
+    # Every float has a range (the request interceptor already refused NaN and infinity):
+    # a weight decay of 1e30 or a clipping norm of -1 trains nothing useful and fails late.
+    if c.HasField("weight_decay") and not 0 <= c.weight_decay <= 1:
+        violation("weight_decay", f"must be in [0, 1], got {c.weight_decay:g}")
     if not c.HasField("weight_decay"):
         c.weight_decay = 1e-2
+    if not 0 <= c.max_grad_norm <= MAX_GRAD_NORM:
+        violation("max_grad_norm", f"must be in [0, {MAX_GRAD_NORM:g}] (0 = 1.0), "
+                  f"got {c.max_grad_norm:g}")
     c.max_grad_norm = c.max_grad_norm or 1.0
 
     # -- devices and precision
@@ -294,40 +304,57 @@ def resolve(config: trainer_pb2.DreamBoothConfig, *, base_model: dict, limits: L
                   "a PyTorchJob); the trainer service runs single-node jobs")
     c.num_nodes = 1
 
-    # -- LoRA
+    # -- LoRA: ranges checked whether or not the method uses them (a stored config holds no
+    # value the trainer would refuse); defaults filled in for LoRA jobs only
+    lc = c.lora
+    if not 0 <= lc.rank <= 256:
+        violation("lora.rank", "must be between 0 and 256 (0 = 4)")
+    if lc.HasField("alpha") and not 0 < lc.alpha <= MAX_LORA_ALPHA:
+        violation("lora.alpha", f"must be in (0, {MAX_LORA_ALPHA:g}], got {lc.alpha:g}")
+    if not 0 <= lc.dropout < 1:
+        violation("lora.dropout", f"must be in [0, 1), got {lc.dropout:g}")
+    if len(lc.target_modules) > MAX_TARGET_MODULES:
+        violation("lora.target_modules", f"at most {MAX_TARGET_MODULES} names")
+    for i, name in enumerate(lc.target_modules[:MAX_TARGET_MODULES]):
+        if not MODULE_NAME_RE.fullmatch(name):
+            violation(f"lora.target_modules[{i}]", f"{clip(name, 60)!r} is not a module "
+                      "name (dotted words of letters, digits and '_', e.g. 'to_out.0')")
     if lora:
-        lc = c.lora
-        if not 0 <= lc.rank <= 256:
-            violation("lora.rank", "must be between 0 and 256 (0 = 4)")
         lc.rank = lc.rank or 4
-        if lc.HasField("alpha") and lc.alpha <= 0:
-            violation("lora.alpha", "must be positive")
         if not lc.HasField("alpha"):
             lc.alpha = float(lc.rank)
-        if not 0 <= lc.dropout < 1:
-            violation("lora.dropout", "must be in [0, 1)")
         if not lc.target_modules:
             lc.target_modules.extend(["to_q", "to_k", "to_v", "to_out.0"])
     elif c.HasField("lora"):
         warnings.append(("LORA_IGNORED", "lora settings are ignored for a full fine-tune",
                          "config.lora"))
 
-    # -- prior preservation
+    # -- prior preservation: ranges always, defaults when enabled
+    gen = prior.generation
+    if not 0 <= prior.class_image_count <= limits.max_class_images:
+        violation("prior_preservation.class_image_count",
+                  f"must be between 0 and {limits.max_class_images} (0 = 100)")
+    if prior.HasField("loss_weight") and not 0 <= prior.loss_weight <= MAX_PRIOR_WEIGHT:
+        violation("prior_preservation.loss_weight",
+                  f"must be in [0, {MAX_PRIOR_WEIGHT:g}], got {prior.loss_weight:g}")
+    if not 0 <= gen.steps <= 1000:
+        violation("prior_preservation.generation.steps", "must be between 0 and 1000")
+    if gen.HasField("cfg_scale") and not 0 <= gen.cfg_scale <= 50:
+        violation("prior_preservation.generation.cfg_scale",
+                  f"must be between 0 and 50, got {gen.cfg_scale:g}")
+    if len(gen.negative_prompt) > MAX_PROMPT_CHARS:
+        violation("prior_preservation.generation.negative_prompt",
+                  f"at most {MAX_PROMPT_CHARS} characters")
+    # the sampler also draws the validation samples, so it is checked with or without a prior
+    try:
+        samplers.resolve(gen.sampler, gen.schedule)
+    except samplers.SamplerError as exc:
+        violation(f"prior_preservation.generation.{exc.field}", clip(str(exc), 300))
     if prior.enabled:
-        if not 0 <= prior.class_image_count <= limits.max_class_images:
-            violation("prior_preservation.class_image_count",
-                      f"must be between 0 and {limits.max_class_images} (0 = 100)")
         prior.class_image_count = prior.class_image_count or 100
-        if prior.HasField("loss_weight") and prior.loss_weight < 0:
-            violation("prior_preservation.loss_weight", "must not be negative")
         if not prior.HasField("loss_weight"):
             prior.loss_weight = 1.0
-        gen = prior.generation
-        if not 0 <= gen.steps <= 1000:
-            violation("prior_preservation.generation.steps", "must be between 0 and 1000")
         gen.steps = gen.steps or 20
-        if gen.HasField("cfg_scale") and not 0 <= gen.cfg_scale <= 50:
-            violation("prior_preservation.generation.cfg_scale", "must be between 0 and 50")
         if not gen.HasField("cfg_scale"):
             gen.cfg_scale = 7.0
         if not gen.HasField("seed"):
@@ -346,11 +373,16 @@ def resolve(config: trainer_pb2.DreamBoothConfig, *, base_model: dict, limits: L
     if len(c.validation_seeds) > limits.max_validation_seeds:
         violation("validation_seeds", f"at most {limits.max_validation_seeds}")
     prompts = []
-    for i, p in enumerate(c.validation_prompts or [instance_prompt]):
+    if not c.validation_prompts:
+        prompts.append(instance_prompt)  # already filled in
+    for i, p in enumerate(c.validation_prompts):
+        if len(p) > MAX_PROMPT_CHARS:
+            violation(f"validation_prompts[{i}]", f"at most {MAX_PROMPT_CHARS} characters")
+            continue
         try:
-            prompts.append(" ".join(_fmt(p, identifier, class_noun).split()))
-        except (KeyError, IndexError, ValueError) as exc:
-            violation(f"validation_prompts[{i}]", f"bad template ({exc})")
+            prompts.append(_fill(p, identifier, class_noun))
+        except TemplateError as exc:
+            violation(f"validation_prompts[{i}]", str(exc))
     del c.validation_prompts[:]
     c.validation_prompts.extend(prompts)
     if not c.validation_seeds:

@@ -3,8 +3,13 @@
 The service holds no torch: it validates, stores and schedules. A job's life:
 
     QUEUED -> PREPARING -> RUNNING -> EXPORTING -> SUCCEEDED
-                 \\            \\-> CANCELLING -> CANCELLED (resumable)  -> ResumeTrainingJob
-                  \\-> FAILED (reason)                                   -> ResumeTrainingJob
+                 \\       (any of these) -> CANCELLING -> CANCELLED (resumable) -> ResumeTrainingJob
+                  \\-> FAILED (reason)                                        -> ResumeTrainingJob
+
+State changes are compare-and-set in the job store: the service (cancel, crash handling) and the
+worker (progress) never overwrite a change the other made first; an acknowledged cancel always
+ends the job CANCELLED (a model registered during the export is removed again).
+Domain metrics (services/trainer/metrics.py) are read from the store when /metrics is scraped.
 
 Crash safety: a worker that dies (kill -9, OOM, segfault) is restarted from the job's last
 checkpoint up to `max_attempts` times. Jobs found active when the service starts (it was killed)
@@ -20,21 +25,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import os
 import shutil
 import signal
+import sqlite3
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import grpc
+from prometheus_client import REGISTRY
 
 from boothstudio.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2, trainer_pb2, trainer_pb2_grpc
+from services.trainer import uploads
 from services.trainer.identifiers import Vocabulary
-from services.trainer.jobfile import config_to_yaml
-from services.trainer.options import Limits, check_image, resolve
+from services.trainer.metrics import TrainerMetrics
+from services.trainer.options import Limits, resolve
 from services.trainer.store import ACTIVE, TERMINAL, JobRow, JobStore, timestamp
 from services.trainer.worker import STOP_FILE
 from shared.channels import aio_channel
@@ -50,7 +57,7 @@ from shared.errors import (
 from shared.ids import is_valid_id, new_id
 from shared.pagination import decode_offset, encode_token, page_size
 from shared.server import ServiceContext, ServiceSpec
-from shared.storage import atomic_write_bytes, atomic_write_text
+from shared.storage import atomic_write_text
 
 DESCRIPTOR = trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"]
 S = trainer_pb2.TrainingJobState
@@ -68,13 +75,6 @@ def _dir_size(path: Path) -> int:
             if p.is_file():
                 total += p.stat().st_size
     return total
-
-
-def _safe_name(name: str, index: int) -> str:
-    base = Path(name).name.strip().replace(os.sep, "_")
-    if not base or base.startswith("."):
-        base = f"image-{index:03d}.png"
-    return base
 
 
 class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
@@ -102,6 +102,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         self.catalog_address = cfg.address_of("catalog")
         self._catalog: catalog_pb2_grpc.CatalogServiceStub | None = None
         self._channel: grpc.aio.Channel | None = None
+        self.metrics = TrainerMetrics(self.store)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -115,6 +116,8 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
 
     async def start(self) -> None:
         await asyncio.to_thread(self.recover)
+        await asyncio.to_thread(self.metrics.prune)
+        self.metrics.register()
         self.scheduler = asyncio.create_task(self._schedule_loop())
 
     def recover(self) -> None:
@@ -129,6 +132,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             where = f"step {ckpt.step}" if ckpt else "the start"
             self.store.set_state(job.id, S.TRAINING_JOB_STATE_QUEUED, "RECOVERED",
                                  f"service restarted; resuming from {where}")
+            self.metrics.restarts.labels("service_restart").inc()
             self.store.add_warning(job.id, "RECOVERED",
                                    f"the service stopped while the job ran; resumed from {where}")
 
@@ -165,6 +169,8 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
                 proc.kill()
         if self._channel is not None:
             await self._channel.close()
+        with contextlib.suppress(KeyError):
+            REGISTRY.unregister(self.metrics)
         self.store.close()
 
     # ------------------------------------------------------------------ scheduling
@@ -187,6 +193,15 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
                 self.ctx.logger.exception("scheduler error")
 
     async def _start_worker(self, job: JobRow) -> None:
+        # Claim the job first (QUEUED -> PREPARING as one compare-and-set): a cancel or delete
+        # that came after the queue read wins, and no worker starts for it.
+        started = {} if job.start_time else {"start_time": time.time()}  # first start only
+        if self.store.set_state(job.id, S.TRAINING_JOB_STATE_PREPARING, "STARTED",
+                                f"attempt {job.attempts + 1}",
+                                expect={S.TRAINING_JOB_STATE_QUEUED},
+                                attempts=job.attempts + 1, failure_reason="",
+                                failure_message="", **started) is None:
+            return
         (job.job_dir / STOP_FILE).unlink(missing_ok=True)
         env = dict(os.environ)
         if self.ctx.config.service_api_key:
@@ -196,17 +211,20 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
                 "--sample-steps", str(self.sample_steps)]
         if self.worker_threads:
             args += ["--threads", str(self.worker_threads)]
-        log = open(job.job_dir / "worker.log", "ab")  # noqa: SIM115 - handed to the child
         try:
-            proc = await asyncio.create_subprocess_exec(*args, stdout=log, stderr=log, env=env,
-                                                        start_new_session=True)
-        finally:
-            log.close()
+            log = open(job.job_dir / "worker.log", "ab")  # noqa: SIM115 - handed to the child
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *args, stdout=log, stderr=log, env=env, start_new_session=True)
+            finally:
+                log.close()
+        except OSError as exc:
+            self.store.set_state(job.id, S.TRAINING_JOB_STATE_FAILED, "WORKER_START_FAILED",
+                                 f"could not start a worker: {exc}",
+                                 expect={S.TRAINING_JOB_STATE_PREPARING})
+            return
         self.workers[job.id] = proc
-        self.store.update(job.id, attempts=job.attempts + 1, worker_pid=proc.pid,
-                          failure_reason="", failure_message="")
-        self.store.set_state(job.id, S.TRAINING_JOB_STATE_PREPARING, "STARTED",
-                             f"worker pid {proc.pid}, attempt {job.attempts + 1}")
+        self.store.update(job.id, worker_pid=proc.pid)
         self.ctx.logger.info("worker started", extra={"job_id": job.id, "pid": proc.pid})
         task = asyncio.create_task(self._reap(job.id, proc))
         self.tasks.add(task)
@@ -215,30 +233,41 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     async def _reap(self, job_id: str, proc: asyncio.subprocess.Process) -> None:
         rc = await proc.wait()
         self.workers.pop(job_id, None)
-        job = self.store.get(job_id)
         self.ctx.logger.info("worker exited", extra={"job_id": job_id, "returncode": rc})
-        if job is None:
-            self.wake.set()
-            return
-        if job.state == S.TRAINING_JOB_STATE_CANCELLING:
-            self.store.set_state(job_id, S.TRAINING_JOB_STATE_CANCELLED, "CANCELLED",
-                                 f"worker exited with code {rc}")
-        elif job.state in ACTIVE and not self.ctx.draining.is_set():
-            crashes = self.crashes.get(job_id, 0) + 1
-            self.crashes[job_id] = crashes
-            ckpt = self.store.latest_full_checkpoint(job_id)
-            where = f"step {ckpt.step}" if ckpt else "the start"
-            if crashes < self.max_attempts:
-                self.store.set_state(job_id, S.TRAINING_JOB_STATE_QUEUED, "WORKER_CRASHED",
-                                     f"worker exited with code {rc}; restarting from {where}",
-                                     queued_at=0.0)
-                self.store.add_warning(job_id, "WORKER_CRASHED",
-                                       f"worker exited with code {rc}; restarted from {where}")
-            else:
-                self.store.set_state(job_id, S.TRAINING_JOB_STATE_FAILED, "WORKER_CRASHED",
-                                     f"worker exited with code {rc} {crashes} times; "
-                                     f"ResumeTrainingJob continues from {where}")
+        # Each change is a compare-and-set on the state read just before; when a cancel or
+        # delete lands in between, read again and decide on what is there now.
+        for _ in range(5):
+            job = self.store.get(job_id)
+            if job is None or self._settle(job, rc):
+                break
         self.wake.set()
+
+    def _settle(self, job: JobRow, rc: int) -> bool:
+        """The job's state after its worker exited with `rc`; False when it changed under us."""
+        if job.state == S.TRAINING_JOB_STATE_CANCELLING:
+            return self.store.set_state(job.id, S.TRAINING_JOB_STATE_CANCELLED, "CANCELLED",
+                                        f"worker exited with code {rc}",
+                                        expect={job.state}) is not None
+        if job.state not in ACTIVE or self.ctx.draining.is_set():
+            return True
+        crashes = self.crashes.get(job.id, 0) + 1
+        ckpt = self.store.latest_full_checkpoint(job.id)
+        where = f"step {ckpt.step}" if ckpt else "the start"
+        if crashes < self.max_attempts:
+            if self.store.set_state(job.id, S.TRAINING_JOB_STATE_QUEUED, "WORKER_CRASHED",
+                                    f"worker exited with code {rc}; restarting from {where}",
+                                    expect={job.state}, queued_at=0.0) is None:
+                return False
+            self.metrics.restarts.labels("crash").inc()
+            self.store.add_warning(job.id, "WORKER_CRASHED",
+                                   f"worker exited with code {rc}; restarted from {where}")
+        elif self.store.set_state(job.id, S.TRAINING_JOB_STATE_FAILED, "WORKER_CRASHED",
+                                  f"worker exited with code {rc} {crashes} times; "
+                                  f"ResumeTrainingJob continues from {where}",
+                                  expect={job.state}) is None:
+            return False
+        self.crashes[job.id] = crashes
+        return True
 
     # ------------------------------------------------------------------ views
 
@@ -369,90 +398,24 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         if len(self.store.queued()) >= self.queue_size:
             raise ResourceExhausted(f"the training queue is full ({self.queue_size} jobs)",
                                     reason="QUEUE_FULL", retry_after=30.0)
-        await asyncio.to_thread(self._write_job_dir, job, resolved.images, request.display_name)
-        self.store.insert_job(job)
-        self.store.event(job_id, state_changed=trainer_pb2.TrainingStateChanged(
-            previous_state=S.TRAINING_JOB_STATE_UNSPECIFIED, state=S.TRAINING_JOB_STATE_QUEUED,
-            reason="CREATED"))
-        for w in job.warnings:
-            self.store.event(job_id, warning=common_pb2.Warning(**w))
+        await asyncio.to_thread(uploads.write_job_dir, job, resolved.images,
+                                request.display_name)
+        try:  # the row and its first events in one transaction; the folder goes if it fails
+            await asyncio.to_thread(self.store.insert_job, job)
+        except BaseException as exc:
+            await asyncio.to_thread(uploads.remove_job_dir, job)
+            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+                raise Unavailable("the job store is busy", retry_after=1.0) from exc
+            raise
         self.wake.set()
         return trainer_pb2.CreateTrainingJobResponse(job=self.to_proto(job))
-
-    def _write_job_dir(self, job: JobRow, images: list[tuple[bytes, str, str]],
-                       display_name: str) -> None:
-        inst = job.job_dir / "instance"
-        inst.mkdir(parents=True, exist_ok=True)
-        names, captions = [], {}
-        for i, (data, name, caption) in enumerate(images):
-            name = _safe_name(name, i)
-            atomic_write_bytes(inst / name, data)
-            names.append(f"instance/{name}")
-            if caption:
-                captions[name] = caption
-        if captions:
-            import json
-
-            atomic_write_text(inst / "captions.json", json.dumps(captions))
-        atomic_write_text(job.job_dir / "config.yaml",
-                          config_to_yaml(job.config, names, display_name or job.display_name))
 
     # ------------------------------------------------------------------ uploads
 
     async def UploadImages(self, request_iterator, context):  # type: ignore[no-untyped-def]
-        dataset_id = ""
-        name = ""
-        files: list[tuple[str, bytearray, str]] = []
-        max_bytes = self.limits.max_image_bytes
-        first = True
-        async for msg in request_iterator:
-            which = msg.WhichOneof("payload")
-            if which == "metadata":
-                if not first:
-                    raise InvalidArgument.for_field("metadata", "only as the first message")
-                name, dataset_id = msg.metadata.name, msg.metadata.dataset_id
-            elif which == "chunk":
-                ch = msg.chunk
-                if not ch.filename:
-                    raise InvalidArgument.for_field("chunk.filename", "required")
-                if not files or files[-1][0] != ch.filename:
-                    if any(f[0] == ch.filename for f in files):
-                        raise InvalidArgument.for_field(
-                            "chunk.filename", f"{ch.filename!r} sent twice or not contiguously")
-                    if len(files) >= self.limits.max_instance_images:
-                        raise InvalidArgument.for_field(
-                            "chunk", f"more than {self.limits.max_instance_images} images")
-                    files.append((ch.filename, bytearray(), ch.caption))
-                files[-1][1].extend(ch.data)
-                if len(files[-1][1]) > max_bytes:
-                    raise InvalidArgument.for_field("chunk.data", f"{ch.filename!r} is larger "
-                                                    f"than {max_bytes} bytes")
-            first = False
-        if dataset_id:
-            if not self.store.dataset_exists(dataset_id):
-                raise NotFound(resource_type="dataset", resource_name=dataset_id,
-                               field="metadata.dataset_id")
-        else:
-            dataset_id = new_id("ds")
-            self.store.create_dataset(dataset_id, name or dataset_id)
-        folder = self.datasets_dir / dataset_id
-        folder.mkdir(parents=True, exist_ok=True)
-        received = []
-        for i, (fname, data, caption) in enumerate(files):
-            checked = check_image(bytes(data), max_bytes)
-            if isinstance(checked, str):
-                raise InvalidArgument.for_field("chunk.data", f"{fname}: {checked}")
-            safe = _safe_name(fname, i)
-            atomic_write_bytes(folder / safe, bytes(data))
-            img = trainer_pb2.DatasetImage(filename=safe, width=checked[0], height=checked[1],
-                                           size_bytes=len(data),
-                                           sha256=hashlib.sha256(data).hexdigest())
-            self.store.add_dataset_image(dataset_id, img, caption)
-            received.append(img)
-        all_images = self.store.dataset_images(dataset_id)
-        return trainer_pb2.UploadImagesResponse(
-            dataset_id=dataset_id, image_count=len(all_images),
-            total_bytes=sum(i.size_bytes for i, _ in all_images), images=received)
+        dataset_id, name, files = await uploads.receive(request_iterator, self.store, self.limits)
+        return await asyncio.to_thread(uploads.save, self.store, self.datasets_dir, self.limits,
+                                       dataset_id, name, files)
 
     # ------------------------------------------------------------------ reads
 
@@ -525,22 +488,37 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     # ------------------------------------------------------------------ control
 
     async def CancelTrainingJob(self, request, context):  # type: ignore[no-untyped-def]
+        """Stop a job; an acknowledged cancel is always honoured.
+
+        Queued: CANCELLED at once. Preparing, running or exporting: CANCELLING, and the worker
+        stops at the next step (or before registering its export) and ends CANCELLED with a
+        checkpoint, resumable. Every change is a compare-and-set against the state the decision
+        was made on, so a worker moving on at the same moment (RUNNING -> EXPORTING ->
+        SUCCEEDED) cannot silently undo it: the decision is made again on the new state.
+        """
         job = self._get(request.job_id)
-        if job.state == S.TRAINING_JOB_STATE_QUEUED:
-            self.store.set_state(job.id, S.TRAINING_JOB_STATE_CANCELLED, "CANCELLED",
-                                 "cancelled while queued")
-        elif job.state in (S.TRAINING_JOB_STATE_PREPARING, S.TRAINING_JOB_STATE_RUNNING):
-            atomic_write_text(job.job_dir / STOP_FILE, "cancel")
-            if job.id in self.workers:
-                self.store.set_state(job.id, S.TRAINING_JOB_STATE_CANCELLING, "CANCEL_REQUESTED",
-                                     "stopping after the current step with a checkpoint")
+        for _ in range(5):
+            if job.state in (S.TRAINING_JOB_STATE_CANCELLING, S.TRAINING_JOB_STATE_CANCELLED):
+                break  # already being cancelled or cancelled: nothing more to do
+            if job.state in (S.TRAINING_JOB_STATE_SUCCEEDED, S.TRAINING_JOB_STATE_FAILED):
+                raise FailedPrecondition(f"job already {S.Name(job.state)}",
+                                         reason="JOB_FINISHED")
+            if job.state == S.TRAINING_JOB_STATE_QUEUED:
+                done = self.store.set_state(job.id, S.TRAINING_JOB_STATE_CANCELLED, "CANCELLED",
+                                            "cancelled while queued", expect={job.state})
             else:
-                self.store.set_state(job.id, S.TRAINING_JOB_STATE_CANCELLED, "CANCELLED", "")
-        elif job.state == S.TRAINING_JOB_STATE_EXPORTING:
-            raise FailedPrecondition("training is done and the model is being exported",
-                                     reason="JOB_EXPORTING")
-        elif job.state in (S.TRAINING_JOB_STATE_SUCCEEDED, S.TRAINING_JOB_STATE_FAILED):
-            raise FailedPrecondition(f"job already {S.Name(job.state)}", reason="JOB_FINISHED")
+                # the STOP file reaches a worker that runs, or is just starting, at its next check
+                await asyncio.to_thread(atomic_write_text, job.job_dir / STOP_FILE, "cancel")
+                if job.id in self.workers:
+                    done = self.store.set_state(
+                        job.id, S.TRAINING_JOB_STATE_CANCELLING, "CANCEL_REQUESTED",
+                        "stopping after the current step with a checkpoint", expect={job.state})
+                else:  # no worker of ours (exiting, or not yet started): nothing to wait for
+                    done = self.store.set_state(job.id, S.TRAINING_JOB_STATE_CANCELLED,
+                                                "CANCELLED", "", expect={job.state})
+            if done is not None:
+                break
+            job = self._get(job.id)
         return trainer_pb2.CancelTrainingJobResponse(job=self.to_proto(self._get(job.id)))
 
     async def ResumeTrainingJob(self, request, context):  # type: ignore[no-untyped-def]
@@ -568,8 +546,11 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             fields["output_model_id"] = ""
         self.crashes.pop(job.id, None)
         ckpt = self.store.latest_full_checkpoint(job.id)
-        self.store.set_state(job.id, S.TRAINING_JOB_STATE_QUEUED, "RESUMED",
-                             f"from step {ckpt.step}" if ckpt else "from the start", **fields)
+        if self.store.set_state(job.id, S.TRAINING_JOB_STATE_QUEUED, "RESUMED",
+                                f"from step {ckpt.step}" if ckpt else "from the start",
+                                expect={job.state}, **fields) is None:
+            raise FailedPrecondition("the job changed state while resuming; try again",
+                                     reason="JOB_STATE_CHANGED")
         self.wake.set()
         return trainer_pb2.ResumeTrainingJobResponse(job=self.to_proto(self._get(job.id)))
 

@@ -88,6 +88,19 @@ MIGRATIONS = [
         PRIMARY KEY (dataset_id, filename)
     );
     """,
+    # Domain observations written by workers (step seconds, checkpoint seconds, class images,
+    # peak memory) for the service process to turn into Prometheus metrics. AUTOINCREMENT: ids
+    # are never reused, so a reader's cursor never skips a row after deletions.
+    """
+    CREATE TABLE observations (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        time REAL NOT NULL,
+        job_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        label TEXT NOT NULL DEFAULT '',
+        value REAL NOT NULL
+    );
+    """,
 ]
 
 
@@ -154,14 +167,23 @@ class JobStore:
     # -- jobs
 
     def insert_job(self, job: JobRow) -> None:
-        self.db.execute(
-            "INSERT INTO jobs(id, display_name, state, config, base_model, step, total_steps,"
-            " create_time, update_time, queued_at, trigger_phrase, warnings,"
-            " instance_image_count, job_dir) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (job.id, job.display_name, job.state, job.config.SerializeToString(),
-             json.dumps(job.base_model), job.step, job.total_steps, job.create_time,
-             job.update_time, job.queued_at, job.trigger_phrase, json.dumps(job.warnings),
-             job.instance_image_count, str(job.job_dir)))
+        """Insert a new job with its CREATED event and its warnings, in one transaction."""
+        with self.db.transaction() as tx:
+            tx.execute(
+                "INSERT INTO jobs(id, display_name, state, config, base_model, step, total_steps,"
+                " create_time, update_time, queued_at, trigger_phrase, warnings,"
+                " instance_image_count, job_dir) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (job.id, job.display_name, job.state, job.config.SerializeToString(),
+                 json.dumps(job.base_model), job.step, job.total_steps, job.create_time,
+                 job.update_time, job.queued_at, job.trigger_phrase, json.dumps(job.warnings),
+                 job.instance_image_count, str(job.job_dir)))
+            self._append_event(tx, job.id, job.create_time,
+                               state_changed=trainer_pb2.TrainingStateChanged(
+                                   previous_state=S.TRAINING_JOB_STATE_UNSPECIFIED,
+                                   state=job.state, reason="CREATED"))  # type: ignore[arg-type]
+            for w in job.warnings:
+                self._append_event(tx, job.id, job.create_time,
+                                   warning=common_pb2.Warning(**w))
 
     def get(self, job_id: str) -> JobRow | None:
         row = self.db.query_one("SELECT * FROM jobs WHERE id = ?", (job_id,))
@@ -187,11 +209,9 @@ class JobStore:
             "SELECT * FROM jobs WHERE state = ? ORDER BY queued_at, id",
             (S.TRAINING_JOB_STATE_QUEUED,))]
 
-    def update(self, job_id: str, **fields: Any) -> None:
-        """Set columns; protobuf values are serialized, dicts/lists become JSON."""
-        if not fields:
-            return
-        fields.setdefault("update_time", time.time())
+    @staticmethod
+    def _columns(fields: dict[str, Any]) -> tuple[str, list[Any]]:
+        """"a = ?, b = ?" and its values; protobuf values serialized, dicts/lists as JSON."""
         cols, params = [], []
         for k, v in fields.items():
             if hasattr(v, "SerializeToString"):
@@ -202,8 +222,15 @@ class JobStore:
                 v = str(v)
             cols.append(f"{k} = ?")
             params.append(v)
-        params.append(job_id)
-        self.db.execute(f"UPDATE jobs SET {', '.join(cols)} WHERE id = ?", params)
+        return ", ".join(cols), params
+
+    def update(self, job_id: str, **fields: Any) -> None:
+        """Set columns; protobuf values are serialized, dicts/lists become JSON."""
+        if not fields:
+            return
+        fields.setdefault("update_time", time.time())
+        cols, params = self._columns(fields)
+        self.db.execute(f"UPDATE jobs SET {cols} WHERE id = ?", [*params, job_id])
 
     def add_warning(self, job_id: str, reason: str, message: str, field: str = "") -> None:
         job = self.get(job_id)
@@ -215,26 +242,37 @@ class JobStore:
                                                       field=field))
 
     def set_state(self, job_id: str, state: int, reason: str = "", message: str = "",
-                  **fields: Any) -> int | None:
-        """Change the state (and any columns), emitting a state_changed event.
+                  *, expect: Iterable[int] | None = None, **fields: Any) -> int | None:
+        """Change the state (and any columns) and append its state_changed event, atomically.
 
-        Returns the previous state (None when the job does not exist).
+        With `expect`, a compare-and-set: the change happens only while the job is in one of
+        those states (the service and a worker both change states; neither may overwrite a
+        change it has not seen). Returns the previous state, or None when the job does not
+        exist or was not in `expect`.
         """
-        with self.db.transaction() as tx:
-            row = tx.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            if row is None:
-                return None
-            previous = int(row["state"])
         now = time.time()
         if state in TERMINAL:
             fields.setdefault("end_time", now)
         if state == S.TRAINING_JOB_STATE_FAILED:
             fields.setdefault("failure_reason", reason)
             fields.setdefault("failure_message", message)
-        self.update(job_id, state=state, **fields)
-        self.event(job_id, state_changed=trainer_pb2.TrainingStateChanged(
-            previous_state=previous, state=state, reason=reason, message=message))  # type: ignore[arg-type]
+        fields.setdefault("update_time", now)
+        cols, params = self._columns(dict(fields, state=state))
+        with self.db.transaction() as tx:
+            row = tx.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                return None
+            previous = int(row["state"])
+            if expect is not None and previous not in set(expect):
+                return None
+            tx.execute(f"UPDATE jobs SET {cols} WHERE id = ?", [*params, job_id])
+            self._append_event(tx, job_id, now, state_changed=trainer_pb2.TrainingStateChanged(
+                previous_state=previous, state=state, reason=reason, message=message))  # type: ignore[arg-type]
         return previous
+
+    def count_by_state(self) -> dict[int, int]:
+        return {int(r[0]): int(r[1]) for r in self.db.query(
+            "SELECT state, COUNT(*) FROM jobs GROUP BY state")}
 
     def delete_job(self, job_id: str) -> None:
         self.db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
@@ -244,15 +282,18 @@ class JobStore:
     def event(self, job_id: str, **event: Any) -> int:
         """Append one event (exactly one WatchTrainingJobResponse oneof field) and return its
         sequence number."""
-        now = time.time()
+        with self.db.transaction() as tx:
+            return self._append_event(tx, job_id, time.time(), **event)
+
+    @staticmethod
+    def _append_event(tx: sqlite3.Connection, job_id: str, now: float, **event: Any) -> int:
         msg = trainer_pb2.WatchTrainingJobResponse(job_id=job_id, time=timestamp(now), **event)
         kind = next(iter(event))
-        with self.db.transaction() as tx:
-            seq = int(tx.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE job_id = ?",
-                                 (job_id,)).fetchone()[0])
-            msg.sequence = seq
-            tx.execute("INSERT INTO events(job_id, seq, time, kind, payload) VALUES (?,?,?,?,?)",
-                       (job_id, seq, now, kind, msg.SerializeToString()))
+        seq = int(tx.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE job_id = ?",
+                             (job_id,)).fetchone()[0])
+        msg.sequence = seq
+        tx.execute("INSERT INTO events(job_id, seq, time, kind, payload) VALUES (?,?,?,?,?)",
+                   (job_id, seq, now, kind, msg.SerializeToString()))
         return seq
 
     def events_after(self, job_id: str, seq: int, limit: int = 500,
@@ -315,20 +356,46 @@ class JobStore:
 
     # -- datasets
 
-    def create_dataset(self, dataset_id: str, name: str) -> None:
-        self.db.execute("INSERT INTO datasets(id, name, create_time) VALUES (?,?,?)",
-                        (dataset_id, name, time.time()))
-
     def dataset_exists(self, dataset_id: str) -> bool:
         return self.db.query_one("SELECT 1 FROM datasets WHERE id = ?", (dataset_id,)) is not None
 
-    def add_dataset_image(self, dataset_id: str, img: trainer_pb2.DatasetImage,
-                          caption: str) -> None:
-        self.db.execute(
-            "INSERT OR REPLACE INTO dataset_images(dataset_id, filename, width, height,"
-            " size_bytes, sha256, caption) VALUES (?,?,?,?,?,?,?)",
-            (dataset_id, img.filename, img.width, img.height, img.size_bytes, img.sha256,
-             caption))
+    def add_dataset_images(self, dataset_id: str, create_name: str | None,
+                           images: list[tuple[trainer_pb2.DatasetImage, str]]) -> None:
+        """Add pictures (and, with `create_name`, the dataset itself) in one transaction."""
+        with self.db.transaction() as tx:
+            if create_name is not None:
+                tx.execute("INSERT INTO datasets(id, name, create_time) VALUES (?,?,?)",
+                           (dataset_id, create_name, time.time()))
+            tx.executemany(
+                "INSERT INTO dataset_images(dataset_id, filename, width, height, size_bytes,"
+                " sha256, caption) VALUES (?,?,?,?,?,?,?)",
+                [(dataset_id, img.filename, img.width, img.height, img.size_bytes, img.sha256,
+                  caption) for img, caption in images])
+
+    # -- observations (worker -> service metrics)
+
+    def observe(self, job_id: str, items: Iterable[tuple[str, str, float]]) -> None:
+        """Append (name, label, value) observations in one transaction."""
+        now = time.time()
+        rows = [(now, job_id, name, label, float(value)) for name, label, value in items]
+        if rows:
+            with self.db.transaction() as tx:
+                tx.executemany("INSERT INTO observations(time, job_id, name, label, value)"
+                               " VALUES (?,?,?,?,?)", rows)
+
+    def observations_after(self, cursor: int, limit: int = 10_000
+                           ) -> list[tuple[int, str, str, float]]:
+        """(id, name, label, value) of observations newer than `cursor`, oldest first."""
+        return [(int(r[0]), r[1], r[2], float(r[3])) for r in self.db.query(
+            "SELECT id, name, label, value FROM observations WHERE id > ? ORDER BY id LIMIT ?",
+            (cursor, limit))]
+
+    def last_observation_id(self) -> int:
+        row = self.db.query_one("SELECT COALESCE(MAX(id), 0) FROM observations")
+        return int(row[0]) if row else 0
+
+    def prune_observations(self, older_than: float) -> None:
+        self.db.execute("DELETE FROM observations WHERE time < ?", (older_than,))
 
     def dataset_images(self, dataset_id: str) -> list[tuple[trainer_pb2.DatasetImage, str]]:
         rows = self.db.query("SELECT * FROM dataset_images WHERE dataset_id = ? ORDER BY filename",

@@ -40,9 +40,11 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from PIL import Image
 
 from boothstudio.v1 import trainer_pb2
+from services.diffusion.single_file import export_single_file, make_readable
 from services.trainer.class_images import ClassImageCache, ClassImageKey, model_content_hash
+from services.trainer.inputs import has_alpha
+from services.trainer.metrics import CHECKPOINT_SECONDS, CLASS_IMAGES, PEAK_MEMORY, STEP_SECONDS
 from services.trainer.module import DataSpec, DreamBoothModule, OptimSpec, StepBatches, image_tensor
-from services.trainer.options import has_alpha
 from shared.storage import fsync_dir
 
 log = logging.getLogger("boothstudio.trainer.job")
@@ -57,7 +59,12 @@ SAMPLE_STEPS = 20
 class Reporter:
     """Where a job reports to. The base class ignores everything (non-zero DDP ranks)."""
 
-    def state(self, state: int, reason: str = "", message: str = "") -> None: ...
+    def state(self, state: int, reason: str = "", message: str = "") -> bool:
+        """Move the job to `state`; False when that is no longer allowed (a cancel won)."""
+        return True
+
+    def observe(self, name: str, value: float, label: str = "") -> None:
+        """A domain observation for the service's metrics (see services.trainer.metrics)."""
     def metrics(self, m: trainer_pb2.TrainingMetrics) -> None: ...
     def sample(self, s: trainer_pb2.TrainingSample) -> None: ...
     def checkpoint(self, c: trainer_pb2.Checkpoint,
@@ -100,6 +107,11 @@ def peak_memory_bytes() -> int:
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         return int(torch.cuda.max_memory_allocated())
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def _observe_peak_memory(reporter: Reporter) -> None:
+    device = "cuda" if torch.cuda.is_available() and torch.cuda.is_initialized() else "cpu"
+    reporter.observe(PEAK_MEMORY, peak_memory_bytes(), device)
 
 
 def load_base(base_model: dict[str, Any]) -> Any:
@@ -206,6 +218,7 @@ class JobCallback(Callback):
         assert isinstance(pl_module, DreamBoothModule)
         total = self.cfg.max_train_steps
         now = time.monotonic()
+        self.reporter.observe(STEP_SECONDS, now - self.times[-1][0])
         self.times.append((now, step))
         if trainer.is_global_zero:
             self._metrics(trainer, pl_module, step, total, now)
@@ -248,6 +261,7 @@ class JobCallback(Callback):
     def save(self, trainer: L.Trainer, module: DreamBoothModule, step: int) -> None:
         from safetensors.torch import save_file
 
+        started = time.monotonic()
         name = f"step-{step:06d}"
         ck_dir = self.spec.job_dir / "checkpoints"
         ck_dir.mkdir(parents=True, exist_ok=True)
@@ -270,6 +284,7 @@ class JobCallback(Callback):
         with module.averaged_weights():
             weights = trained_weights(module)
         save_file(weights, str(tmp_export), metadata=meta)
+        make_readable(tmp_export)
         os.replace(tmp_export, export)
         fsync_dir(ex_dir)
         # retention: full-state checkpoints only (exports are small and kept for picking)
@@ -280,6 +295,7 @@ class JobCallback(Callback):
             removed.append(trainer_pb2.Checkpoint(
                 checkpoint_id=old.stem, step=int(old.stem.split("-")[1]),
                 kind=P.CHECKPOINT_KIND_FULL_STATE, path=str(old)))
+        self.reporter.observe(CHECKPOINT_SECONDS, time.monotonic() - started)
         for path, kind in ((final, P.CHECKPOINT_KIND_FULL_STATE),
                            (export, P.CHECKPOINT_KIND_EXPORT)):
             self.reporter.checkpoint(trainer_pb2.Checkpoint(
@@ -325,8 +341,46 @@ class DirectCheckpointIO(TorchCheckpointIO):
         torch.save(checkpoint, str(path))
 
 
-def build_trainer(spec: JobSpec, callbacks: list[Callback]) -> L.Trainer:
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+def _csv_logger(logs: Path, resume_step: int) -> Any:
+    """Lightning's CSV logger, keeping the rows a resumed job has already trained.
+
+    Lightning deletes an existing metrics.csv when its logger starts, so every resume used to
+    erase the job's earlier curve. Rows of steps before the checkpoint stay; later rows (a
+    crashed run's steps past its last checkpoint) go, since those steps are trained again.
+    Rows are written every step, so a killed worker loses none of the steps it kept.
+    """
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    class ResumableCSVLogger(CSVLogger):
+        @property
+        def experiment(self) -> Any:
+            if self._experiment is not None:
+                return self._experiment
+            path = Path(self.log_dir) / "metrics.csv"
+            header: list[str] = []
+            rows: list[dict[str, str]] = []
+            if path.exists() and resume_step > 0:
+                with open(path, newline="") as f:
+                    reader = csv.DictReader(f)
+                    header = list(reader.fieldnames or [])
+                    rows = [r for r in reader
+                            if r.get("step") and float(r["step"]) < resume_step]
+            exp = super().experiment  # removes the file
+            if header and rows:
+                with open(path, "w", newline="") as f:
+                    writer = csv.DictWriter(f, fieldnames=header)
+                    writer.writeheader()
+                    writer.writerows(rows)
+                exp.metrics_keys = header  # appended rows use the same columns
+            return exp
+
+    return ResumableCSVLogger(str(logs), name="", version="csv", flush_logs_every_n_steps=1)
+
+
+def build_trainer(spec: JobSpec, callbacks: list[Callback], resume_step: int = 0) -> L.Trainer:
+    from lightning.pytorch.loggers import TensorBoardLogger
     from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 
     c = spec.config
@@ -339,7 +393,7 @@ def build_trainer(spec: JobSpec, callbacks: list[Callback]) -> L.Trainer:
     elif c.strategy == P.STRATEGY_SINGLE_DEVICE:
         strategy = "auto"
     logs = spec.job_dir / "logs"
-    loggers = [CSVLogger(str(logs), name="", version="csv")]
+    loggers = [_csv_logger(logs, resume_step)]
     with contextlib.suppress(ModuleNotFoundError):  # tensorboard missing: CSV only
         loggers.append(TensorBoardLogger(str(logs), name="", version="tensorboard",
                                          default_hp_metric=False))  # type: ignore[arg-type]
@@ -447,7 +501,8 @@ def run_job(spec: JobSpec, reporter: Reporter) -> JobResult:
     c = spec.config
     timings: dict[str, float] = {}
     t0 = time.monotonic()
-    reporter.state(S.TRAINING_JOB_STATE_PREPARING)
+    if not reporter.state(S.TRAINING_JOB_STATE_PREPARING):  # cancelled before it started
+        return JobResult("stopped", "cancel", seconds=timings)
     torch.manual_seed(c.seed)
     pipe = load_base(spec.base_model)
     masked = c.HasField("masked_loss_background_weight")
@@ -459,6 +514,8 @@ def run_job(spec: JobSpec, reporter: Reporter) -> JobResult:
         class_paths, cached, generated = prepare_class_images(
             spec, pipe, reporter, class_prompts(c, captions))
         timings["class_images"] = time.monotonic() - t
+        reporter.observe(CLASS_IMAGES, generated, "generated")
+        reporter.observe(CLASS_IMAGES, cached, "cached")
         if reporter.stop_requested():
             return JobResult("stopped", reporter.stop_requested(), 0, seconds=timings)
 
@@ -505,25 +562,32 @@ def run_job(spec: JobSpec, reporter: Reporter) -> JobResult:
     sampling = {"steps": spec.sample_steps, "cfg": 7.0, "resolution": res,
                 "sampler": gen.sampler, "schedule": gen.schedule}
     job_cb = JobCallback(spec, reporter, parts, sampling)
-    trainer = build_trainer(spec, [job_cb, *spec.extra_callbacks])
     ckpts = checkpoint_files(spec.job_dir)
     resume = ckpts[-1] if ckpts else None
+    done = int(resume.stem.split("-")[1]) if resume else 0
+    trainer = build_trainer(spec, [job_cb, *spec.extra_callbacks], resume_step=done)
     timings["prepare"] = time.monotonic() - t0
-    if reporter.stop_requested():  # cancelled while preparing: nothing new to save
-        done = int(resume.stem.split("-")[1]) if resume else 0
-        return JobResult("stopped", reporter.stop_requested(), done, seconds=timings)
-    reporter.state(S.TRAINING_JOB_STATE_RUNNING,
-                   "RESUMED" if resume else "", f"resuming from {resume.name}" if resume else "")
+    # cancelled while preparing (the state change fails once the service set CANCELLING):
+    # nothing new to save
+    if reporter.stop_requested() or not reporter.state(
+            S.TRAINING_JOB_STATE_RUNNING, "RESUMED" if resume else "",
+            f"resuming from {resume.name}" if resume else ""):
+        return JobResult("stopped", reporter.stop_requested() or "cancel", done, seconds=timings)
     t = time.monotonic()
     trainer.fit(module, ckpt_path=str(resume) if resume else None)
     timings["train"] = time.monotonic() - t
     step = trainer.global_step
     if not trainer.is_global_zero:
         return JobResult("rank", step=step)
+    _observe_peak_memory(reporter)
     if job_cb.stop_reason:
         return JobResult("stopped", job_cb.stop_reason, step, class_images_cached=cached,
                          class_images_generated=generated, seconds=timings)
-    reporter.state(S.TRAINING_JOB_STATE_EXPORTING)
+    if not reporter.state(S.TRAINING_JOB_STATE_EXPORTING):
+        # a cancel was acknowledged after the last step's check: honour it (the final
+        # checkpoint is saved, so a resume only exports)
+        return JobResult("stopped", "cancel", step, class_images_cached=cached,
+                         class_images_generated=generated, seconds=timings)
     t = time.monotonic()
     with module.averaged_weights():
         outputs = export(spec, module)
@@ -535,7 +599,6 @@ def export(spec: JobSpec, module: DreamBoothModule) -> dict[str, str]:
     """Write the final model: diffusers folder + original single file, or a LoRA file."""
     import shutil
 
-    from services.diffusion.single_file import export_single_file
 
     out = spec.job_dir / "output"
     if out.exists():
@@ -553,10 +616,12 @@ def export(spec: JobSpec, module: DreamBoothModule) -> dict[str, str]:
         StableDiffusionPipeline.save_lora_weights(
             str(lora_dir), unet_lora_layers=st["unet"],
             text_encoder_lora_layers=st.get("text_encoder"), safe_serialization=True)
+        make_readable(lora_dir)
         return {"lora": str(lora_dir / "pytorch_lora_weights.safetensors")}
     pipe = make_pipeline(parts)
     diffusers_dir = out / "diffusers"
     pipe.save_pretrained(str(diffusers_dir), safe_serialization=True)
+    make_readable(diffusers_dir)
     single = out / f"{spec.job_id}.safetensors"
     export_single_file(pipe, single, dtype=torch.float16)
     return {"diffusers": str(diffusers_dir), "single_file": str(single)}

@@ -21,10 +21,15 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from boothstudio.v1 import catalog_pb2, catalog_pb2_grpc, trainer_pb2
-from services.trainer.store import JobStore
+from services.trainer.store import ACTIVE, JobStore
+
+if TYPE_CHECKING:
+    from services.trainer.train import JobResult
 
 S = trainer_pb2.TrainingJobState
 log = logging.getLogger("boothstudio.trainer.worker")
@@ -48,35 +53,51 @@ def die_with_parent() -> None:
     threading.Thread(target=watch, daemon=True, name="parent-watch").start()
 
 
+# The states a worker may move a job into, each from the states it may come from: a change the
+# service made meanwhile (CANCELLING, or CANCELLED by a forced delete) is never overwritten.
+ALLOWED_FROM = {
+    S.TRAINING_JOB_STATE_PREPARING: {S.TRAINING_JOB_STATE_QUEUED, S.TRAINING_JOB_STATE_PREPARING},
+    S.TRAINING_JOB_STATE_RUNNING: {S.TRAINING_JOB_STATE_PREPARING, S.TRAINING_JOB_STATE_RUNNING},
+    S.TRAINING_JOB_STATE_EXPORTING: {S.TRAINING_JOB_STATE_PREPARING,
+                                     S.TRAINING_JOB_STATE_RUNNING},
+}
+
+
 class StoreReporter:
-    """Job progress into the job store (state, events, checkpoints)."""
+    """Job progress into the job store (state, events, checkpoints, observations)."""
 
     def __init__(self, store: JobStore, job_id: str, job_dir: Path) -> None:
         self.store = store
         self.job_id = job_id
         self.job_dir = job_dir
         self.last_class_event = 0.0
+        self.pending: list[tuple[str, str, float]] = []
 
     def _current(self) -> int:
         job = self.store.get(self.job_id)
         return job.state if job else S.TRAINING_JOB_STATE_UNSPECIFIED
 
-    def state(self, state: int, reason: str = "", message: str = "") -> None:
+    def state(self, state: int, reason: str = "", message: str = "") -> bool:
+        """Move the job on; False when the service changed it first (a cancel is pending)."""
+        self.flush()
         current = self._current()
         if current == state and not reason:
-            return
-        if current == S.TRAINING_JOB_STATE_CANCELLING and state in (
-                S.TRAINING_JOB_STATE_PREPARING, S.TRAINING_JOB_STATE_RUNNING,
-                S.TRAINING_JOB_STATE_EXPORTING):
-            return  # a cancel is pending: keep showing it
-        fields = {}
-        if state == S.TRAINING_JOB_STATE_PREPARING:
-            fields["start_time"] = time.time()
-        self.store.set_state(self.job_id, state, reason, message, **fields)
+            return True
+        return self.store.set_state(self.job_id, state, reason, message,
+                                    expect=ALLOWED_FROM[state]) is not None
 
     def metrics(self, m: trainer_pb2.TrainingMetrics) -> None:
         self.store.update(self.job_id, step=m.step, total_steps=m.total_steps, last_metrics=m)
         self.store.event(self.job_id, metrics=m)
+        self.flush()
+
+    def observe(self, name: str, value: float, label: str = "") -> None:
+        self.pending.append((name, label, value))  # written with the next metrics event
+
+    def flush(self) -> None:
+        if self.pending:
+            items, self.pending = self.pending, []
+            self.store.observe(self.job_id, items)
 
     def sample(self, s: trainer_pb2.TrainingSample) -> None:
         self.store.event(self.job_id, sample=s)
@@ -104,9 +125,18 @@ class StoreReporter:
         except FileNotFoundError:
             return ""
 
+    def cancel_pending(self) -> bool:
+        """Whether the service acknowledged a cancel (the job is CANCELLING)."""
+        return self._current() == S.TRAINING_JOB_STATE_CANCELLING
+
+
+class RegistrationCancelled(Exception):
+    """A cancel was acknowledged while the Catalog was being retried."""
+
 
 def register(job_id: str, store: JobStore, outputs: dict[str, str], catalog: str,
-             api_key: str, attempts: int = 5) -> str:
+             api_key: str, attempts: int = 5,
+             should_stop: Callable[[], bool] = lambda: False) -> str:
     """Register the output in Catalog (idempotent: model id derived from the job id)."""
     import grpc
 
@@ -149,9 +179,79 @@ def register(job_id: str, store: JobStore, outputs: dict[str, str], catalog: str
                 if code != grpc.StatusCode.UNAVAILABLE or attempt == attempts - 1:
                     raise RuntimeError(f"Catalog refused the model: "
                                        f"{decode_rpc_error(err).message}") from err
+        if should_stop():
+            raise RegistrationCancelled
         time.sleep(delay)
         delay *= 2
     raise RuntimeError("Catalog unavailable")
+
+
+def unregister(model_id: str, catalog: str, api_key: str) -> str:
+    """Remove a model this job registered after all; "" or why it could not be removed."""
+    import grpc
+
+    from shared.channels import sync_channel
+
+    with sync_channel(catalog, api_key=api_key or None) as ch:
+        try:
+            catalog_pb2_grpc.CatalogServiceStub(ch).DeleteModel(
+                catalog_pb2.DeleteModelRequest(model_id=model_id, delete_files=True), timeout=60)
+        except grpc.RpcError as err:
+            if err.code() != grpc.StatusCode.NOT_FOUND:  # type: ignore[attr-defined]
+                return f"{err.code().name}: {err.details()}"  # type: ignore[attr-defined]
+    return ""
+
+
+def finish(store: JobStore, job_id: str, result: JobResult, catalog: str,
+           reporter: StoreReporter) -> int:
+    """A job's last states after training: cancelled, re-queued (drain), or exported and
+    registered. Every change is a compare-and-set, so a cancel the service acknowledged
+    meanwhile ends the job CANCELLED (resumable) instead of being overwritten."""
+    cancelled = {S.TRAINING_JOB_STATE_CANCELLING}
+    job_dir = reporter.job_dir
+    if result.outcome == "stopped":
+        (job_dir / STOP_FILE).unlink(missing_ok=True)
+        if result.stop_reason == "drain" and store.set_state(
+                job_id, S.TRAINING_JOB_STATE_QUEUED, "INTERRUPTED",
+                f"service shutting down; resumes from step {result.step}",
+                expect={S.TRAINING_JOB_STATE_PREPARING, S.TRAINING_JOB_STATE_RUNNING},
+                step=result.step) is not None:
+            return 0
+        store.set_state(job_id, S.TRAINING_JOB_STATE_CANCELLED, "CANCELLED",
+                        f"cancelled at step {result.step}; resumable", expect=ACTIVE,
+                        step=result.step)
+        return 0
+    api_key = os.environ.get("BOOTHSTUDIO_SERVICE_API_KEY", "")
+    try:
+        if reporter.cancel_pending():  # acknowledged during the export itself
+            raise RegistrationCancelled
+        model_id = register(job_id, store, result.outputs, catalog, api_key,
+                            should_stop=reporter.cancel_pending)
+    except RegistrationCancelled:
+        model_id = ""
+    except Exception as exc:
+        log.exception("registration failed")
+        if store.set_state(job_id, S.TRAINING_JOB_STATE_FAILED, "REGISTRATION_FAILED",
+                           f"model saved in {job_dir / 'output'} but not registered: {exc}; "
+                           "ResumeTrainingJob retries the registration",
+                           expect={S.TRAINING_JOB_STATE_EXPORTING}) is not None:
+            return 1
+        model_id = ""
+    if model_id and store.set_state(job_id, S.TRAINING_JOB_STATE_SUCCEEDED, "", "",
+                                    expect={S.TRAINING_JOB_STATE_EXPORTING},
+                                    output_model_id=model_id, step=result.step) is not None:
+        return 0
+    # The service acknowledged a cancel (or a forced delete) while we exported or registered:
+    # it wins. A model registered meanwhile is removed again, so the job leaves nothing behind.
+    message = f"cancelled during export at step {result.step}; resumable"
+    if model_id:
+        problem = unregister(model_id, catalog, api_key)
+        if problem:
+            message += f"; model {model_id!r} stays in the Catalog ({problem})"
+    (job_dir / STOP_FILE).unlink(missing_ok=True)
+    store.set_state(job_id, S.TRAINING_JOB_STATE_CANCELLED, "CANCELLED", message,
+                    expect=cancelled, step=result.step)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -191,33 +291,16 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, KeyboardInterrupt | SystemExit):
             reason = "INTERRUPTED"
         log.exception("job %s failed", job.id)
+        if isinstance(reporter, StoreReporter):
+            reporter.flush()
         store.set_state(job.id, S.TRAINING_JOB_STATE_FAILED, reason,
-                        f"{type(exc).__name__}: {exc}"[:2000])
+                        f"{type(exc).__name__}: {exc}"[:2000], expect=ACTIVE)
         return 1
     if rank != 0 or result.outcome == "rank":
         return 0
-    if result.outcome == "stopped":
-        (job.job_dir / STOP_FILE).unlink(missing_ok=True)
-        if result.stop_reason == "drain":
-            store.set_state(job.id, S.TRAINING_JOB_STATE_QUEUED, "INTERRUPTED",
-                            f"service shutting down; resumes from step {result.step}",
-                            step=result.step)
-        else:
-            store.set_state(job.id, S.TRAINING_JOB_STATE_CANCELLED, "CANCELLED",
-                            f"cancelled at step {result.step}; resumable", step=result.step)
-        return 0
-    try:
-        model_id = register(job.id, store, result.outputs, args.catalog,
-                            os.environ.get("BOOTHSTUDIO_SERVICE_API_KEY", ""))
-    except Exception as exc:
-        log.exception("registration failed")
-        store.set_state(job.id, S.TRAINING_JOB_STATE_FAILED, "REGISTRATION_FAILED",
-                        f"model saved in {job.job_dir / 'output'} but not registered: {exc}; "
-                        "ResumeTrainingJob retries the registration")
-        return 1
-    store.set_state(job.id, S.TRAINING_JOB_STATE_SUCCEEDED, "", "", output_model_id=model_id,
-                    step=result.step)
-    return 0
+    assert isinstance(reporter, StoreReporter)
+    reporter.flush()
+    return finish(store, job.id, result, args.catalog, reporter)
 
 
 if __name__ == "__main__":

@@ -176,3 +176,18 @@ def test_dreambench_reports_the_spread_over_training_seeds() -> None:
     assert len(lines) == 1  # no-prior has one seed only
     assert "prior over 3 training seeds" in lines[0]
     assert "subject mean 71% (66%-79%)" in lines[0] and "leak mean 3% (1%-4%)" in lines[0]
+
+
+def test_lora_targets_must_name_modules_of_the_model() -> None:
+    import torch
+
+    from services.trainer.module import check_target_modules
+
+    attn = torch.nn.Module()
+    attn.to_q = torch.nn.Linear(2, 2)
+    attn.to_out = torch.nn.ModuleList([torch.nn.Linear(2, 2)])
+    model = torch.nn.Module()
+    model.attn1 = attn
+    check_target_modules(model, ["to_q", "to_out.0", "attn1.to_q"])
+    with pytest.raises(ValueError, match=r"config\.lora\.target_modules: \['to_v', 'q'\]"):
+        check_target_modules(model, ["to_q", "to_v", "q"])

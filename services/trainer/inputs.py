@@ -1,0 +1,86 @@
+"""What the trainer accepts as an instance picture and as its file name (no torch).
+
+Pictures go through `shared.images`: the header is checked against the limits first (a 560 KB
+PNG can promise 12000x12000 pixels), and only a picture that passed is decoded, once, to prove
+its data is whole (a truncated file passes a header check and would otherwise fail the job
+later, in its worker). The decode also gives the alpha share that masked training needs, so no
+picture is decoded twice. Blocking: callers run these off the event loop.
+
+File names become files in a job or dataset folder, so they are refused (not rewritten) when
+they could escape it or hide in it: a path separator, `.`/`..`, a leading dot (the trainer skips
+hidden files), a control character, the folder's own `captions.json`, more than 255 UTF-8 bytes.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from shared.errors import clip
+from shared.images import ImageLimits, ImageRejected, decode, probe
+
+MIN_SIDE = 8
+MAX_FILENAME_BYTES = 255  # what ext4, xfs and APFS allow for one name
+RESERVED_NAMES = frozenset({"captions.json"})
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def image_limits(max_bytes: int) -> ImageLimits:
+    """The trainer's picture limits: the shared defaults' size bounds, its own byte limit."""
+    return ImageLimits(max_bytes=max_bytes, min_side=MIN_SIDE)
+
+
+@dataclass(frozen=True)
+class CheckedImage:
+    width: int
+    height: int
+    #: share of opaque pixels (alpha >= 128); None when the picture has no alpha
+    alpha_share: float | None
+
+
+def has_alpha(img: object) -> bool:
+    """Whether a PIL image carries transparency (an alpha band or a transparent palette entry)."""
+    return "A" in img.getbands() or "transparency" in img.info  # type: ignore[attr-defined]
+
+
+def check_image(data: bytes, limits: ImageLimits, *, want_alpha: bool = False) -> CheckedImage:
+    """Header first, then one decode; raises ImageRejected (str = why) for a bad picture."""
+    info = probe(data, limits)
+    img = decode(data, limits)
+    try:
+        share = None
+        if want_alpha and has_alpha(img):
+            alpha = img.convert("RGBA").getchannel("A")
+            opaque = alpha.point(lambda a: 255 if a >= 128 else 0).histogram()[255]
+            share = opaque / (img.width * img.height)
+        return CheckedImage(info.width, info.height, share)
+    finally:
+        img.close()
+
+
+def filename_problem(name: str) -> str | None:
+    """Why `name` cannot be a picture's file name in a job or dataset folder, or None."""
+    if not name.strip():
+        return "must not be blank"
+    if len(name.encode()) > MAX_FILENAME_BYTES:
+        return f"at most {MAX_FILENAME_BYTES} bytes (UTF-8), got {len(name.encode())}"
+    if _CONTROL.search(name):
+        return "must not contain control characters"
+    if "/" in name or "\\" in name:
+        return f"a file name, not a path: {clip(name, 60)!r} contains a path separator"
+    if name.startswith("."):
+        return "must not start with '.' (hidden files and '..' are not pictures)"
+    if name in RESERVED_NAMES:
+        return f"{name!r} is reserved for the folder's captions"
+    return None
+
+
+__all__ = [
+    "MAX_FILENAME_BYTES",
+    "CheckedImage",
+    "ImageRejected",
+    "check_image",
+    "filename_problem",
+    "has_alpha",
+    "image_limits",
+]
