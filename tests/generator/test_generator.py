@@ -479,7 +479,9 @@ def test_a1111_adapter_speaks_the_webui_fields(stack: Stack, webui: FakeA1111) -
         "CLIP_stop_at_last_layers": 2,
     }
     assert out["images"][1].getpixel((0, 0)) == (11, 100, 150)
-    assert "Sampler: DPM++ 2M" in to_image(out["pngs"][0].png).info["parameters"]
+    text = to_image(out["pngs"][0].png).info["parameters"]
+    assert "Sampler: DPM++ 2M" in text and "Clip skip: 2" in text
+    assert "Model hash: 6ce0161689" in text  # the webui's own short hash, from the title
     # inpainting becomes img2img with the webui's mask fields
     run(
         stack.gen, prompt="x", model_id="webui-sd15", steps=2, seed=1, init_image=INIT,
