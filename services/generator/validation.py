@@ -1,8 +1,11 @@
 """Validation of GenerateRequest before any work: every problem found at once, with field names.
 
-Plain checks (ranges, sizes, decodable images, sampler/schedule/options) come first and raise
+Plain checks (ranges, sizes, picture headers, sampler/schedule/options) come first and raise
 INVALID_ARGUMENT with all violations; then the model is looked up in Catalog (NOT_FOUND on
-model_id) and the backend adapter adds its own checks.
+model_id), the work of the whole request is bounded (MAX_REQUEST_PIXELS), pictures are decoded
+in a worker thread, and the backend adapter adds its own checks. No picture is decoded before its
+header passed INPUT_IMAGE_LIMITS, and a size taken from init_image obeys the same MAX_SIDE as an
+explicit width/height.
 """
 
 from __future__ import annotations
