@@ -15,10 +15,10 @@ One YAML file can configure all three services::
     tls: {cert: server.pem, key: server.key, client_ca: "", root_ca: ca.pem}
     addresses: {catalog: "127.0.0.1:50051", generator: "127.0.0.1:50052",
                 trainer: "127.0.0.1:50053"}
-    generator:                  # per-service section: port, metrics_port and free-form options
-      port: 50052
+    generator:                  # per-service section: port, metrics_port and the service's
+      port: 50052               # own settings (typed and checked by shared.settings)
       metrics_port: 9102
-      queue_size: 16            # read with config.option("queue_size", 16)
+      queue_size: 16
 
 Environment variables: BOOTHSTUDIO_CONFIG, BOOTHSTUDIO_HOST, BOOTHSTUDIO_PORT,
 BOOTHSTUDIO_METRICS_PORT, BOOTHSTUDIO_DATA_DIR, BOOTHSTUDIO_LOG_LEVEL, BOOTHSTUDIO_LOG_FORMAT,
@@ -27,7 +27,8 @@ BOOTHSTUDIO_SERVICE_API_KEY, BOOTHSTUDIO_TLS_CERT, BOOTHSTUDIO_TLS_KEY, BOOTHSTU
 BOOTHSTUDIO_TLS_ROOT_CA (CA for calls to the other services),
 BOOTHSTUDIO_CATALOG_ADDRESS, BOOTHSTUDIO_GENERATOR_ADDRESS, BOOTHSTUDIO_TRAINER_ADDRESS.
 A service-specific form wins over the generic one: BOOTHSTUDIO_GENERATOR_PORT over
-BOOTHSTUDIO_PORT. Options: BOOTHSTUDIO_GENERATOR_QUEUE_SIZE overrides generator.queue_size.
+BOOTHSTUDIO_PORT. Settings: BOOTHSTUDIO_GENERATOR_QUEUE_SIZE overrides generator.queue_size
+(see shared.settings).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import yaml
 
@@ -52,9 +53,6 @@ DEFAULT_PORTS: dict[str, tuple[int, int]] = {
 SERVICE_NAMES = tuple(DEFAULT_PORTS)
 
 ROLES = ("read", "generate", "train", "admin")
-
-T = TypeVar("T")
-
 
 class ConfigError(ValueError):
     """A configuration value is missing or malformed."""
@@ -86,7 +84,7 @@ class ServiceConfig:
     tls: TLSConfig | None = None
     root_ca: Path | None = None  # CA to verify other services' TLS certificates (outgoing calls)
     addresses: dict[str, str] = field(default_factory=dict)  # service name -> host:port
-    options: dict[str, Any] = field(default_factory=dict)  # free-form per-service settings
+    options: dict[str, Any] = field(default_factory=dict)  # the service's section + --set
     max_message_bytes: int = 64 * 1024 * 1024
     config_file: Path | None = None
 
@@ -107,37 +105,6 @@ class ServiceConfig:
             return self.addresses[service]
         host = self.host if self.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
         return f"{host}:{DEFAULT_PORTS[service][0]}"
-
-    def option(self, name: str, default: T) -> T:
-        """A per-service option: env BOOTHSTUDIO_<SERVICE>_<NAME> > YAML/--set > default.
-
-        The value is converted to the type of `default` (bool accepts 1/0/true/false/yes/no).
-        """
-        env = os.environ.get(f"{ENV_PREFIX}{self.service.upper()}_{name.upper()}")
-        raw: Any = env if env is not None else self.options.get(name, default)
-        try:
-            return _convert(raw, default)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"option {self.service}.{name}: {exc}") from exc
-
-
-def _convert(raw: Any, default: T) -> T:
-    if default is None or raw is None:
-        return raw  # type: ignore[no-any-return]
-    if isinstance(default, bool):
-        if isinstance(raw, bool):
-            return raw  # type: ignore[return-value]
-        text = str(raw).strip().lower()
-        if text in ("1", "true", "yes", "on"):
-            return True  # type: ignore[return-value]
-        if text in ("0", "false", "no", "off", ""):
-            return False  # type: ignore[return-value]
-        raise ValueError(f"not a boolean: {raw!r}")
-    if isinstance(default, Path):
-        return Path(raw)  # type: ignore[return-value]
-    if isinstance(default, int | float | str):
-        return type(default)(raw)
-    return raw  # type: ignore[no-any-return]
 
 
 def parse_api_keys(value: Any) -> dict[str, frozenset[str]]:

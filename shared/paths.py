@@ -32,17 +32,19 @@ def path_problem(value: str) -> str | None:
 
 
 def file_name_problem(value: str) -> str | None:
-    """Why `value` cannot be the name of a file we store (one name, no folders), or None."""
+    """Why `value` cannot be the name of a file we store in one of our folders, or None: it
+    must not escape the folder (a separator, `..`) or hide in it (a leading dot)."""
     if not value.strip():
-        return "must not be empty"
+        return "must not be blank"
+    size = len(value.encode())
+    if size > MAX_NAME_BYTES:
+        return f"at most {MAX_NAME_BYTES} bytes (UTF-8), got {size}"
     if _CONTROL.search(value):
         return "must not contain control characters"
-    if "/" in value or "\\" in value or value in (".", ".."):
-        return "must be a file name, not a path"
+    if "/" in value or "\\" in value:
+        return f"a file name, not a path: {value[:60]!r} contains a path separator"
     if value.startswith("."):
-        return "must not start with '.'"
-    if len(value.encode()) > MAX_NAME_BYTES:
-        return f"longer than {MAX_NAME_BYTES} bytes"
+        return "must not start with '.' (hidden files and '..' are not kept)"
     return None
 
 

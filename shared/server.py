@@ -31,11 +31,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from grpc import aio
@@ -318,3 +319,18 @@ def run_service(service: str, build: Builder, argv: Sequence[str] | None = None)
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def exit_service(service: str, build: Builder) -> NoReturn:
+    """`python -m services.<service>`: run the service, then leave the process at once.
+
+    Once the stop hooks have run, a thread may still be inside work that cannot be interrupted
+    (a model load, a training step): Python would join it at exit (executor threads are not
+    daemons) and hold SIGTERM past the grace period. Nothing it does can matter any more, so
+    flush what was said and exit without waiting for it.
+    """
+    code = run_service(service, build)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -178,11 +178,14 @@ def _split_sql(script: str) -> list[str]:
 
 
 @functools.cache
-def _umask() -> int:
-    # os.umask can only be read by setting it; read it once, at first use, and put it back.
+def default_file_mode() -> int:
+    """The mode open() gives a new file: 0666 less the umask (0644 under the usual 022).
+
+    os.umask can only be read by setting it: read once, at first use, and put straight back.
+    """
     mask = os.umask(0o022)
     os.umask(mask)
-    return mask
+    return 0o666 & ~mask
 
 
 def fsync_dir(path: Path) -> None:
@@ -212,7 +215,7 @@ def atomic_write(path: Path | str, mode: str = "wb") -> Iterator[IO[Any]]:
     try:
         # mkstemp creates 0600; give the file the mode open() would (0644 under umask 022),
         # so models and pictures stay readable by other tools like any other file.
-        os.fchmod(fd, 0o666 & ~_umask())
+        os.fchmod(fd, default_file_mode())
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()

@@ -114,8 +114,8 @@ def test_config_precedence(tmp_path: Path) -> None:
     assert cfg.host == "0.0.0.0" and cfg.port == 6000 and cfg.metrics_port == 7000
     assert cfg.data_dir == Path("/srv/bs") and cfg.log_level == "DEBUG"
     assert cfg.api_keys == {"k1": frozenset({"read"})}
-    assert cfg.option("queue_size", 16) == 4 and cfg.option("batching", False) is True
-    assert cfg.option("missing", 2.5) == 2.5
+    # the service's own section, --set winning over the file (typed by tests/test_settings.py)
+    assert cfg.options == {"queue_size": "4", "batching": True}
     # flags beat env and file
     cfg = load_config("generator", ["--config", str(cfg_file), "--port", "6001"], env)
     assert cfg.port == 6001
@@ -494,3 +494,46 @@ def test_path_and_file_name_problems() -> None:
     assert file_name_problem("dog-1.png") is None
     for bad in ("", "a/b.png", "..", ".hidden", "x" * 256, "tab\there", "back\\slash"):
         assert file_name_problem(bad), bad
+
+
+async def test_a_refused_request_is_freed_at_once_not_at_the_next_full_gc(tmp_path: Path) -> None:
+    """An error raised while handling another kept the request alive in reference cycles
+    (exception -> traceback -> frames -> request) until a rare full collection: a stream of
+    refused multi-megabyte requests grew a service by hundreds of MB. With the collector off,
+    nothing of a refused call may be left in a cycle."""
+    import gc
+
+    cfg = load_config(
+        "catalog", ["--port", "0", "--metrics-port", "0", "--data-dir", str(tmp_path)], {}
+    )
+    srv = ServiceServer(cfg, _build)
+    await srv.start()
+    gc.collect()
+    gc.disable()
+    try:
+        async with aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            cat = catalog_pb2_grpc.CatalogServiceStub(ch)
+            tr = trainer_pb2_grpc.TrainerServiceStub(ch)
+
+            async def watch() -> None:
+                async for _ in tr.WatchTrainingJob(trainer_pb2.WatchTrainingJobRequest(job_id="j")):
+                    pass
+
+            for _ in range(3):
+                for call in (
+                    cat.GetModel(catalog_pb2.GetModelRequest(model_id="m" * 100_000)),
+                    cat.ListModels(catalog_pb2.ListModelsRequest(backend_id="x" * 100_000)),
+                    watch(),
+                ):
+                    with pytest.raises(aio.AioRpcError):
+                        await call
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        kept = [o for o in gc.garbage if isinstance(o, catalog_pb2.GetModelRequest
+                                                     | catalog_pb2.ListModelsRequest)]
+        assert kept == []
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+        await srv.stop(0)

@@ -1,7 +1,7 @@
 """`python -m services.catalog`: run the catalog service (see `--help`)."""
 
 from services.catalog.servicer import build
-from shared.server import run_service
+from shared.server import exit_service
 
 if __name__ == "__main__":
-    raise SystemExit(run_service("catalog", build))
+    exit_service("catalog", build)

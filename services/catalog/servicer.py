@@ -8,20 +8,13 @@
 - Samplers and backend capabilities come from the static tables in services.diffusion
   (samplers.py, backends.py); the Catalog never imports the Generator.
 
-Options (--set KEY=VALUE, YAML `catalog:` section or BOOTHSTUDIO_CATALOG_<KEY>):
-    embedded_model   folder of the default model (also BOOTHSTUDIO_EMBEDDED_MODEL; default: the
-                     shipped services/diffusion/embedded_model)
-    a1111_url        base URL of an AUTOMATIC1111 webui backend (also BOOTHSTUDIO_A1111_URL)
-    hosted_api_key   API key of Stability AI's REST API: enables the "hosted" backend (also
-                     BOOTHSTUDIO_HOSTED_API_KEY); hosted_url its base URL (default Stability's)
-    generator_device device shown for the local diffusers backend (default "cpu")
+Settings: services/catalog/settings.py (CatalogSettings).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import struct
 import time
@@ -34,12 +27,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from boothstudio.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2, trainer_pb2, trainer_pb2_grpc
 from services.catalog.registry import FORMATS, PREDICTION, Registry, folder_size, slug, to_proto
+from services.catalog.settings import CatalogSettings
 from services.diffusion import loading
 from services.diffusion.backends import (
     BACKEND_KINDS,
     BackendKindInfo,
     RemoteEndpoint,
-    remote_endpoints,
+    remote_backends,
 )
 from services.diffusion.samplers import SCHEDULES, ParamSpec, SamplerSpec
 from shared.channels import aio_channel
@@ -53,6 +47,7 @@ from shared.ids import is_valid_id
 from shared.pagination import decode_offset, encode_token, page_size
 from shared.paths import path_problem
 from shared.server import ServiceContext, ServiceSpec
+from shared.settings import load_settings
 
 DESCRIPTOR = catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"]
 DEFAULT_BACKEND = "diffusers"
@@ -197,13 +192,10 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         self.log = ctx.logger
         self.registry = Registry(cfg.service_dir / "catalog.sqlite3")
         self.models_dir = cfg.service_dir / "models"
-        self.embedded_dir = Path(
-            cfg.option("embedded_model", "")
-            or os.environ.get("BOOTHSTUDIO_EMBEDDED_MODEL", "")
-            or str(loading.EMBEDDED_MODEL_DIR)
-        )
-        self.remotes = remote_endpoints(cfg)
-        self.device = cfg.option("generator_device", "cpu")
+        settings = load_settings(CatalogSettings, cfg)
+        self.embedded_dir = Path(settings.embedded_model or loading.EMBEDDED_MODEL_DIR)
+        self.remotes = remote_backends(settings)
+        self.device = settings.generator_device
         self._backend_cache: tuple[float, list[catalog_pb2.Backend]] | None = None
         self._import_lock = asyncio.Lock()
         self.register_embedded()

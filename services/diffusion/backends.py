@@ -8,9 +8,11 @@ request into a backend's own parameters is NOT here: that lives in each adapter
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from typing import Any
+
+from pydantic import Field
+
+from shared.settings import ServiceSettings
 
 from .samplers import SAMPLERS, ParamSpec, SamplerSpec
 
@@ -135,20 +137,34 @@ class RemoteEndpoint:
 HOSTED_DEFAULT_URL = "https://api.stability.ai"
 
 
-def remote_endpoints(cfg: Any) -> dict[str, RemoteEndpoint]:
-    """The remote backends a service's config enables, by backend id.
+class RemoteBackendSettings(ServiceSettings):
+    """Settings of the remote backends, shared by the Catalog (which lists and pings them) and
+    the Generator (which runs them)."""
 
-    a1111: option `a1111_url` (or BOOTHSTUDIO_A1111_URL). hosted: option `hosted_api_key` (or
-    BOOTHSTUDIO_HOSTED_API_KEY), at `hosted_url` (or BOOTHSTUDIO_HOSTED_URL; default
-    Stability's). Options come through `cfg.option` so YAML and --set work as for the rest.
-    """
+    a1111_url: str = Field(
+        "",
+        description="base URL of an AUTOMATIC1111 webui started with --api: enables the "
+        "a1111 backend",
+        json_schema_extra={"env": "BOOTHSTUDIO_A1111_URL"},
+    )
+    hosted_api_key: str = Field(
+        "",
+        description="API key of Stability AI's REST API: enables the hosted backend",
+        json_schema_extra={"env": "BOOTHSTUDIO_HOSTED_API_KEY"},
+    )
+    hosted_url: str = Field(
+        HOSTED_DEFAULT_URL,
+        description="base URL of the hosted API",
+        json_schema_extra={"env": "BOOTHSTUDIO_HOSTED_URL"},
+    )
+
+
+def remote_backends(settings: RemoteBackendSettings) -> dict[str, RemoteEndpoint]:
+    """The remote backends a service's settings enable, by backend id."""
     out: dict[str, RemoteEndpoint] = {}
-    a1111 = cfg.option("a1111_url", "") or os.environ.get("BOOTHSTUDIO_A1111_URL", "")
-    if a1111:
-        out["a1111"] = RemoteEndpoint("a1111", a1111.rstrip("/"))
-    key = cfg.option("hosted_api_key", "") or os.environ.get("BOOTHSTUDIO_HOSTED_API_KEY", "")
-    if key:
-        url = (cfg.option("hosted_url", "") or os.environ.get("BOOTHSTUDIO_HOSTED_URL", "")
-               or HOSTED_DEFAULT_URL)
-        out["hosted"] = RemoteEndpoint("hosted", url.rstrip("/"), key)
+    if settings.a1111_url:
+        out["a1111"] = RemoteEndpoint("a1111", settings.a1111_url.rstrip("/"))
+    if settings.hosted_api_key:
+        url = settings.hosted_url or HOSTED_DEFAULT_URL
+        out["hosted"] = RemoteEndpoint("hosted", url.rstrip("/"), settings.hosted_api_key)
     return out

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from shared.storage import default_file_mode
+
 _RESNET = [("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("time_emb_proj", "emb_layers.1"),
            ("norm2", "out_layers.0"), ("conv2", "out_layers.3"),
            ("conv_shortcut", "skip_connection")]
@@ -121,13 +123,6 @@ def export_single_file(pipe: Any, path: Path, dtype: torch.dtype | None = None) 
     make_readable(tmp)
     tmp.replace(path)
     return path
-
-
-def default_file_mode() -> int:
-    """The mode open() gives a new file: 0666 less the umask (0644 under the usual 022)."""
-    mask = os.umask(0o022)  # the umask can only be read by setting it; put it straight back
-    os.umask(mask)
-    return 0o666 & ~mask
 
 
 def make_readable(path: Path | str) -> None:

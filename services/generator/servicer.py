@@ -1,20 +1,6 @@
 """GeneratorService: validation, queue + micro-batcher, streams, gallery; adapters per backend.
 
-Options (--set KEY=VALUE, YAML `generator:` section, or BOOTHSTUDIO_GENERATOR_<KEY>):
-    queue_size        jobs allowed to wait (default 16); more -> RESOURCE_EXHAUSTED
-    max_batch_images  images per micro-batch (default 8)
-    batching          micro-batch compatible queued requests (default true)
-    batch_window      seconds to wait for companions before a batch starts (default 0)
-    preview_interval  default steps between previews (default 5; 0 = none)
-    device            torch device of the local backend (default "cpu")
-    torch_threads     intra-op threads for torch (default 0 = torch's choice)
-    pipeline_cache    loaded pipelines kept in the LRU cache (default 2)
-    default_model     model used when a request names none (default the embedded model)
-    preload           load the default model at start, in the background (default true)
-    keepalive_seconds send an empty event when a stream was quiet this long (default 10)
-    a1111_url         base URL of an AUTOMATIC1111 webui (also BOOTHSTUDIO_A1111_URL)
-    hosted_api_key    API key of Stability AI's REST API: enables the "hosted" backend (also
-                      BOOTHSTUDIO_HOSTED_API_KEY); hosted_url its base URL (default Stability's)
+Settings: services/generator/settings.py (GeneratorSettings).
 The Catalog address comes from BOOTHSTUDIO_CATALOG_ADDRESS / `addresses.catalog`.
 """
 
@@ -26,34 +12,34 @@ from typing import Any
 import grpc
 
 from boothstudio.v1 import catalog_pb2, catalog_pb2_grpc, generator_pb2, generator_pb2_grpc
-from services.diffusion.backends import remote_endpoints
-from services.diffusion.loading import EMBEDDED_MODEL_ID
+from services.diffusion.backends import remote_backends
 from services.generator import metrics
 from services.generator.adapters.base import Adapter
 from services.generator.adapters.diffusers import DiffusersAdapter
 from services.generator.gallery import Gallery
 from services.generator.scheduler import Job, Scheduler, now_timestamp
+from services.generator.settings import GeneratorSettings
 from services.generator.validation import Validator, check_id, check_id_list, model_ref
 from shared.channels import aio_channel
 from shared.errors import AlreadyExists, BoothStudioError, InvalidArgument, NotFound, Unavailable
 from shared.ids import new_id
 from shared.pagination import decode_offset, encode_token, page_size
 from shared.server import ServiceContext, ServiceSpec
+from shared.settings import load_settings
 
 DESCRIPTOR = generator_pb2.DESCRIPTOR.services_by_name["GeneratorService"]
 G = generator_pb2
 
 
-def make_adapters(ctx: ServiceContext) -> dict[str, Adapter]:
-    cfg = ctx.config
+def make_adapters(settings: GeneratorSettings) -> dict[str, Adapter]:
     adapters: dict[str, Adapter] = {
         "diffusers": DiffusersAdapter(
-            device=cfg.option("device", "cpu"),
-            cache_size=cfg.option("pipeline_cache", 2),
-            threads=cfg.option("torch_threads", 0),
+            device=settings.device,
+            cache_size=settings.pipeline_cache,
+            threads=settings.torch_threads,
         )
     }
-    remotes = remote_endpoints(cfg)
+    remotes = remote_backends(settings)
     if "a1111" in remotes:
         from services.generator.adapters.a1111 import A1111Adapter
 
@@ -68,22 +54,22 @@ def make_adapters(ctx: ServiceContext) -> dict[str, Adapter]:
 class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
     def __init__(self, ctx: ServiceContext) -> None:
         self.ctx = ctx
-        cfg = ctx.config
+        settings = load_settings(GeneratorSettings, ctx.config)
         self.log = ctx.logger
-        self.adapters = make_adapters(ctx)
-        self.gallery = Gallery(cfg.service_dir)
+        self.adapters = make_adapters(settings)
+        self.gallery = Gallery(ctx.config.service_dir)
         self.scheduler = Scheduler(
             self.gallery,
-            queue_size=cfg.option("queue_size", 16),
-            max_batch_images=cfg.option("max_batch_images", 8),
-            batching=cfg.option("batching", True),
-            batch_window=cfg.option("batch_window", 0.0),
+            queue_size=settings.queue_size,
+            max_batch_images=settings.max_batch_images,
+            batching=settings.batching,
+            batch_window=settings.batch_window,
             log=self.log,
         )
-        self.preview_interval = cfg.option("preview_interval", 5)
-        self.default_model = cfg.option("default_model", EMBEDDED_MODEL_ID)
-        self.preload = cfg.option("preload", True)
-        self.keepalive = cfg.option("keepalive_seconds", 10.0)
+        self.preview_interval = settings.preview_interval
+        self.default_model = settings.default_model
+        self.preload = settings.preload
+        self.keepalive = settings.keepalive_seconds
         self.catalog_channel: Any = None
         self.validator: Validator | None = None
         self._preload_task: asyncio.Task[None] | None = None

@@ -1,7 +1,7 @@
 """`python -m services.trainer`: run the trainer service (see `--help`)."""
 
 from services.trainer.servicer import build
-from shared.server import run_service
+from shared.server import exit_service
 
 if __name__ == "__main__":
-    raise SystemExit(run_service("trainer", build))
+    exit_service("trainer", build)

@@ -13,16 +13,13 @@ hidden files), a control character, the folder's own `captions.json`, more than 
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
-from shared.errors import clip
 from shared.images import ImageLimits, ImageRejected, decode, probe
+from shared.paths import file_name_problem
 
 MIN_SIDE = 8
-MAX_FILENAME_BYTES = 255  # what ext4, xfs and APFS allow for one name
 RESERVED_NAMES = frozenset({"captions.json"})
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def image_limits(max_bytes: int) -> ImageLimits:
@@ -60,23 +57,12 @@ def check_image(data: bytes, limits: ImageLimits, *, want_alpha: bool = False) -
 
 def filename_problem(name: str) -> str | None:
     """Why `name` cannot be a picture's file name in a job or dataset folder, or None."""
-    if not name.strip():
-        return "must not be blank"
-    if len(name.encode()) > MAX_FILENAME_BYTES:
-        return f"at most {MAX_FILENAME_BYTES} bytes (UTF-8), got {len(name.encode())}"
-    if _CONTROL.search(name):
-        return "must not contain control characters"
-    if "/" in name or "\\" in name:
-        return f"a file name, not a path: {clip(name, 60)!r} contains a path separator"
-    if name.startswith("."):
-        return "must not start with '.' (hidden files and '..' are not pictures)"
     if name in RESERVED_NAMES:
         return f"{name!r} is reserved for the folder's captions"
-    return None
+    return file_name_problem(name)
 
 
 __all__ = [
-    "MAX_FILENAME_BYTES",
     "CheckedImage",
     "ImageRejected",
     "check_image",

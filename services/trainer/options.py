@@ -28,6 +28,7 @@ from services.trainer.inputs import (
     filename_problem,
     image_limits,
 )
+from services.trainer.settings import TrainerSettings
 from services.trainer.templates import MAX_PROMPT_CHARS, TemplateError, fill
 from shared.errors import FieldViolation, InvalidArgument, clip
 
@@ -46,12 +47,16 @@ MAX_TARGET_MODULES = 64
 MODULE_NAME_RE = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*")
 
 
+_SETTINGS = TrainerSettings()
+
+
 @dataclass
 class Limits:
-    """Service-side limits (trainer options)."""
+    """Service-side limits (the first three are trainer settings; defaults from there)."""
 
-    max_instance_images: int = 32
-    max_image_bytes: int = 16 * 1024 * 1024
+    max_instance_images: int = _SETTINGS.max_instance_images
+    max_image_bytes: int = _SETTINGS.max_image_bytes
+    max_upload_bytes: int = _SETTINGS.max_upload_bytes
     max_class_images: int = 2000
     max_validation_prompts: int = 16
     max_validation_seeds: int = 16

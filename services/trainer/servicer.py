@@ -16,9 +16,7 @@ checkpoint up to `max_attempts` times. Jobs found active when the service starts
 are re-queued and resume from their last checkpoint by themselves. SIGTERM asks running workers
 to checkpoint and stop; those jobs are re-queued for the next start.
 
-Options (trainer section of the config, or BOOTHSTUDIO_TRAINER_<NAME>): max_running (1),
-queue_size (16), max_attempts (3), worker_threads (0 = torch default), max_instance_images (32),
-sample_steps (20: denoising steps of validation samples).
+Settings: services/trainer/settings.py (TrainerSettings).
 """
 
 from __future__ import annotations
@@ -42,6 +40,7 @@ from services.trainer import uploads
 from services.trainer.identifiers import Vocabulary
 from services.trainer.metrics import TrainerMetrics
 from services.trainer.options import Limits, resolve
+from services.trainer.settings import TrainerSettings
 from services.trainer.store import ACTIVE, TERMINAL, JobRow, JobStore, timestamp
 from services.trainer.worker import STOP_FILE
 from shared.channels import aio_channel
@@ -57,6 +56,7 @@ from shared.errors import (
 from shared.ids import is_valid_id, new_id
 from shared.pagination import decode_offset, encode_token, page_size
 from shared.server import ServiceContext, ServiceSpec
+from shared.settings import load_settings
 from shared.storage import atomic_write_text
 
 DESCRIPTOR = trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"]
@@ -81,17 +81,20 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     def __init__(self, ctx: ServiceContext) -> None:
         self.ctx = ctx
         cfg = ctx.config
+        settings = load_settings(TrainerSettings, cfg)
         self.dir = cfg.service_dir
         self.jobs_dir = self.dir / "jobs"
         self.datasets_dir = self.dir / "datasets"
         self.store = JobStore(self.dir / "trainer.sqlite3")
-        self.max_running = max(1, cfg.option("max_running", 1))
-        self.queue_size = max(1, cfg.option("queue_size", 16))
-        self.max_attempts = max(1, cfg.option("max_attempts", 3))
-        self.worker_threads = cfg.option("worker_threads", 0)
-        self.sample_steps = max(1, cfg.option("sample_steps", 20))
+        self.max_running = settings.max_running
+        self.queue_size = settings.queue_size
+        self.max_attempts = settings.max_attempts
+        self.worker_threads = settings.worker_threads
+        self.sample_steps = settings.sample_steps
         self.limits = Limits(
-            max_instance_images=cfg.option("max_instance_images", 32),
+            max_instance_images=settings.max_instance_images,
+            max_image_bytes=settings.max_image_bytes,
+            max_upload_bytes=settings.max_upload_bytes,
             gpu_available=Path("/dev/nvidiactl").exists(),
             cpu_count=os.cpu_count() or 1)
         self.workers: dict[str, asyncio.subprocess.Process] = {}

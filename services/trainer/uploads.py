@@ -43,6 +43,7 @@ async def receive(stream: AsyncIterator[trainer_pb2.UploadImagesRequest], store:
     dataset_id, name = "", ""
     files: list[_File] = []
     first = True
+    received = 0
     async for msg in stream:
         which = msg.WhichOneof("payload")
         if which == "metadata":
@@ -73,6 +74,12 @@ async def receive(stream: AsyncIterator[trainer_pb2.UploadImagesRequest], store:
                                                     f"at most {MAX_PROMPT_CHARS} characters")
                 files.append(_File(ch.filename, ch.caption))
             files[-1].data.extend(ch.data)
+            received += len(ch.data)
+            if received > limits.max_upload_bytes:
+                # the stream is held in memory until every picture is checked: bound it
+                raise InvalidArgument.for_field(
+                    "chunk.data", f"an upload holds at most {limits.max_upload_bytes} bytes; "
+                    "send the rest in another UploadImages call to the same dataset_id")
             if len(files[-1].data) > limits.max_image_bytes:
                 raise InvalidArgument.for_field(
                     "chunk.data", f"{clip(ch.filename, 60)!r} is larger than "

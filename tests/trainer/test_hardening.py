@@ -268,3 +268,23 @@ def test_a_job_that_cannot_be_stored_leaves_no_folder(stack, subject_pngs):
     with pytest.raises(grpc.RpcError) as info:
         stack.trainer_stub.GetTrainingJob(P.GetTrainingJobRequest(job_id="locked-out"))
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_an_upload_stream_is_bounded_in_bytes(subject_pngs):
+    """The stream is held in memory until every picture is checked: a client may not make it
+    hold more than max_upload_bytes, however many pictures it splits them into."""
+    from services.trainer.options import Limits
+    from services.trainer.uploads import receive
+    from shared.errors import InvalidArgument
+
+    limits = Limits(max_upload_bytes=3 * max(len(p) for p in subject_pngs))
+
+    async def stream(count: int):  # type: ignore[no-untyped-def]
+        for i in range(count):
+            yield chunk(f"{i}.png", subject_pngs[i % len(subject_pngs)])
+
+    _, _, files = await receive(stream(3), store=None, limits=limits)  # type: ignore[arg-type]
+    assert len(files) == 3
+    with pytest.raises(InvalidArgument) as info:
+        await receive(stream(8), store=None, limits=limits)  # type: ignore[arg-type]
+    assert info.value.fields == ["chunk.data"]
