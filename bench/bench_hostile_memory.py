@@ -4,13 +4,15 @@ tokens; tests/fuzz/hostile.py) for --rounds rounds, while the RSS of each servic
 sampled every 20 ms. Prints each service's idle baseline, peak and the ratio, and exits 1 when a
 peak exceeds its bound:
 
-    generator peak <= baseline + --gen-bound-mb (default 500 MB)
-    trainer   peak <= baseline + --trainer-bound-mb (default 300 MB)
+    generator peak <= baseline + --gen-bound-mb (default 150 MB)
+    trainer   peak <= baseline + --trainer-bound-mb (default 250 MB)
 
 Why these bounds: every hostile request here is refused (no image is generated, no job runs),
 and the largest is 14 MB on the wire; refusing it may cost a few times that while it is
-handled, but a stream of them must not accumulate. 500 MB is about the generator's own idle
-footprint (torch and the loaded model), 300 MB several times the trainer's (no torch).
+handled, but a stream of them must not accumulate. 150 MB is ten times the largest request
+(the generator measured +26 MB once refused requests stopped living in reference cycles, from
++714 MB before); 250 MB bounds the trainer, which holds an upload stream in memory until its
+pictures are checked (at most max_upload_bytes, 64 MB) and measured +129 MB.
 
     .venv/bin/python bench/bench_hostile_memory.py [--rounds 40] [--model DIR]
 
@@ -163,8 +165,8 @@ def trainer_attacks(stub: trainer_pb2_grpc.TrainerServiceStub) -> list[Callable[
 def main() -> int:
     p = parser(__doc__)
     p.add_argument("--rounds", type=int, default=40)
-    p.add_argument("--gen-bound-mb", type=float, default=500.0)
-    p.add_argument("--trainer-bound-mb", type=float, default=300.0)
+    p.add_argument("--gen-bound-mb", type=float, default=150.0)
+    p.add_argument("--trainer-bound-mb", type=float, default=250.0)
     args = p.parse_args()
     model = model_dir(args.model)
     threads = {"OMP_NUM_THREADS": "1"}
