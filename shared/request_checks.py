@@ -9,7 +9,7 @@ walking the message (the server runner applies this to all RPCs through an inter
 - request bytes that do not parse as the method's message (the server library would answer
   UNKNOWN); `safe_deserializer` turns them into an `UndecodableRequest` marker instead.
 
-Each problem is a FieldViolation with the field's path (`sampler_options[eta]`,
+Each problem is a FieldViolation with the field's path (`sampler_options.eta`,
 `config.prior_preservation.loss_weight`, `config.validation_prompts[2]`). Range, length and
 meaning stay with each service's own validation.
 """
@@ -29,6 +29,7 @@ from shared.errors import FieldViolation
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _FLOATS = (FieldDescriptor.TYPE_FLOAT, FieldDescriptor.TYPE_DOUBLE)
+_PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 # Violations reported per request: enough to fix a request, bounded for a hostile one.
 MAX_VIOLATIONS = 20
 
@@ -57,6 +58,11 @@ def safe_deserializer(deserialize: Callable[[bytes], Any] | None) -> Callable[[b
     return parse
 
 
+def _is_value_wrapper(msg: Message) -> bool:
+    oneofs = msg.DESCRIPTOR.oneofs
+    return len(oneofs) == 1 and len(oneofs[0].fields) == len(msg.DESCRIPTOR.fields)
+
+
 def _value_problem(fd: FieldDescriptor, value: Any) -> str | None:
     if fd.type in _FLOATS:
         if not math.isfinite(value):
@@ -72,21 +78,25 @@ def message_problems(message: Message, prefix: str = "") -> list[FieldViolation]
     """Non-finite numbers and control characters anywhere in `message`, by field path."""
     problems: list[FieldViolation] = []
 
-    def walk(msg: Message, path: str) -> None:
+    def walk(msg: Message, path: str, map_value: bool = False) -> None:
+        # A map's value wrapper (every field in one oneof, like OptionValue) is one value to
+        # its user: `sampler_options.eta`, not `sampler_options.eta.float_value`.
+        wrapper = map_value and _is_value_wrapper(msg)
         for fd, value in msg.ListFields():
             if len(problems) >= MAX_VIOLATIONS:
                 return
-            name = f"{path}{fd.name}"
+            name = path.rstrip(".") if wrapper else f"{path}{fd.name}"
             entry = fd.message_type
             if entry is not None and entry.GetOptions().map_entry:
                 key_fd, value_fd = entry.fields_by_name["key"], entry.fields_by_name["value"]
                 for key, item in value.items():
                     key_problem = _value_problem(key_fd, key)
-                    where = f"{name}[{key if key_problem is None else repr(key)[:40]}]"
                     if key_problem:
                         problems.append(FieldViolation(name, f"key {key_problem}"))
+                        continue
+                    where = f"{name}.{key}" if _PLAIN_KEY.match(str(key)) else f"{name}[{key!r}]"
                     if value_fd.message_type is not None:
-                        walk(item, where + ".")
+                        walk(item, where + ".", map_value=True)
                     else:
                         check(value_fd, item, where)
             elif fd.is_repeated:

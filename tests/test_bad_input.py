@@ -125,7 +125,7 @@ def hostile_request(name: str) -> tuple[Callable[[grpc.Channel], Any], str]:
         )
         return (
             lambda ch: list(STUBS[name](ch).Generate(request, timeout=10)),
-            "sampler_options[eta].float_value",
+            "sampler_options.eta",
         )
     request = trainer_pb2.CreateTrainingJobRequest(
         config=trainer_pb2.DreamBoothConfig(weight_decay=math.inf), validate_only=True

@@ -465,7 +465,7 @@ def test_request_checks_walk_nested_maps_and_lists() -> None:
                          "ok": common_pb2.OptionValue(float_value=0.5)},
     )
     fields = sorted(v.field for v in message_problems(request))
-    assert fields == ["cfg_scale", "negative_prompt", "sampler_options[eta].float_value"]
+    assert fields == ["cfg_scale", "negative_prompt", "sampler_options.eta"]
     config = trainer_pb2.DreamBoothConfig(validation_prompts=["fine", "nul\x00"])
     config.prior_preservation.loss_weight = -math.inf
     fields = sorted(v.field for v in message_problems(config, "config."))
