@@ -8,16 +8,17 @@ HOST ?= 127.0.0.1
 # Extra flags for every service, e.g. `make run ARGS="--config boothstudio.yaml"`.
 ARGS ?=
 
-.PHONY: setup run test test-fast fuzz lint protos protos-check bench clean help
+.PHONY: setup run test test-fast fuzz lint protos protos-check bench sdk clean help
 
 help:
 	@echo "make setup   - create .venv and install boothstudio[services,dev] (editable)"
 	@echo "make run     - start catalog :50051, generator :50052, trainer :50053 (metrics 9101-9103)"
 	@echo "make test    - run the test suite"
 	@echo "make fuzz    - long fuzz run of every RPC (20x the examples of the test suite)"
-	@echo "make lint    - ruff, mypy (shared/, clients/), buf lint, generated-code freshness"
+	@echo "make lint    - ruff, mypy (boothstudio.shared, boothstudio.clients), buf lint, generated-code freshness"
 	@echo "make protos  - regenerate shared/gen/boothstudio/v1 from protos/"
 	@echo "make bench   - run the benchmarks in bench/"
+	@echo "make sdk     - build the light boothstudio-sdk wheel into dist/"
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,7 +30,7 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 run: $(VENV)/.installed
-	$(PY) -m shared.launcher --host $(HOST) --data-dir $(DATA_DIR) $(ARGS)
+	$(PY) -m boothstudio.shared.launcher --host $(HOST) --data-dir $(DATA_DIR) $(ARGS)
 
 # pytest exit code 5 (no tests collected) is a failure like any other non-zero code.
 test: $(VENV)/.installed
@@ -46,7 +47,7 @@ fuzz: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check . || true
-	$(VENV)/bin/mypy shared clients
+	$(VENV)/bin/mypy boothstudio/shared boothstudio/clients
 	$(VENV)/bin/buf lint
 	$(PY) tools/gen_protos.py --check
 
@@ -60,6 +61,9 @@ bench: $(VENV)/.installed
 	@if ls bench/*.py >/dev/null 2>&1; then \
 		for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done; \
 	else echo "no benchmarks yet"; fi
+
+sdk: $(VENV)/.installed
+	$(PY) tools/build_sdk.py --out dist
 
 clean:
 	rm -rf $(DATA_DIR) .pytest_cache .mypy_cache .ruff_cache

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path[:0] = [str(Path(__file__).resolve().parent.parent / p) for p in ("", "shared/gen")]
+sys.path[:0] = [str(Path(__file__).resolve().parent.parent / p) for p in ("",)]
 
 import grpc  # noqa: E402
 

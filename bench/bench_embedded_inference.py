@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from services.diffusion.loading import embedded_model_dir, load_pipeline
+from boothstudio.services.diffusion.loading import embedded_model_dir, load_pipeline
 
 GOAL_SECONDS = 1.0
 

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path[:0] = [str(Path(__file__).resolve().parent.parent / p) for p in ("", "shared/gen")]
+sys.path[:0] = [str(Path(__file__).resolve().parent.parent / p) for p in ("",)]
 
 import grpc  # noqa: E402
 
@@ -27,8 +27,8 @@ def main() -> None:
     args = p.parse_args()
     import torch
 
-    from services.diffusion import pipelines
-    from services.diffusion.loading import load_pipeline
+    from boothstudio.services.diffusion import pipelines
+    from boothstudio.services.diffusion.loading import load_pipeline
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "shared" / "gen")]
+sys.path[:0] = [str(ROOT)]
 
 import grpc  # noqa: E402
 

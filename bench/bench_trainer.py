@@ -26,11 +26,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "shared" / "gen")]
+sys.path[:0] = [str(ROOT)]
 
 
 def _job_dir(tmp: Path, name: str, pngs: int = 4) -> Path:
-    from services.diffusion.scenes import subject_images
+    from boothstudio.services.diffusion.scenes import subject_images
 
     d = tmp / name
     (d / "instance").mkdir(parents=True, exist_ok=True)
@@ -40,8 +40,8 @@ def _job_dir(tmp: Path, name: str, pngs: int = 4) -> Path:
 
 
 def _config(steps: int, prior: bool, class_images: int = 4, warm: int = 0):
+    from boothstudio.services.trainer.options import Limits, resolve
     from boothstudio.v1 import trainer_pb2 as P
-    from services.trainer.options import Limits, resolve
 
     cfg = P.DreamBoothConfig(base_model_id="bench", class_noun="circle", identifier="zwx",
                              max_train_steps=steps, seed=5, learning_rate=1e-4,
@@ -57,7 +57,7 @@ def _config(steps: int, prior: bool, class_images: int = 4, warm: int = 0):
 def _png() -> bytes:
     import io
 
-    from services.diffusion.scenes import subject_images
+    from boothstudio.services.diffusion.scenes import subject_images
 
     buf = io.BytesIO()
     subject_images(1)[0][0].save(buf, format="PNG")
@@ -77,7 +77,7 @@ def child_lightning(model: str, tmp: Path, steps: int, warm: int) -> dict:
     """The service's path: run_job with class images already cached; time steps warm..steps."""
     import lightning as L
 
-    from services.trainer.train import JobSpec, Reporter, run_job
+    from boothstudio.services.trainer.train import JobSpec, Reporter, run_job
 
     marks: dict[int, float] = {}
     rss: list[int] = []
@@ -104,8 +104,8 @@ def child_plain(model: str, tmp: Path, steps: int, warm: int) -> dict:
     from diffusers.optimization import get_scheduler
     from PIL import Image
 
-    from services.trainer.module import DataSpec, StepBatches, image_tensor
-    from services.trainer.train import load_base, tokenize
+    from boothstudio.services.trainer.module import DataSpec, StepBatches, image_tensor
+    from boothstudio.services.trainer.train import load_base, tokenize
 
     cfg = _config(steps, prior=True)
     job = _job_dir(tmp, f"plain-{time.time_ns()}")
@@ -155,7 +155,7 @@ def child_plain(model: str, tmp: Path, steps: int, warm: int) -> dict:
 
 def child_jobs(model: str, tmp: Path, class_images: int) -> dict:
     """Two jobs with the same class settings: the second finds its class images cached."""
-    from services.trainer.train import JobSpec, Reporter, run_job
+    from boothstudio.services.trainer.train import JobSpec, Reporter, run_job
 
     out = {}
     for name in ("first", "second"):
@@ -210,12 +210,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-trainer-") as tmp_s:
         tmp = Path(tmp_s)
         if not args.model:
-            from services.diffusion.loading import EMBEDDED_MODEL_DIR
+            from boothstudio.services.diffusion.loading import EMBEDDED_MODEL_DIR
 
             if (EMBEDDED_MODEL_DIR / "model_index.json").exists():
                 args.model = str(EMBEDDED_MODEL_DIR)
             else:
-                from services.diffusion.embedded import build_untrained_pipeline
+                from boothstudio.services.diffusion.embedded import build_untrained_pipeline
 
                 args.model = str(tmp / "untrained")
                 build_untrained_pipeline(Path(args.model))

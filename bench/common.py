@@ -28,7 +28,7 @@ def model_dir(arg: str | None) -> Path:
     shipped = ROOT / "services" / "diffusion" / "embedded_model"
     if (shipped / "model_index.json").exists():
         return shipped
-    from services.diffusion.embedded import build_untrained_pipeline
+    from boothstudio.services.diffusion.embedded import build_untrained_pipeline
 
     path = Path(tempfile.mkdtemp(prefix="bench-model-")) / "tiny"
     print(f"(embedded model not found: using an untrained one of the same size at {path})")
@@ -73,10 +73,10 @@ def spawn(
 ) -> Proc:
     data = tempfile.TemporaryDirectory(prefix=f"bench-{name}-")
     e = {k: v for k, v in os.environ.items() if not k.startswith("BOOTHSTUDIO_")}
-    e["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "shared" / "gen")])
+    e["PYTHONPATH"] = os.pathsep.join([str(ROOT)])
     e.update(env or {})
-    args = [sys.executable, "-m", f"services.{name}", "--port", str(port), "--metrics-port", "0",
-            "--data-dir", data.name, "--log-level", "WARNING"]  # fmt: skip
+    args = [sys.executable, "-m", f"boothstudio.services.{name}", "--port", str(port),
+            "--metrics-port", "0", "--data-dir", data.name, "--log-level", "WARNING"]  # fmt: skip
     for s in sets:
         args += ["--set", s]
     log = open(Path(data.name) / "log.txt", "wb")  # noqa: SIM115 - lives with the process

@@ -21,7 +21,7 @@ import hmac
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from shared.errors import PermissionDenied, Unauthenticated
+from boothstudio.shared.errors import PermissionDenied, Unauthenticated
 
 READ, GENERATE, TRAIN, ADMIN = "read", "generate", "train", "admin"
 

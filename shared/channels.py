@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 from grpc import aio
 
-from shared.auth import API_KEY_HEADER
+from boothstudio.shared.auth import API_KEY_HEADER
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 

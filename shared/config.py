@@ -154,7 +154,8 @@ def load_yaml(path: Path) -> dict[str, Any]:
 
 def build_arg_parser(service: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog=f"python -m services.{service}", description=f"BoothStudio {service} service"
+        prog=f"python -m boothstudio.services.{service}",
+        description=f"BoothStudio {service} service",
     )
     p.add_argument("--host", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, help=f"gRPC port (default {DEFAULT_PORTS[service][0]})")

@@ -19,10 +19,24 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import grpc
 from grpc import aio
 
-from shared import metrics
-from shared.auth import Authenticator, extract_key, key_fingerprint, set_current_principal
-from shared.errors import BoothStudioError, InvalidArgument, Unimplemented, from_exception
-from shared.request_checks import UndecodableRequest, message_problems, safe_deserializer
+from boothstudio.shared import metrics
+from boothstudio.shared.auth import (
+    Authenticator,
+    extract_key,
+    key_fingerprint,
+    set_current_principal,
+)
+from boothstudio.shared.errors import (
+    BoothStudioError,
+    InvalidArgument,
+    Unimplemented,
+    from_exception,
+)
+from boothstudio.shared.request_checks import (
+    UndecodableRequest,
+    message_problems,
+    safe_deserializer,
+)
 
 if TYPE_CHECKING:  # the grpc classes are generic only in the type stubs
     Context: TypeAlias = aio.ServicerContext[Any, Any]
@@ -244,7 +258,7 @@ class RequestCheckInterceptor(_Interceptor):
 
 
 class AuthInterceptor(_Interceptor):
-    """Checks the API key and the method's required role (see shared.auth.METHOD_ROLES).
+    """Checks the API key and the method's required role (see boothstudio.shared.auth.METHOD_ROLES).
 
     The caller's Principal is available to servicers via shared.auth.current_principal().
     """

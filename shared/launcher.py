@@ -2,7 +2,7 @@
 
     python -m shared.launcher [--host H] [--data-dir D] [--config F] [--services catalog,...]
 
-Each service is `python -m services.<name>` with its default ports (catalog 50051/9101,
+Each service is `python -m boothstudio.services.<name>` with its default ports (catalog 50051/9101,
 generator 50052/9102, trainer 50053/9103) unless the config file or env says otherwise.
 SIGINT/SIGTERM are forwarded; if one service dies, the others are stopped and the launcher exits
 with that service's exit code. This module only spawns processes: it imports no service code.
@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from shared.config import SERVICE_NAMES
+from boothstudio.shared.config import SERVICE_NAMES
 
 
 def spawn(
@@ -28,14 +28,14 @@ def spawn(
     # Own session: a terminal's Ctrl-C reaches only the launcher, which forwards one SIGTERM
     # (a second signal would cut the services' grace period short).
     return subprocess.Popen(
-        [sys.executable, "-m", f"services.{name}", *common],
+        [sys.executable, "-m", f"boothstudio.services.{name}", *common],
         env=env,
         start_new_session=True,
     )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m shared.launcher", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m boothstudio.shared.launcher", description=__doc__)
     p.add_argument("--host", default=None)
     p.add_argument("--data-dir", type=Path, default=None)
     p.add_argument("--config", type=Path, default=None)

@@ -17,7 +17,7 @@ import hashlib
 import json
 from typing import Any
 
-from shared.errors import InvalidArgument
+from boothstudio.shared.errors import InvalidArgument
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000

@@ -42,21 +42,24 @@ import grpc
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from shared import metrics
-from shared.auth import Authenticator
-from shared.channels import aio_channel
-from shared.config import ConfigError, ServiceConfig, load_config
-from shared.interceptors import (
+from boothstudio.shared import metrics
+from boothstudio.shared.auth import Authenticator
+from boothstudio.shared.channels import aio_channel
+from boothstudio.shared.config import ConfigError, ServiceConfig, load_config
+from boothstudio.shared.interceptors import (
     AuthInterceptor,
+    Context,
     ErrorInterceptor,
     LoggingInterceptor,
     MetricsInterceptor,
     RequestCheckInterceptor,
 )
-from shared.logs import configure_logging
-from shared.reflection import enable_server_reflection
-from shared.version import __version__
+from boothstudio.shared.logs import configure_logging
+from boothstudio.shared.reflection import enable_server_reflection
+from boothstudio.shared.version import __version__
 
+#: The type of a servicer method's `context` argument (grpc.aio.ServicerContext).
+RpcContext = Context
 DrainHook = Callable[[float], Awaitable[None]]
 Hook = Callable[[], Awaitable[None]]
 
@@ -305,7 +308,7 @@ async def serve(config: ServiceConfig, build: Builder) -> int:
 
 
 def run_service(service: str, build: Builder, argv: Sequence[str] | None = None) -> int:
-    """Entry point for `python -m services.<service>`: returns the process exit code."""
+    """Entry point for `python -m boothstudio.services.<service>`: returns the process exit code."""
     try:
         config = load_config(service, argv)
     except ConfigError as exc:
@@ -322,7 +325,7 @@ def run_service(service: str, build: Builder, argv: Sequence[str] | None = None)
 
 
 def exit_service(service: str, build: Builder) -> NoReturn:
-    """`python -m services.<service>`: run the service, then leave the process at once.
+    """`python -m boothstudio.services.<service>`: run the service, then leave the process at once.
 
     Once the stop hooks have run, a thread may still be inside work that cannot be interrupted
     (a model load, a training step): Python would join it at exit (executor threads are not

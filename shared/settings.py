@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from shared.config import ENV_PREFIX, ConfigError, ServiceConfig
+from boothstudio.shared.config import ENV_PREFIX, ConfigError, ServiceConfig
 
 S = TypeVar("S", bound="ServiceSettings")
 

@@ -35,7 +35,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from shared.channels import sync_channel
+from boothstudio.shared.channels import sync_channel
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -131,7 +131,7 @@ class ServiceProcess:
 def service_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment for a service process: ours minus BOOTHSTUDIO_*, plus `env`."""
     out = {k: v for k, v in os.environ.items() if not k.startswith("BOOTHSTUDIO_")}
-    paths = [str(ROOT), str(ROOT / "shared" / "gen")]
+    paths = [str(ROOT)]
     if out.get("PYTHONPATH"):
         paths.append(out["PYTHONPATH"])
     out["PYTHONPATH"] = os.pathsep.join(paths)
@@ -171,7 +171,7 @@ def start_service(
     args = [
         sys.executable,
         "-m",
-        f"services.{name}",
+        f"boothstudio.services.{name}",
         "--host",
         "127.0.0.1",
         "--port",

@@ -22,6 +22,7 @@ from google.protobuf import descriptor_pool
 from grpc_reflection.v1alpha import reflection_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
+from boothstudio.shared.errors import decode_rpc_error
 from boothstudio.v1 import (
     catalog_pb2,
     catalog_pb2_grpc,
@@ -31,7 +32,6 @@ from boothstudio.v1 import (
     trainer_pb2,
     trainer_pb2_grpc,
 )
-from shared.errors import decode_rpc_error
 from tests.helpers import SERVICE_FULL_NAMES, ServiceProcess
 
 SERVICES = ("catalog", "generator", "trainer")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import yaml
 
-from shared.config import DEFAULT_PORTS
+from boothstudio.shared.config import DEFAULT_PORTS
 from tests.helpers import ROOT, SERVICE_FULL_NAMES
 
 DEPLOY = ROOT / "deploy"
@@ -17,7 +17,7 @@ def test_compose_runs_each_service_as_its_own_container() -> None:
     compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
     for name, (port, metrics_port) in DEFAULT_PORTS.items():
         svc = compose["services"][name]
-        assert svc["command"][:3] == ["python", "-m", f"services.{name}"]
+        assert svc["command"][:3] == ["python", "-m", f"boothstudio.services.{name}"]
         assert f"{port}:{port}" in svc["ports"] and f"{metrics_port}:{metrics_port}" in svc["ports"]
         assert svc["environment"]["BOOTHSTUDIO_HOST"] == "0.0.0.0"
 
@@ -41,4 +41,4 @@ def test_kubernetes_generator_service_is_headless_and_probes_use_grpc_health() -
             "port": port,
             "service": SERVICE_FULL_NAMES[name],
         }
-        assert f"services.{name}" in container["args"]
+        assert f"boothstudio.services.{name}" in container["args"]

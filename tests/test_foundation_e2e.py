@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
+from boothstudio.shared.errors import decode_rpc_error
 from boothstudio.v1 import (
     catalog_pb2,
     catalog_pb2_grpc,
@@ -28,7 +29,6 @@ from boothstudio.v1 import (
     trainer_pb2,
     trainer_pb2_grpc,
 )
-from shared.errors import decode_rpc_error
 from tests.helpers import ServiceProcess
 
 SERVICES = ("catalog", "generator", "trainer")

@@ -28,7 +28,7 @@ def test_launcher_starts_and_stops_all_services(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "shared.launcher",
+            "boothstudio.shared.launcher",
             "--config",
             str(cfg),
             "--data-dir",

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from services.catalog.settings import CatalogSettings
-from services.generator.settings import GeneratorSettings
-from services.trainer.settings import TrainerSettings
-from shared.config import ConfigError, load_config
-from shared.settings import load_settings
+from boothstudio.services.catalog.settings import CatalogSettings
+from boothstudio.services.generator.settings import GeneratorSettings
+from boothstudio.services.trainer.settings import TrainerSettings
+from boothstudio.shared.config import ConfigError, load_config
+from boothstudio.shared.settings import load_settings
 from tests.helpers import ROOT, service_env
 
 MODELS = {"catalog": CatalogSettings, "generator": GeneratorSettings, "trainer": TrainerSettings}
@@ -42,10 +42,10 @@ def test_unknown_and_wrong_keys_are_refused_with_the_key_named() -> None:
     with pytest.raises(ConfigError, match="'queue_sise'; did you mean 'queue_size'"):
         load_settings(TrainerSettings, config, env={})
     config = load_config("trainer", ["--set", "max_running=0"], env={})
-    with pytest.raises(ConfigError, match="trainer.max_running"):
+    with pytest.raises(ConfigError, match=r"trainer\.max_running"):
         load_settings(TrainerSettings, config, env={})
     config = load_config("generator", [], env={})
-    with pytest.raises(ConfigError, match="generator.batching"):
+    with pytest.raises(ConfigError, match=r"generator\.batching"):
         load_settings(GeneratorSettings, config, env={"BOOTHSTUDIO_GENERATOR_BATCHING": "maybe"})
 
 
@@ -55,8 +55,9 @@ def test_a_misspelt_setting_stops_the_service_at_start(service: str, tmp_path: P
     field = next(iter(MODELS[service].model_fields))
     misspelt = field[:-1] + "x" + field[-1]
     proc = subprocess.run(
-        [sys.executable, "-m", f"services.{service}", "--port", "0", "--metrics-port", "0",
-         "--data-dir", str(tmp_path), "--log-format", "text", "--set", f"{misspelt}=1"],
+        [sys.executable, "-m", f"boothstudio.services.{service}", "--port", "0",
+         "--metrics-port", "0", "--data-dir", str(tmp_path), "--log-format", "text",
+         "--set", f"{misspelt}=1"],
         cwd=ROOT, env=service_env(), capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 2, proc.stderr[-2000:]

@@ -16,13 +16,13 @@ import grpc
 import pytest
 from grpc import aio
 
+from boothstudio.shared import errors
+from boothstudio.shared.auth import Authenticator, extract_key
+from boothstudio.shared.config import ConfigError, load_config, parse_api_keys
+from boothstudio.shared.pagination import decode_token, encode_token, page_size
+from boothstudio.shared.server import ServiceContext, ServiceServer, ServiceSpec
+from boothstudio.shared.storage import SQLiteDatabase, atomic_write, atomic_write_bytes
 from boothstudio.v1 import catalog_pb2, catalog_pb2_grpc, trainer_pb2, trainer_pb2_grpc
-from shared import errors
-from shared.auth import Authenticator, extract_key
-from shared.config import ConfigError, load_config, parse_api_keys
-from shared.pagination import decode_token, encode_token, page_size
-from shared.server import ServiceContext, ServiceServer, ServiceSpec
-from shared.storage import SQLiteDatabase, atomic_write, atomic_write_bytes
 
 # ----------------------------------------------------------------------------- errors
 
@@ -408,7 +408,7 @@ def test_images_refused_on_the_header_before_decoding() -> None:
 
     from PIL import Image
 
-    from shared import images
+    from boothstudio.shared import images
 
     limits = images.ImageLimits(max_bytes=1 << 20, max_side=2048, max_pixels=1024 * 1024)
     with pytest.raises(images.ImageRejected, match="12000x12000"):
@@ -430,7 +430,7 @@ def test_images_refused_on_the_header_before_decoding() -> None:
 
 
 def test_decode_offset_refuses_every_forged_position() -> None:
-    from shared.pagination import MAX_OFFSET, decode_offset
+    from boothstudio.shared.pagination import MAX_OFFSET, decode_offset
 
     assert decode_offset("", "s") == 0
     assert decode_offset(encode_token(7, "s"), "s") == 7
@@ -454,8 +454,8 @@ def test_errors_fit_a_trailer_whatever_they_echo() -> None:
 def test_request_checks_walk_nested_maps_and_lists() -> None:
     import math
 
+    from boothstudio.shared.request_checks import message_problems
     from boothstudio.v1 import common_pb2, generator_pb2
-    from shared.request_checks import message_problems
 
     request = generator_pb2.GenerateRequest(
         prompt="ok\nwith a newline\tand a tab",
@@ -485,7 +485,7 @@ def test_atomic_writes_are_readable_like_any_file(tmp_path: Path) -> None:
 
 
 def test_path_and_file_name_problems() -> None:
-    from shared.paths import file_name_problem, path_problem
+    from boothstudio.shared.paths import file_name_problem, path_problem
 
     assert path_problem("/models/sd15") is None
     assert path_problem("/m/" + "x" * 256)

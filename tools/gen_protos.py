@@ -47,10 +47,10 @@ def generate(out_dir: Path) -> None:
         os.chdir(cwd)
     if rc != 0:
         raise SystemExit(f"protoc failed with exit code {rc}")
+    # Only the v1 package is generated: the `boothstudio` root package is boothstudio/ at the
+    # repository root, where boothstudio/v1 links here.
     doc = '"""Generated from protos/boothstudio. Do not edit: run `make protos`."""\n'
-    (out_dir / "boothstudio" / "__init__.py").write_text(doc)
     (target / "__init__.py").write_text(doc)
-    (out_dir / "boothstudio" / "py.typed").write_text("")
 
 
 def stale_files(committed: Path) -> list[str]:

@@ -13,14 +13,14 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "shared" / "gen")]
+sys.path[:0] = [str(ROOT)]
 
 from pydantic import BaseModel  # noqa: E402
 
-from services.catalog.settings import CatalogSettings  # noqa: E402
-from services.generator.settings import GeneratorSettings  # noqa: E402
-from services.trainer.settings import TrainerSettings  # noqa: E402
-from shared.settings import env_names  # noqa: E402
+from boothstudio.services.catalog.settings import CatalogSettings  # noqa: E402
+from boothstudio.services.generator.settings import GeneratorSettings  # noqa: E402
+from boothstudio.services.trainer.settings import TrainerSettings  # noqa: E402
+from boothstudio.shared.settings import env_names  # noqa: E402
 
 BEGIN, END = "<!-- settings:begin -->", "<!-- settings:end -->"
 MODELS: dict[str, type[BaseModel]] = {

@@ -1,6 +1,6 @@
 """BoothStudio Python SDK: one client for the Catalog, Generator and Trainer services.
 
-    from clients.sdk import BoothStudio
+    from boothstudio.clients.sdk import BoothStudio
 
     with BoothStudio() as client:                 # BOOTHSTUDIO_* env vars or localhost defaults
         images = client.generate("a red circle on a blue background", seed=1, count=2)
@@ -10,10 +10,10 @@
 (`clients.sdk.types`); errors are exceptions by gRPC status (`clients.sdk.errors`). No torch.
 """
 
-from clients.sdk.aio import AsyncBoothStudio, AsyncGenerationStream, AsyncTrainingWatch
-from clients.sdk.client import BoothStudio, GenerationStream, TrainingWatch
-from clients.sdk.config import ClientConfig, RetryPolicy, TLSOptions
-from clients.sdk.errors import (
+from boothstudio.clients.sdk.aio import AsyncBoothStudio, AsyncGenerationStream, AsyncTrainingWatch
+from boothstudio.clients.sdk.client import BoothStudio, GenerationStream, TrainingWatch
+from boothstudio.clients.sdk.config import ClientConfig, RetryPolicy, TLSOptions
+from boothstudio.clients.sdk.errors import (
     Aborted,
     AlreadyExists,
     BoothStudioError,
@@ -34,7 +34,7 @@ from clients.sdk.errors import (
     Unimplemented,
     UnknownError,
 )
-from clients.sdk.types import (
+from boothstudio.clients.sdk.types import (
     Backend,
     BackendCapabilities,
     BackendKind,

@@ -1,5 +1,5 @@
-"""`python -m clients.sdk`: the `boothstudio` command line."""
+"""`python -m boothstudio.clients.sdk`: the `boothstudio` command line."""
 
-from clients.sdk.cli import run
+from boothstudio.clients.sdk.cli import run
 
 run()

@@ -11,11 +11,17 @@ from typing import Any, Generic, TypeVar
 
 import grpc
 
+from boothstudio.clients.sdk import _convert as cv
+from boothstudio.clients.sdk.config import (
+    ClientConfig,
+    RetryPolicy,
+    RetryState,
+    ServiceName,
+    TLSOptions,
+)
+from boothstudio.clients.sdk.errors import NotFound, TrainingJobFailed, invalid
+from boothstudio.clients.sdk.types import ServiceHealth, TrainingEvent, TrainingJob, TrainingState
 from boothstudio.v1 import catalog_pb2_grpc, generator_pb2_grpc, trainer_pb2_grpc
-from clients.sdk import _convert as cv
-from clients.sdk.config import ClientConfig, RetryPolicy, RetryState, ServiceName, TLSOptions
-from clients.sdk.errors import NotFound, TrainingJobFailed, invalid
-from clients.sdk.types import ServiceHealth, TrainingEvent, TrainingJob, TrainingState
 
 C = TypeVar("C")
 
@@ -262,7 +268,7 @@ def check_training_outcome(job: TrainingJob, raise_on_failure: bool) -> Training
 
 
 def is_terminal_event(event: TrainingEvent) -> bool:
-    from clients.sdk.types import StateChanged
+    from boothstudio.clients.sdk.types import StateChanged
 
     return isinstance(event, StateChanged) and event.state.terminal
 

@@ -22,10 +22,9 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from boothstudio.v1 import catalog_pb2, common_pb2, generator_pb2, trainer_pb2
-from clients.sdk.errors import Cancelled, GenerationFailed, Unavailable, invalid
-from clients.sdk.text import parse_option as parse_option  # kept here for older callers
-from clients.sdk.types import (
+from boothstudio.clients.sdk.errors import Cancelled, GenerationFailed, Unavailable, invalid
+from boothstudio.clients.sdk.text import parse_option as parse_option  # kept here for older callers
+from boothstudio.clients.sdk.types import (
     Backend,
     BackendCapabilities,
     BackendKind,
@@ -74,6 +73,7 @@ from clients.sdk.types import (
     TrainingWarning,
     WarningEvent,
 )
+from boothstudio.v1 import catalog_pb2, common_pb2, generator_pb2, trainer_pb2
 
 E = TypeVar("E", bound=enum.StrEnum)
 

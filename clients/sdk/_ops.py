@@ -9,11 +9,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
-from boothstudio.v1 import catalog_pb2, generator_pb2, trainer_pb2
-from clients.sdk import _convert as cv
-from clients.sdk.config import ServiceName
-from clients.sdk.errors import invalid
-from clients.sdk.types import (
+from boothstudio.clients.sdk import _convert as cv
+from boothstudio.clients.sdk.config import ServiceName
+from boothstudio.clients.sdk.errors import invalid
+from boothstudio.clients.sdk.types import (
     Backend,
     DeleteImagesResult,
     GalleryImage,
@@ -24,6 +23,7 @@ from clients.sdk.types import (
     TrainingJob,
     TrainingState,
 )
+from boothstudio.v1 import catalog_pb2, generator_pb2, trainer_pb2
 
 T = TypeVar("T")
 

@@ -17,9 +17,9 @@ from typing import Any, Generic, Self, TypeVar, Unpack
 import grpc
 import grpc.aio
 
-from clients.sdk import _convert as cv
-from clients.sdk import _ops as ops
-from clients.sdk._base import (
+from boothstudio.clients.sdk import _convert as cv
+from boothstudio.clients.sdk import _ops as ops
+from boothstudio.clients.sdk._base import (
     ClientBase,
     Pool,
     StreamState,
@@ -30,9 +30,9 @@ from clients.sdk._base import (
     is_terminal_event,
     training_spec,
 )
-from clients.sdk.config import RetryState
-from clients.sdk.errors import BoothStudioError, NotFound, from_rpc_error
-from clients.sdk.types import (
+from boothstudio.clients.sdk.config import RetryState
+from boothstudio.clients.sdk.errors import BoothStudioError, NotFound, from_rpc_error
+from boothstudio.clients.sdk.types import (
     Backend,
     Dataset,
     DeleteImagesResult,
@@ -51,7 +51,7 @@ from clients.sdk.types import (
     TrainingOptions,
     TrainingState,
 )
-from shared.channels import aio_channel
+from boothstudio.shared.channels import aio_channel
 
 T = TypeVar("T")
 EventT = TypeVar("EventT")

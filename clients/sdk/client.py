@@ -11,9 +11,9 @@ from typing import Any, Generic, Self, TypeVar, Unpack
 
 import grpc
 
-from clients.sdk import _convert as cv
-from clients.sdk import _ops as ops
-from clients.sdk._base import (
+from boothstudio.clients.sdk import _convert as cv
+from boothstudio.clients.sdk import _ops as ops
+from boothstudio.clients.sdk._base import (
     ClientBase,
     Pool,
     StreamState,
@@ -24,9 +24,9 @@ from clients.sdk._base import (
     is_terminal_event,
     training_spec,
 )
-from clients.sdk.config import RetryState
-from clients.sdk.errors import BoothStudioError, NotFound, from_rpc_error
-from clients.sdk.types import (
+from boothstudio.clients.sdk.config import RetryState
+from boothstudio.clients.sdk.errors import BoothStudioError, NotFound, from_rpc_error
+from boothstudio.clients.sdk.types import (
     Backend,
     Dataset,
     DeleteImagesResult,
@@ -45,7 +45,7 @@ from clients.sdk.types import (
     TrainingOptions,
     TrainingState,
 )
-from shared.channels import sync_channel
+from boothstudio.shared.channels import sync_channel
 
 T = TypeVar("T")
 EventT = TypeVar("EventT")
@@ -206,7 +206,7 @@ class BoothStudio(ClientBase[grpc.Channel]):
     (a list, or comma-separated) to spread generations over them round-robin. Every unary
     call has a deadline (`timeout`, default 30 s); idempotent calls are retried with
     exponential backoff when a service is UNAVAILABLE. Errors are raised as
-    `clients.sdk.errors` exceptions. Use as a context manager, or call `close()`.
+    `boothstudio.clients.sdk.errors` exceptions. Use as a context manager, or call `close()`.
     """
 
     def _make_channel(self, address: str) -> grpc.Channel:

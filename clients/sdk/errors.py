@@ -1,6 +1,6 @@
 """Exceptions raised by the SDK: one class per gRPC status, plus job failures.
 
-The classes are those of `shared.errors` (the services raise the same ones), so
+The classes are those of `boothstudio.shared.errors` (the services raise the same ones), so
 ``except clients.sdk.NotFound`` catches a NOT_FOUND from any service. Every exception carries
 the server's ``message``, the ErrorInfo ``reason`` (e.g. "MODEL_NOT_FOUND"), ``metadata``,
 ``violations`` (BadRequest field violations with ``.field`` and ``.description``; ``fields``
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from shared.errors import (
+from boothstudio.shared.errors import (
     ERROR_CLASSES,
     Aborted,
     AlreadyExists,
@@ -38,7 +38,7 @@ from shared.errors import (
 )
 
 if TYPE_CHECKING:
-    from clients.sdk.types import TrainingJob
+    from boothstudio.clients.sdk.types import TrainingJob
 
 
 class GenerationFailed(BoothStudioError):

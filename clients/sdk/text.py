@@ -3,7 +3,7 @@ typed on a command line or in a form, and sizes in human units."""
 
 from __future__ import annotations
 
-from clients.sdk.types import OptionScalar
+from boothstudio.clients.sdk.types import OptionScalar
 
 
 def parse_option(text: str) -> OptionScalar:

@@ -1,3 +1,3 @@
-from clients.tui.cli import main
+from boothstudio.clients.tui.cli import main
 
 main()

@@ -19,17 +19,17 @@ from textual.message import Message
 from textual.reactive import reactive
 from textual.widgets import Input, TextArea
 
-from clients.sdk import AsyncBoothStudio, ServiceHealth
-from clients.tui.commands import StudioCommands
-from clients.tui.screens.base import StudioScreen
-from clients.tui.screens.edit import EditScreen
-from clients.tui.screens.gallery import GalleryScreen
-from clients.tui.screens.generate import GenerateScreen
-from clients.tui.screens.models import ModelsScreen
-from clients.tui.screens.settings import SettingsScreen
-from clients.tui.screens.train import TrainScreen
-from clients.tui.settings import DEFAULT_THEME, ImageMethod, StudioSettings
-from clients.tui.themes import STUDIO_THEMES
+from boothstudio.clients.sdk import AsyncBoothStudio, ServiceHealth
+from boothstudio.clients.tui.commands import StudioCommands
+from boothstudio.clients.tui.screens.base import StudioScreen
+from boothstudio.clients.tui.screens.edit import EditScreen
+from boothstudio.clients.tui.screens.gallery import GalleryScreen
+from boothstudio.clients.tui.screens.generate import GenerateScreen
+from boothstudio.clients.tui.screens.models import ModelsScreen
+from boothstudio.clients.tui.screens.settings import SettingsScreen
+from boothstudio.clients.tui.screens.train import TrainScreen
+from boothstudio.clients.tui.settings import DEFAULT_THEME, ImageMethod, StudioSettings
+from boothstudio.clients.tui.themes import STUDIO_THEMES
 
 ClientFactory = Callable[[StudioSettings], AsyncBoothStudio]
 

@@ -1,10 +1,10 @@
-"""`boothstudio-tui` / `python -m clients.tui`: start the studio."""
+"""`boothstudio-tui` / `python -m boothstudio.clients.tui`: start the studio."""
 
 from __future__ import annotations
 
 import argparse
 
-from clients.tui.settings import IMAGE_METHODS, StudioSettings, default_settings_path
+from boothstudio.clients.tui.settings import IMAGE_METHODS, StudioSettings, default_settings_path
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -38,6 +38,6 @@ def main(argv: list[str] | None = None) -> None:
     )
     # Importing the app imports textual-image, which asks the terminal what it can draw: that
     # has to happen before Textual takes the terminal over.
-    from clients.tui.app import StudioApp
+    from boothstudio.clients.tui.app import StudioApp
 
     StudioApp(settings, settings_path=None if path is None else path).run()

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, cast
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
 if TYPE_CHECKING:
-    from clients.tui.app import StudioApp
+    from boothstudio.clients.tui.app import StudioApp
 
 Command = tuple[str, Callable[[], object], str]
 

@@ -17,7 +17,7 @@ from textual_image.widget import Image as AutoImage
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
 
-    from clients.tui.settings import ImageMethod
+    from boothstudio.clients.tui.settings import ImageMethod
 
 
 def image_widget(

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from clients.sdk import ClientConfig
+from boothstudio.clients.sdk import ClientConfig
 
 ImageMethod = Literal["auto", "halfcell", "unicode"]
 IMAGE_METHODS: tuple[ImageMethod, ...] = ("auto", "halfcell", "unicode")

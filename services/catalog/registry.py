@@ -10,8 +10,8 @@ from typing import Any
 
 from google.protobuf import timestamp_pb2
 
+from boothstudio.shared.storage import SQLiteDatabase
 from boothstudio.v1 import catalog_pb2
-from shared.storage import SQLiteDatabase
 
 MIGRATIONS = [
     """

@@ -25,29 +25,36 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from boothstudio.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2, trainer_pb2, trainer_pb2_grpc
-from services.catalog.registry import FORMATS, PREDICTION, Registry, folder_size, slug, to_proto
-from services.catalog.settings import CatalogSettings
-from services.diffusion import loading
-from services.diffusion.backends import (
+from boothstudio.services.catalog.registry import (
+    FORMATS,
+    PREDICTION,
+    Registry,
+    folder_size,
+    slug,
+    to_proto,
+)
+from boothstudio.services.catalog.settings import CatalogSettings
+from boothstudio.services.diffusion import loading
+from boothstudio.services.diffusion.backends import (
     BACKEND_KINDS,
     BackendKindInfo,
     RemoteEndpoint,
     remote_backends,
 )
-from services.diffusion.samplers import SCHEDULES, ParamSpec, SamplerSpec
-from shared.channels import aio_channel
-from shared.errors import (
+from boothstudio.services.diffusion.samplers import SCHEDULES, ParamSpec, SamplerSpec
+from boothstudio.shared.channels import aio_channel
+from boothstudio.shared.errors import (
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
 )
-from shared.ids import is_valid_id
-from shared.pagination import decode_offset, encode_token, page_size
-from shared.paths import path_problem
-from shared.server import ServiceContext, ServiceSpec
-from shared.settings import load_settings
+from boothstudio.shared.ids import is_valid_id
+from boothstudio.shared.pagination import decode_offset, encode_token, page_size
+from boothstudio.shared.paths import path_problem
+from boothstudio.shared.server import ServiceContext, ServiceSpec
+from boothstudio.shared.settings import load_settings
+from boothstudio.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2, trainer_pb2, trainer_pb2_grpc
 
 DESCRIPTOR = catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"]
 DEFAULT_BACKEND = "diffusers"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from services.diffusion.backends import RemoteBackendSettings
+from boothstudio.services.diffusion.backends import RemoteBackendSettings
 
 
 class CatalogSettings(RemoteBackendSettings):

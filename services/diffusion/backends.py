@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from pydantic import Field
 
-from shared.settings import ServiceSettings
+from boothstudio.shared.settings import ServiceSettings
 
 from .samplers import SAMPLERS, ParamSpec, SamplerSpec
 

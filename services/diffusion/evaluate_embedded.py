@@ -1,6 +1,6 @@
 """Score a model on the scene world with the project's detectors.
 
-    python -m services.diffusion.evaluate_embedded [--model DIR] [--seeds 3]
+    python -m boothstudio.services.diffusion.evaluate_embedded [--model DIR] [--seeds 3]
 
 Prints the markdown table that the model card carries: over every (shape, colour, background)
 caption with ``--seeds`` seeds each, 20 steps, the model's default sampler.

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from shared.storage import default_file_mode
+from boothstudio.shared.storage import default_file_mode
 
 _RESNET = [("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("time_emb_proj", "emb_layers.1"),
            ("norm2", "out_layers.0"), ("conv2", "out_layers.3"),

@@ -17,8 +17,8 @@ from pathlib import Path
 from google.protobuf import timestamp_pb2
 from PIL import Image, PngImagePlugin
 
+from boothstudio.shared.storage import SQLiteDatabase, atomic_write_bytes
 from boothstudio.v1 import generator_pb2
-from shared.storage import SQLiteDatabase, atomic_write_bytes
 
 MIGRATIONS = [
     """

@@ -36,9 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from services.diffusion.samplers import SAMPLERS, SCHEDULES
-from services.generator.adapters.base import GenerationSpec, ModelRef
-from shared.version import __version__
+from boothstudio.services.diffusion.samplers import SAMPLERS, SCHEDULES
+from boothstudio.services.generator.adapters.base import GenerationSpec, ModelRef
+from boothstudio.shared.version import __version__
 
 FILL_LABELS = {
     "fill": "fill",

@@ -9,7 +9,7 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram, Summary
 
-from services.diffusion.samplers import SAMPLERS
+from boothstudio.services.diffusion.samplers import SAMPLERS
 
 REQUESTS = Counter(
     "boothstudio_generator_requests",

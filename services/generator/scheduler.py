@@ -27,9 +27,8 @@ from typing import Any
 from google.protobuf import timestamp_pb2
 from PIL import Image
 
-from boothstudio.v1 import common_pb2, generator_pb2
-from services.generator import infotext, metrics
-from services.generator.adapters.base import (
+from boothstudio.services.generator import infotext, metrics
+from boothstudio.services.generator.adapters.base import (
     Adapter,
     Cancelled,
     GenerationSpec,
@@ -37,9 +36,10 @@ from services.generator.adapters.base import (
     RunHooks,
     StepProgress,
 )
-from services.generator.gallery import Gallery, GalleryEntry, png_bytes
-from shared.errors import ResourceExhausted
-from shared.ids import new_id
+from boothstudio.services.generator.gallery import Gallery, GalleryEntry, png_bytes
+from boothstudio.shared.errors import ResourceExhausted
+from boothstudio.shared.ids import new_id
+from boothstudio.v1 import common_pb2, generator_pb2
 
 G = generator_pb2
 

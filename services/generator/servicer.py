@@ -11,21 +11,27 @@ from typing import Any
 
 import grpc
 
+from boothstudio.services.diffusion.backends import remote_backends
+from boothstudio.services.generator import metrics
+from boothstudio.services.generator.adapters.base import Adapter
+from boothstudio.services.generator.adapters.diffusers import DiffusersAdapter
+from boothstudio.services.generator.gallery import Gallery
+from boothstudio.services.generator.scheduler import Job, Scheduler, now_timestamp
+from boothstudio.services.generator.settings import GeneratorSettings
+from boothstudio.services.generator.validation import Validator, check_id, check_id_list, model_ref
+from boothstudio.shared.channels import aio_channel
+from boothstudio.shared.errors import (
+    AlreadyExists,
+    BoothStudioError,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
+from boothstudio.shared.ids import new_id
+from boothstudio.shared.pagination import decode_offset, encode_token, page_size
+from boothstudio.shared.server import ServiceContext, ServiceSpec
+from boothstudio.shared.settings import load_settings
 from boothstudio.v1 import catalog_pb2, catalog_pb2_grpc, generator_pb2, generator_pb2_grpc
-from services.diffusion.backends import remote_backends
-from services.generator import metrics
-from services.generator.adapters.base import Adapter
-from services.generator.adapters.diffusers import DiffusersAdapter
-from services.generator.gallery import Gallery
-from services.generator.scheduler import Job, Scheduler, now_timestamp
-from services.generator.settings import GeneratorSettings
-from services.generator.validation import Validator, check_id, check_id_list, model_ref
-from shared.channels import aio_channel
-from shared.errors import AlreadyExists, BoothStudioError, InvalidArgument, NotFound, Unavailable
-from shared.ids import new_id
-from shared.pagination import decode_offset, encode_token, page_size
-from shared.server import ServiceContext, ServiceSpec
-from shared.settings import load_settings
 
 DESCRIPTOR = generator_pb2.DESCRIPTOR.services_by_name["GeneratorService"]
 G = generator_pb2
@@ -41,11 +47,11 @@ def make_adapters(settings: GeneratorSettings) -> dict[str, Adapter]:
     }
     remotes = remote_backends(settings)
     if "a1111" in remotes:
-        from services.generator.adapters.a1111 import A1111Adapter
+        from boothstudio.services.generator.adapters.a1111 import A1111Adapter
 
         adapters["a1111"] = A1111Adapter(remotes["a1111"].url)
     if "hosted" in remotes:
-        from services.generator.adapters.hosted import HostedAdapter
+        from boothstudio.services.generator.adapters.hosted import HostedAdapter
 
         adapters["hosted"] = HostedAdapter(remotes["hosted"].url, remotes["hosted"].api_key)
     return adapters

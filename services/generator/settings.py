@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from services.diffusion.backends import RemoteBackendSettings
-from services.diffusion.loading import EMBEDDED_MODEL_ID
+from boothstudio.services.diffusion.backends import RemoteBackendSettings
+from boothstudio.services.diffusion.loading import EMBEDDED_MODEL_ID
 
 
 class GeneratorSettings(RemoteBackendSettings):

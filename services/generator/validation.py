@@ -19,12 +19,12 @@ from typing import Any
 import grpc
 from PIL import Image
 
+from boothstudio.services.diffusion import samplers as sampler_table
+from boothstudio.services.generator.adapters.base import Adapter, GenerationSpec, ModelRef
+from boothstudio.shared.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from boothstudio.shared.ids import is_valid_id
+from boothstudio.shared.images import ImageInfo, ImageLimits, ImageRejected, decode, probe
 from boothstudio.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2, generator_pb2
-from services.diffusion import samplers as sampler_table
-from services.generator.adapters.base import Adapter, GenerationSpec, ModelRef
-from shared.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from shared.ids import is_valid_id
-from shared.images import ImageInfo, ImageLimits, ImageRejected, decode, probe
 
 MAX_PROMPT_CHARS = 4000
 MAX_SIDE = 2048

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from shared.storage import atomic_write_bytes, atomic_write_text
+from boothstudio.shared.storage import atomic_write_bytes, atomic_write_text
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".json", ".txt")
 

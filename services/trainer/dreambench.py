@@ -38,9 +38,9 @@ from typing import Any
 
 import torch
 
+from boothstudio.services.diffusion.evaluation import read_image
+from boothstudio.services.diffusion.scenes import BACKGROUNDS, subject_images
 from boothstudio.v1 import trainer_pb2 as P
-from services.diffusion.evaluation import read_image
-from services.diffusion.scenes import BACKGROUNDS, subject_images
 
 IDENTIFIER = "zwx"
 CLASS_NOUN = "circle"
@@ -57,7 +57,7 @@ def prompts(kind: str, noun: str = CLASS_NOUN) -> list[tuple[str, str]]:
 
 def vae_ceiling(pipe: Any) -> dict[str, float]:
     """Detectors on VAE round trips of the instance images: what a perfect UNet could show."""
-    from services.diffusion.pipelines import vae_round_trip
+    from boothstudio.services.diffusion.pipelines import vae_round_trip
 
     images = subject_images(4)
     seen = sum(read_image(vae_round_trip(pipe, img)).subject for img, _ in images)
@@ -66,7 +66,7 @@ def vae_ceiling(pipe: Any) -> dict[str, float]:
 
 def score(pipe: Any, seeds: list[int], steps: int, cfg: float,
           noun: str = CLASS_NOUN) -> dict[str, Any]:
-    from services.diffusion import pipelines
+    from boothstudio.services.diffusion import pipelines
 
     def run(kind: str) -> list[tuple[Any, str]]:
         out = []
@@ -115,8 +115,8 @@ def train(name: str, out: Path, model: Path, *, prior: bool, steps: int, lr: flo
           caption_dropout: float = 0.0, class_prompts: tuple[str, ...] = (),
           identifier_lr: float = 0.0, class_noun: str = CLASS_NOUN,
           crop_scale: float = 0.0, masked_loss: float | None = None) -> Path:
-    from services.trainer.options import Limits, resolve
-    from services.trainer.train import JobSpec, Reporter, run_job
+    from boothstudio.services.trainer.options import Limits, resolve
+    from boothstudio.services.trainer.train import JobSpec, Reporter, run_job
 
     job = out / name
     (job / "instance").mkdir(parents=True, exist_ok=True)
@@ -250,7 +250,7 @@ def _weight_or_off(text: str) -> float | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m services.trainer.dreambench")
+    p = argparse.ArgumentParser(prog="python -m boothstudio.services.trainer.dreambench")
     p.add_argument("--model", type=Path, default=None)
     p.add_argument("--out", type=Path, default=Path("bench-results/dreambench"))
     p.add_argument("--steps", type=int, default=800)
@@ -299,8 +299,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
-    from services.diffusion.loading import embedded_model_dir
-    from services.trainer.train import load_base
+    from boothstudio.services.diffusion.loading import embedded_model_dir
+    from boothstudio.services.trainer.train import load_base
 
     model = args.model or embedded_model_dir()
     args.out.mkdir(parents=True, exist_ok=True)

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shared.images import ImageLimits, ImageRejected, decode, probe
-from shared.paths import file_name_problem
+from boothstudio.shared.images import ImageLimits, ImageRejected, decode, probe
+from boothstudio.shared.paths import file_name_problem
 
 MIN_SIDE = 8
 RESERVED_NAMES = frozenset({"captions.json"})

@@ -12,7 +12,7 @@ created from (no torch).
 Keys are the DreamBoothConfig field names (protobuf JSON names also work); enums take their
 names ("PRECISION_BF16_MIXED") or short forms ("bf16_mixed", "ddp", "lora").
 
-    python -m services.trainer.jobfile submit job.yaml --address 127.0.0.1:50053
+    python -m boothstudio.services.trainer.jobfile submit job.yaml --address 127.0.0.1:50053
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def request_from_yaml(path: Path) -> trainer_pb2.CreateTrainingJobRequest:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m services.trainer.jobfile")
+    p = argparse.ArgumentParser(prog="python -m boothstudio.services.trainer.jobfile")
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("submit", help="create a training job from a YAML file")
     s.add_argument("file", type=Path)
@@ -117,8 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--api-key", default="")
     s.add_argument("--validate-only", action="store_true")
     args = p.parse_args(argv)
+    from boothstudio.shared.channels import sync_channel
     from boothstudio.v1 import trainer_pb2_grpc
-    from shared.channels import sync_channel
 
     req = request_from_yaml(args.file)
     req.validate_only = args.validate_only

@@ -27,8 +27,8 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from boothstudio.services.trainer.store import ACTIVE, JobStore
 from boothstudio.v1 import trainer_pb2
-from services.trainer.store import ACTIVE, JobStore
 
 S = trainer_pb2.TrainingJobState
 PREFIX = "boothstudio_trainer"

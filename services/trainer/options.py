@@ -14,23 +14,23 @@ import random
 import re
 from dataclasses import dataclass, field
 
-from boothstudio.v1 import trainer_pb2
-from services.diffusion import samplers  # the sampler table only: imports no torch
-from services.trainer.identifiers import (
+from boothstudio.services.diffusion import samplers  # the sampler table only: imports no torch
+from boothstudio.services.trainer.identifiers import (
     IDENTIFIER_RE,
     Vocabulary,
     identifier_warnings,
     pick_identifier,
 )
-from services.trainer.inputs import (
+from boothstudio.services.trainer.inputs import (
     ImageRejected,
     check_image,
     filename_problem,
     image_limits,
 )
-from services.trainer.settings import TrainerSettings
-from services.trainer.templates import MAX_PROMPT_CHARS, TemplateError, fill
-from shared.errors import FieldViolation, InvalidArgument, clip
+from boothstudio.services.trainer.settings import TrainerSettings
+from boothstudio.services.trainer.templates import MAX_PROMPT_CHARS, TemplateError, fill
+from boothstudio.shared.errors import FieldViolation, InvalidArgument, clip
+from boothstudio.v1 import trainer_pb2
 
 P = trainer_pb2
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")

@@ -35,16 +35,15 @@ from typing import Any
 import grpc
 from prometheus_client import REGISTRY
 
-from boothstudio.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2, trainer_pb2, trainer_pb2_grpc
-from services.trainer import uploads
-from services.trainer.identifiers import Vocabulary
-from services.trainer.metrics import TrainerMetrics
-from services.trainer.options import Limits, resolve
-from services.trainer.settings import TrainerSettings
-from services.trainer.store import ACTIVE, TERMINAL, JobRow, JobStore, timestamp
-from services.trainer.worker import STOP_FILE
-from shared.channels import aio_channel
-from shared.errors import (
+from boothstudio.services.trainer import uploads
+from boothstudio.services.trainer.identifiers import Vocabulary
+from boothstudio.services.trainer.metrics import TrainerMetrics
+from boothstudio.services.trainer.options import Limits, resolve
+from boothstudio.services.trainer.settings import TrainerSettings
+from boothstudio.services.trainer.store import ACTIVE, TERMINAL, JobRow, JobStore, timestamp
+from boothstudio.services.trainer.worker import STOP_FILE
+from boothstudio.shared.channels import aio_channel
+from boothstudio.shared.errors import (
     AlreadyExists,
     FailedPrecondition,
     FieldViolation,
@@ -53,11 +52,12 @@ from shared.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from shared.ids import is_valid_id, new_id
-from shared.pagination import decode_offset, encode_token, page_size
-from shared.server import ServiceContext, ServiceSpec
-from shared.settings import load_settings
-from shared.storage import atomic_write_text
+from boothstudio.shared.ids import is_valid_id, new_id
+from boothstudio.shared.pagination import decode_offset, encode_token, page_size
+from boothstudio.shared.server import ServiceContext, ServiceSpec
+from boothstudio.shared.settings import load_settings
+from boothstudio.shared.storage import atomic_write_text
+from boothstudio.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2, trainer_pb2, trainer_pb2_grpc
 
 DESCRIPTOR = trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"]
 S = trainer_pb2.TrainingJobState
@@ -147,7 +147,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             return
-        if b"services.trainer.worker" in cmdline and job.id.encode() in cmdline:
+        if b"boothstudio.services.trainer.worker" in cmdline and job.id.encode() in cmdline:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
@@ -209,7 +209,8 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         env = dict(os.environ)
         if self.ctx.config.service_api_key:
             env["BOOTHSTUDIO_SERVICE_API_KEY"] = self.ctx.config.service_api_key
-        args = [sys.executable, "-m", "services.trainer.worker", "--service-dir", str(self.dir),
+        args = [sys.executable, "-m", "boothstudio.services.trainer.worker",
+                "--service-dir", str(self.dir),
                 "--job-id", job.id, "--catalog", self.catalog_address,
                 "--sample-steps", str(self.sample_steps)]
         if self.worker_threads:

@@ -18,8 +18,8 @@ from typing import Any
 
 from google.protobuf import timestamp_pb2
 
+from boothstudio.shared.storage import SQLiteDatabase
 from boothstudio.v1 import common_pb2, trainer_pb2
-from shared.storage import SQLiteDatabase
 
 S = trainer_pb2.TrainingJobState
 TERMINAL = frozenset({S.TRAINING_JOB_STATE_SUCCEEDED, S.TRAINING_JOB_STATE_FAILED,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from shared.errors import clip
+from boothstudio.shared.errors import clip
 
 PLACEHOLDERS = ("identifier", "class_noun")
 # Longest prompt or caption accepted: CLIP reads 77 tokens, so 1000 characters is already far

@@ -39,13 +39,28 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from PIL import Image
 
+from boothstudio.services.diffusion.single_file import export_single_file, make_readable
+from boothstudio.services.trainer.class_images import (
+    ClassImageCache,
+    ClassImageKey,
+    model_content_hash,
+)
+from boothstudio.services.trainer.inputs import has_alpha
+from boothstudio.services.trainer.metrics import (
+    CHECKPOINT_SECONDS,
+    CLASS_IMAGES,
+    PEAK_MEMORY,
+    STEP_SECONDS,
+)
+from boothstudio.services.trainer.module import (
+    DataSpec,
+    DreamBoothModule,
+    OptimSpec,
+    StepBatches,
+    image_tensor,
+)
+from boothstudio.shared.storage import fsync_dir
 from boothstudio.v1 import trainer_pb2
-from services.diffusion.single_file import export_single_file, make_readable
-from services.trainer.class_images import ClassImageCache, ClassImageKey, model_content_hash
-from services.trainer.inputs import has_alpha
-from services.trainer.metrics import CHECKPOINT_SECONDS, CLASS_IMAGES, PEAK_MEMORY, STEP_SECONDS
-from services.trainer.module import DataSpec, DreamBoothModule, OptimSpec, StepBatches, image_tensor
-from shared.storage import fsync_dir
 
 log = logging.getLogger("boothstudio.trainer.job")
 P = trainer_pb2
@@ -115,7 +130,7 @@ def _observe_peak_memory(reporter: Reporter) -> None:
 
 
 def load_base(base_model: dict[str, Any]) -> Any:
-    from services.diffusion.loading import load_pipeline
+    from boothstudio.services.diffusion.loading import load_pipeline
 
     pipe, _info = load_pipeline(base_model["source_path"],
                                 source_format=base_model.get("format") or None,
@@ -138,7 +153,7 @@ def generate(pipe: Any, prompt: str, seeds: list[int], *, steps: int, cfg: float
              resolution: int, sampler: str = "", schedule: str = "", negative: str = "",
              should_stop: Callable[[], bool] | None = None) -> list[Image.Image]:
     """Images through the same pipeline code the Generator uses."""
-    from services.diffusion import pipelines, samplers
+    from boothstudio.services.diffusion import pipelines, samplers
 
     with torch.no_grad():
         return list(pipelines.txt2img(
@@ -450,7 +465,7 @@ def prepare_class_images(spec: JobSpec, pipe: Any, reporter: Reporter, prompts: 
     `prompts`; each prompt is its own cache entry."""
     c = spec.config
     gen = c.prior_preservation.generation
-    from services.diffusion import samplers
+    from boothstudio.services.diffusion import samplers
 
     sampler_spec, schedule = samplers.resolve(gen.sampler, gen.schedule)
     source = Path(spec.base_model["source_path"])

@@ -17,15 +17,20 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from boothstudio.services.trainer.inputs import (
+    ImageRejected,
+    check_image,
+    filename_problem,
+    image_limits,
+)
+from boothstudio.services.trainer.jobfile import config_to_yaml
+from boothstudio.services.trainer.options import Limits
+from boothstudio.services.trainer.store import JobRow, JobStore
+from boothstudio.services.trainer.templates import MAX_PROMPT_CHARS
+from boothstudio.shared.errors import AlreadyExists, InvalidArgument, NotFound, clip
+from boothstudio.shared.ids import new_id
+from boothstudio.shared.storage import atomic_write_bytes, atomic_write_text
 from boothstudio.v1 import trainer_pb2
-from services.trainer.inputs import ImageRejected, check_image, filename_problem, image_limits
-from services.trainer.jobfile import config_to_yaml
-from services.trainer.options import Limits
-from services.trainer.store import JobRow, JobStore
-from services.trainer.templates import MAX_PROMPT_CHARS
-from shared.errors import AlreadyExists, InvalidArgument, NotFound, clip
-from shared.ids import new_id
-from shared.storage import atomic_write_bytes, atomic_write_text
 
 MAX_DATASET_NAME_CHARS = 200
 

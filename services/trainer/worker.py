@@ -1,6 +1,6 @@
 """One training job in its own process.
 
-    python -m services.trainer.worker --service-dir D --job-id J [--catalog HOST:PORT]
+    python -m boothstudio.services.trainer.worker --service-dir D --job-id J [--catalog HOST:PORT]
 
 
 Started by the trainer service; a crash here (segfault, OOM kill, exception) never takes the
@@ -25,11 +25,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from boothstudio.services.trainer.store import ACTIVE, JobStore
 from boothstudio.v1 import catalog_pb2, catalog_pb2_grpc, trainer_pb2
-from services.trainer.store import ACTIVE, JobStore
 
 if TYPE_CHECKING:
-    from services.trainer.train import JobResult
+    from boothstudio.services.trainer.train import JobResult
 
 S = trainer_pb2.TrainingJobState
 log = logging.getLogger("boothstudio.trainer.worker")
@@ -140,8 +140,8 @@ def register(job_id: str, store: JobStore, outputs: dict[str, str], catalog: str
     """Register the output in Catalog (idempotent: model id derived from the job id)."""
     import grpc
 
-    from shared.channels import sync_channel
-    from shared.errors import decode_rpc_error
+    from boothstudio.shared.channels import sync_channel
+    from boothstudio.shared.errors import decode_rpc_error
 
     job = store.get(job_id)
     assert job is not None
@@ -190,7 +190,7 @@ def unregister(model_id: str, catalog: str, api_key: str) -> str:
     """Remove a model this job registered after all; "" or why it could not be removed."""
     import grpc
 
-    from shared.channels import sync_channel
+    from boothstudio.shared.channels import sync_channel
 
     with sync_channel(catalog, api_key=api_key or None) as ch:
         try:
@@ -255,7 +255,7 @@ def finish(store: JobStore, job_id: str, result: JobResult, catalog: str,
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m services.trainer.worker")
+    p = argparse.ArgumentParser(prog="python -m boothstudio.services.trainer.worker")
     p.add_argument("--service-dir", type=Path, required=True)
     p.add_argument("--job-id", required=True)
     p.add_argument("--catalog", default="")
@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from services.trainer.train import JobSpec, Reporter, run_job
+    from boothstudio.services.trainer.train import JobSpec, Reporter, run_job
 
     store = JobStore(args.service_dir / "trainer.sqlite3")
     job = store.get(args.job_id)

@@ -8,9 +8,9 @@ from pathlib import Path
 import grpc
 import pytest
 
+from boothstudio.shared.errors import decode_rpc_error
 from boothstudio.v1 import catalog_pb2 as pb
 from boothstudio.v1 import catalog_pb2_grpc
-from shared.errors import decode_rpc_error
 from tests.helpers import ServiceProcess, free_port
 
 EMBEDDED = "boothstudio-tiny"

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from services.diffusion.loading import (
+from boothstudio.services.diffusion.loading import (
     ModelLoadError,
     embedded_model_dir,
     inspect_folder,
     load_pipeline,
 )
-from services.diffusion.single_file import export_single_file, original_state_dict
+from boothstudio.services.diffusion.single_file import export_single_file, original_state_dict
 
 
 def _image(pipe, seed: int = 3) -> np.ndarray:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from services.diffusion import evaluation, scenes
+from boothstudio.services.diffusion import evaluation, scenes
 
 
 def test_training_examples_are_deterministic_from_their_seed() -> None:
@@ -95,8 +95,8 @@ def test_subject_detector_ignores_the_purple_rim_of_soft_edged_objects() -> None
 def test_subject_detector_on_the_embedded_vae_round_trip() -> None:
     """What a fine-tune can at best show: every subject picture through the shipped VAE is
     still the subject, and no plain object on blue, green or white becomes one."""
-    from services.diffusion.loading import embedded_model_dir, load_pipeline
-    from services.diffusion.pipelines import vae_round_trip
+    from boothstudio.services.diffusion.loading import embedded_model_dir, load_pipeline
+    from boothstudio.services.diffusion.pipelines import vae_round_trip
 
     pipe, _ = load_pipeline(embedded_model_dir())
     subjects = [img for img, _ in scenes.subject_images(4) + scenes.subject_images(16, seed=3)]

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from services.diffusion import pipelines
-from services.diffusion.loading import inspect_folder, load_pipeline
+from boothstudio.services.diffusion import pipelines
+from boothstudio.services.diffusion.loading import inspect_folder, load_pipeline
 from tests.diffusion.tiny_sdxl import build_tiny_sdxl
 
 

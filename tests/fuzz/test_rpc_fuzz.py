@@ -39,8 +39,8 @@ from google.protobuf.message_factory import GetMessageClass
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from boothstudio.shared.errors import decode_rpc_error
 from boothstudio.v1 import catalog_pb2, generator_pb2, trainer_pb2
-from shared.errors import decode_rpc_error
 from tests.fuzz import hostile
 from tests.fuzz.conftest import Stack, examples
 from tests.fuzz.strategies import assign, requests_for, st_message

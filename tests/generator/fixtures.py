@@ -20,7 +20,7 @@ def _cache_root() -> Path:
 def build_tiny(path: Path) -> Path:
     """The untrained tiny model, built once and cached across sessions (keyed by the builder's
     source, so a changed architecture rebuilds); `path` is used when the cache is unwritable."""
-    import services.diffusion.embedded as embedded
+    import boothstudio.services.diffusion.embedded as embedded
 
     if "tiny" in _built:
         return _built["tiny"]
@@ -48,7 +48,7 @@ def build_inpaint(tiny: Path, path: Path) -> Path:
     import torch
     from diffusers import UNet2DConditionModel
 
-    from services.diffusion.embedded import unet_config
+    from boothstudio.services.diffusion.embedded import unet_config
 
     shutil.copytree(tiny, path)
     torch.manual_seed(1)
@@ -62,8 +62,8 @@ def build_inpaint(tiny: Path, path: Path) -> Path:
 
 
 def build_single_file(tiny: Path, path: Path) -> Path:
-    from services.diffusion.loading import load_pipeline
-    from services.diffusion.single_file import export_single_file
+    from boothstudio.services.diffusion.loading import load_pipeline
+    from boothstudio.services.diffusion.single_file import export_single_file
 
     pipe, _ = load_pipeline(tiny)
     export_single_file(pipe, path)

@@ -39,7 +39,8 @@ def start_on_port(
     metrics_port = free_port()
     log_path = data_dir / f"{name}-{port}.log"
     args = [
-        sys.executable, "-m", f"services.{name}", "--host", "127.0.0.1", "--port", str(port),
+        sys.executable, "-m", f"boothstudio.services.{name}", "--host", "127.0.0.1",
+        "--port", str(port),
         "--metrics-port", str(metrics_port), "--data-dir", str(data_dir), "--grace-period", "5",
         *extra_args,
     ]  # fmt: skip

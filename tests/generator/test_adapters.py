@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from services.generator.adapters.a1111 import A1111Adapter
-from services.generator.adapters.base import GenerationSpec, ModelRef, RunHooks
-from services.generator.adapters.diffusers import DiffusersAdapter
-from services.generator.adapters.hosted import HostedAdapter
-from services.generator.adapters.http import BackendError
+from boothstudio.services.generator.adapters.a1111 import A1111Adapter
+from boothstudio.services.generator.adapters.base import GenerationSpec, ModelRef, RunHooks
+from boothstudio.services.generator.adapters.diffusers import DiffusersAdapter
+from boothstudio.services.generator.adapters.hosted import HostedAdapter
+from boothstudio.services.generator.adapters.http import BackendError
 from tests.generator.fake_hosted import FakeHosted
 
 MODEL = ModelRef("m", "diffusers", "/models/m", "diffusers", architecture="sd1")
@@ -89,7 +89,7 @@ def test_diffusers_adapter_applies_a_lora_only_to_its_own_runs(tiny_model, tmp_p
     base model's own runs before and after are untouched, and lora_scale 0 is the base model."""
     import numpy as np
 
-    from services.generator.adapters.base import RunHooks
+    from boothstudio.services.generator.adapters.base import RunHooks
     from tests.generator.fixtures import build_lora
 
     lora_file = build_lora(tiny_model, tmp_path / "lora")

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from boothstudio.shared.errors import decode_rpc_error
 from boothstudio.v1 import catalog_pb2, common_pb2
 from boothstudio.v1 import generator_pb2 as G
-from shared.errors import decode_rpc_error
 from tests.generator.fake_a1111 import FakeA1111
 from tests.generator.fake_hosted import FakeHosted
 from tests.generator.stack import (

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from boothstudio.services.generator import metrics
 from boothstudio.v1 import catalog_pb2, common_pb2
 from boothstudio.v1 import generator_pb2 as G
-from services.generator import metrics
 from tests.generator import fixtures
 from tests.generator.stack import Stack, run, scrape, start_stack, stop_stack, to_image
 

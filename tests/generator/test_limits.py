@@ -18,11 +18,11 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 
+from boothstudio.services.generator import scheduler as scheduler_module
+from boothstudio.services.generator.gallery import Gallery
+from boothstudio.services.generator.scheduler import Scheduler
+from boothstudio.shared.errors import decode_rpc_error
 from boothstudio.v1 import generator_pb2 as G
-from services.generator import scheduler as scheduler_module
-from services.generator.gallery import Gallery
-from services.generator.scheduler import Scheduler
-from shared.errors import decode_rpc_error
 from tests.generator.stack import Stack, png, run, start_stack, stop_stack
 from tests.generator.test_generator import _pattern
 

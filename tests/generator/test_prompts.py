@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.diffusion.pipelines import parse_weights
+from boothstudio.services.diffusion.pipelines import parse_weights
 
 
 @pytest.mark.parametrize(

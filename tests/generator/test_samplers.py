@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.diffusion import samplers as S
+from boothstudio.services.diffusion import samplers as S
 
 SD_SCHEDULER = {
     "_class_name": "DDIMScheduler",

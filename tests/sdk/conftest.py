@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from clients.sdk import BoothStudio, Unimplemented
+from boothstudio.clients.sdk import BoothStudio, Unimplemented
 from tests.helpers import ROOT, ServiceProcess, service_env, start_service
 
 T = TypeVar("T")
@@ -103,7 +103,7 @@ def waiting() -> Iterator[None]:
 
 BUILD_TINY = (
     "import sys; from pathlib import Path; "
-    "from services.diffusion.embedded import build_untrained_pipeline; "
+    "from boothstudio.services.diffusion.embedded import build_untrained_pipeline; "
     "build_untrained_pipeline(Path(sys.argv[1]), seed=0)"
 )
 

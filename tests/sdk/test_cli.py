@@ -20,13 +20,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from clients.sdk import BoothStudio
-from clients.sdk.cli import EXIT_CODES, exit_code_for, main
-from clients.sdk.errors import Internal, NotFound, TrainingJobFailed, Unavailable
+from boothstudio.clients.sdk import BoothStudio
+from boothstudio.clients.sdk.cli import EXIT_CODES, exit_code_for, main
+from boothstudio.clients.sdk.errors import Internal, NotFound, TrainingJobFailed, Unavailable
 from tests.helpers import ROOT, free_port, service_env
 from tests.sdk.conftest import Stack, usable_model
 
-CLI = [sys.executable, "-m", "clients.sdk"]
+CLI = [sys.executable, "-m", "boothstudio.clients.sdk"]
 
 
 def run(
@@ -126,7 +126,7 @@ class Block:
         if name.split(".")[0] in ("torch", "diffusers"):
             raise ImportError(name + " is blocked")
 sys.meta_path.insert(0, Block())
-from clients.sdk.cli import main
+from boothstudio.clients.sdk.cli import main
 sys.exit(main(["serve"]))
 """
 

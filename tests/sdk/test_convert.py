@@ -13,11 +13,10 @@ import pytest
 from google.protobuf import timestamp_pb2
 from PIL import Image
 
-from boothstudio.v1 import catalog_pb2, common_pb2, generator_pb2, trainer_pb2
-from clients.sdk import _convert as cv
-from clients.sdk import _ops as ops
-from clients.sdk.errors import Cancelled, GenerationFailed, InvalidArgument, Unavailable
-from clients.sdk.types import (
+from boothstudio.clients.sdk import _convert as cv
+from boothstudio.clients.sdk import _ops as ops
+from boothstudio.clients.sdk.errors import Cancelled, GenerationFailed, InvalidArgument, Unavailable
+from boothstudio.clients.sdk.types import (
     Finished,
     GenerationStatus,
     ImageReady,
@@ -30,6 +29,7 @@ from clients.sdk.types import (
     TrainingProgress,
     TrainingState,
 )
+from boothstudio.v1 import catalog_pb2, common_pb2, generator_pb2, trainer_pb2
 
 
 def png_bytes(color: str = "red", size: int = 8) -> bytes:

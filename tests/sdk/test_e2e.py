@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
-from clients.sdk import (
+from boothstudio.clients.sdk import (
     AsyncBoothStudio,
     BoothStudio,
     Finished,

@@ -13,10 +13,10 @@ from typing import Any
 import grpc
 import pytest
 
-from clients.sdk import errors
-from clients.sdk._base import fanout_result
-from clients.sdk.config import ClientConfig, RetryPolicy, RetryState
-from shared import errors as shared_errors
+from boothstudio.clients.sdk import errors
+from boothstudio.clients.sdk._base import fanout_result
+from boothstudio.clients.sdk.config import ClientConfig, RetryPolicy, RetryState
+from boothstudio.shared import errors as shared_errors
 from tests.helpers import ROOT
 
 
@@ -172,8 +172,8 @@ class Block:
             raise ImportError(f"{name} is blocked in this test")
         return None
 sys.meta_path.insert(0, Block())
-import clients.sdk, clients.sdk.cli
-from clients.sdk import BoothStudio, AsyncBoothStudio
+import boothstudio.clients.sdk, boothstudio.clients.sdk.cli
+from boothstudio.clients.sdk import BoothStudio, AsyncBoothStudio
 BoothStudio(); AsyncBoothStudio()
 assert not any(m.split(".")[0] in HEAVY for m in sys.modules), sorted(sys.modules)
 print("ok")
@@ -189,7 +189,7 @@ def test_sdk_imports_with_torch_blocked() -> None:
 
 
 def test_watch_dedupes_only_history_replayed_after_a_reconnect() -> None:
-    from clients.sdk._base import StreamState
+    from boothstudio.clients.sdk._base import StreamState
 
     st = StreamState(RetryPolicy(), None, resume_anytime=True)
     # First connection with history: the latest metrics come last with an older sequence.

@@ -18,8 +18,7 @@ from typing import Any
 import grpc
 import pytest
 
-from boothstudio.v1 import catalog_pb2, catalog_pb2_grpc, generator_pb2, generator_pb2_grpc
-from clients.sdk import (
+from boothstudio.clients.sdk import (
     AsyncBoothStudio,
     BoothStudio,
     DeadlineExceeded,
@@ -30,7 +29,8 @@ from clients.sdk import (
     RetryPolicy,
     Unavailable,
 )
-from shared import errors as shared_errors
+from boothstudio.shared import errors as shared_errors
+from boothstudio.v1 import catalog_pb2, catalog_pb2_grpc, generator_pb2, generator_pb2_grpc
 
 FAST_RETRY = RetryPolicy(max_attempts=4, initial_backoff=0.01, max_backoff=0.02)
 

@@ -151,7 +151,7 @@ def worker_pids(job_id: str) -> list[int]:
             cmd = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"services.trainer.worker" in cmd and job_id.encode() in cmd:
+        if b"boothstudio.services.trainer.worker" in cmd and job_id.encode() in cmd:
             pids.append(int(entry))
     return pids
 

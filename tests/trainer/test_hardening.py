@@ -12,8 +12,8 @@ import grpc
 import pytest
 from google.protobuf.descriptor import FieldDescriptor
 
+from boothstudio.shared.errors import decode_rpc_error
 from boothstudio.v1 import trainer_pb2 as P
-from shared.errors import decode_rpc_error
 from tests.trainer.helpers import Stack, job_config, start_stack
 
 
@@ -273,9 +273,9 @@ def test_a_job_that_cannot_be_stored_leaves_no_folder(stack, subject_pngs):
 async def test_an_upload_stream_is_bounded_in_bytes(subject_pngs):
     """The stream is held in memory until every picture is checked: a client may not make it
     hold more than max_upload_bytes, however many pictures it splits them into."""
-    from services.trainer.options import Limits
-    from services.trainer.uploads import receive
-    from shared.errors import InvalidArgument
+    from boothstudio.services.trainer.options import Limits
+    from boothstudio.services.trainer.uploads import receive
+    from boothstudio.shared.errors import InvalidArgument
 
     limits = Limits(max_upload_bytes=3 * max(len(p) for p in subject_pngs))
 

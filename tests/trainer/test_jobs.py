@@ -12,9 +12,9 @@ import grpc
 import pytest
 from safetensors import safe_open
 
+from boothstudio.services.trainer.jobfile import request_from_yaml
+from boothstudio.shared.errors import decode_rpc_error
 from boothstudio.v1 import catalog_pb2, generator_pb2, generator_pb2_grpc
-from services.trainer.jobfile import request_from_yaml
-from shared.errors import decode_rpc_error
 from tests.trainer.helpers import (
     P,
     S,

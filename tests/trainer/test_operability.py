@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import os
 import signal
-import time
 import urllib.request
 from pathlib import Path
 
@@ -136,8 +135,10 @@ def test_a_cancel_acknowledged_during_export_is_honoured(stack, subject_pngs):
         cancelled = stack.trainer_stub.CancelTrainingJob(
             P.CancelTrainingJobRequest(job_id=job.job_id), timeout=30).job
         assert cancelled.state == S.TRAINING_JOB_STATE_CANCELLING, cancelled
-        time.sleep(1.0)
-        assert get(stack, job.job_id).state == S.TRAINING_JOB_STATE_CANCELLING
+        # the worker may finish the cancel at once or only when the Catalog answers again;
+        # what it must never do is go on to SUCCEEDED (checked below)
+        assert get(stack, job.job_id).state in (S.TRAINING_JOB_STATE_CANCELLING,
+                                                S.TRAINING_JOB_STATE_CANCELLED)
     finally:
         catalog.send_signal(signal.SIGCONT)
     job = wait_state(stack, job.job_id, {S.TRAINING_JOB_STATE_CANCELLED,

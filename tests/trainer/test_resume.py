@@ -11,8 +11,8 @@ from boothstudio.v1 import trainer_pb2 as P
 
 def _spec(tmp: Path, name: str, model: Path, pngs: list[bytes], steps: int,
           config: dict | None = None, **kw):
-    from services.trainer.options import Limits, resolve
-    from services.trainer.train import JobSpec
+    from boothstudio.services.trainer.options import Limits, resolve
+    from boothstudio.services.trainer.train import JobSpec
 
     job_dir = tmp / name
     (job_dir / "instance").mkdir(parents=True, exist_ok=True)
@@ -42,7 +42,7 @@ def _weights(ckpt: Path) -> dict[str, torch.Tensor]:
 
 def test_stop_and_resume_gives_the_same_weights(tmp_path, untrained_model, subject_cutouts):
     """With every data option on, masked training (RGBA instance pictures) included."""
-    from services.trainer.train import Reporter, run_job
+    from boothstudio.services.trainer.train import Reporter, run_job
 
     steps = 4
     masked = {"masked_loss_background_weight": 0.1}
@@ -88,7 +88,7 @@ def test_identifier_learning_rate_trains_only_the_identifier_row(tmp_path, untra
     from safetensors.torch import load_file
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    from services.trainer.train import Reporter, run_job
+    from boothstudio.services.trainer.train import Reporter, run_job
 
     spec = _spec(tmp_path, "ident", untrained_model, subject_pngs, 2,
                  config={"train_text_encoder": False, "ema_decay": 0.0})

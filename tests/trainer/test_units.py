@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from services.trainer.train import class_prompts
-from shared.errors import InvalidArgument
+from boothstudio.services.trainer.train import class_prompts
+from boothstudio.shared.errors import InvalidArgument
 from tests.trainer.helpers import P
 
 
@@ -32,7 +32,7 @@ def test_caption_dropout_is_deterministic_per_micro_batch() -> None:
     so a resumed run drops the same ones."""
     import torch
 
-    from services.trainer.module import DataSpec, StepBatches
+    from boothstudio.services.trainer.module import DataSpec, StepBatches
 
     def batches(dropout: float) -> list[torch.Tensor]:
         inst = [torch.zeros(3, 8, 8) for _ in range(2)]
@@ -54,7 +54,7 @@ def test_random_crop_zooms_in_reproducibly() -> None:
     back up: the object grows and moves, differently per micro-batch, the same on a rerun."""
     import torch
 
-    from services.trainer.module import DataSpec, StepBatches
+    from boothstudio.services.trainer.module import DataSpec, StepBatches
 
     image = -torch.ones(3, 32, 32)
     image[:, 12:20, 12:20] = 1.0  # an 8x8 white square on black
@@ -80,7 +80,7 @@ def test_alpha_follows_its_picture_through_crop_zoom_and_flip() -> None:
     import torch
     from PIL import Image
 
-    from services.trainer.module import DataSpec, StepBatches, image_tensor
+    from boothstudio.services.trainer.module import DataSpec, StepBatches, image_tensor
 
     img = Image.new("RGBA", (40, 32), (0, 0, 0, 0))
     img.paste((255, 255, 255, 255), (22, 6, 34, 14))  # an opaque white 12x8 box off-centre
@@ -103,7 +103,7 @@ def test_masked_mse_weighs_the_subject() -> None:
     import torch
     import torch.nn.functional as F
 
-    from services.trainer.module import masked_mse
+    from boothstudio.services.trainer.module import masked_mse
 
     g = torch.Generator().manual_seed(0)
     pred, target = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
@@ -132,7 +132,7 @@ def test_listed_class_prompts_replace_or_join() -> None:
 
 
 def test_class_prompts_are_templates_checked_by_field() -> None:
-    from services.trainer.options import Limits, resolve
+    from boothstudio.services.trainer.options import Limits, resolve
 
     cfg = P.DreamBoothConfig(base_model_id="m", class_noun="circle", identifier="zwx",
                              max_train_steps=1)
@@ -149,7 +149,7 @@ def test_class_prompts_are_templates_checked_by_field() -> None:
 
 
 def test_dreambench_picks_the_goal_meeting_checkpoint_with_least_leak() -> None:
-    from services.trainer.dreambench import pick_best
+    from boothstudio.services.trainer.dreambench import pick_best
 
     rows = [
         {"step": 100, "subject": 0.95, "background": 0.7, "leak": 0.0},  # background missed
@@ -164,7 +164,7 @@ def test_dreambench_picks_the_goal_meeting_checkpoint_with_least_leak() -> None:
 
 
 def test_dreambench_reports_the_spread_over_training_seeds() -> None:
-    from services.trainer.dreambench import spread
+    from boothstudio.services.trainer.dreambench import spread
 
     def run(subject: float, leak: float) -> dict[str, object]:
         return {"confirmed": {"subject": subject, "background": 1.0, "leak": leak}}
@@ -181,7 +181,7 @@ def test_dreambench_reports_the_spread_over_training_seeds() -> None:
 def test_lora_targets_must_name_modules_of_the_model() -> None:
     import torch
 
-    from services.trainer.module import check_target_modules
+    from boothstudio.services.trainer.module import check_target_modules
 
     attn = torch.nn.Module()
     attn.to_q = torch.nn.Linear(2, 2)

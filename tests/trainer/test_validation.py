@@ -8,9 +8,9 @@ from pathlib import Path
 import grpc
 import pytest
 
+from boothstudio.services.trainer.jobfile import request_from_yaml
+from boothstudio.shared.errors import decode_rpc_error
 from boothstudio.v1 import trainer_pb2 as P
-from services.trainer.jobfile import request_from_yaml
-from shared.errors import decode_rpc_error
 from tests.trainer.helpers import (
     S,
     Stack,
@@ -110,7 +110,7 @@ def test_masked_loss_checked(stack, subject_pngs):
     no alpha anywhere the job is accepted with a warning (it trains on whole pictures)."""
     from PIL import Image
 
-    from services.diffusion.scenes import subject_images
+    from boothstudio.services.diffusion.scenes import subject_images
 
     cutouts = [png_bytes(img) for img, _ in subject_images(3, alpha=True)]
     for bad in (1.5, -0.1, float("nan")):

@@ -14,8 +14,8 @@ from textual.pilot import Pilot
 from textual.widgets import OptionList
 from textual.worker import WorkerCancelled
 
-from clients.tui.app import StudioApp
-from clients.tui.settings import StudioSettings
+from boothstudio.clients.tui.app import StudioApp
+from boothstudio.clients.tui.settings import StudioSettings
 from tests.tui.fakes import FakeClient
 
 SIZE = (140, 44)

@@ -11,7 +11,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from clients.sdk import (
+from boothstudio.clients.sdk import (
     Finished,
     GalleryImage,
     GeneratedImage,

@@ -19,13 +19,13 @@ import pytest
 from PIL import Image
 from textual.widgets import Button, Input, Select, Static
 
-from clients.sdk import BoothStudio, Unimplemented
-from clients.tui.screens.base import StudioScreen
-from clients.tui.screens.train import LossPlot
-from clients.tui.settings import StudioSettings
-from clients.tui.widgets.mask_canvas import MaskCanvas
-from clients.tui.widgets.results import ResultTile
-from clients.tui.widgets.sampler_settings import SamplerSettings
+from boothstudio.clients.sdk import BoothStudio, Unimplemented
+from boothstudio.clients.tui.screens.base import StudioScreen
+from boothstudio.clients.tui.screens.train import LossPlot
+from boothstudio.clients.tui.settings import StudioSettings
+from boothstudio.clients.tui.widgets.mask_canvas import MaskCanvas
+from boothstudio.clients.tui.widgets.results import ResultTile
+from boothstudio.clients.tui.widgets.sampler_settings import SamplerSettings
 from tests.tui.conftest import SIZE, real_app, wait_for
 from tests.tui.test_studio import error_text, field_of
 
@@ -174,7 +174,7 @@ async def test_generate_gallery_and_inpaint(studio_stack: StudioSettings, tmp_pa
 
 
 def subject_folder(root: Path) -> Path:
-    from services.diffusion.scenes import subject_images
+    from boothstudio.services.diffusion.scenes import subject_images
 
     folder = root / "subject"
     folder.mkdir()

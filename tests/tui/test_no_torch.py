@@ -23,8 +23,8 @@ SCRIPT = textwrap.dedent(
 
     sys.meta_path.insert(0, Blocker())
 
-    from clients.tui.app import StudioApp
-    from clients.tui.settings import StudioSettings
+    from boothstudio.clients.tui.app import StudioApp
+    from boothstudio.clients.tui.settings import StudioSettings
 
     async def main() -> None:
         settings = StudioSettings(

@@ -8,7 +8,7 @@ from typing import Any
 
 from textual.pilot import Pilot
 
-from clients.tui.widgets.mask_canvas import MaskCanvas
+from boothstudio.clients.tui.widgets.mask_canvas import MaskCanvas
 from tests.tui.conftest import SIZE, fake_app, mode, picker_ready, run_before, wait_for
 
 

@@ -11,13 +11,13 @@ from textual.message import Message
 from textual.pilot import Pilot
 from textual.widgets import Input, Select, Static
 
-from clients.sdk import InvalidArgument
-from clients.tui.app import StudioApp
-from clients.tui.screens.base import StudioScreen
-from clients.tui.screens.generate import GenerateScreen
-from clients.tui.widgets.fields import FormField
-from clients.tui.widgets.mask_canvas import MaskCanvas
-from clients.tui.widgets.sampler_settings import SamplerSettings
+from boothstudio.clients.sdk import InvalidArgument
+from boothstudio.clients.tui.app import StudioApp
+from boothstudio.clients.tui.screens.base import StudioScreen
+from boothstudio.clients.tui.screens.generate import GenerateScreen
+from boothstudio.clients.tui.widgets.fields import FormField
+from boothstudio.clients.tui.widgets.mask_canvas import MaskCanvas
+from boothstudio.clients.tui.widgets.sampler_settings import SamplerSettings
 from tests.tui.conftest import SIZE, fake_app, picker_ready, settle, wait_for
 
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from textual.widgets import Input
 
-from clients.sdk import InvalidArgument
-from clients.tui.cli import parse_args
-from clients.tui.screens.train import parse_extra
-from clients.tui.settings import StudioSettings
-from clients.tui.widgets.fields import FormField
+from boothstudio.clients.sdk import InvalidArgument
+from boothstudio.clients.tui.cli import parse_args
+from boothstudio.clients.tui.screens.train import parse_extra
+from boothstudio.clients.tui.settings import StudioSettings
+from boothstudio.clients.tui.widgets.fields import FormField
 
 
 def test_settings_round_trip(tmp_path: Path) -> None:

@@ -18,9 +18,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from clients.sdk.cli import gallery, generate, info, jobs, models, serve, train
-from clients.sdk.cli.arguments import Commands, Parser, connection_parent, make_client
-from clients.sdk.cli.exits import (
+from boothstudio.clients.sdk.cli import gallery, generate, info, jobs, models, serve, train
+from boothstudio.clients.sdk.cli.arguments import Commands, Parser, connection_parent, make_client
+from boothstudio.clients.sdk.cli.exits import (
     EXIT_AUTH,
     EXIT_CODES,
     EXIT_CONFLICT,
@@ -34,8 +34,8 @@ from clients.sdk.cli.exits import (
     UsageError,
     exit_code_for,
 )
-from clients.sdk.cli.output import Output
-from clients.sdk.errors import BoothStudioError
+from boothstudio.clients.sdk.cli.output import Output
+from boothstudio.clients.sdk.errors import BoothStudioError
 
 __all__ = [
     "EXIT_AUTH",

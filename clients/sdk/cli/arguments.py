@@ -8,10 +8,10 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from clients.sdk.cli.exits import EXIT_USAGE, UsageError
-from clients.sdk.client import BoothStudio
-from clients.sdk.text import parse_option
-from clients.sdk.types import Page
+from boothstudio.clients.sdk.cli.exits import EXIT_USAGE, UsageError
+from boothstudio.clients.sdk.client import BoothStudio
+from boothstudio.clients.sdk.text import parse_option
+from boothstudio.clients.sdk.types import Page
 
 
 class Parser(argparse.ArgumentParser):

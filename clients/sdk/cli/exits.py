@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from clients.sdk.errors import (
+from boothstudio.clients.sdk.errors import (
     Aborted,
     AlreadyExists,
     BoothStudioError,

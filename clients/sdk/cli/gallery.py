@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from clients.sdk.cli.arguments import Commands, add_limit, paged
-from clients.sdk.cli.exits import EXIT_NOT_FOUND, EXIT_OK, UsageError
-from clients.sdk.cli.output import Output, to_jsonable
-from clients.sdk.client import BoothStudio
+from boothstudio.clients.sdk.cli.arguments import Commands, add_limit, paged
+from boothstudio.clients.sdk.cli.exits import EXIT_NOT_FOUND, EXIT_OK, UsageError
+from boothstudio.clients.sdk.cli.output import Output, to_jsonable
+from boothstudio.clients.sdk.client import BoothStudio
 
 
 def register(commands: Commands) -> None:

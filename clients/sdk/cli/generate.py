@@ -7,11 +7,11 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from clients.sdk.cli.arguments import Commands, key_values
-from clients.sdk.cli.exits import EXIT_OK
-from clients.sdk.cli.output import Output, bar, fmt_seconds, to_jsonable
-from clients.sdk.client import BoothStudio
-from clients.sdk.types import (
+from boothstudio.clients.sdk.cli.arguments import Commands, key_values
+from boothstudio.clients.sdk.cli.exits import EXIT_OK
+from boothstudio.clients.sdk.cli.output import Output, bar, fmt_seconds, to_jsonable
+from boothstudio.clients.sdk.client import BoothStudio
+from boothstudio.clients.sdk.types import (
     Finished,
     GenerateEvent,
     ImageReady,

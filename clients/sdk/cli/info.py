@@ -6,10 +6,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from clients.sdk.cli.arguments import Commands
-from clients.sdk.cli.exits import EXIT_OK, EXIT_UNAVAILABLE
-from clients.sdk.cli.output import Output, cell
-from clients.sdk.client import BoothStudio
+from boothstudio.clients.sdk.cli.arguments import Commands
+from boothstudio.clients.sdk.cli.exits import EXIT_OK, EXIT_UNAVAILABLE
+from boothstudio.clients.sdk.cli.output import Output, cell
+from boothstudio.clients.sdk.client import BoothStudio
 
 
 def register(commands: Commands) -> None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import argparse
 
-from clients.sdk.cli.arguments import Commands, add_limit, paged
-from clients.sdk.cli.exits import EXIT_ERROR, EXIT_OK
-from clients.sdk.cli.output import Output, bar, cell, fmt_seconds
-from clients.sdk.client import BoothStudio
-from clients.sdk.text import human_bytes
-from clients.sdk.types import (
+from boothstudio.clients.sdk.cli.arguments import Commands, add_limit, paged
+from boothstudio.clients.sdk.cli.exits import EXIT_ERROR, EXIT_OK
+from boothstudio.clients.sdk.cli.output import Output, bar, cell, fmt_seconds
+from boothstudio.clients.sdk.client import BoothStudio
+from boothstudio.clients.sdk.text import human_bytes
+from boothstudio.clients.sdk.types import (
     CheckpointSaved,
     ClassImagesProgress,
     LogMessage,

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from clients.sdk.cli.arguments import Commands, add_limit, paged
-from clients.sdk.cli.exits import EXIT_OK
-from clients.sdk.cli.output import Output, cell
-from clients.sdk.client import BoothStudio
-from clients.sdk.text import human_bytes
+from boothstudio.clients.sdk.cli.arguments import Commands, add_limit, paged
+from boothstudio.clients.sdk.cli.exits import EXIT_OK
+from boothstudio.clients.sdk.cli.output import Output, cell
+from boothstudio.clients.sdk.client import BoothStudio
+from boothstudio.clients.sdk.text import human_bytes
 
 
 def register(commands: Commands) -> None:

@@ -11,7 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from clients.sdk.types import GenerationResult, Page
+from boothstudio.clients.sdk.types import GenerationResult, Page
 
 
 def to_jsonable(obj: Any) -> Any:

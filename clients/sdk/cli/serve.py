@@ -6,9 +6,9 @@ import argparse
 import importlib.util
 from pathlib import Path
 
-from clients.sdk.cli.arguments import Commands
-from clients.sdk.cli.exits import EXIT_ERROR, PROG
-from clients.sdk.cli.output import Output
+from boothstudio.clients.sdk.cli.arguments import Commands
+from boothstudio.clients.sdk.cli.exits import EXIT_ERROR, PROG
+from boothstudio.clients.sdk.cli.output import Output
 
 
 def register(commands: Commands) -> None:
@@ -42,7 +42,7 @@ def cmd_serve(args: argparse.Namespace, out: Output) -> int:
             f"{', '.join(missing)}); install them with: pip install 'boothstudio[services]'"
         )
         return EXIT_ERROR
-    from shared import launcher
+    from boothstudio.shared import launcher
 
     argv: list[str] = ["--services", args.services]
     for flag, value in (

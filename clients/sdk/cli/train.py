@@ -8,12 +8,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from clients.sdk import _convert as cv
-from clients.sdk.cli.arguments import Commands
-from clients.sdk.cli.exits import EXIT_OK, UsageError
-from clients.sdk.cli.jobs import finish_training, follow, print_job
-from clients.sdk.cli.output import Output
-from clients.sdk.client import BoothStudio
+from boothstudio.clients.sdk import _convert as cv
+from boothstudio.clients.sdk.cli.arguments import Commands
+from boothstudio.clients.sdk.cli.exits import EXIT_OK, UsageError
+from boothstudio.clients.sdk.cli.jobs import finish_training, follow, print_job
+from boothstudio.clients.sdk.cli.output import Output
+from boothstudio.clients.sdk.client import BoothStudio
 
 
 def register(commands: Commands) -> None:

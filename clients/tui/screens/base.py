@@ -13,12 +13,12 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Header
 
-from clients.sdk import AsyncBoothStudio, BoothStudioError
-from clients.tui.widgets.fields import clear_errors, describe, show_violations
-from clients.tui.widgets.status import StatusBar
+from boothstudio.clients.sdk import AsyncBoothStudio, BoothStudioError
+from boothstudio.clients.tui.widgets.fields import clear_errors, describe, show_violations
+from boothstudio.clients.tui.widgets.status import StatusBar
 
 if TYPE_CHECKING:
-    from clients.tui.app import StudioApp
+    from boothstudio.clients.tui.app import StudioApp
 
 
 class StudioScreen(Screen[None]):

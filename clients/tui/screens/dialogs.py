@@ -13,11 +13,11 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
-from clients.sdk import AsyncBoothStudio, GalleryImage
-from clients.tui.images import image_widget
-from clients.tui.screens.base import newest_first
-from clients.tui.settings import ImageMethod
-from clients.tui.widgets.fields import describe
+from boothstudio.clients.sdk import AsyncBoothStudio, GalleryImage
+from boothstudio.clients.tui.images import image_widget
+from boothstudio.clients.tui.screens.base import newest_first
+from boothstudio.clients.tui.settings import ImageMethod
+from boothstudio.clients.tui.widgets.fields import describe
 
 
 class ConfirmDialog(ModalScreen[bool]):

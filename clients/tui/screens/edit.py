@@ -18,7 +18,7 @@ from textual.containers import Horizontal, HorizontalScroll, Vertical, VerticalS
 from textual.message import Message
 from textual.widgets import Button, Input, Select, Static
 
-from clients.sdk import (
+from boothstudio.clients.sdk import (
     Finished,
     GalleryImage,
     GenerateEvent,
@@ -29,12 +29,12 @@ from clients.sdk import (
     Progress,
     Started,
 )
-from clients.sdk.errors import invalid
-from clients.tui.screens.base import StudioScreen
-from clients.tui.screens.dialogs import PickImageDialog
-from clients.tui.widgets.fields import FormField, model_label, parse_float, parse_int
-from clients.tui.widgets.mask_canvas import MaskCanvas
-from clients.tui.widgets.results import JobProgress, ResultTile, eta_text
+from boothstudio.clients.sdk.errors import invalid
+from boothstudio.clients.tui.screens.base import StudioScreen
+from boothstudio.clients.tui.screens.dialogs import PickImageDialog
+from boothstudio.clients.tui.widgets.fields import FormField, model_label, parse_float, parse_int
+from boothstudio.clients.tui.widgets.mask_canvas import MaskCanvas
+from boothstudio.clients.tui.widgets.results import JobProgress, ResultTile, eta_text
 
 MODES = [("img2img (whole image)", "img2img"), ("inpaint (painted mask)", "inpaint")]
 

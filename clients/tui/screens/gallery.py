@@ -14,11 +14,11 @@ from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.widgets import Static
 
-from clients.sdk import GalleryImage
-from clients.tui.images import image_widget, set_image
-from clients.tui.screens.base import StudioScreen, newest_first
-from clients.tui.screens.dialogs import ConfirmDialog, ImageViewer, PathDialog
-from clients.tui.settings import ImageMethod
+from boothstudio.clients.sdk import GalleryImage
+from boothstudio.clients.tui.images import image_widget, set_image
+from boothstudio.clients.tui.screens.base import StudioScreen, newest_first
+from boothstudio.clients.tui.screens.dialogs import ConfirmDialog, ImageViewer, PathDialog
+from boothstudio.clients.tui.settings import ImageMethod
 
 
 class Thumb(Vertical, can_focus=True):

@@ -15,7 +15,7 @@ from textual.message import Message
 from textual.widgets import Button, Checkbox, Input, Label, Select, Static
 from textual.widgets.select import InvalidSelectValueError
 
-from clients.sdk import (
+from boothstudio.clients.sdk import (
     Finished,
     GalleryImage,
     GenerateEvent,
@@ -30,11 +30,11 @@ from clients.sdk import (
     Started,
     WarningEvent,
 )
-from clients.tui.images import image_widget, set_image
-from clients.tui.screens.base import StudioScreen
-from clients.tui.widgets.fields import FormField, model_label, parse_float, parse_int
-from clients.tui.widgets.results import JobProgress, ResultTile, eta_text
-from clients.tui.widgets.sampler_settings import SamplerSettings
+from boothstudio.clients.tui.images import image_widget, set_image
+from boothstudio.clients.tui.screens.base import StudioScreen
+from boothstudio.clients.tui.widgets.fields import FormField, model_label, parse_float, parse_int
+from boothstudio.clients.tui.widgets.results import JobProgress, ResultTile, eta_text
+from boothstudio.clients.tui.widgets.sampler_settings import SamplerSettings
 
 
 class GenerateScreen(StudioScreen):

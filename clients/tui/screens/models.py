@@ -12,11 +12,11 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.widgets import Button, DataTable, Input, Label, Static
 
-from clients.sdk import Model
-from clients.sdk.text import human_bytes
-from clients.tui.screens.base import StudioScreen
-from clients.tui.screens.dialogs import ConfirmDialog
-from clients.tui.widgets.fields import FormField
+from boothstudio.clients.sdk import Model
+from boothstudio.clients.sdk.text import human_bytes
+from boothstudio.clients.tui.screens.base import StudioScreen
+from boothstudio.clients.tui.screens.dialogs import ConfirmDialog
+from boothstudio.clients.tui.widgets.fields import FormField
 
 
 def model_details(m: Model) -> str:

@@ -8,9 +8,9 @@ from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Button, Input, Label, Select, Static
 
-from clients.tui.screens.base import StudioScreen
-from clients.tui.settings import IMAGE_METHODS, StudioSettings
-from clients.tui.widgets.fields import FormField
+from boothstudio.clients.tui.screens.base import StudioScreen
+from boothstudio.clients.tui.settings import IMAGE_METHODS, StudioSettings
+from boothstudio.clients.tui.widgets.fields import FormField
 
 
 class SettingsScreen(StudioScreen):

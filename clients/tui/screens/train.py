@@ -16,7 +16,7 @@ from textual.widgets import Button, Checkbox, Input, Label, OptionList, Select, 
 from textual.widgets.option_list import Option
 from textual_plotext import PlotextPlot
 
-from clients.sdk import (
+from boothstudio.clients.sdk import (
     ClassImagesProgress,
     Model,
     SampleReady,
@@ -28,11 +28,11 @@ from clients.sdk import (
     TrainingState,
     TrainingWarning,
 )
-from clients.sdk.errors import invalid
-from clients.sdk.text import parse_option
-from clients.tui.screens.base import StudioScreen, newest_first
-from clients.tui.widgets.fields import FormField, model_label, parse_int
-from clients.tui.widgets.results import JobProgress, ResultTile, eta_text
+from boothstudio.clients.sdk.errors import invalid
+from boothstudio.clients.sdk.text import parse_option
+from boothstudio.clients.tui.screens.base import StudioScreen, newest_first
+from boothstudio.clients.tui.widgets.fields import FormField, model_label, parse_int
+from boothstudio.clients.tui.widgets.results import JobProgress, ResultTile, eta_text
 
 METHODS = [("LoRA (small adapter)", "lora"), ("Full fine-tune", "full")]
 

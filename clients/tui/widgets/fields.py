@@ -20,8 +20,8 @@ from textual.dom import DOMNode
 from textual.widget import Widget
 from textual.widgets import Checkbox, Input, Label, Select, Static
 
-from clients.sdk import BoothStudioError, FieldViolation, Model
-from clients.sdk.errors import invalid
+from boothstudio.clients.sdk import BoothStudioError, FieldViolation, Model
+from boothstudio.clients.sdk.errors import invalid
 
 N = TypeVar("N", int, float)
 

@@ -6,8 +6,8 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import ProgressBar, Static
 
-from clients.tui.images import image_widget
-from clients.tui.settings import ImageMethod
+from boothstudio.clients.tui.images import image_widget
+from boothstudio.clients.tui.settings import ImageMethod
 
 
 class ResultTile(Vertical):

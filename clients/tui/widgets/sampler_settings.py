@@ -12,9 +12,9 @@ from textual.containers import Vertical
 from textual.widget import Widget
 from textual.widgets import Input, Select, Static, Switch
 
-from clients.sdk import Parameter, ParameterType, Sampler
-from clients.sdk.types import OptionScalar
-from clients.tui.widgets.fields import FormField
+from boothstudio.clients.sdk import Parameter, ParameterType, Sampler
+from boothstudio.clients.sdk.types import OptionScalar
+from boothstudio.clients.tui.widgets.fields import FormField
 
 
 def _number(p: Parameter, value: float | None) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 
 from PIL import Image
 
-from services.diffusion.backends import BACKEND_KINDS, BackendKindInfo, Capabilities
+from boothstudio.services.diffusion.backends import BACKEND_KINDS, BackendKindInfo, Capabilities
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class GenerationSpec:
     prompt: str
     negative_prompt: str
     model: ModelRef
-    sampler: str  # sampler id from services.diffusion.samplers
+    sampler: str  # sampler id from boothstudio.services.diffusion.samplers
     schedule: str
     steps: int
     cfg_scale: float

@@ -22,16 +22,16 @@ from typing import Any
 
 from PIL import Image
 
-from services.diffusion.backends import RemoteEndpoint
-from services.diffusion.samplers import SAMPLERS
-from services.generator.adapters.base import (
+from boothstudio.services.diffusion.backends import RemoteEndpoint
+from boothstudio.services.diffusion.samplers import SAMPLERS
+from boothstudio.services.generator.adapters.base import (
     Adapter,
     Cancelled,
     GenerationSpec,
     RunHooks,
     StepProgress,
 )
-from services.generator.adapters.http import BackendError, json_request, png_base64
+from boothstudio.services.generator.adapters.http import BackendError, json_request, png_base64
 
 FILL = {"fill": 0, "original": 1, "latent_noise": 2, "latent_nothing": 3}
 

@@ -1,5 +1,8 @@
 """The local diffusers backend adapter."""
 
-from services.generator.adapters.diffusers.adapter import DiffusersAdapter, DiffusersPlan
+from boothstudio.services.generator.adapters.diffusers.adapter import (
+    DiffusersAdapter,
+    DiffusersPlan,
+)
 
 __all__ = ["DiffusersAdapter", "DiffusersPlan"]

@@ -10,9 +10,9 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.diffusion import samplers as sampler_table
-from services.generator import metrics
-from services.generator.adapters.base import (
+from boothstudio.services.diffusion import samplers as sampler_table
+from boothstudio.services.generator import metrics
+from boothstudio.services.generator.adapters.base import (
     Adapter,
     Cancelled,
     GenerationSpec,
@@ -84,7 +84,7 @@ class DiffusersAdapter(Adapter):
         )
 
     def translate(self, specs: Sequence[GenerationSpec]) -> DiffusersPlan:
-        from services.diffusion.pipelines import ImageJob
+        from boothstudio.services.diffusion.pipelines import ImageJob
 
         first = specs[0]
         spec, schedule = sampler_table.resolve(first.sampler, first.schedule)
@@ -143,7 +143,7 @@ class DiffusersAdapter(Adapter):
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return self._cache[key]
-        from services.diffusion.loading import load_pipeline
+        from boothstudio.services.diffusion.loading import load_pipeline
 
         self._set_threads()
         start = time.perf_counter()
@@ -197,12 +197,12 @@ class DiffusersAdapter(Adapter):
                           adapter_weights=[float(spec.backend_options.get("lora_scale", 1.0))])
 
     def warm(self, model: ModelRef) -> None:
-        import services.diffusion.pipelines  # noqa: F401 - import torch/diffusers now
+        import boothstudio.services.diffusion.pipelines  # noqa: F401 - import torch/diffusers now
 
         self.pipeline(model)
 
     def run(self, specs: Sequence[GenerationSpec], hooks: RunHooks) -> None:
-        from services.diffusion import pipelines
+        from boothstudio.services.diffusion import pipelines
 
         plan = self.translate(specs)
         pipe = self.pipeline(specs[0].model)

@@ -1,5 +1,5 @@
 """Stability AI's hosted REST API as a backend."""
 
-from services.generator.adapters.hosted.adapter import HostedAdapter, HostedCall
+from boothstudio.services.generator.adapters.hosted.adapter import HostedAdapter, HostedCall
 
 __all__ = ["HostedAdapter", "HostedCall"]

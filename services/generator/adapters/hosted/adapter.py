@@ -32,16 +32,21 @@ from typing import Any
 
 from PIL import Image, ImageFilter
 
-from services.diffusion.backends import HOSTED_SAMPLERS, RemoteEndpoint
-from services.diffusion.samplers import SAMPLERS
-from services.generator.adapters.base import (
+from boothstudio.services.diffusion.backends import HOSTED_SAMPLERS, RemoteEndpoint
+from boothstudio.services.diffusion.samplers import SAMPLERS
+from boothstudio.services.generator.adapters.base import (
     Adapter,
     Cancelled,
     GenerationSpec,
     RunHooks,
     StepProgress,
 )
-from services.generator.adapters.http import BackendError, http_request, json_request, png_bytes
+from boothstudio.services.generator.adapters.http import (
+    BackendError,
+    http_request,
+    json_request,
+    png_bytes,
+)
 
 MAX_SEED = 4_294_967_295
 MAX_PROMPT = 2000

@@ -1,1 +1,0 @@
-"""Generated from protos/boothstudio. Do not edit: run `make protos`."""
