@@ -30,7 +30,7 @@ sys.path[:0] = [str(ROOT)]
 
 
 def _job_dir(tmp: Path, name: str, pngs: int = 4) -> Path:
-    from boothstudio.services.diffusion.scenes import subject_images
+    from research.embedded_model.scenes import subject_images
 
     d = tmp / name
     (d / "instance").mkdir(parents=True, exist_ok=True)
@@ -57,7 +57,7 @@ def _config(steps: int, prior: bool, class_images: int = 4, warm: int = 0):
 def _png() -> bytes:
     import io
 
-    from boothstudio.services.diffusion.scenes import subject_images
+    from research.embedded_model.scenes import subject_images
 
     buf = io.BytesIO()
     subject_images(1)[0][0].save(buf, format="PNG")
@@ -215,7 +215,7 @@ def main() -> int:
             if (EMBEDDED_MODEL_DIR / "model_index.json").exists():
                 args.model = str(EMBEDDED_MODEL_DIR)
             else:
-                from boothstudio.services.diffusion.embedded import build_untrained_pipeline
+                from research.embedded_model.architecture import build_untrained_pipeline
 
                 args.model = str(tmp / "untrained")
                 build_untrained_pipeline(Path(args.model))

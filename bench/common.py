@@ -28,7 +28,7 @@ def model_dir(arg: str | None) -> Path:
     shipped = ROOT / "services" / "diffusion" / "embedded_model"
     if (shipped / "model_index.json").exists():
         return shipped
-    from boothstudio.services.diffusion.embedded import build_untrained_pipeline
+    from research.embedded_model.architecture import build_untrained_pipeline
 
     path = Path(tempfile.mkdtemp(prefix="bench-model-")) / "tiny"
     print(f"(embedded model not found: using an untrained one of the same size at {path})")

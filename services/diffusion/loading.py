@@ -234,5 +234,5 @@ def embedded_model_dir() -> Path:
     if not (EMBEDDED_MODEL_DIR / "model_index.json").exists():
         raise ModelLoadError("MODEL_NOT_FOUND",
                              f"embedded model missing at {EMBEDDED_MODEL_DIR}: run "
-                             "`python -m boothstudio.services.diffusion.train_embedded`")
+                             "`python -m research.embedded_model.train`")
     return EMBEDDED_MODEL_DIR

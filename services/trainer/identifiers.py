@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 # Candidates tried in order; the embedded model's tokenizer holds the first ones as single tokens
-# that never occurred in its training captions (services.diffusion.embedded.RARE_TOKENS).
+# that never occurred in its training captions (RARE_TOKENS in research/embedded_model).
 CANDIDATES = ("zwx", "qlo", "vyn", "krd", "xqz", "bsk", "jvp", "wuq", "olis", "ohwx", "zkw")
 
 # Identifiers with a known meaning in SD-style text encoders.

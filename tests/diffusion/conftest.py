@@ -8,7 +8,7 @@ import pytest
 @pytest.fixture(scope="session")
 def untrained_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny SD of the embedded architecture with random weights (plumbing tests only)."""
-    from boothstudio.services.diffusion.embedded import build_untrained_pipeline
+    from research.embedded_model.architecture import build_untrained_pipeline
 
     path = tmp_path_factory.mktemp("untrained-model")
     build_untrained_pipeline(path, seed=0)

@@ -20,7 +20,7 @@ def _cache_root() -> Path:
 def build_tiny(path: Path) -> Path:
     """The untrained tiny model, built once and cached across sessions (keyed by the builder's
     source, so a changed architecture rebuilds); `path` is used when the cache is unwritable."""
-    import boothstudio.services.diffusion.embedded as embedded
+    import research.embedded_model.architecture as embedded
 
     if "tiny" in _built:
         return _built["tiny"]
@@ -48,7 +48,7 @@ def build_inpaint(tiny: Path, path: Path) -> Path:
     import torch
     from diffusers import UNet2DConditionModel
 
-    from boothstudio.services.diffusion.embedded import unet_config
+    from research.embedded_model.architecture import unet_config
 
     shutil.copytree(tiny, path)
     torch.manual_seed(1)

@@ -103,7 +103,7 @@ def waiting() -> Iterator[None]:
 
 BUILD_TINY = (
     "import sys; from pathlib import Path; "
-    "from boothstudio.services.diffusion.embedded import build_untrained_pipeline; "
+    "from research.embedded_model.architecture import build_untrained_pipeline; "
     "build_untrained_pipeline(Path(sys.argv[1]), seed=0)"
 )
 
@@ -116,7 +116,7 @@ def tiny_model() -> Path:
     shipped = ROOT / "services" / "diffusion" / "embedded_model"
     if (shipped / "model_index.json").exists():
         return shipped
-    builder = ROOT / "services" / "diffusion" / "embedded.py"
+    builder = ROOT / "research" / "embedded_model" / "architecture.py"
     digest = hashlib.sha256(builder.read_bytes()).hexdigest()[:12]
     out = Path(tempfile.gettempdir()) / f"boothstudio-sdk-tiny-{digest}"
     if (out / "model_index.json").exists():

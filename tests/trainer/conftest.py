@@ -17,7 +17,7 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="session")
 def untrained_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from boothstudio.services.diffusion.embedded import build_untrained_pipeline
+    from research.embedded_model.architecture import build_untrained_pipeline
 
     out = tmp_path_factory.mktemp("untrained") / "model"
     build_untrained_pipeline(out)
@@ -27,13 +27,13 @@ def untrained_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def subject_cutouts() -> list[bytes]:
     """The same pictures as RGBA PNGs whose alpha marks the subject (masked training)."""
-    from boothstudio.services.diffusion.scenes import subject_images
+    from research.embedded_model.scenes import subject_images
 
     return [png_bytes(img) for img, _ in subject_images(4, alpha=True)]
 
 
 @pytest.fixture(scope="session")
 def subject_pngs() -> list[bytes]:
-    from boothstudio.services.diffusion.scenes import subject_images
+    from research.embedded_model.scenes import subject_images
 
     return [png_bytes(img) for img, _ in subject_images(4)]

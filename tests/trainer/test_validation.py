@@ -110,7 +110,7 @@ def test_masked_loss_checked(stack, subject_pngs):
     no alpha anywhere the job is accepted with a warning (it trains on whole pictures)."""
     from PIL import Image
 
-    from boothstudio.services.diffusion.scenes import subject_images
+    from research.embedded_model.scenes import subject_images
 
     cutouts = [png_bytes(img) for img, _ in subject_images(3, alpha=True)]
     for bad in (1.5, -0.1, float("nan")):

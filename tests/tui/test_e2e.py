@@ -174,7 +174,7 @@ async def test_generate_gallery_and_inpaint(studio_stack: StudioSettings, tmp_pa
 
 
 def subject_folder(root: Path) -> Path:
-    from boothstudio.services.diffusion.scenes import subject_images
+    from research.embedded_model.scenes import subject_images
 
     folder = root / "subject"
     folder.mkdir()

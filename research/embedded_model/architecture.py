@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .scenes import BACKGROUNDS, OBJECT_COLORS, SHAPES, SIZES
+from research.embedded_model.scenes import BACKGROUNDS, OBJECT_COLORS, SHAPES, SIZES
 
 MAX_TOKENS = 32  # model_max_length: captions are short; position embeddings are sized to it
 TEXT_HIDDEN = 128

@@ -1,11 +1,11 @@
 """Toy DreamBench on the embedded model: does DreamBooth learn a subject the base model cannot
 draw, keep following prompts, and (with prior preservation) leave its class alone?
 
-    .venv/bin/python -m services.trainer.dreambench [--threads 1] [--out bench-results/dreambench]
+    .venv/bin/python -m research.dreambench.bench [--threads 1] [--out bench-results/dreambench]
 
-(the defaults are the settings of the table in services/trainer/README.md; --help lists them)
+(the defaults are the recipe of services/trainer/README.md's table; --help lists them)
 
-Subject: a red circle with purple diagonal stripes (services.diffusion.scenes.subject_images), 4
+Subject: a red circle with purple diagonal stripes (scenes.subject_images), 4
 instance images captioned "a zwx circle on a <bg> background" and cut out (their alpha marks
 the subject; masked training, the background weighing --masked-loss), class noun "circle", class
 images from those captions without "zwx" plus "a circle on a <bg> background" for every
@@ -38,9 +38,9 @@ from typing import Any
 
 import torch
 
-from boothstudio.services.diffusion.evaluation import read_image
-from boothstudio.services.diffusion.scenes import BACKGROUNDS, subject_images
-from boothstudio.v1 import trainer_pb2 as P
+from boothstudio.v1 import trainer_pb2
+from research.embedded_model.detectors import read_image
+from research.embedded_model.scenes import BACKGROUNDS, subject_images
 
 IDENTIFIER = "zwx"
 CLASS_NOUN = "circle"
@@ -128,7 +128,7 @@ def train(name: str, out: Path, model: Path, *, prior: bool, steps: int, lr: flo
         per_image[f"{i}.png"] = f"a {{identifier}} {class_noun} on a {scene.background} background"
     if captions:
         (job / "instance" / "captions.json").write_text(json.dumps(per_image))
-    cfg = P.DreamBoothConfig(
+    cfg = trainer_pb2.DreamBoothConfig(
         base_model_id="boothstudio-tiny", class_noun=class_noun, identifier=IDENTIFIER,
         max_train_steps=steps, seed=seed, learning_rate=lr, train_text_encoder=text_encoder,
         checkpoint_every_steps=every, checkpoints_to_keep=1, batch_size=batch_size,
@@ -149,7 +149,7 @@ def train(name: str, out: Path, model: Path, *, prior: bool, steps: int, lr: flo
     resolved = resolve(cfg, base_model={"native_resolution": 64}, limits=Limits()).config
 
     class Log(Reporter):
-        def metrics(self, m: P.TrainingMetrics) -> None:
+        def metrics(self, m: trainer_pb2.TrainingMetrics) -> None:
             if m.step % 50 == 0 or m.step == m.total_steps:
                 print(f"  {name} step {m.step}/{m.total_steps} loss {m.loss:.4f} "
                       f"{m.steps_per_second:.2f} step/s", flush=True)
@@ -250,7 +250,7 @@ def _weight_or_off(text: str) -> float | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m boothstudio.services.trainer.dreambench")
+    p = argparse.ArgumentParser(prog="python -m research.dreambench.bench")
     p.add_argument("--model", type=Path, default=None)
     p.add_argument("--out", type=Path, default=Path("bench-results/dreambench"))
     p.add_argument("--steps", type=int, default=800)

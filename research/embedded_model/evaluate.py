@@ -1,6 +1,6 @@
 """Score a model on the scene world with the project's detectors.
 
-    python -m boothstudio.services.diffusion.evaluate_embedded [--model DIR] [--seeds 3]
+    python -m research.embedded_model.evaluate [--model DIR] [--seeds 3]
 
 Prints the markdown table that the model card carries: over every (shape, colour, background)
 caption with ``--seeds`` seeds each, 20 steps, the model's default sampler.
@@ -12,9 +12,9 @@ import argparse
 import time
 from pathlib import Path
 
-from .evaluation import score_pipeline
-from .loading import embedded_model_dir, load_pipeline
-from .scenes import evaluation_set
+from boothstudio.services.diffusion.loading import embedded_model_dir, load_pipeline
+from research.embedded_model.detectors import score_pipeline
+from research.embedded_model.scenes import evaluation_set
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from .scenes import BACKGROUNDS, OBJECT_COLORS, SUBJECT_STRIPE
+from research.embedded_model.scenes import BACKGROUNDS, OBJECT_COLORS, SUBJECT_STRIPE
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ def _explained_by_lines(labels: np.ndarray, line: np.ndarray) -> float:
 
 def _runs_along_stripes(interior: np.ndarray, near_stripe: np.ndarray) -> bool:
     """Stripe-coloured pixels laid out like the subject's stripes, which are constant along
-    the lines x + y = c (services.diffusion.scenes.subject_pattern): those lines must explain
+    the lines x + y = c (research.embedded_model.scenes.subject_pattern): those lines must explain
     at least 25% of where the colour is, and 10 points more than lines in any other direction
     (x, y, x - y). A purplish cast, specks or a rim explain little; a blotch on one side follows
     x or y as well. On the shipped VAE's round trips of the subject the lowest reads are 0.31

@@ -1,6 +1,6 @@
 """Train the embedded default model from scratch on procedurally drawn scenes.
 
-    python -m services.diffusion.train_embedded --work /tmp/embedded-run --out <model dir>
+    python -m research.embedded_model.train --work /tmp/embedded-run --out <model dir>
 
 Two stages, as Stable Diffusion was built: the VAE first (reconstruction + a small KL term),
 then the UNet and the text encoder together on the VAE's latents, with caption dropout so that
@@ -26,7 +26,7 @@ from diffusers import DPMSolverMultistepScheduler
 from PIL import Image
 from tqdm import tqdm
 
-from . import embedded, scenes
+from research.embedded_model import architecture, scenes
 
 GRID_PROMPTS = [
     "a large red circle on a white background", "a large blue square on a yellow background",
@@ -235,9 +235,9 @@ def main(argv: list[str] | None = None) -> None:
     images, captions = dataset(args.scenes, args.seed, args.work)
     tok_dir = args.work / "tokenizer"
     if not (tok_dir / "tokenizer_config.json").exists():
-        embedded.build_tokenizer(tok_dir)
-    comps = embedded.build_components(tok_dir, seed=args.seed)
-    pipe = embedded.build_pipeline(comps)
+        architecture.build_tokenizer(tok_dir)
+    comps = architecture.build_components(tok_dir, seed=args.seed)
+    pipe = architecture.build_pipeline(comps)
     pipe.set_progress_bar_config(disable=True)
     train_vae(pipe.vae, images, args, args.work)
     latents = encode_all(pipe.vae, images, args.work)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from boothstudio.services.diffusion import train_embedded
 from boothstudio.services.diffusion.loading import load_pipeline
+from research.embedded_model import train as train_embedded
 
 ARGS = [
     "--scenes",

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import pytest
 
-from boothstudio.services.diffusion.evaluation import score_pipeline
 from boothstudio.services.diffusion.loading import (
     EMBEDDED_MODEL_DIR,
     embedded_model_dir,
     load_pipeline,
 )
-from boothstudio.services.diffusion.scenes import evaluation_set
+from research.embedded_model.detectors import score_pipeline
+from research.embedded_model.scenes import evaluation_set
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from boothstudio.services.diffusion import evaluation, scenes
+from research.embedded_model import detectors as evaluation
+from research.embedded_model import scenes
 
 
 def test_training_examples_are_deterministic_from_their_seed() -> None:
