@@ -482,55 +482,6 @@ def step_kwargs(spec: SamplerSpec, options: Mapping[str, Any] | None = None) -> 
     return {}
 
 
-def _euler_ancestral_class() -> type:
-    from diffusers import EulerAncestralDiscreteScheduler
-
-    class EtaEulerAncestralScheduler(EulerAncestralDiscreteScheduler):  # type: ignore[misc]
-        """Euler a with A1111's `eta` (scales the ancestral noise) and `s_noise` settings."""
-
-        eta: float = 1.0
-        s_noise: float = 1.0
-
-        def step(self, model_output, timestep, sample, generator=None, return_dict=True):  # type: ignore[no-untyped-def]
-            import torch
-            from diffusers.utils.torch_utils import randn_tensor
-
-            if self.step_index is None:
-                self._init_step_index(timestep)
-            sigma_from = self.sigmas[self.step_index]
-            sigma_to = self.sigmas[self.step_index + 1]
-            sample = sample.to(torch.float32)
-            if self.config.prediction_type == "v_prediction":
-                x0 = model_output * (-sigma_from / (sigma_from**2 + 1) ** 0.5) + sample / (
-                    sigma_from**2 + 1
-                )
-            else:
-                x0 = sample - sigma_from * model_output
-            up = (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** 0.5
-            sigma_up = torch.minimum(sigma_to, self.eta * up)
-            sigma_down = (sigma_to**2 - sigma_up**2) ** 0.5
-            prev = sample + (sample - x0) / sigma_from * (sigma_down - sigma_from)
-            if self.eta > 0 and float(sigma_to) > 0:
-                noise = randn_tensor(
-                    model_output.shape,
-                    dtype=model_output.dtype,
-                    device=model_output.device,
-                    generator=generator,
-                )
-                prev = prev + noise * sigma_up * self.s_noise
-            prev = prev.to(model_output.dtype)
-            self._step_index += 1
-            if not return_dict:
-                return (prev, x0)
-            from diffusers.schedulers.scheduling_euler_ancestral_discrete import (
-                EulerAncestralDiscreteSchedulerOutput,
-            )
-
-            return EulerAncestralDiscreteSchedulerOutput(prev_sample=prev, pred_original_sample=x0)
-
-    return EtaEulerAncestralScheduler
-
-
 def build_scheduler(
     base_config: Mapping[str, Any],
     sampler: str | SamplerSpec,
@@ -567,14 +518,12 @@ def build_scheduler(
         config.pop(key, None)
     config.update(scheduler_kwargs(spec, sch, values))
     if spec.id == "euler_a":
-        cls: Any = _euler_ancestral_class()
-    else:
-        cls = getattr(diffusers, spec.scheduler_class)
-    scheduler = cls.from_config(config)
-    if spec.id == "euler_a":
-        scheduler.eta = float(values["eta"])
-        scheduler.s_noise = float(values["s_noise"])
-    return scheduler
+        # diffusers' Euler a has no eta/s_noise: our subclass takes them as config arguments
+        from .eta_euler_ancestral_scheduler import EtaEulerAncestralScheduler
+
+        config.update(eta=float(values["eta"]), s_noise=float(values["s_noise"]))
+        return EtaEulerAncestralScheduler.from_config(config)
+    return getattr(diffusers, spec.scheduler_class).from_config(config)
 
 
 def describe() -> list[dict[str, Any]]:

@@ -71,7 +71,7 @@ def test_translation_to_diffusers_is_pinned() -> None:
     )
     euler_a = S.build_scheduler(SD_SCHEDULER, "Euler a", options={"eta": 0.5})
     assert isinstance(euler_a, diffusers.EulerAncestralDiscreteScheduler)
-    assert euler_a.eta == 0.5
+    assert euler_a.config.eta == 0.5 and euler_a.config.s_noise == 1.0
     # the model's training settings survive
     assert sch.config.prediction_type == "epsilon"
     assert sch.config.beta_schedule == "scaled_linear"
@@ -92,3 +92,19 @@ def test_options_are_checked_against_the_schema() -> None:
     _, problems = S.check_options(ddim, {"eta": 3.0, "bogus": 1})
     assert {f for f, _ in problems} == {"sampler_options.eta", "sampler_options.bogus"}
     assert S.step_kwargs(ddim, {"eta": 0.3}) == {"eta": 0.3}
+
+
+def test_euler_a_options_are_config_arguments(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from boothstudio.services.diffusion.eta_euler_ancestral_scheduler import (
+        EtaEulerAncestralScheduler,
+    )
+
+    euler_a = S.build_scheduler(SD_SCHEDULER, "Euler a", options={"eta": 0.25, "s_noise": 0.75})
+    assert isinstance(euler_a, EtaEulerAncestralScheduler)
+    euler_a.save_config(tmp_path)
+    loaded = EtaEulerAncestralScheduler.from_config(
+        EtaEulerAncestralScheduler.load_config(tmp_path)
+    )
+    assert (loaded.config.eta, loaded.config.s_noise) == (0.25, 0.75)
+    assert loaded.config.beta_schedule == "scaled_linear"  # the model's settings travel too
+    assert EtaEulerAncestralScheduler.from_config(SD_SCHEDULER).config.eta == 1.0
