@@ -7,6 +7,7 @@ The Catalog address comes from BOOTHSTUDIO_CATALOG_ADDRESS / `addresses.catalog`
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -16,7 +17,7 @@ from boothstudio.services.generator import metrics
 from boothstudio.services.generator.adapters.base import Adapter
 from boothstudio.services.generator.adapters.diffusers import DiffusersAdapter
 from boothstudio.services.generator.gallery import Gallery
-from boothstudio.services.generator.scheduler import Job, Scheduler, now_timestamp
+from boothstudio.services.generator.job_queue import Job, JobQueue, now_timestamp
 from boothstudio.services.generator.settings import GeneratorSettings
 from boothstudio.services.generator.validation import Validator, check_id, check_id_list, model_ref
 from boothstudio.shared.channels import aio_channel
@@ -29,12 +30,11 @@ from boothstudio.shared.errors import (
 )
 from boothstudio.shared.ids import new_id
 from boothstudio.shared.pagination import decode_offset, encode_token, page_size
-from boothstudio.shared.server import ServiceContext, ServiceSpec
+from boothstudio.shared.server import RpcContext, ServiceContext, ServiceSpec
 from boothstudio.shared.settings import load_settings
 from boothstudio.v1 import catalog_pb2, catalog_pb2_grpc, generator_pb2, generator_pb2_grpc
 
 DESCRIPTOR = generator_pb2.DESCRIPTOR.services_by_name["GeneratorService"]
-G = generator_pb2
 
 
 def make_adapters(settings: GeneratorSettings) -> dict[str, Adapter]:
@@ -64,7 +64,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
         self.log = ctx.logger
         self.adapters = make_adapters(settings)
         self.gallery = Gallery(ctx.config.service_dir)
-        self.scheduler = Scheduler(
+        self.jobs = JobQueue(
             self.gallery,
             queue_size=settings.queue_size,
             max_batch_images=settings.max_batch_images,
@@ -89,7 +89,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
         )
         catalog = catalog_pb2_grpc.CatalogServiceStub(self.catalog_channel)
         self.validator = Validator(catalog, self.adapters, self.default_model)
-        self.scheduler.start()
+        self.jobs.start()
         if self.preload:
             self._preload_task = asyncio.create_task(self._preload(catalog))
 
@@ -111,18 +111,18 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
             return
         self.log.info("preloading default model", extra={"model_id": model.id})
         try:
-            await self.scheduler.warm(adapter, model)
+            await self.jobs.warm(adapter, model)
             self.log.info("default model preloaded", extra={"model_id": model.id})
         except Exception as exc:
             self.log.warning("preloading %s failed: %s", model.id, exc)
 
     async def drain(self, grace: float) -> None:
-        await self.scheduler.drain(grace)
+        await self.jobs.drain(grace)
 
     async def stop(self) -> None:
         if self._preload_task is not None:
             self._preload_task.cancel()
-        await self.scheduler.stop()
+        await self.jobs.stop()
         for a in self.adapters.values():
             a.close()
         if self.catalog_channel is not None:
@@ -131,7 +131,9 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
 
     # ------------------------------------------------------------------ generation
 
-    async def Generate(self, request, context):  # type: ignore[no-untyped-def]
+    async def Generate(
+        self, request: generator_pb2.GenerateRequest, context: RpcContext
+    ) -> AsyncIterator[generator_pb2.GenerateResponse]:
         if self.ctx.draining.is_set():
             raise Unavailable("the generator is shutting down", reason="DRAINING")
         assert self.validator is not None
@@ -141,7 +143,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
             metrics.REQUESTS.labels("invalid").inc()
             raise
         job_id = request.job_id or new_id("gen")
-        if self.scheduler.known(job_id):
+        if self.jobs.known(job_id):
             metrics.REQUESTS.labels("invalid").inc()
             raise AlreadyExists(
                 f"job {job_id!r} exists", reason="JOB_EXISTS", violations=[("job_id", "taken")]
@@ -152,9 +154,9 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
             else self.preview_interval
         )
         job = Job(job_id, request, spec, adapter, interval)
-        self.scheduler.submit(job)
+        self.jobs.submit(job)
         for w in warnings:
-            job.events.put_nowait(G.GenerateResponse(job_id=job.id, warning=w))
+            job.events.put_nowait(generator_pb2.GenerateResponse(job_id=job.id, warning=w))
         try:
             while True:
                 try:
@@ -162,7 +164,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
                 except TimeoutError:
                     # an empty event: keeps proxies and HTTP/2 ping policies happy while the
                     # job waits (queue, model load) without progress to report
-                    yield G.GenerateResponse(job_id=job.id, time=now_timestamp())
+                    yield generator_pb2.GenerateResponse(job_id=job.id, time=now_timestamp())
                     continue
                 yield event
                 if event.HasField("finished"):
@@ -170,15 +172,19 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
         finally:
             if not job.done:
                 # the client went away (or the server is stopping): stop the work
-                self.scheduler.cancel(job.id, "CLIENT_GONE")
+                self.jobs.cancel(job.id, "CLIENT_GONE")
 
-    async def CancelGeneration(self, request, context):  # type: ignore[no-untyped-def]
+    async def CancelGeneration(
+        self, request: generator_pb2.CancelGenerationRequest, context: RpcContext
+    ) -> generator_pb2.CancelGenerationResponse:
         check_id("job_id", request.job_id, required=True)
-        return G.CancelGenerationResponse(cancelled=self.scheduler.cancel(request.job_id))
+        return generator_pb2.CancelGenerationResponse(cancelled=self.jobs.cancel(request.job_id))
 
     # ------------------------------------------------------------------ gallery
 
-    async def ListImages(self, request, context):  # type: ignore[no-untyped-def]
+    async def ListImages(
+        self, request: generator_pb2.ListImagesRequest, context: RpcContext
+    ) -> generator_pb2.ListImagesResponse:
         check_id("model_id", request.model_id)
         check_id("job_id", request.job_id)
         size = page_size(request.page_size)
@@ -192,21 +198,25 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
             limit=size,
         )
         more = offset + len(rows) < total
-        return G.ListImagesResponse(
+        return generator_pb2.ListImagesResponse(
             images=[self.gallery.to_proto(r, with_png=False) for r in rows],
             next_page_token=encode_token(offset + len(rows), scope) if more else "",
             total_size=total,
         )
 
-    async def GetImage(self, request, context):  # type: ignore[no-untyped-def]
+    async def GetImage(
+        self, request: generator_pb2.GetImageRequest, context: RpcContext
+    ) -> generator_pb2.GetImageResponse:
         check_id("image_id", request.image_id, required=True)
         row = self.gallery.get(request.image_id)
         if row is None:
             raise NotFound(resource_type="image", resource_name=request.image_id, field="image_id")
         image = await asyncio.to_thread(self.gallery.to_proto, row, not request.metadata_only)
-        return G.GetImageResponse(image=image)
+        return generator_pb2.GetImageResponse(image=image)
 
-    async def DeleteImages(self, request, context):  # type: ignore[no-untyped-def]
+    async def DeleteImages(
+        self, request: generator_pb2.DeleteImagesRequest, context: RpcContext
+    ) -> generator_pb2.DeleteImagesResponse:
         if not request.image_ids and not request.job_id:
             raise InvalidArgument.for_field("image_ids", "name images or a job_id")
         check_id_list("image_ids", list(request.image_ids))
@@ -222,7 +232,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
                 field="image_ids",
                 metadata={"not_found_ids": ",".join(missing[:50])},
             )
-        return G.DeleteImagesResponse(deleted_count=deleted, not_found_ids=missing)
+        return generator_pb2.DeleteImagesResponse(deleted_count=deleted, not_found_ids=missing)
 
 
 def build(ctx: ServiceContext) -> ServiceSpec:

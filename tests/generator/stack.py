@@ -18,8 +18,6 @@ from PIL import Image
 from boothstudio.v1 import catalog_pb2_grpc, generator_pb2, generator_pb2_grpc
 from tests.helpers import ROOT, ServiceProcess, free_port, service_env, wait_serving
 
-G = generator_pb2
-
 
 @dataclass
 class Stack:
@@ -102,13 +100,13 @@ def stop_stack(stack: Stack) -> None:
     stack.catalog.stop()
 
 
-def events(stream: Iterable[G.GenerateResponse]) -> list[tuple[str, Any]]:
+def events(stream: Iterable[generator_pb2.GenerateResponse]) -> list[tuple[str, Any]]:
     return [(e.WhichOneof("event") or "keepalive", e) for e in stream]
 
 
 def run(gen: generator_pb2_grpc.GeneratorServiceStub, **kw: Any) -> dict[str, Any]:
     """Generate and collect: kinds in order, images (PIL) by index, started, finished."""
-    evs = [ev for ev in events(gen.Generate(G.GenerateRequest(**kw), timeout=900))
+    evs = [ev for ev in events(gen.Generate(generator_pb2.GenerateRequest(**kw), timeout=900))
            if ev[0] != "keepalive"]  # fmt: skip
     out: dict[str, Any] = {"kinds": [k for k, _ in evs], "images": {}, "pngs": {}, "seeds": {}}
     for kind, e in evs:

@@ -17,8 +17,7 @@ import pytest
 from PIL import Image
 
 from boothstudio.shared.errors import decode_rpc_error
-from boothstudio.v1 import catalog_pb2, common_pb2
-from boothstudio.v1 import generator_pb2 as G
+from boothstudio.v1 import catalog_pb2, common_pb2, generator_pb2
 from tests.generator.fake_a1111 import FakeA1111
 from tests.generator.fake_hosted import FakeHosted
 from tests.generator.stack import (
@@ -71,7 +70,7 @@ def test_txt2img_stream_shape_seeds_and_reproducibility(stack: Stack) -> None:
     assert kinds.index("image") > max(i for i, k in enumerate(kinds) if k == "progress")
     assert list(a["started"].seeds) == [42, 43, 44]
     assert a["seeds"] == {0: 42, 1: 43, 2: 44}
-    assert a["finished"].status == G.GENERATION_STATUS_SUCCEEDED
+    assert a["finished"].status == generator_pb2.GENERATION_STATUS_SUCCEEDED
     assert a["finished"].image_count == 3
     progress = a["progress"]
     assert [p.step for p in progress] == list(range(1, STEPS + 1))
@@ -101,7 +100,7 @@ def test_every_sampler_makes_an_image_and_they_differ(stack: Stack) -> None:
         out = run(
             stack.gen, prompt="a blue square", steps=6, seed=7, sampler=s.id, skip_gallery=True
         )
-        assert out["finished"].status == G.GENERATION_STATUS_SUCCEEDED, s.id
+        assert out["finished"].status == generator_pb2.GENERATION_STATUS_SUCCEEDED, s.id
         assert out["started"].sampler == s.id and out["started"].schedule == s.default_schedule
         images[s.id] = arr(out["images"][0])
     ids = list(images)
@@ -157,7 +156,14 @@ def _outside_inside(result: Image.Image, init: Image.Image) -> tuple[float, floa
     return float(d[outside].max()), float(d[20:44, 20:44].mean())
 
 
-@pytest.mark.parametrize("fill", [G.MASK_FILL_ORIGINAL, G.MASK_FILL_FILL, G.MASK_FILL_LATENT_NOISE])
+@pytest.mark.parametrize(
+    "fill",
+    [
+        generator_pb2.MASK_FILL_ORIGINAL,
+        generator_pb2.MASK_FILL_FILL,
+        generator_pb2.MASK_FILL_LATENT_NOISE,
+    ],
+)
 def test_inpaint_4_channel_changes_only_the_mask(stack: Stack, fill: int) -> None:
     init = _pattern()
     out = run(
@@ -196,7 +202,9 @@ def _blocker(stack: Stack, job_id: str) -> tuple[threading.Thread, dict]:  # typ
 
     def consume() -> None:
         for e in stack.gen.Generate(
-            G.GenerateRequest(prompt="long", steps=150, seed=1, job_id=job_id, skip_gallery=True)
+            generator_pb2.GenerateRequest(
+                prompt="long", steps=150, seed=1, job_id=job_id, skip_gallery=True
+            )
         ):
             seen["events"].append(e)
             if e.HasField("progress"):
@@ -217,30 +225,39 @@ def test_cancel_mid_stream_stops_within_a_step(stack: Stack) -> None:
     ps = [e.progress for e in seen["events"] if e.HasField("progress")]
     step_seconds = 1.0 / max(ps[-1].steps_per_second, 1e-3)
     t0 = time.monotonic()
-    assert stack.gen.CancelGeneration(G.CancelGenerationRequest(job_id="blocker-cancel")).cancelled
+    assert stack.gen.CancelGeneration(
+        generator_pb2.CancelGenerationRequest(job_id="blocker-cancel")
+    ).cancelled
     t.join(30)
     assert not t.is_alive()
     last = seen["events"][-1]
-    assert last.finished.status == G.GENERATION_STATUS_CANCELLED
+    assert last.finished.status == generator_pb2.GENERATION_STATUS_CANCELLED
     assert last.finished.error_reason == "CANCELLED_BY_USER"
     steps_after = [e for e in seen["events"] if e.HasField("progress")][-1].progress.step
     assert steps_after < 150
     # The device is free within about a step: the next job starts promptly.
-    nxt = stack.gen.Generate(G.GenerateRequest(prompt="next", steps=1, skip_gallery=True))
+    nxt = stack.gen.Generate(
+        generator_pb2.GenerateRequest(prompt="next", steps=1, skip_gallery=True)
+    )
     for e in nxt:
         if e.HasField("started"):
             waited = time.monotonic() - t0
             break
     assert waited < 2 * step_seconds + 5.0, (waited, step_seconds)
     assert not stack.gen.CancelGeneration(
-        G.CancelGenerationRequest(job_id="blocker-cancel")
+        generator_pb2.CancelGenerationRequest(job_id="blocker-cancel")
     ).cancelled
-    assert stack.gen.ListImages(G.ListImagesRequest(job_id="blocker-cancel")).total_size == 0
+    assert (
+        stack.gen.ListImages(generator_pb2.ListImagesRequest(job_id="blocker-cancel")).total_size
+        == 0
+    )
 
 
 def test_client_leaving_cancels_and_leaves_nothing(stack: Stack) -> None:
     before = scrape(stack.generator)
-    call = stack.gen.Generate(G.GenerateRequest(prompt="gone", steps=150, job_id="leaver"))
+    call = stack.gen.Generate(
+        generator_pb2.GenerateRequest(prompt="gone", steps=150, job_id="leaver")
+    )
     for e in call:
         if e.HasField("progress") and e.progress.step >= 2:
             break
@@ -254,28 +271,34 @@ def test_client_leaving_cancels_and_leaves_nothing(stack: Stack) -> None:
     else:
         pytest.fail("the job was not cancelled after the client left")
     out = run(stack.gen, prompt="after", steps=1, skip_gallery=True)
-    assert out["finished"].status == G.GENERATION_STATUS_SUCCEEDED
-    assert stack.gen.ListImages(G.ListImagesRequest(job_id="leaver")).total_size == 0
+    assert out["finished"].status == generator_pb2.GENERATION_STATUS_SUCCEEDED
+    assert stack.gen.ListImages(generator_pb2.ListImagesRequest(job_id="leaver")).total_size == 0
 
 
 def test_queue_full_is_resource_exhausted(stack: Stack) -> None:
     t, _ = _blocker(stack, "blocker-queue")
     calls = [
-        stack.gen.Generate(G.GenerateRequest(prompt=f"q{i}", steps=150, job_id=f"queued-{i}"))
+        stack.gen.Generate(
+            generator_pb2.GenerateRequest(prompt=f"q{i}", steps=150, job_id=f"queued-{i}")
+        )
         for i in range(3)
     ]
     firsts = [next(iter(c)) for c in calls]  # each is queued (position after the running job)
     assert [f.queued.position for f in firsts] == [1, 2, 3]
     with pytest.raises(grpc.RpcError) as err:
-        next(iter(stack.gen.Generate(G.GenerateRequest(prompt="one too many", steps=1))))
+        next(
+            iter(stack.gen.Generate(generator_pb2.GenerateRequest(prompt="one too many", steps=1)))
+        )
     d = decode_rpc_error(err.value)
     assert d.code == grpc.StatusCode.RESOURCE_EXHAUSTED and d.reason == "QUEUE_FULL"
     assert d.retry_after is not None
     for i in range(3):
-        assert stack.gen.CancelGeneration(G.CancelGenerationRequest(job_id=f"queued-{i}")).cancelled
+        assert stack.gen.CancelGeneration(
+            generator_pb2.CancelGenerationRequest(job_id=f"queued-{i}")
+        ).cancelled
     for c in calls:
-        assert list(c)[-1].finished.status == G.GENERATION_STATUS_CANCELLED
-    stack.gen.CancelGeneration(G.CancelGenerationRequest(job_id="blocker-queue"))
+        assert list(c)[-1].finished.status == generator_pb2.GENERATION_STATUS_CANCELLED
+    stack.gen.CancelGeneration(generator_pb2.CancelGenerationRequest(job_id="blocker-queue"))
     t.join(30)
 
 
@@ -299,7 +322,7 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own(stack: Stack) -> 
     while scrape(stack.generator)["boothstudio_generator_queue_depth"] < 3:
         assert time.monotonic() < deadline, "the three requests never queued"
         time.sleep(0.05)  # all three wait behind the blocker
-    stack.gen.CancelGeneration(G.CancelGenerationRequest(job_id="blocker-batch"))
+    stack.gen.CancelGeneration(generator_pb2.CancelGenerationRequest(job_id="blocker-batch"))
     for th in threads:
         th.join(300)
     t.join(30)
@@ -324,14 +347,16 @@ def test_gallery_round_trip_and_png_parameters(stack: Stack) -> None:
     )  # fmt: skip
     ids = list(out["finished"].image_ids)
     assert len(ids) == 2 and all(ids)
-    page = stack.gen.ListImages(G.ListImagesRequest(job_id="gallery-job", page_size=1))
+    page = stack.gen.ListImages(generator_pb2.ListImagesRequest(job_id="gallery-job", page_size=1))
     assert page.total_size == 2 and page.next_page_token
     page2 = stack.gen.ListImages(
-        G.ListImagesRequest(job_id="gallery-job", page_size=1, page_token=page.next_page_token)
+        generator_pb2.ListImagesRequest(
+            job_id="gallery-job", page_size=1, page_token=page.next_page_token
+        )
     )
     assert {page.images[0].image_id, page2.images[0].image_id} == set(ids)
     assert not page.images[0].png  # lists carry no bytes
-    got = stack.gen.GetImage(G.GetImageRequest(image_id=ids[1])).image
+    got = stack.gen.GetImage(generator_pb2.GetImageRequest(image_id=ids[1])).image
     assert got.png == out["pngs"][1].png
     assert (got.seed, got.index, got.steps, got.sampler) == (100, 1, STEPS, "euler_a")
     assert got.request.prompt == "a red circle" and got.request.negative_prompt == "blurry"
@@ -341,14 +366,21 @@ def test_gallery_round_trip_and_png_parameters(stack: Stack) -> None:
     assert text.startswith("a red circle\nNegative prompt: blurry\n")
     for part in ("Steps: 4", "Sampler: Euler a", "CFG scale: 6.5", "Seed: 100", "Size: 64x64"):
         assert part in text
-    meta = stack.gen.GetImage(G.GetImageRequest(image_id=ids[0], metadata_only=True)).image
+    meta = stack.gen.GetImage(
+        generator_pb2.GetImageRequest(image_id=ids[0], metadata_only=True)
+    ).image
     assert not meta.png and meta.seed == 99
-    resp = stack.gen.DeleteImages(G.DeleteImagesRequest(image_ids=[ids[0], "img_nope"]))
+    resp = stack.gen.DeleteImages(generator_pb2.DeleteImagesRequest(image_ids=[ids[0], "img_nope"]))
     assert resp.deleted_count == 1 and list(resp.not_found_ids) == ["img_nope"]
     with pytest.raises(grpc.RpcError) as err:
-        stack.gen.GetImage(G.GetImageRequest(image_id=ids[0]))
+        stack.gen.GetImage(generator_pb2.GetImageRequest(image_id=ids[0]))
     assert decode_rpc_error(err.value).code == grpc.StatusCode.NOT_FOUND
-    assert stack.gen.DeleteImages(G.DeleteImagesRequest(job_id="gallery-job")).deleted_count == 1
+    assert (
+        stack.gen.DeleteImages(
+            generator_pb2.DeleteImagesRequest(job_id="gallery-job")
+        ).deleted_count
+        == 1
+    )
     files = list((stack.generator.data_dir / "generator" / "images").glob("*.png"))
     assert not [f for f in files if f.stem in ids]
 
@@ -393,7 +425,7 @@ BAD = [
 
 @pytest.mark.parametrize(("fields", "code", "field"), BAD, ids=[b[2] for b in BAD])
 def test_bad_input_is_refused_before_any_work(stack: Stack, fields, code, field) -> None:  # type: ignore[no-untyped-def]
-    req = G.GenerateRequest(**{"prompt": "ok", "steps": 2, **fields})
+    req = generator_pb2.GenerateRequest(**{"prompt": "ok", "steps": 2, **fields})
     with pytest.raises(grpc.RpcError) as err:
         list(stack.gen.Generate(req))
     d = decode_rpc_error(err.value)
@@ -402,12 +434,12 @@ def test_bad_input_is_refused_before_any_work(stack: Stack, fields, code, field)
 
 def test_several_violations_at_once_and_truncation_warning(stack: Stack) -> None:
     with pytest.raises(grpc.RpcError) as err:
-        list(stack.gen.Generate(G.GenerateRequest(steps=0, cfg_scale=99, width=7)))
+        list(stack.gen.Generate(generator_pb2.GenerateRequest(steps=0, cfg_scale=99, width=7)))
     assert set(decode_rpc_error(err.value).fields) == {"steps", "cfg_scale", "width"}
     long_prompt = " ".join(["a red circle on a blue background"] * 8)
     out = run(stack.gen, prompt=long_prompt, steps=1, skip_gallery=True)
     assert [w.reason for w in out.get("warnings", [])] == ["PROMPT_TRUNCATED"]
-    assert out["finished"].status == G.GENERATION_STATUS_SUCCEEDED
+    assert out["finished"].status == generator_pb2.GENERATION_STATUS_SUCCEEDED
 
 
 def test_metrics_move(stack: Stack) -> None:
@@ -447,27 +479,31 @@ def test_catalog_sees_the_generator_and_a_trainer_registered_model_is_usable(
     )  # fmt: skip
     out = run(stack.gen, prompt="a zwx circle", model_id="ft-fresh", steps=1, skip_gallery=True)
     assert out["started"].model_id == "ft-fresh"
-    assert out["finished"].status == G.GENERATION_STATUS_SUCCEEDED
+    assert out["finished"].status == generator_pb2.GENERATION_STATUS_SUCCEEDED
 
 
 def import_remote_model(stack: Stack, name: str, backend_id: str, model_id: str) -> list[str]:
     """Register a remote backend's model by its name there; the sampler ids offered for it."""
-    stack.cat.ImportModel(catalog_pb2.ImportModelRequest(
-        single_file_path=name, backend_id=backend_id, model_id=model_id, architecture="sd1"))
+    stack.cat.ImportModel(
+        catalog_pb2.ImportModelRequest(
+            single_file_path=name, backend_id=backend_id, model_id=model_id, architecture="sd1"
+        )
+    )
     return [s.id for s in stack.cat.ListSamplers(
         catalog_pb2.ListSamplersRequest(model_id=model_id)).samplers]  # fmt: skip
 
 
 def test_a1111_adapter_speaks_the_webui_fields(stack: Stack, webui: FakeA1111) -> None:
     offered = import_remote_model(
-        stack, "v1-5-pruned-emaonly.safetensors [6ce0161689]", "a1111", "webui-sd15")
+        stack, "v1-5-pruned-emaonly.safetensors [6ce0161689]", "a1111", "webui-sd15"
+    )
     assert "dpmpp_2m" in offered and "deis" not in offered
     out = run(
         stack.gen, prompt="a cat", negative_prompt="dog", model_id="webui-sd15",
         sampler="DPM++ 2M Karras", steps=5, cfg_scale=6.0, seed=10, count=2, width=64, height=64,
         backend_options=_opt(clip_skip=2),
     )  # fmt: skip
-    assert out["finished"].status == G.GENERATION_STATUS_SUCCEEDED
+    assert out["finished"].status == generator_pb2.GENERATION_STATUS_SUCCEEDED
     assert out["started"].backend_id == "a1111" and out["seeds"] == {0: 10, 1: 11}
     path, body = webui.requests[-1]
     assert path == "/sdapi/v1/txt2img"
@@ -485,8 +521,8 @@ def test_a1111_adapter_speaks_the_webui_fields(stack: Stack, webui: FakeA1111) -
     # inpainting becomes img2img with the webui's mask fields
     run(
         stack.gen, prompt="x", model_id="webui-sd15", steps=2, seed=1, init_image=INIT,
-        mask_image=INIT, mask_fill=G.MASK_FILL_LATENT_NOISE, invert_mask=True, strength=0.5,
-        skip_gallery=True,
+        mask_image=INIT, mask_fill=generator_pb2.MASK_FILL_LATENT_NOISE, invert_mask=True,
+        strength=0.5, skip_gallery=True,
     )  # fmt: skip
     path, body = webui.requests[-1]
     assert path == "/sdapi/v1/img2img" and len(body["init_images"]) == 1 and body["mask"]
@@ -494,13 +530,15 @@ def test_a1111_adapter_speaks_the_webui_fields(stack: Stack, webui: FakeA1111) -
     assert body["denoising_strength"] == 0.5 and body["mask_blur"] == 4
     # cancelling interrupts the webui
     call = stack.gen.Generate(
-        G.GenerateRequest(prompt="long", model_id="webui-sd15", steps=150, job_id="webui-cancel")
+        generator_pb2.GenerateRequest(
+            prompt="long", model_id="webui-sd15", steps=150, job_id="webui-cancel"
+        )
     )
     for e in call:
         if e.HasField("progress"):
-            stack.gen.CancelGeneration(G.CancelGenerationRequest(job_id="webui-cancel"))
+            stack.gen.CancelGeneration(generator_pb2.CancelGenerationRequest(job_id="webui-cancel"))
         if e.HasField("finished"):
-            assert e.finished.status == G.GENERATION_STATUS_CANCELLED
+            assert e.finished.status == generator_pb2.GENERATION_STATUS_CANCELLED
     deadline = time.monotonic() + 10
     while not webui.interrupted.is_set() and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -515,7 +553,7 @@ def test_hosted_api_backend_end_to_end(stack: Stack, hosted: FakeHosted) -> None
         sampler="K_EULER", steps=12, cfg_scale=6.0, seed=20, count=2, width=128, height=128,
         skip_gallery=True,
     )  # fmt: skip
-    assert out["finished"].status == G.GENERATION_STATUS_SUCCEEDED
+    assert out["finished"].status == generator_pb2.GENERATION_STATUS_SUCCEEDED
     assert out["started"].backend_id == "hosted" and out["seeds"] == {0: 20, 1: 21}
     assert [out["images"][i].getpixel((0, 0)) for i in (0, 1)] == [(20, 50, 200), (21, 50, 200)]
     kind, engine, body, _ = hosted.requests[-1]
@@ -526,13 +564,13 @@ def test_hosted_api_backend_end_to_end(stack: Stack, hosted: FakeHosted) -> None
     out = run(stack.gen, prompt="x", model_id="hosted-sd16", steps=10, seed=1,
               init_image=png(Image.new("RGB", (128, 128), (9, 9, 9))), strength=0.6,
               skip_gallery=True)  # fmt: skip
-    assert out["finished"].status == G.GENERATION_STATUS_SUCCEEDED
+    assert out["finished"].status == generator_pb2.GENERATION_STATUS_SUCCEEDED
     kind, _, body, _ = hosted.requests[-1]
     assert kind == "image-to-image" and float(body["image_strength"]) == pytest.approx(0.4)
     # what the API cannot take is refused up front, the field named
     for fields, field in (({"steps": 5}, "steps"), ({"schedule": "exponential"}, "schedule"),
                           ({"width": 96}, "width")):  # fmt: skip
-        req = G.GenerateRequest(prompt="x", model_id="hosted-sd16", **fields)
+        req = generator_pb2.GenerateRequest(prompt="x", model_id="hosted-sd16", **fields)
         with pytest.raises(grpc.RpcError) as err:
             list(stack.gen.Generate(req))
         d = decode_rpc_error(err.value)
@@ -551,11 +589,11 @@ def test_sdxl_model_served_by_the_local_backend(
     assert model.architecture == "sdxl"
     out = run(stack.gen, prompt="a red circle", model_id="tiny-sdxl", steps=3, seed=5, count=2,
               width=64, height=64, skip_gallery=True)  # fmt: skip
-    assert out["finished"].status == G.GENERATION_STATUS_SUCCEEDED
+    assert out["finished"].status == generator_pb2.GENERATION_STATUS_SUCCEEDED
     assert out["seeds"] == {0: 5, 1: 6} and out["images"][0].size == (64, 64)
     assert np.abs(arr(out["images"][0]) - arr(out["images"][1])).mean() > 0.5
     # img2img on SDXL goes through the same loop
     out = run(stack.gen, prompt="a red circle", model_id="tiny-sdxl", steps=4, seed=5,
               init_image=png(Image.new("RGB", (64, 64), (200, 30, 30))), strength=0.5,
               skip_gallery=True)  # fmt: skip
-    assert out["finished"].status == G.GENERATION_STATUS_SUCCEEDED
+    assert out["finished"].status == generator_pb2.GENERATION_STATUS_SUCCEEDED

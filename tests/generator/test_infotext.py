@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from boothstudio.services.generator import metrics
-from boothstudio.v1 import catalog_pb2, common_pb2
-from boothstudio.v1 import generator_pb2 as G
+from boothstudio.v1 import catalog_pb2, common_pb2, generator_pb2
 from tests.generator import fixtures
 from tests.generator.stack import Stack, run, scrape, start_stack, stop_stack, to_image
 
@@ -37,8 +36,11 @@ def single_file(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 @pytest.fixture(scope="module")
 def file_model(stack: Stack, single_file: Path, tiny_model: Path) -> str:
     """The single-file model registered in the Catalog: its id."""
-    stack.cat.ImportModel(catalog_pb2.ImportModelRequest(
-        single_file_path=str(single_file), config_path=str(tiny_model), model_id="tiny-file"))
+    stack.cat.ImportModel(
+        catalog_pb2.ImportModelRequest(
+            single_file_path=str(single_file), config_path=str(tiny_model), model_id="tiny-file"
+        )
+    )
     return "tiny-file"
 
 
@@ -64,7 +66,7 @@ def test_infotext_names_model_hash_sampler_options_and_clip_skip(
         sampler_options={"eta": common_pb2.OptionValue(float_value=0.5)},
         backend_options={"clip_skip": common_pb2.OptionValue(int_value=2)},
     )  # fmt: skip
-    assert out["finished"].status == G.GENERATION_STATUS_SUCCEEDED
+    assert out["finished"].status == generator_pb2.GENERATION_STATUS_SUCCEEDED
     prompt, params = infotext(out["pngs"][0].png)
     assert prompt == ["a red circle"]
     file_hash = hashlib.sha256(single_file.read_bytes()).hexdigest()[:10]
@@ -73,7 +75,9 @@ def test_infotext_names_model_hash_sampler_options_and_clip_skip(
     assert params["Eta DDIM"] == "0.5"  # A1111 keeps DDIM's eta apart from the ancestral one
     assert params["Clip skip"] == "2"
     # the gallery keeps the same text
-    got = stack.gen.GetImage(G.GetImageRequest(image_id=out["finished"].image_ids[0])).image
+    got = stack.gen.GetImage(
+        generator_pb2.GetImageRequest(image_id=out["finished"].image_ids[0])
+    ).image
     assert to_image(got.png).info["parameters"] == got.parameters_text
     # an ancestral sampler's eta is "Eta"; options left at their defaults are not written
     out = run(stack.gen, prompt="x", model_id=file_model, steps=2, seed=5, sampler="euler_a",
@@ -97,7 +101,7 @@ def test_infotext_names_the_lora_applied(
     out = run(stack.gen, prompt="a red circle", model_id="tiny-style", steps=2, seed=5,
               backend_options={"lora_scale": common_pb2.OptionValue(float_value=0.8)},
               skip_gallery=True)  # fmt: skip
-    assert out["finished"].status == G.GENERATION_STATUS_SUCCEEDED
+    assert out["finished"].status == generator_pb2.GENERATION_STATUS_SUCCEEDED
     prompt, params = infotext(out["pngs"][0].png)
     # what makes A1111 apply the LoRA, and which file it was
     assert prompt == ["a red circle <lora:tiny-style:0.8>"]

@@ -18,11 +18,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 
-from boothstudio.services.generator import scheduler as scheduler_module
+from boothstudio.services.generator import job_queue
 from boothstudio.services.generator.gallery import Gallery
-from boothstudio.services.generator.scheduler import Scheduler
 from boothstudio.shared.errors import decode_rpc_error
-from boothstudio.v1 import generator_pb2 as G
+from boothstudio.v1 import generator_pb2
 from tests.generator.stack import Stack, png, run, start_stack, stop_stack
 from tests.generator.test_generator import _pattern
 
@@ -53,7 +52,9 @@ def zeros_png(width: int, height: int, mode: str = "RGB") -> bytes:
 
 
 def refusal(stack: Stack, **fields: object) -> tuple[grpc.StatusCode, list[str], str]:
-    req = G.GenerateRequest(**{"prompt": "x", "steps": 1, "skip_gallery": True, **fields})
+    req = generator_pb2.GenerateRequest(
+        **{"prompt": "x", "steps": 1, "skip_gallery": True, **fields}
+    )
     with pytest.raises(grpc.RpcError) as err:
         list(stack.gen.Generate(req, timeout=RPC_TIMEOUT))
     d = decode_rpc_error(err.value)
@@ -79,7 +80,7 @@ def test_size_taken_from_a_large_init_image_must_pass_the_size_limit(stack: Stac
     # with both sides set the same picture is resized to them and runs
     out = run(stack.gen, prompt="x", steps=2, seed=1, init_image=big, width=64, height=64,
               skip_gallery=True)  # fmt: skip
-    assert out["finished"].status == G.GENERATION_STATUS_SUCCEEDED
+    assert out["finished"].status == generator_pb2.GENERATION_STATUS_SUCCEEDED
     assert (out["started"].width, out["started"].height) == (64, 64)
     # a picture within the limit still gives its own size
     out = run(stack.gen, prompt="x", steps=2, seed=1, init_image=png(_pattern()),
@@ -88,9 +89,7 @@ def test_size_taken_from_a_large_init_image_must_pass_the_size_limit(stack: Stac
 
 
 def test_picture_over_the_pixel_limit_is_refused_even_with_a_size(stack: Stack) -> None:
-    code, fields, message = refusal(
-        stack, init_image=zeros_png(8192, 8192), width=64, height=64
-    )
+    code, fields, message = refusal(stack, init_image=zeros_png(8192, 8192), width=64, height=64)
     assert code == grpc.StatusCode.INVALID_ARGUMENT and fields == ["init_image"], message
     assert "8192x8192" in message
     init = png(_pattern())
@@ -145,32 +144,36 @@ def test_job_and_image_ids_are_checked_and_not_echoed_whole(stack: Stack) -> Non
 
     for job_id in (huge, "Not An Id"):
         code, fields, _ = refused(stack.gen.CancelGeneration,
-                                  G.CancelGenerationRequest(job_id=job_id))  # fmt: skip
+                                  generator_pb2.CancelGenerationRequest(job_id=job_id))  # fmt: skip
         assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["job_id"])
-    code, fields, _ = refused(stack.gen.GetImage, G.GetImageRequest(image_id=huge))
+    code, fields, _ = refused(stack.gen.GetImage, generator_pb2.GetImageRequest(image_id=huge))
     assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["image_id"])
-    code, fields, _ = refused(stack.gen.DeleteImages,
-                              G.DeleteImagesRequest(image_ids=["img_ok", huge]))  # fmt: skip
+    code, fields, _ = refused(
+        stack.gen.DeleteImages, generator_pb2.DeleteImagesRequest(image_ids=["img_ok", huge])
+    )
     assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["image_ids[1]"])
     code, fields, _ = refused(
-        stack.gen.DeleteImages, G.DeleteImagesRequest(image_ids=[f"i{n}" for n in range(1001)])
+        stack.gen.DeleteImages,
+        generator_pb2.DeleteImagesRequest(image_ids=[f"i{n}" for n in range(1001)]),
     )
     assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["image_ids"])
-    code, fields, _ = refused(stack.gen.ListImages, G.ListImagesRequest(job_id=huge))
+    code, fields, _ = refused(stack.gen.ListImages, generator_pb2.ListImagesRequest(job_id=huge))
     assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["job_id"])
     # a well-formed unknown id is still just not found, and early cancellation still works
-    code, _, _ = refused(stack.gen.GetImage, G.GetImageRequest(image_id="img_missing"))
+    code, _, _ = refused(stack.gen.GetImage, generator_pb2.GetImageRequest(image_id="img_missing"))
     assert code == grpc.StatusCode.NOT_FOUND
-    assert not stack.gen.CancelGeneration(G.CancelGenerationRequest(job_id="early-bird")).cancelled
+    assert not stack.gen.CancelGeneration(
+        generator_pb2.CancelGenerationRequest(job_id="early-bird")
+    ).cancelled
     out = run(stack.gen, prompt="x", steps=2, job_id="early-bird", skip_gallery=True)
-    assert out["finished"].status == G.GENERATION_STATUS_CANCELLED
+    assert out["finished"].status == generator_pb2.GENERATION_STATUS_CANCELLED
 
 
 def test_ids_cancelled_before_their_job_are_remembered_within_a_bound(tmp_path: Path) -> None:
     gallery = Gallery(tmp_path)
     try:
-        sched = Scheduler(gallery)
-        bound = scheduler_module.PRECANCELLED_REMEMBERED
+        sched = job_queue.JobQueue(gallery)
+        bound = job_queue.PRECANCELLED_REMEMBERED
         for n in range(3 * bound):
             assert not sched.cancel(f"unknown-{n}")
         assert len(sched.precancelled) == bound

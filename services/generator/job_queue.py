@@ -1,4 +1,6 @@
-"""Bounded queue, micro-batcher and the device worker.
+"""The Generator's job queue: bounded queue, micro-batcher and the device worker.
+
+(Named a job queue, not a scheduler: in this field a scheduler is the noise scheduler.)
 
 - `submit` refuses work when `queue_size` jobs are waiting (RESOURCE_EXHAUSTED, QUEUE_FULL).
 - One worker per device runs one batch at a time in its own thread. It takes the oldest job and
@@ -40,8 +42,11 @@ from boothstudio.services.generator.gallery import Gallery, GalleryEntry, png_by
 from boothstudio.shared.errors import ResourceExhausted
 from boothstudio.shared.ids import new_id
 from boothstudio.v1 import common_pb2, generator_pb2
-
-G = generator_pb2
+from boothstudio.v1.generator_pb2 import (
+    GENERATION_STATUS_CANCELLED,
+    GENERATION_STATUS_FAILED,
+    GENERATION_STATUS_SUCCEEDED,
+)
 
 #: Finished job ids remembered (CancelGeneration on them answers False, Generate refuses reuse).
 FINISHED_REMEMBERED = 2000
@@ -54,12 +59,12 @@ PRECANCEL_SECONDS = 300.0
 @dataclass
 class Job:
     id: str
-    request: G.GenerateRequest
+    request: generator_pb2.GenerateRequest
     spec: GenerationSpec
     adapter: Adapter
     preview_interval: int
     created: float = field(default_factory=time.monotonic)
-    events: asyncio.Queue[G.GenerateResponse] = field(default_factory=asyncio.Queue)
+    events: asyncio.Queue[generator_pb2.GenerateResponse] = field(default_factory=asyncio.Queue)
     state: str = "queued"  # queued | running | done
     cancelled: threading.Event = field(default_factory=threading.Event)
     started: float = 0.0
@@ -92,7 +97,7 @@ def preview_png(image: Image.Image, max_side: int = 128) -> bytes:
     return buf.getvalue()
 
 
-class Scheduler:
+class JobQueue:
     def __init__(
         self,
         gallery: Gallery,
@@ -129,7 +134,7 @@ class Scheduler:
         """Cancel everything; the device thread stops before its next step."""
         for job in list(self.queue) + list(self.running):
             job.cancelled.set()
-            self._finish(job, G.GENERATION_STATUS_CANCELLED, "SHUTDOWN", "server shutting down")
+            self._finish(job, GENERATION_STATUS_CANCELLED, "SHUTDOWN", "server shutting down")
         self.queue.clear()
         if self._task is not None:
             self._task.cancel()
@@ -141,7 +146,7 @@ class Scheduler:
         """Let running work finish within the grace period; queued jobs are cancelled."""
         for job in list(self.queue):
             job.cancelled.set()
-            self._finish(job, G.GENERATION_STATUS_CANCELLED, "SHUTDOWN", "server shutting down")
+            self._finish(job, GENERATION_STATUS_CANCELLED, "SHUTDOWN", "server shutting down")
         self.queue.clear()
         metrics.QUEUE_DEPTH.set(0)
         deadline = time.monotonic() + grace
@@ -180,7 +185,7 @@ class Scheduler:
         position = len(self.queue) - 1 + (1 if self.running else 0)
         self._emit(
             job,
-            queued=G.GenerationQueued(position=position, queue_depth=len(self.queue)),
+            queued=generator_pb2.GenerationQueued(position=position, queue_depth=len(self.queue)),
         )
         if self.precancelled.pop(job.id, None) is not None:
             self.cancel(job.id, "CANCELLED_BY_USER")
@@ -203,7 +208,7 @@ class Scheduler:
             self.queue.remove(job)
             metrics.QUEUE_DEPTH.set(len(self.queue))
         message = "cancelled by the user" if reason == "CANCELLED_BY_USER" else reason.lower()
-        self._finish(job, G.GENERATION_STATUS_CANCELLED, reason, message)
+        self._finish(job, GENERATION_STATUS_CANCELLED, reason, message)
         return True
 
     # ------------------------------------------------------------------ events
@@ -211,7 +216,9 @@ class Scheduler:
     def _emit(self, job: Job, **event: Any) -> None:
         if job.done:
             return
-        job.events.put_nowait(G.GenerateResponse(job_id=job.id, time=now_timestamp(), **event))
+        job.events.put_nowait(
+            generator_pb2.GenerateResponse(job_id=job.id, time=now_timestamp(), **event)
+        )
 
     def _finish(self, job: Job, status: int, reason: str = "", message: str = "") -> None:
         if job.done:
@@ -220,10 +227,10 @@ class Scheduler:
         gen_s = now - job.started if job.started else 0.0
         self._emit(
             job,
-            finished=G.GenerationFinished(
+            finished=generator_pb2.GenerationFinished(
                 status=status,
-                image_count=job.images_done if status == G.GENERATION_STATUS_SUCCEEDED else 0,
-                image_ids=job.image_ids if status == G.GENERATION_STATUS_SUCCEEDED else [],
+                image_count=job.images_done if status == GENERATION_STATUS_SUCCEEDED else 0,
+                image_ids=job.image_ids if status == GENERATION_STATUS_SUCCEEDED else [],
                 queue_seconds=job.queue_seconds,
                 generation_seconds=gen_s,
                 total_seconds=now - job.created,
@@ -233,12 +240,12 @@ class Scheduler:
         )
         job.state = "done"
         outcome = {
-            G.GENERATION_STATUS_SUCCEEDED: "succeeded",
-            G.GENERATION_STATUS_CANCELLED: "cancelled",
+            GENERATION_STATUS_SUCCEEDED: "succeeded",
+            GENERATION_STATUS_CANCELLED: "cancelled",
         }.get(status, "failed")
         metrics.REQUESTS.labels(outcome).inc()
         self.jobs.pop(job.id, None)
-        self.finished[job.id] = G.GenerationStatus.Name(status)
+        self.finished[job.id] = generator_pb2.GenerationStatus.Name(status)
         self._trim()
 
     def _trim(self) -> None:
@@ -291,7 +298,7 @@ class Scheduler:
                 s = job.spec
                 self._emit(
                     job,
-                    started=G.GenerationStarted(
+                    started=generator_pb2.GenerationStarted(
                         model_id=s.model.id,
                         backend_id=job.adapter.id,
                         sampler=s.sampler,
@@ -343,7 +350,7 @@ class Scheduler:
                 self._threadsafe(
                     self._emit,
                     job,
-                    progress=G.GenerationProgress(
+                    progress=generator_pb2.GenerationProgress(
                         step=p.step,
                         total_steps=p.total,
                         eta_seconds=p.eta_seconds + decode_left,
@@ -387,8 +394,8 @@ class Scheduler:
                 )
                 saved[k].append(image_id)
             metrics.image_generated(s.model.id, s.sampler)
-            self._threadsafe(self._deliver, job, image_id, G.GeneratedImage(
-                png=data, seed=seed, index=i, finish_reason=G.FINISH_REASON_STOP,
+            self._threadsafe(self._deliver, job, image_id, generator_pb2.GeneratedImage(
+                png=data, seed=seed, index=i, finish_reason=generator_pb2.FINISH_REASON_STOP,
                 image_id=image_id, width=s.width, height=s.height,
             ))  # fmt: skip
 
@@ -432,7 +439,7 @@ class Scheduler:
                 self.gallery.delete(saved[k])
         self._threadsafe(self._complete, batch, failure)
 
-    def _deliver(self, job: Job, image_id: str, image: G.GeneratedImage) -> None:
+    def _deliver(self, job: Job, image_id: str, image: generator_pb2.GeneratedImage) -> None:
         if job.done:
             return
         if image_id:
@@ -445,8 +452,8 @@ class Scheduler:
             if job.done:
                 continue
             if failure is not None:
-                self._finish(job, G.GENERATION_STATUS_FAILED, *failure)
+                self._finish(job, GENERATION_STATUS_FAILED, *failure)
             elif job.cancelled.is_set():
-                self._finish(job, G.GENERATION_STATUS_CANCELLED, "CANCELLED_BY_USER", "")
+                self._finish(job, GENERATION_STATUS_CANCELLED, "CANCELLED_BY_USER", "")
             else:
-                self._finish(job, G.GENERATION_STATUS_SUCCEEDED)
+                self._finish(job, GENERATION_STATUS_SUCCEEDED)
