@@ -21,13 +21,12 @@ Plain-argument helpers for other engines (the Trainer's class images)::
     out = img2img(pipe, init, "a red circle", strength=0.6, seeds=[7])
     out = inpaint(pipe, init, mask, "a blue square", seeds=[7], mask_blur=4)
 
-Prompt weighting follows A1111: "(word:1.3)", "(word)" = x1.1, "[word]" = /1.1, "\\(" literal.
+Prompts are weighted as A1111 weighs them (prompt_weights: "(word:1.3)", "(word)", "[word]").
 """
 
 from __future__ import annotations
 
 import inspect
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ import torch
 from PIL import Image, ImageFilter
 
 from . import samplers as sampler_table
+from .prompt_weights import apply_emphasis, token_rows, weighted_tokens
 
 MASK_FILLS = ("original", "fill", "latent_noise", "latent_nothing")
 
@@ -105,98 +105,12 @@ class BatchResult:
 
 # --------------------------------------------------------------------------- prompts
 
-_WEIGHT_RE = re.compile(
-    r"\\\(|\\\)|\\\[|\\\]|\\\\|\\|\(|\[|:\s*([+-]?[.\d]+)\s*\)|\)|\]|[^\\()\[\]:]+|:"
-)
-
-
-def parse_weights(text: str) -> list[tuple[str, float]]:
-    """A1111 attention syntax -> [(text, weight)]: "(a:1.3)", "(a)" x1.1, "[a]" /1.1."""
-    out: list[tuple[str, float]] = []
-    round_open: list[int] = []
-    square_open: list[int] = []
-
-    def scale(start: int, factor: float) -> None:
-        for i in range(start, len(out)):
-            out[i] = (out[i][0], out[i][1] * factor)
-
-    for m in _WEIGHT_RE.finditer(text):
-        tok, weight = m.group(0), m.group(1)
-        if tok.startswith("\\") and len(tok) == 2:
-            out.append((tok[1], 1.0))
-        elif tok == "(":
-            round_open.append(len(out))
-        elif tok == "[":
-            square_open.append(len(out))
-        elif weight is not None and round_open:
-            scale(round_open.pop(), float(weight))
-        elif tok == ")" and round_open:
-            scale(round_open.pop(), 1.1)
-        elif tok == "]" and square_open:
-            scale(square_open.pop(), 1 / 1.1)
-        else:
-            out.append((tok, 1.0))
-    for start in round_open:
-        scale(start, 1.1)
-    for start in square_open:
-        scale(start, 1 / 1.1)
-    merged: list[tuple[str, float]] = []
-    for t, w in out:
-        if merged and merged[-1][1] == w:
-            merged[-1] = (merged[-1][0] + t, w)
-        elif t:
-            merged.append((t, w))
-    return merged or [("", 1.0)]
-
-
-def _tokens(tok: Any, prompt: str) -> tuple[list[int], list[float], bool]:
-    """Token ids (no BOS/EOS) with per-token weights, truncated to fit; and whether truncated."""
-    ids: list[int] = []
-    weights: list[float] = []
-    for text, w in parse_weights(prompt):
-        piece = tok(text, add_special_tokens=False, truncation=False).input_ids
-        ids += piece
-        weights += [w] * len(piece)
-    room = tok.model_max_length - 2
-    truncated = len(ids) > room
-    return ids[:room], weights[:room], truncated
-
 
 def prompt_token_count(pipe: Any, prompt: str) -> tuple[int, int]:
     """(tokens the prompt needs, tokens the text encoder takes) without BOS/EOS."""
-    tok = pipe.tokenizer
-    n = sum(
-        len(tok(t, add_special_tokens=False, truncation=False).input_ids)
-        for t, _ in parse_weights(prompt)
-    )
-    return n, tok.model_max_length - 2
-
-
-def _token_rows(tok: Any, prompts: Sequence[str]) -> tuple[list[list[int]], list[list[float]],
-                                                           list[bool]]:
-    """Padded id rows [BOS, ..., EOS, pad...], their weights, and which prompts were cut."""
-    length = tok.model_max_length
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    rows, wrows, truncated = [], [], []
-    for p in prompts:
-        ids, ws, cut = _tokens(tok, p)
-        ids = [tok.bos_token_id, *ids, tok.eos_token_id]
-        ws = [1.0, *ws, 1.0]
-        rows.append(ids + [pad] * (length - len(ids)))
-        wrows.append(ws + [1.0] * (length - len(ws)))
-        truncated.append(cut)
-    return rows, wrows, truncated
-
-
-def _weighted(emb: torch.Tensor, wrows: list[list[float]]) -> torch.Tensor:
-    """A1111's emphasis: scale each token's embedding by its weight, then restore the mean."""
-    weights = torch.tensor(wrows, dtype=emb.dtype, device=emb.device)
-    if torch.all(weights == 1.0):
-        return emb
-    before = emb.mean(dim=(1, 2), keepdim=True)
-    emb = emb * weights.unsqueeze(-1)
-    after = emb.mean(dim=(1, 2), keepdim=True)
-    return emb * torch.where(after.abs() > 1e-8, before / after, torch.ones_like(after))
+    tokenizer = pipe.tokenizer
+    ids, _ = weighted_tokens(tokenizer, prompt)
+    return len(ids), tokenizer.model_max_length - 2
 
 
 @torch.inference_mode()
@@ -204,17 +118,18 @@ def encode_prompts(
     pipe: Any, prompts: Sequence[str], clip_skip: int = 1
 ) -> tuple[torch.Tensor, list[bool]]:
     """Text embeddings for the prompts (weighted as A1111 does) and which were truncated."""
-    rows, wrows, truncated = _token_rows(pipe.tokenizer, prompts)
+    rows, weight_rows, truncated = token_rows(pipe.tokenizer, prompts)
     input_ids = torch.tensor(rows, device=pipe.unet.device)
-    te = pipe.text_encoder
+    text_encoder = pipe.text_encoder
     if clip_skip > 1:
-        out = te(input_ids, output_hidden_states=True)
+        out = text_encoder(input_ids, output_hidden_states=True)
         hidden = out.hidden_states[-clip_skip]
-        final_norm = getattr(getattr(te, "text_model", te), "final_layer_norm", None)
-        emb = final_norm(hidden) if final_norm is not None else hidden
+        text_model = getattr(text_encoder, "text_model", text_encoder)
+        final_norm = getattr(text_model, "final_layer_norm", None)
+        embeddings = final_norm(hidden) if final_norm is not None else hidden
     else:
-        emb = te(input_ids)[0]
-    return _weighted(emb, wrows).to(pipe.unet.dtype), truncated
+        embeddings = text_encoder(input_ids)[0]
+    return apply_emphasis(embeddings, weight_rows).to(pipe.unet.dtype), truncated
 
 
 @torch.inference_mode()
@@ -225,15 +140,16 @@ def encode_prompts_xl(
     clip skip, without the final norm, as SDXL was trained), the second encoder's pooled
     projection, and which prompts were truncated."""
     parts, pooled, truncated = [], None, [False] * len(prompts)
-    for tok, te in ((pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)):
-        if te is None:
+    encoders = ((pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2))
+    for tokenizer, text_encoder in encoders:
+        if text_encoder is None:
             continue
-        rows, wrows, cut = _token_rows(tok, prompts)
+        rows, weight_rows, cut = token_rows(tokenizer, prompts)
         truncated = [a or b for a, b in zip(truncated, cut, strict=True)]
-        out = te(torch.tensor(rows, device=pipe.unet.device), output_hidden_states=True)
+        out = text_encoder(torch.tensor(rows, device=pipe.unet.device), output_hidden_states=True)
         if out[0].ndim == 2:  # CLIPTextModelWithProjection: text_embeds first
             pooled = out[0]
-        parts.append(_weighted(out.hidden_states[-(clip_skip + 1)], wrows))
+        parts.append(apply_emphasis(out.hidden_states[-(clip_skip + 1)], weight_rows))
     assert pooled is not None, "SDXL needs a text_encoder_2 with a projection"
     dtype = pipe.unet.dtype
     return torch.cat(parts, dim=-1).to(dtype), pooled.to(dtype), truncated
@@ -713,7 +629,6 @@ __all__ = [
     "encode_prompts_xl",
     "img2img",
     "inpaint",
-    "parse_weights",
     "prepare_mask",
     "prompt_token_count",
     "run_batch",
