@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from diffusers import EulerAncestralDiscreteScheduler
 from diffusers.configuration_utils import register_to_config
+
+# (from its own module: mypy reads `from diffusers import ...` as diffusers' dummy objects)
 from diffusers.schedulers.scheduling_euler_ancestral_discrete import (
+    EulerAncestralDiscreteScheduler,
     EulerAncestralDiscreteSchedulerOutput,
 )
 from diffusers.utils.torch_utils import randn_tensor
@@ -22,7 +24,7 @@ from diffusers.utils.torch_utils import randn_tensor
 class EtaEulerAncestralScheduler(EulerAncestralDiscreteScheduler):
     """EulerAncestralDiscreteScheduler whose ancestral noise is scaled by `eta` and `s_noise`."""
 
-    @register_to_config
+    @register_to_config  # type: ignore[untyped-decorator]  # (diffusers' own is untyped)
     def __init__(
         self,
         num_train_timesteps: int = 1000,
@@ -49,7 +51,7 @@ class EtaEulerAncestralScheduler(EulerAncestralDiscreteScheduler):
             rescale_betas_zero_snr=rescale_betas_zero_snr,
         )
 
-    def step(  # type: ignore[override]
+    def step(
         self,
         model_output: torch.Tensor,
         timestep: float | torch.Tensor,
@@ -57,13 +59,13 @@ class EtaEulerAncestralScheduler(EulerAncestralDiscreteScheduler):
         generator: torch.Generator | list[torch.Generator] | None = None,
         return_dict: bool = True,
     ) -> EulerAncestralDiscreteSchedulerOutput | tuple[torch.Tensor, torch.Tensor]:
-        eta, s_noise = self.config.eta, self.config.s_noise
+        eta, s_noise = self.config["eta"], self.config["s_noise"]
         if self.step_index is None:
             self._init_step_index(timestep)
         sigma_from = self.sigmas[self.step_index]
         sigma_to = self.sigmas[self.step_index + 1]
         sample = sample.to(torch.float32)
-        if self.config.prediction_type == "v_prediction":
+        if self.config["prediction_type"] == "v_prediction":
             x0 = model_output * (-sigma_from / (sigma_from**2 + 1) ** 0.5) + sample / (
                 sigma_from**2 + 1
             )
@@ -83,7 +85,7 @@ class EtaEulerAncestralScheduler(EulerAncestralDiscreteScheduler):
             )
             prev = prev + noise * sigma_up * s_noise
         prev = prev.to(model_output.dtype)
-        self._step_index += 1
+        self._step_index += 1  # type: ignore[operator,assignment]  # (typed by its None start)
         if not return_dict:
             return (prev, x0)
         return EulerAncestralDiscreteSchedulerOutput(prev_sample=prev, pred_original_sample=x0)

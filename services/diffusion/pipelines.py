@@ -257,21 +257,7 @@ def latents_preview(pipe: Any, latents: torch.Tensor, max_side: int = 128) -> Im
     return img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
 
 
-# --------------------------------------------------------------------------- the loop
-
-
-def _timesteps(scheduler: Any, steps: int, strength: float) -> tuple[torch.Tensor, int]:
-    scheduler.set_timesteps(steps)
-    if strength >= 1.0:
-        return scheduler.timesteps, 0
-    # (the epsilon absorbs float32 strengths from the wire: 0.9f * 10 = 8.99999)
-    init = min(max(int(steps * strength + 1e-4), 1), steps)
-    t_start = max(steps - init, 0)
-    order = getattr(scheduler, "order", 1)
-    ts = scheduler.timesteps[t_start * order :]
-    if hasattr(scheduler, "set_begin_index"):
-        scheduler.set_begin_index(t_start * order)
-    return ts, t_start * order
+# --------------------------------------------------------------------------- the batch
 
 
 def check_batch(jobs: Sequence[ImageJob]) -> str:
@@ -290,6 +276,319 @@ def check_batch(jobs: Sequence[ImageJob]) -> str:
         if j.mask_fill not in MASK_FILLS:
             raise ValueError(f"mask_fill must be one of {MASK_FILLS}")
     return mode
+
+
+@dataclass
+class _Batch:
+    """What every stage of a run shares: the jobs, one row per image, the image size."""
+
+    pipe: Any
+    jobs: Sequence[ImageJob]
+    mode: str
+    width: int
+    height: int
+    #: (job index, image index within the job) for each batch row
+    rows: list[tuple[int, int]]
+    #: one per row: its initial noise and every ancestral step's noise come from it, so an
+    #: image is the same whatever batch it ran in
+    generators: list[torch.Generator]
+
+    @classmethod
+    def of(cls, pipe: Any, jobs: Sequence[ImageJob], width: int, height: int) -> _Batch:
+        mode = check_batch(jobs)
+        if width % 8 or height % 8:
+            raise ValueError("width and height must be multiples of 8")
+        rows = [(j, i) for j, job in enumerate(jobs) for i in range(len(job.seeds))]
+        generators = [
+            torch.Generator("cpu").manual_seed(int(jobs[j].seeds[i]) % 2**64) for j, i in rows
+        ]
+        return cls(pipe, jobs, mode, width, height, rows, generators)
+
+    @property
+    def size(self) -> int:
+        return len(self.rows)
+
+    @property
+    def row_jobs(self) -> list[ImageJob]:
+        """The job of each row."""
+        return [self.jobs[j] for j, _ in self.rows]
+
+    @property
+    def device(self) -> torch.device:
+        device: torch.device = self.pipe.unet.device
+        return device
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of one image's latents."""
+        scale = _vae_scale(self.pipe)
+        return self.pipe.vae.config.latent_channels, self.height // scale, self.width // scale
+
+    @property
+    def nine_channels(self) -> bool:
+        """An inpainting UNet: the mask and masked-image latents go in as extra channels."""
+        return bool(self.pipe.unet.config.in_channels == 9)
+
+    @property
+    def strength(self) -> float:
+        return 1.0 if self.mode == "txt2img" else float(self.jobs[0].strength)
+
+
+@dataclass
+class _Conditioning:
+    """The text side of the batch: [uncond rows..., cond rows...] for one batched UNet pass."""
+
+    embeddings: torch.Tensor
+    added_cond_kwargs: dict[str, torch.Tensor] | None  # SDXL's pooled text and size conditioning
+    guidance: torch.Tensor  # (n,1,1,1) cfg scale per row
+    truncated: list[bool]  # per job: the prompt was longer than the text encoder takes
+
+
+@dataclass
+class _StartLatents:
+    """Where denoising starts, and what img2img/inpainting keep of the original image."""
+
+    latents: torch.Tensor
+    originals: torch.Tensor | None = None  # pixels, for the final composite
+    pixel_mask: torch.Tensor | None = None  # (n,1,H,W) soft mask, 1 = repaint
+    latent_mask: torch.Tensor | None = None  # (n,1,h,w)
+    original_latents: torch.Tensor | None = None
+    unet_extra: torch.Tensor | None = None  # a 9-channel UNet's mask + masked-image latents
+
+
+# --------------------------------------------------------------------------- stages
+
+
+def _encode_batch_prompts(batch: _Batch, clip_skip: int) -> _Conditioning:
+    pipe, device = batch.pipe, batch.device
+    prompts = [job.prompt for job in batch.row_jobs]
+    negatives = [job.negative_prompt for job in batch.row_jobs]
+    added_cond_kwargs: dict[str, torch.Tensor] | None = None
+    if getattr(pipe, "text_encoder_2", None) is not None:  # SDXL
+        embeddings, pooled, truncated_rows = encode_prompts_xl(pipe, negatives + prompts, clip_skip)
+        if pipe.config.get("force_zeros_for_empty_prompt", False):
+            # SDXL's unconditional input for "no negative prompt" is zeros, not an encoded ""
+            empty = torch.tensor(
+                [not negative for negative in negatives] + [False] * batch.size,
+                device=embeddings.device,
+            )
+            embeddings = torch.where(
+                empty.view(-1, 1, 1), torch.zeros_like(embeddings), embeddings
+            )
+            pooled = torch.where(empty.view(-1, 1), torch.zeros_like(pooled), pooled)
+        # micro-conditioning: original size, crop (0, 0), target size, as SDXL was trained
+        height, width = batch.height, batch.width
+        time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=embeddings.dtype)
+        added_cond_kwargs = {
+            "text_embeds": pooled.to(device),
+            "time_ids": time_ids.repeat(2 * batch.size, 1).to(device),
+        }
+    else:
+        embeddings, truncated_rows = encode_prompts(pipe, negatives + prompts, clip_skip)
+    truncated = [False] * len(batch.jobs)
+    for (job, _), cut in zip(batch.rows, truncated_rows[batch.size :], strict=True):
+        truncated[job] = truncated[job] or cut
+    guidance = torch.tensor(
+        [job.cfg_scale for job in batch.row_jobs], dtype=torch.float32, device=device
+    ).view(-1, 1, 1, 1)
+    return _Conditioning(embeddings.to(device), added_cond_kwargs, guidance, truncated)
+
+
+def _initial_noise(batch: _Batch) -> torch.Tensor:
+    shape = batch.latent_shape
+    return torch.stack(
+        [torch.randn(shape, generator=g, dtype=torch.float32) for g in batch.generators]
+    ).to(batch.device)
+
+
+def _timesteps(scheduler: Any, steps: int, strength: float) -> torch.Tensor:
+    """The timesteps to run: all of them, or img2img's last `strength` share."""
+    scheduler.set_timesteps(steps)
+    timesteps: torch.Tensor = scheduler.timesteps
+    if strength >= 1.0:
+        return timesteps
+    # (the epsilon absorbs float32 strengths from the wire: 0.9f * 10 = 8.99999)
+    init = min(max(int(steps * strength + 1e-4), 1), steps)
+    begin = max(steps - init, 0) * getattr(scheduler, "order", 1)
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(begin)
+    return timesteps[begin:]
+
+
+def _prepare_masks(batch: _Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inpainting: the soft masks (n,1,H,W) in pixels and (n,1,h,w) in latents, 1 = repaint."""
+    masks = [
+        prepare_mask(job.mask, batch.width, batch.height, job.mask_blur, job.invert_mask)  # type: ignore[arg-type]
+        for job in batch.row_jobs
+    ]
+    pixel_mask = torch.from_numpy(np.stack(masks)).unsqueeze(1)
+    latent_mask = torch.nn.functional.interpolate(
+        pixel_mask, size=batch.latent_shape[1:], mode="area"
+    ).to(batch.device)
+    return pixel_mask, latent_mask
+
+
+def _fill_pixels(batch: _Batch, originals: torch.Tensor, pixel_mask: torch.Tensor) -> torch.Tensor:
+    """The pixels to start from: A1111's "fill" rows get blurred colours in the mask."""
+    fills = [job.mask_fill for job in batch.row_jobs]
+    if "fill" not in fills:
+        return originals  # (the same tensor: its latents are not encoded twice)
+    return torch.stack(
+        [
+            fill_masked(originals[row], (pixel_mask[row, 0] > 0.5).numpy())
+            if fill == "fill"
+            else originals[row]
+            for row, fill in enumerate(fills)
+        ]
+    )
+
+
+def _fill_latents(batch: _Batch, latents: torch.Tensor, hard_mask: torch.Tensor) -> None:
+    """A1111's "latent noise" and "latent nothing" fills, in place, inside the mask."""
+    for row, job in enumerate(batch.row_jobs):
+        keep = 1 - hard_mask[row]
+        if job.mask_fill == "latent_noise":
+            # drawn after the row's initial noise, from the same generator
+            fill_noise = torch.randn(batch.latent_shape, generator=batch.generators[row])
+            latents[row] = latents[row] * keep + fill_noise.to(batch.device) * hard_mask[row]
+        elif job.mask_fill == "latent_nothing":
+            latents[row] = latents[row] * keep
+
+
+def _blank_unet_extra(batch: _Batch) -> torch.Tensor:
+    """A 9-channel UNet without a mask: repaint everything, from a blank image."""
+    _, latent_height, latent_width = batch.latent_shape
+    blank = encode_images(batch.pipe, torch.zeros((1, 3, batch.height, batch.width)))
+    everywhere = torch.ones((batch.size, 1, latent_height, latent_width), device=batch.device)
+    return torch.cat([everywhere, blank.expand(batch.size, -1, -1, -1)], dim=1)
+
+
+def _prepare_latents(
+    batch: _Batch, scheduler: Any, timesteps: torch.Tensor, noise: torch.Tensor
+) -> _StartLatents:
+    pipe = batch.pipe
+    if batch.mode == "txt2img":
+        extra = _blank_unet_extra(batch) if batch.nine_channels else None
+        return _StartLatents(noise * scheduler.init_noise_sigma, unet_extra=extra)
+    originals = torch.stack(
+        [_to_tensor(job.init_image, batch.width, batch.height) for job in batch.row_jobs]  # type: ignore[arg-type]
+    )
+    start = _StartLatents(noise, originals)
+    start_pixels = originals
+    if batch.mode == "inpaint":
+        start.pixel_mask, start.latent_mask = _prepare_masks(batch)
+        start_pixels = _fill_pixels(batch, originals, start.pixel_mask)
+    start.original_latents = encode_images(pipe, originals)
+    init_latents = (
+        start.original_latents if start_pixels is originals else encode_images(pipe, start_pixels)
+    ).clone()
+    if start.latent_mask is not None and start.pixel_mask is not None:
+        hard_mask = (start.latent_mask > 0.5).float()
+        _fill_latents(batch, init_latents, hard_mask)
+        if batch.nine_channels:
+            masked_pixels = originals * (start.pixel_mask < 0.5).float()
+            start.unet_extra = torch.cat([hard_mask, encode_images(pipe, masked_pixels)], dim=1)
+    if batch.strength >= 1.0:
+        start.latents = noise * scheduler.init_noise_sigma
+    else:
+        start.latents = scheduler.add_noise(init_latents, noise, timesteps[:1].repeat(batch.size))
+    return start
+
+
+def _keep_unmasked(
+    scheduler: Any,
+    latents: torch.Tensor,
+    start: _StartLatents,
+    noise: torch.Tensor,
+    timesteps: torch.Tensor,
+    index: int,
+) -> torch.Tensor:
+    """4-channel inpainting: outside the mask, the original noised to the next step's level."""
+    assert start.original_latents is not None and start.latent_mask is not None
+    if index < len(timesteps) - 1:
+        next_step = timesteps[index + 1 : index + 2].repeat(len(latents))
+        original = scheduler.add_noise(start.original_latents, noise, next_step)
+    else:
+        original = start.original_latents
+    kept: torch.Tensor = (1 - start.latent_mask) * original + start.latent_mask * latents
+    return kept
+
+
+@torch.inference_mode()
+def _denoise(
+    batch: _Batch,
+    scheduler: Any,
+    timesteps: torch.Tensor,
+    conditioning: _Conditioning,
+    start: _StartLatents,
+    noise: torch.Tensor,
+    step_kwargs: dict[str, Any],
+    started: float,
+    should_stop: Callable[[], bool],
+    on_step: Callable[[StepState], None] | None,
+) -> torch.Tensor:
+    """The loop: a guided UNet pass and a scheduler step per timestep; the final latents."""
+    if "generator" in inspect.signature(scheduler.step).parameters:
+        step_kwargs = {**step_kwargs, "generator": batch.generators}
+    latents = start.latents
+    preview_latents = latents  # the newest estimate of the final image (x0 when the step has it)
+
+    def preview_row(row: int) -> Image.Image:
+        return latents_preview(batch.pipe, preview_latents[row : row + 1])
+
+    total = len(timesteps)
+    for index, t in enumerate(timesteps):
+        if should_stop():
+            raise GenerationCancelled()
+        model_input = scheduler.scale_model_input(torch.cat([latents, latents]), t)
+        if start.unet_extra is not None:
+            extra = torch.cat([start.unet_extra, start.unet_extra])
+            model_input = torch.cat([model_input, extra], dim=1)
+        noise_pred = batch.pipe.unet(
+            model_input,
+            t,
+            encoder_hidden_states=conditioning.embeddings,
+            added_cond_kwargs=conditioning.added_cond_kwargs,
+        ).sample
+        uncond, cond = noise_pred.chunk(2)
+        noise_pred = uncond + conditioning.guidance * (cond - uncond)
+        out = scheduler.step(noise_pred, t, latents, **step_kwargs)
+        latents = out.prev_sample
+        if batch.mode == "inpaint" and not batch.nine_channels:
+            latents = _keep_unmasked(scheduler, latents, start, noise, timesteps, index)
+        x0 = getattr(out, "pred_original_sample", None)
+        preview_latents = x0 if x0 is not None else latents
+        if on_step is not None:
+            elapsed = time.perf_counter() - started
+            on_step(StepState(index + 1, total, elapsed, preview_row, batch.rows))
+    return latents
+
+
+@torch.inference_mode()
+def _decode(
+    batch: _Batch,
+    latents: torch.Tensor,
+    start: _StartLatents,
+    skip_job: Callable[[int], bool] | None,
+    on_image: Callable[[int, int, Image.Image], None] | None,
+) -> list[list[Image.Image]]:
+    """Images per job; inpainting keeps the original pixels outside the (blurred) mask."""
+    images: list[list[Image.Image]] = [[] for _ in batch.jobs]
+    for row, (job, index) in enumerate(batch.rows):
+        if skip_job is not None and skip_job(job):
+            continue
+        image = decode_latents(batch.pipe, latents[row : row + 1])[0]
+        if start.originals is not None and start.pixel_mask is not None:
+            generated = _to_tensor(image, batch.width, batch.height)
+            mask = start.pixel_mask[row]
+            image = _to_pil(start.originals[row] * (1 - mask) + generated * mask)
+        images[job].append(image)
+        if on_image is not None:
+            on_image(job, index, image)
+    return images
+
+
+# --------------------------------------------------------------------------- run_batch
 
 
 def run_batch(
@@ -322,173 +621,26 @@ def run_batch(
     Returns:
         BatchResult with images per job (a skipped job gets an empty list).
     """
-    xl = getattr(pipe, "text_encoder_2", None) is not None
-    mode = check_batch(jobs)
-    if width % 8 or height % 8:
-        raise ValueError("width and height must be multiples of 8")
+    batch = _Batch.of(pipe, jobs, width, height)
     stop = should_stop or (lambda: False)
     started = time.perf_counter()
-    unet, device = pipe.unet, pipe.unet.device
     spec, schedule_id = sampler_table.resolve(sampler, schedule)
     scheduler = sampler_table.build_scheduler(
         pipe.scheduler.config, spec, schedule_id, sampler_options
     )
-    step_kw = sampler_table.step_kwargs(spec, sampler_options)
-    step_params = inspect.signature(scheduler.step).parameters
-    takes_generator = "generator" in step_params
+    step_kwargs = sampler_table.step_kwargs(spec, sampler_options)
 
-    rows: list[tuple[int, int]] = [
-        (j, i) for j, job in enumerate(jobs) for i in range(len(job.seeds))
-    ]
-    n = len(rows)
-    gens = [torch.Generator("cpu").manual_seed(int(jobs[j].seeds[i]) % 2**64) for j, i in rows]
-    scale = _vae_scale(pipe)
-    lat_c = pipe.vae.config.latent_channels
-    lh, lw = height // scale, width // scale
-    nine = unet.config.in_channels == 9
-    if nine and mode != "inpaint":
-        # An inpainting UNet without a mask: repaint everything from a blank image.
-        pass
-
-    # Text: [uncond rows..., cond rows...] in one batch.
-    prompts = [jobs[j].prompt for j, _ in rows]
-    negatives = [jobs[j].negative_prompt for j, _ in rows]
-    added: dict[str, torch.Tensor] | None = None
-    if xl:
-        emb, pooled, trunc_rows = encode_prompts_xl(pipe, negatives + prompts, clip_skip)
-        if pipe.config.get("force_zeros_for_empty_prompt", False):
-            # SDXL's unconditional input for "no negative prompt" is zeros, not an encoded ""
-            empty = torch.tensor([not neg for neg in negatives] + [False] * n, device=emb.device)
-            emb = torch.where(empty.view(-1, 1, 1), torch.zeros_like(emb), emb)
-            pooled = torch.where(empty.view(-1, 1), torch.zeros_like(pooled), pooled)
-        # micro-conditioning: original size, crop (0, 0), target size, as SDXL was trained
-        time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=emb.dtype)
-        added = {"text_embeds": pooled.to(device),
-                 "time_ids": time_ids.repeat(2 * n, 1).to(device)}
-    else:
-        emb, trunc_rows = encode_prompts(pipe, negatives + prompts, clip_skip)
-    truncated = [False] * len(jobs)
-    for (j, _), cut in zip(rows, trunc_rows[n:], strict=True):
-        truncated[j] = truncated[j] or cut
-    guidance = torch.tensor(
-        [jobs[j].cfg_scale for j, _ in rows], dtype=torch.float32, device=device
-    ).view(-1, 1, 1, 1)
-
-    noise = torch.stack(
-        [torch.randn((lat_c, lh, lw), generator=g, dtype=torch.float32) for g in gens]
-    ).to(device)
-    strength = 1.0 if mode == "txt2img" else float(jobs[0].strength)
-    timesteps, _ = _timesteps(scheduler, steps, strength)
-
-    originals: torch.Tensor | None = None  # pixels, for the final composite
-    px_mask: torch.Tensor | None = None  # (n,1,H,W) soft mask, 1 = repaint
-    lat_mask: torch.Tensor | None = None  # (n,1,lh,lw)
-    orig_latents: torch.Tensor | None = None
-    nine_extra: torch.Tensor | None = None
-    if mode == "txt2img":
-        latents = noise * scheduler.init_noise_sigma
-        if nine:  # no mask: everything is repainted
-            blank = encode_images(pipe, torch.zeros((1, 3, height, width)))
-            nine_extra = torch.cat(
-                [torch.ones((n, 1, lh, lw), device=device), blank.expand(n, -1, -1, -1)], dim=1
-            )
-    else:
-        originals = torch.stack(
-            [_to_tensor(jobs[j].init_image, width, height) for j, _ in rows]  # type: ignore[arg-type]
-        )
-        start_px = originals
-        if mode == "inpaint":
-            masks = [
-                prepare_mask(jobs[j].mask, width, height, jobs[j].mask_blur, jobs[j].invert_mask)  # type: ignore[arg-type]
-                for j, _ in rows
-            ]
-            px_mask = torch.from_numpy(np.stack(masks)).unsqueeze(1)
-            lat_mask = torch.nn.functional.interpolate(px_mask, size=(lh, lw), mode="area").to(
-                device
-            )
-            fills = [jobs[j].mask_fill for j, _ in rows]
-            if any(f == "fill" for f in fills):
-                start_px = torch.stack(
-                    [
-                        fill_masked(originals[k], (px_mask[k, 0] > 0.5).numpy())
-                        if fills[k] == "fill"
-                        else originals[k]
-                        for k in range(n)
-                    ]
-                )
-        orig_latents = encode_images(pipe, originals)
-        init_latents = (
-            orig_latents if start_px is originals else encode_images(pipe, start_px)
-        ).clone()
-        if mode == "inpaint":
-            assert lat_mask is not None
-            hard = (lat_mask > 0.5).float()
-            for k, (j, _) in enumerate(rows):
-                if jobs[j].mask_fill == "latent_noise":
-                    fill_noise = torch.randn((lat_c, lh, lw), generator=gens[k]).to(device)
-                    init_latents[k] = init_latents[k] * (1 - hard[k]) + fill_noise * hard[k]
-                elif jobs[j].mask_fill == "latent_nothing":
-                    init_latents[k] = init_latents[k] * (1 - hard[k])
-            if nine:
-                masked_px = originals * (px_mask < 0.5).float()
-                nine_extra = torch.cat([hard, encode_images(pipe, masked_px)], dim=1)
-        if strength >= 1.0:
-            latents = noise * scheduler.init_noise_sigma
-        else:
-            latents = scheduler.add_noise(init_latents, noise, timesteps[:1].repeat(n))
-
-    preview_source = {"x": latents}
-
-    def preview_row(k: int) -> Image.Image:
-        return latents_preview(pipe, preview_source["x"][k : k + 1])
-
-    emb = emb.to(device)
-    total = len(timesteps)
-    with torch.inference_mode():
-        for i, t in enumerate(timesteps):
-            if stop():
-                raise GenerationCancelled()
-            x = torch.cat([latents, latents])
-            x = scheduler.scale_model_input(x, t)
-            if nine_extra is not None:
-                x = torch.cat([x, torch.cat([nine_extra, nine_extra])], dim=1)
-            eps = unet(x, t, encoder_hidden_states=emb, added_cond_kwargs=added).sample
-            uncond, cond = eps.chunk(2)
-            eps = uncond + guidance * (cond - uncond)
-            kw = dict(step_kw)
-            if takes_generator:
-                kw["generator"] = gens
-            out = scheduler.step(eps, t, latents, **kw)
-            latents = out.prev_sample
-            if mode == "inpaint" and not nine:
-                assert lat_mask is not None and orig_latents is not None
-                if i < total - 1:
-                    back = scheduler.add_noise(
-                        orig_latents, noise, timesteps[i + 1 : i + 2].repeat(n)
-                    )
-                else:
-                    back = orig_latents
-                latents = (1 - lat_mask) * back + lat_mask * latents
-            x0 = getattr(out, "pred_original_sample", None)
-            preview_source["x"] = x0 if x0 is not None else latents
-            if on_step is not None:
-                on_step(StepState(i + 1, total, time.perf_counter() - started, preview_row, rows))
-
-        if stop():
-            raise GenerationCancelled()
-        images: list[list[Image.Image]] = [[] for _ in jobs]
-        for k, (j, i) in enumerate(rows):
-            if skip_job is not None and skip_job(j):
-                continue
-            img = decode_latents(pipe, latents[k : k + 1])[0]
-            if originals is not None and px_mask is not None:
-                gen_px = _to_tensor(img, width, height)
-                m = px_mask[k]
-                img = _to_pil(originals[k] * (1 - m) + gen_px * m)
-            images[j].append(img)
-            if on_image is not None:
-                on_image(j, i, img)
-    return BatchResult(images, total, time.perf_counter() - started, truncated)
+    conditioning = _encode_batch_prompts(batch, clip_skip)
+    noise = _initial_noise(batch)
+    timesteps = _timesteps(scheduler, steps, batch.strength)
+    start = _prepare_latents(batch, scheduler, timesteps, noise)
+    latents = _denoise(batch, scheduler, timesteps, conditioning, start, noise, step_kwargs,
+                       started, stop, on_step)
+    if stop():
+        raise GenerationCancelled()
+    images = _decode(batch, latents, start, skip_job, on_image)
+    return BatchResult(images, len(timesteps), time.perf_counter() - started,
+                       conditioning.truncated)
 
 
 # --------------------------------------------------------------------------- simple API

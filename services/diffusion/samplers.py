@@ -433,7 +433,9 @@ def resolve(name: str, schedule: str = "") -> tuple[SamplerSpec, str]:
     return spec, sch
 
 
-def check_options(spec: SamplerSpec, options: Mapping[str, Any]) -> tuple[dict[str, Any], list]:
+def check_options(
+    spec: SamplerSpec, options: Mapping[str, Any]
+) -> tuple[dict[str, Any], list[tuple[str, str]]]:
     """Validate sampler options against the schema: (values with defaults, [(field, problem)])."""
     values = {p.name: p.default for p in spec.parameters}
     problems: list[tuple[str, str]] = []
