@@ -488,6 +488,10 @@ def _prepare_latents(
         if batch.nine_channels:
             masked_pixels = originals * (start.pixel_mask < 0.5).float()
             start.unet_extra = torch.cat([hard_mask, encode_images(pipe, masked_pixels)], dim=1)
+    if batch.nine_channels and start.unet_extra is None:
+        # img2img on an inpainting model: its extra channels say "repaint everywhere", as
+        # A1111 does by default (inpainting mask weight 1); without them the UNet cannot run
+        start.unet_extra = _blank_unet_extra(batch)
     if batch.strength >= 1.0:
         start.latents = noise * scheduler.init_noise_sigma
     else:

@@ -193,6 +193,13 @@ def test_inpaint_invert_and_9_channel_model(stack: Stack, inpaint_model: Path) -
     assert out["started"].model_id == "tiny-inpaint"
     outside, inside = _outside_inside(out["images"][0], init)
     assert outside <= 1.0 and inside > 10.0
+    # img2img (no mask) on the inpainting model: it once crashed on the UNet's 9 channels
+    out = run(
+        stack.gen, prompt="x", steps=4, seed=5, model_id="tiny-inpaint", init_image=png(init),
+        strength=0.5, skip_gallery=True,
+    )  # fmt: skip
+    assert out["finished"].status == generator_pb2.GENERATION_STATUS_SUCCEEDED
+    assert len(out["images"]) == 1
 
 
 def _blocker(stack: Stack, job_id: str) -> tuple[threading.Thread, dict]:  # type: ignore[type-arg]
