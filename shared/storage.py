@@ -16,6 +16,7 @@ schema to version i + 1. Append only: never edit a released migration.
 
 Files: `atomic_write_bytes(path, data)` writes to a temporary file in the same folder, fsyncs it,
 renames it over `path` and fsyncs the folder, so readers see the old or the new file, never half.
+`folder_size(path)` counts the bytes of the files under a folder.
 """
 
 from __future__ import annotations
@@ -237,3 +238,20 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> None:
 def atomic_write_text(path: Path | str, text: str, encoding: str = "utf-8") -> None:
     """Write `text` to `path` atomically."""
     atomic_write_bytes(path, text.encode(encoding))
+
+
+def folder_size(path: Path) -> int:
+    """Bytes of the files under `path` (or of `path`, a file); 0 when it is neither.
+
+    A file that goes or cannot be read while it is counted is left out, not an error.
+    """
+    if path.is_file():
+        return path.stat().st_size
+    if not path.is_dir():
+        return 0
+    total = 0
+    for p in path.rglob("*"):
+        with contextlib.suppress(OSError):
+            if p.is_file():
+                total += p.stat().st_size
+    return total

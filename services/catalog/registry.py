@@ -1,14 +1,12 @@
-"""The model registry: SQLite rows <-> boothstudio.v1.Model."""
+"""The model registry: one SQLite row per model (mapping.to_proto makes it a v1.Model)."""
 
 from __future__ import annotations
 
-import re
+import builtins
 import sqlite3
 import time
 from pathlib import Path
 from typing import Any
-
-from google.protobuf import timestamp_pb2
 
 from boothstudio.shared.storage import SQLiteDatabase
 from boothstudio.v1 import catalog_pb2
@@ -41,18 +39,6 @@ MIGRATIONS = [
     """
 ]
 
-PREDICTION = {
-    "epsilon": catalog_pb2.PREDICTION_TYPE_EPSILON,
-    "v_prediction": catalog_pb2.PREDICTION_TYPE_V_PREDICTION,
-    "sample": catalog_pb2.PREDICTION_TYPE_SAMPLE,
-}
-FORMATS = {
-    "diffusers": catalog_pb2.MODEL_FORMAT_DIFFUSERS,
-    "single_file": catalog_pb2.MODEL_FORMAT_SINGLE_FILE,
-    "hf_cache": catalog_pb2.MODEL_FORMAT_HF_CACHE,
-    "lora": catalog_pb2.MODEL_FORMAT_LORA,
-}
-
 COLUMNS = [
     "id",
     "display_name",
@@ -74,48 +60,6 @@ COLUMNS = [
     "description",
     "owned_path",
 ]
-
-
-def slug(text: str) -> str:
-    s = re.sub(r"[^a-z0-9_-]+", "-", text.lower()).strip("-_")
-    if not s or not s[0].isalpha():
-        s = "m-" + s
-    return s[:100]
-
-
-def folder_size(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    if not path.is_dir():
-        return 0
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
-def to_proto(row: sqlite3.Row | dict[str, Any]) -> catalog_pb2.Model:
-    r = dict(row)
-    ts = timestamp_pb2.Timestamp()
-    ts.FromNanoseconds(int(r["created"] * 1e9))
-    return catalog_pb2.Model(
-        id=r["id"],
-        display_name=r["display_name"],
-        kind=r["kind"],
-        backend_id=r["backend_id"],
-        architecture=r["architecture"],
-        native_resolution=r["native_resolution"],
-        prediction_type=r["prediction_type"],
-        origin=catalog_pb2.ModelOrigin(
-            base_model_id=r["base_model_id"], training_job_id=r["training_job_id"]
-        ),
-        trigger_phrase=r["trigger_phrase"],
-        source_path=r["source_path"],
-        format=r["format"],
-        create_time=ts,
-        size_bytes=r["size_bytes"],
-        builtin=bool(r["builtin"]),
-        inpainting=bool(r["inpainting"]),
-        description=r["description"],
-        config_path=r["config_path"],
-    )
 
 
 class Registry:
@@ -158,10 +102,12 @@ class Registry:
     def delete(self, model_id: str) -> int:
         return self.db.execute("DELETE FROM models WHERE id = ?", (model_id,))
 
+    # this method hides the builtin `list` in the class body: types say builtins.list
     def list(
         self, *, kind: int, backend_id: str, base_model_id: str, offset: int, limit: int
-    ) -> tuple[list[sqlite3.Row], int]:
-        where, params = [], []
+    ) -> tuple[builtins.list[sqlite3.Row], int]:
+        where: builtins.list[str] = []
+        params: builtins.list[Any] = []
         if kind:
             where.append("kind = ?")
             params.append(kind)
@@ -179,7 +125,7 @@ class Registry:
         )
         return rows, int(total["n"]) if total else 0
 
-    def dependents(self, model_id: str) -> list[sqlite3.Row]:
+    def dependents(self, model_id: str) -> builtins.list[sqlite3.Row]:
         """LoRAs that need this model as their base."""
         return self.db.query(
             "SELECT * FROM models WHERE base_model_id = ? AND kind = ?",

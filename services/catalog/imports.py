@@ -1,0 +1,309 @@
+"""ImportModel's work: check the request, inspect the source, copy it in if asked.
+
+A model that is registered is one the Generator can load: a diffusers folder's configs and
+weights, an offline Hugging Face cache id, or a single-file checkpoint with its config folder
+(checked from headers, services.diffusion.checkpoint_headers). A remote backend's model is a
+name there and is not inspected here. The embedded default model is described the same way at
+every start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from boothstudio.services.catalog.backend_health import DEFAULT_BACKEND
+from boothstudio.services.catalog.mapping import FORMATS, PREDICTION
+from boothstudio.services.catalog.registry import Registry
+from boothstudio.services.diffusion import loading
+from boothstudio.services.diffusion.checkpoint_headers import inspect_single_file
+from boothstudio.shared.errors import InvalidArgument, NotFound
+from boothstudio.shared.ids import is_valid_id
+from boothstudio.shared.paths import path_problem
+from boothstudio.shared.storage import folder_size
+from boothstudio.v1 import catalog_pb2, common_pb2
+
+# Lengths of the free-text fields of ImportModel (characters).
+TEXT_LIMITS = {
+    "display_name": 256,
+    "description": 4096,
+    "trigger_phrase": 512,
+    "architecture": 64,
+    "backend_id": 64,
+}
+
+
+def check_request(request: catalog_pb2.ImportModelRequest) -> tuple[str, str]:
+    """(the source's field, its value) once every plain field is valid; else INVALID_ARGUMENT
+    naming all that is wrong."""
+    source_field = request.WhichOneof("source")
+    violations: list[tuple[str, str]] = []
+    if source_field is None:
+        raise InvalidArgument.for_field(
+            "source", "set one of diffusers_path, hf_cache_id, single_file_path"
+        )
+    source = str(getattr(request, source_field)).strip()
+    if not source:
+        violations.append((source_field, "must not be empty"))
+    # a remote backend's model is a name there, not a path here, but still bounded
+    for name, value in ((source_field, source), ("config_path", request.config_path)):
+        problem = path_problem(value)
+        if problem:
+            violations.append((name, problem))
+    for name, limit in TEXT_LIMITS.items():
+        if len(getattr(request, name)) > limit:
+            violations.append((name, f"longer than {limit} characters"))
+    if request.model_id and not is_valid_id(request.model_id):
+        violations.append(
+            ("model_id", "lowercase letter first, then [a-z0-9_-], at most 128 characters")
+        )
+    for name in ("base_model_id", "training_job_id"):
+        value = getattr(request.origin, name)
+        if value and not is_valid_id(value):
+            violations.append((f"origin.{name}", "not a valid id"))
+    if request.kind not in catalog_pb2.ModelKind.values():
+        violations.append(("kind", f"unknown model kind {request.kind}"))
+    if request.prediction_type not in catalog_pb2.PredictionType.values():
+        violations.append(("prediction_type", f"unknown value {request.prediction_type}"))
+    if violations:
+        raise InvalidArgument(violations=violations)
+    return source_field, source
+
+
+def model_kind(request: catalog_pb2.ImportModelRequest, base: Any) -> int:
+    """The kind asked for, else fine-tuned when there is a base model, else base."""
+    kind = request.kind or (
+        catalog_pb2.MODEL_KIND_FINE_TUNED if base is not None else catalog_pb2.MODEL_KIND_BASE
+    )
+    if kind == catalog_pb2.MODEL_KIND_LORA and base is None:
+        raise InvalidArgument.for_field(
+            "origin.base_model_id", "a LoRA needs the base model it applies to"
+        )
+    return kind
+
+
+def slug(text: str) -> str:
+    s = re.sub(r"[^a-z0-9_-]+", "-", text.lower()).strip("-_")
+    if not s or not s[0].isalpha():
+        s = "m-" + s
+    return s[:100]
+
+
+def derive_id(registry: Registry, source: str, display_name: str) -> str:
+    """A free model id from the display name or the source's name (-2, -3, ... when taken)."""
+    base = slug(display_name or Path(source.rstrip("/")).stem or source)
+    candidate, n = base, 2
+    while registry.exists(candidate):
+        candidate, n = f"{base}-{n}", n + 1
+    return candidate
+
+
+async def inspect_source(
+    request: catalog_pb2.ImportModelRequest,
+    source_field: str,
+    source: str,
+    backend_id: str,
+    kind: int,
+    base: Any,
+    model_id: str,
+    models_dir: Path,
+) -> tuple[dict[str, Any], list[common_pb2.Warning]]:
+    """The registry values read from the source (copied under `models_dir` when asked), and
+    warnings; a source that is missing or cannot be loaded is an error on its field."""
+    warnings: list[common_pb2.Warning] = []
+    if backend_id != DEFAULT_BACKEND:
+        # A remote backend's model: its name there; nothing to inspect locally.
+        return {"source_path": source, "format": 0, "architecture": request.architecture}, []
+
+    def field_of(err: loading.ModelLoadError) -> str:
+        return {"config": "config_path", "allow_pickle": source_field}.get(err.field, source_field)
+
+    try:
+        if kind == catalog_pb2.MODEL_KIND_LORA:
+            path = Path(source)
+            if source_field != "single_file_path" or path.suffix != ".safetensors":
+                raise InvalidArgument.for_field(
+                    source_field, "a LoRA is a single .safetensors file"
+                )
+            if not path.is_file():
+                raise NotFound(f"no such file: {path}", field=source_field)
+            values = {
+                "architecture": base["architecture"],
+                "native_resolution": base["native_resolution"],
+                "prediction_type": base["prediction_type"],
+                "format": catalog_pb2.MODEL_FORMAT_LORA,
+            }
+            path_str = str(path.resolve())
+        elif source_field == "single_file_path":
+            config = request.config_path or None
+            from_base = base is not None and base["format"] == FORMATS["diffusers"]
+            if config is None and from_base:
+                config = base["source_path"]
+                warnings.append(
+                    common_pb2.Warning(
+                        reason="CONFIG_FROM_BASE",
+                        message=f"configs taken from the base model {base['id']!r}",
+                        field="config_path",
+                    )
+                )
+            info = inspect_single_file(Path(source), config)
+            values = info_values(info)
+            values["config_path"] = str(Path(config).resolve()) if config else ""
+            path_str = str(Path(source).resolve())
+        else:
+            if source_field == "hf_cache_id":
+                folder = await asyncio.to_thread(loading.resolve_hf_cache, source)
+            else:
+                folder = Path(source)
+            info = loading.inspect_folder(folder)
+            missing = [
+                c
+                for c in ("unet", "vae", "text_encoder")
+                if not any((folder / c).glob("*.safetensors"))
+                and not any((folder / c).glob("*.bin"))
+            ]
+            if missing:
+                raise InvalidArgument(
+                    f"{folder} has no weights for {', '.join(missing)}",
+                    reason="MODEL_CORRUPT",
+                    violations=[(source_field, f"no weights for {', '.join(missing)}")],
+                )
+            values = info_values(info)
+            path_str = source if source_field == "hf_cache_id" else str(folder.resolve())
+            if source_field == "hf_cache_id":
+                values["format"] = catalog_pb2.MODEL_FORMAT_HF_CACHE
+                values["size_bytes"] = folder_size(folder)
+    except loading.ModelLoadError as err:
+        f = field_of(err)
+        if err.reason == "MODEL_NOT_FOUND":
+            raise NotFound(str(err), reason=err.reason, field=f) from err
+        raise InvalidArgument(str(err), reason=err.reason, violations=[(f, str(err))]) from err
+    except OSError as err:
+        # unreadable, not a folder, a folder where a file was expected: the path is at fault
+        raise _path_error(err, source_field) from err
+    values["source_path"] = path_str
+    if request.copy_files and source_field != "hf_cache_id":
+        try:
+            dest = await asyncio.to_thread(copy_in, Path(path_str), models_dir, model_id)
+        except OSError as err:
+            raise _path_error(err, source_field) from err
+        values["source_path"] = str(dest)
+        values["owned_path"] = str(models_dir / model_id)
+    values.setdefault("size_bytes", folder_size(Path(values["source_path"])))
+    return values, warnings
+
+
+def add_request_values(
+    values: dict[str, Any],
+    warnings: list[common_pb2.Warning],
+    request: catalog_pb2.ImportModelRequest,
+    *,
+    model_id: str,
+    source: str,
+    kind: int,
+    backend_id: str,
+) -> None:
+    """What the request says about the model, over what inspection found; a detected
+    architecture wins over a different one asked for (with a warning)."""
+    values.update(
+        id=model_id,
+        display_name=request.display_name or Path(source).name or model_id,
+        kind=kind,
+        backend_id=backend_id,
+        base_model_id=request.origin.base_model_id,
+        training_job_id=request.origin.training_job_id,
+        trigger_phrase=request.trigger_phrase,
+        description=request.description,
+        created=time.time(),
+    )
+    if request.architecture and request.architecture != values.get("architecture"):
+        if values.get("architecture"):
+            warnings.append(
+                common_pb2.Warning(
+                    reason="ARCHITECTURE_MISMATCH",
+                    message=f"detected {values['architecture']!r}, "
+                    f"not {request.architecture!r}; keeping the detected one",
+                    field="architecture",
+                )
+            )
+        else:
+            values["architecture"] = request.architecture
+    if request.prediction_type:
+        values["prediction_type"] = request.prediction_type
+
+
+def embedded_values(embedded_dir: Path, log: logging.Logger) -> dict[str, Any]:
+    """The registry values of the embedded default model; still registered when its folder
+    cannot be read, with the reason in its description."""
+    values: dict[str, Any] = {
+        "id": loading.EMBEDDED_MODEL_ID,
+        "display_name": "BoothStudio tiny (embedded)",
+        "kind": catalog_pb2.MODEL_KIND_BASE,
+        "backend_id": DEFAULT_BACKEND,
+        "architecture": "tiny-sd",
+        "native_resolution": 64,
+        "prediction_type": catalog_pb2.PREDICTION_TYPE_EPSILON,
+        "source_path": str(embedded_dir),
+        "format": catalog_pb2.MODEL_FORMAT_DIFFUSERS,
+        "builtin": 1,
+        "description": "The default model shipped with BoothStudio: a tiny Stable Diffusion "
+        "trained on procedurally drawn 64 px scenes (shapes, colours, backgrounds).",
+        "created": 0.0,
+    }
+    try:
+        info = loading.inspect_folder(embedded_dir)
+        values.update(
+            architecture=info.architecture,
+            native_resolution=info.native_resolution,
+            prediction_type=PREDICTION.get(info.prediction_type, 0),
+            inpainting=int(info.inpainting),
+            size_bytes=folder_size(embedded_dir),
+        )
+    except loading.ModelLoadError as exc:
+        log.warning("embedded model unavailable: %s", exc)
+        values["description"] += f" (unavailable: {exc})"
+    return values
+
+
+def info_values(info: loading.ModelInfo) -> dict[str, Any]:
+    return {
+        "architecture": info.architecture,
+        "native_resolution": info.native_resolution,
+        "prediction_type": PREDICTION.get(info.prediction_type, 0),
+        "format": FORMATS.get(info.source_format, 0),
+        "inpainting": int(info.inpainting),
+    }
+
+
+def copy_in(src: Path, models_dir: Path, model_id: str) -> Path:
+    """Copy weights under the data dir: to a temporary name, then rename (all or nothing)."""
+    final = models_dir / model_id
+    tmp = models_dir / f".{model_id}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        if src.is_dir():
+            shutil.copytree(src, tmp / src.name)
+        else:
+            shutil.copy2(src, tmp / src.name)
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final / src.name
+
+
+def _path_error(err: OSError, field: str) -> InvalidArgument | NotFound:
+    """An OSError met while reading an imported path, as the error of the field that named it."""
+    what = err.strerror or type(err).__name__
+    if isinstance(err, FileNotFoundError):
+        return NotFound(f"{field}: {what}", reason="MODEL_NOT_FOUND", field=field)
+    return InvalidArgument(
+        f"{field}: cannot read it ({what})", reason="PATH_UNREADABLE", violations=[(field, what)]
+    )
