@@ -1,4 +1,5 @@
-"""Pictures the trainer is sent, onto disk: UploadImages datasets and new jobs' folders.
+"""Pictures the trainer is sent, onto disk: UploadImages datasets and new jobs' folders (a job
+made from a dataset reads its pictures back with dataset_images).
 
 Everything is checked before the first side effect (names, sizes, headers, one decode each), and
 a failure while writing removes what this call wrote: a new dataset leaves neither folder nor
@@ -146,6 +147,19 @@ def save(store: JobStore, datasets_dir: Path, limits: Limits, dataset_id: str, n
         total_bytes=sum(i.size_bytes for i, _ in all_images), images=received)
 
 
+def dataset_images(store: JobStore, datasets_dir: Path,
+                   dataset_id: str) -> list[tuple[bytes, str, str]]:
+    """An uploaded dataset's pictures as (bytes, file name, caption), for a new job."""
+    if not store.dataset_exists(dataset_id):
+        raise NotFound(resource_type="dataset", resource_name=dataset_id,
+                       field="config.dataset_id")
+    out = []
+    for img, caption in store.dataset_images(dataset_id):
+        out.append(((datasets_dir / dataset_id / img.filename).read_bytes(),
+                    img.filename, caption))
+    return out
+
+
 def write_job_dir(job: JobRow, images: list[tuple[bytes, str, str]], display_name: str) -> None:
     """The job's folder: its pictures, their captions and config.yaml. The folder must be new
     (a leftover of the same name is not ours to overwrite or remove); on failure it is removed.
@@ -178,4 +192,4 @@ def remove_job_dir(job: JobRow) -> None:
     shutil.rmtree(job.job_dir, ignore_errors=True)
 
 
-__all__ = ["receive", "remove_job_dir", "save", "write_job_dir"]
+__all__ = ["dataset_images", "receive", "remove_job_dir", "save", "write_job_dir"]
