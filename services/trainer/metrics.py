@@ -30,7 +30,7 @@ from prometheus_client.registry import Collector
 from boothstudio.services.trainer.store import ACTIVE, JobStore
 from boothstudio.v1 import trainer_pb2
 
-S = trainer_pb2.TrainingJobState
+JobState = trainer_pb2.TrainingJobState
 PREFIX = "boothstudio_trainer"
 # observation names workers write (JobStore.observe) -> what they feed
 STEP_SECONDS = "step_seconds"
@@ -41,7 +41,7 @@ KEEP_OBSERVATIONS_SECONDS = 24 * 3600
 
 
 def _state_label(state: int) -> str:
-    return S.Name(state).removeprefix("TRAINING_JOB_STATE_").lower()
+    return JobState.Name(state).removeprefix("TRAINING_JOB_STATE_").lower()
 
 
 class TrainerMetrics(Collector):
@@ -107,8 +107,8 @@ class TrainerMetrics(Collector):
         self.follow()
         counts = self.store.count_by_state()
         jobs = GaugeMetricFamily(f"{PREFIX}_jobs", "Training jobs by state.", labels=["state"])
-        for state in S.values():
-            if state != S.TRAINING_JOB_STATE_UNSPECIFIED:
+        for state in JobState.values():
+            if state != JobState.TRAINING_JOB_STATE_UNSPECIFIED:
                 jobs.add_metric([_state_label(state)], counts.get(state, 0))
         yield jobs
         loss = GaugeMetricFamily(

@@ -32,7 +32,6 @@ from boothstudio.services.trainer.templates import MAX_PROMPT_CHARS, TemplateErr
 from boothstudio.shared.errors import FieldViolation, InvalidArgument, clip
 from boothstudio.v1 import trainer_pb2
 
-P = trainer_pb2
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
 ACCELERATORS = ("", "auto", "cpu", "gpu", "cuda")
 DEFAULT_STEPS = 400
@@ -213,10 +212,10 @@ def resolve(config: trainer_pb2.DreamBoothConfig, *, base_model: dict, limits: L
                       f"got {c.max_train_steps}")
     else:
         c.max_train_steps = DEFAULT_STEPS
-    lora = c.method == P.TRAINING_METHOD_LORA
-    if c.method not in P.TrainingMethod.values():
+    lora = c.method == trainer_pb2.TRAINING_METHOD_LORA
+    if c.method not in trainer_pb2.TrainingMethod.values():
         violation("method", f"unknown method {c.method}")
-    c.method = P.TRAINING_METHOD_LORA if lora else P.TRAINING_METHOD_FULL
+    c.method = trainer_pb2.TRAINING_METHOD_LORA if lora else trainer_pb2.TRAINING_METHOD_FULL
     if not 0 <= c.learning_rate <= 1:
         violation("learning_rate", f"must be in (0, 1] (0 = default), got {c.learning_rate:g}")
     c.learning_rate = c.learning_rate or (1e-4 if lora else 5e-6)
@@ -280,26 +279,26 @@ def resolve(config: trainer_pb2.DreamBoothConfig, *, base_model: dict, limits: L
         violation("accelerator", "no GPU on this trainer host")
     on_gpu = accel in ("gpu", "cuda") or (accel in ("", "auto") and limits.gpu_available)
     c.accelerator = "gpu" if on_gpu else "cpu"
-    if c.precision not in P.Precision.values():
+    if c.precision not in trainer_pb2.Precision.values():
         violation("precision", f"unknown precision {c.precision}")
-    if c.precision == P.PRECISION_FP16_MIXED and not on_gpu:
+    if c.precision == trainer_pb2.PRECISION_FP16_MIXED and not on_gpu:
         violation("precision", "fp16 mixed precision needs a GPU (CPUs have no fp16 autocast "
                   "with a gradient scaler); use PRECISION_BF16_MIXED or PRECISION_FP32")
-    if c.precision == P.PRECISION_UNSPECIFIED:
-        c.precision = P.PRECISION_BF16_MIXED if on_gpu else P.PRECISION_FP32
+    if c.precision == trainer_pb2.PRECISION_UNSPECIFIED:
+        c.precision = trainer_pb2.PRECISION_BF16_MIXED if on_gpu else trainer_pb2.PRECISION_FP32
     if c.use_8bit_adam and not (on_gpu and importlib.util.find_spec("bitsandbytes")):
         warnings.append(("8BIT_ADAM_UNAVAILABLE", "8-bit Adam needs bitsandbytes and a GPU; "
                          "using AdamW", "config.use_8bit_adam"))
         c.use_8bit_adam = False
-    if c.strategy not in P.Strategy.values():
+    if c.strategy not in trainer_pb2.Strategy.values():
         violation("strategy", f"unknown strategy {c.strategy}")
-    c.strategy = c.strategy or P.STRATEGY_AUTO
-    if c.strategy == P.STRATEGY_FSDP and not on_gpu:
+    c.strategy = c.strategy or trainer_pb2.STRATEGY_AUTO
+    if c.strategy == trainer_pb2.STRATEGY_FSDP and not on_gpu:
         violation("strategy", "FSDP needs GPUs; use STRATEGY_DDP on CPU")
     if not 0 <= c.devices <= 64:
         violation("devices", "must be between 0 and 64 (0 = 1)")
     c.devices = c.devices or 1
-    if c.devices > 1 and c.strategy == P.STRATEGY_SINGLE_DEVICE:
+    if c.devices > 1 and c.strategy == trainer_pb2.STRATEGY_SINGLE_DEVICE:
         violation("devices", "STRATEGY_SINGLE_DEVICE takes one device")
     if not on_gpu and c.devices > max(1, limits.cpu_count):
         violation("devices", f"{c.devices} CPU processes on a host with {limits.cpu_count} "

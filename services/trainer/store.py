@@ -21,11 +21,11 @@ from google.protobuf import timestamp_pb2
 from boothstudio.shared.storage import SQLiteDatabase
 from boothstudio.v1 import common_pb2, trainer_pb2
 
-S = trainer_pb2.TrainingJobState
-TERMINAL = frozenset({S.TRAINING_JOB_STATE_SUCCEEDED, S.TRAINING_JOB_STATE_FAILED,
-                      S.TRAINING_JOB_STATE_CANCELLED})
-ACTIVE = frozenset({S.TRAINING_JOB_STATE_PREPARING, S.TRAINING_JOB_STATE_RUNNING,
-                    S.TRAINING_JOB_STATE_EXPORTING, S.TRAINING_JOB_STATE_CANCELLING})
+JobState = trainer_pb2.TrainingJobState
+TERMINAL = frozenset({JobState.TRAINING_JOB_STATE_SUCCEEDED, JobState.TRAINING_JOB_STATE_FAILED,
+                      JobState.TRAINING_JOB_STATE_CANCELLED})
+ACTIVE = frozenset({JobState.TRAINING_JOB_STATE_PREPARING, JobState.TRAINING_JOB_STATE_RUNNING,
+                    JobState.TRAINING_JOB_STATE_EXPORTING, JobState.TRAINING_JOB_STATE_CANCELLING})
 
 MIGRATIONS = [
     """
@@ -179,7 +179,7 @@ class JobStore:
                  job.instance_image_count, str(job.job_dir)))
             self._append_event(tx, job.id, job.create_time,
                                state_changed=trainer_pb2.TrainingStateChanged(
-                                   previous_state=S.TRAINING_JOB_STATE_UNSPECIFIED,
+                                   previous_state=JobState.TRAINING_JOB_STATE_UNSPECIFIED,
                                    state=job.state, reason="CREATED"))  # type: ignore[arg-type]
             for w in job.warnings:
                 self._append_event(tx, job.id, job.create_time,
@@ -207,7 +207,7 @@ class JobStore:
     def queued(self) -> list[JobRow]:
         return [JobRow.from_row(r) for r in self.db.query(
             "SELECT * FROM jobs WHERE state = ? ORDER BY queued_at, id",
-            (S.TRAINING_JOB_STATE_QUEUED,))]
+            (JobState.TRAINING_JOB_STATE_QUEUED,))]
 
     @staticmethod
     def _columns(fields: dict[str, Any]) -> tuple[str, list[Any]]:
@@ -253,7 +253,7 @@ class JobStore:
         now = time.time()
         if state in TERMINAL:
             fields.setdefault("end_time", now)
-        if state == S.TRAINING_JOB_STATE_FAILED:
+        if state == JobState.TRAINING_JOB_STATE_FAILED:
             fields.setdefault("failure_reason", reason)
             fields.setdefault("failure_message", message)
         fields.setdefault("update_time", now)

@@ -63,11 +63,10 @@ from boothstudio.shared.storage import fsync_dir
 from boothstudio.v1 import trainer_pb2
 
 log = logging.getLogger("boothstudio.trainer.job")
-P = trainer_pb2
-S = trainer_pb2.TrainingJobState
+JobState = trainer_pb2.TrainingJobState
 
-PRECISION = {P.PRECISION_FP32: "32-true", P.PRECISION_BF16_MIXED: "bf16-mixed",
-             P.PRECISION_FP16_MIXED: "16-mixed"}
+PRECISION = {trainer_pb2.PRECISION_FP32: "32-true", trainer_pb2.PRECISION_BF16_MIXED: "bf16-mixed",
+             trainer_pb2.PRECISION_FP16_MIXED: "16-mixed"}
 SAMPLE_STEPS = 20
 
 
@@ -309,14 +308,14 @@ class JobCallback(Callback):
             old.unlink(missing_ok=True)
             removed.append(trainer_pb2.Checkpoint(
                 checkpoint_id=old.stem, step=int(old.stem.split("-")[1]),
-                kind=P.CHECKPOINT_KIND_FULL_STATE, path=str(old)))
+                kind=trainer_pb2.CHECKPOINT_KIND_FULL_STATE, path=str(old)))
         self.reporter.observe(CHECKPOINT_SECONDS, time.monotonic() - started)
-        for path, kind in ((final, P.CHECKPOINT_KIND_FULL_STATE),
-                           (export, P.CHECKPOINT_KIND_EXPORT)):
+        for path, kind in ((final, trainer_pb2.CHECKPOINT_KIND_FULL_STATE),
+                           (export, trainer_pb2.CHECKPOINT_KIND_EXPORT)):
             self.reporter.checkpoint(trainer_pb2.Checkpoint(
                 checkpoint_id=name, step=step, kind=kind, path=str(path),
                 size_bytes=path.stat().st_size, create_time=_timestamp_now()),
-                removed if kind == P.CHECKPOINT_KIND_FULL_STATE else [])
+                removed if kind == trainer_pb2.CHECKPOINT_KIND_FULL_STATE else [])
 
     def samples(self, trainer: L.Trainer, module: DreamBoothModule, step: int) -> None:
         if not trainer.is_global_zero:
@@ -401,11 +400,11 @@ def build_trainer(spec: JobSpec, callbacks: list[Callback], resume_step: int = 0
     c = spec.config
     on_gpu = c.accelerator == "gpu"
     strategy: Any = "auto"
-    if c.strategy == P.STRATEGY_DDP:
+    if c.strategy == trainer_pb2.STRATEGY_DDP:
         strategy = DDPStrategy(process_group_backend="nccl" if on_gpu else "gloo")
-    elif c.strategy == P.STRATEGY_FSDP:
+    elif c.strategy == trainer_pb2.STRATEGY_FSDP:
         strategy = FSDPStrategy()
-    elif c.strategy == P.STRATEGY_SINGLE_DEVICE:
+    elif c.strategy == trainer_pb2.STRATEGY_SINGLE_DEVICE:
         strategy = "auto"
     logs = spec.job_dir / "logs"
     loggers = [_csv_logger(logs, resume_step)]
@@ -516,7 +515,7 @@ def run_job(spec: JobSpec, reporter: Reporter) -> JobResult:
     c = spec.config
     timings: dict[str, float] = {}
     t0 = time.monotonic()
-    if not reporter.state(S.TRAINING_JOB_STATE_PREPARING):  # cancelled before it started
+    if not reporter.state(JobState.TRAINING_JOB_STATE_PREPARING):  # cancelled before it started
         return JobResult("stopped", "cancel", seconds=timings)
     torch.manual_seed(c.seed)
     pipe = load_base(spec.base_model)
@@ -552,7 +551,7 @@ def run_job(spec: JobSpec, reporter: Reporter) -> JobResult:
                        total=c.max_train_steps * c.gradient_accumulation_steps,
                        empty_ids=tokenize(pipe.tokenizer, [""])[0])
     lora = None
-    if c.method == P.TRAINING_METHOD_LORA:
+    if c.method == trainer_pb2.TRAINING_METHOD_LORA:
         lora = {"rank": c.lora.rank, "alpha": c.lora.alpha, "dropout": c.lora.dropout,
                 "target_modules": list(c.lora.target_modules)}
     optim = OptimSpec(
@@ -585,7 +584,7 @@ def run_job(spec: JobSpec, reporter: Reporter) -> JobResult:
     # cancelled while preparing (the state change fails once the service set CANCELLING):
     # nothing new to save
     if reporter.stop_requested() or not reporter.state(
-            S.TRAINING_JOB_STATE_RUNNING, "RESUMED" if resume else "",
+            JobState.TRAINING_JOB_STATE_RUNNING, "RESUMED" if resume else "",
             f"resuming from {resume.name}" if resume else ""):
         return JobResult("stopped", reporter.stop_requested() or "cancel", done, seconds=timings)
     t = time.monotonic()
@@ -598,7 +597,7 @@ def run_job(spec: JobSpec, reporter: Reporter) -> JobResult:
     if job_cb.stop_reason:
         return JobResult("stopped", job_cb.stop_reason, step, class_images_cached=cached,
                          class_images_generated=generated, seconds=timings)
-    if not reporter.state(S.TRAINING_JOB_STATE_EXPORTING):
+    if not reporter.state(JobState.TRAINING_JOB_STATE_EXPORTING):
         # a cancel was acknowledged after the last step's check: honour it (the final
         # checkpoint is saved, so a resume only exports)
         return JobResult("stopped", "cancel", step, class_images_cached=cached,

@@ -31,7 +31,7 @@ from boothstudio.v1 import catalog_pb2, catalog_pb2_grpc, trainer_pb2
 if TYPE_CHECKING:
     from boothstudio.services.trainer.train import JobResult
 
-S = trainer_pb2.TrainingJobState
+JobState = trainer_pb2.TrainingJobState
 log = logging.getLogger("boothstudio.trainer.worker")
 STOP_FILE = "STOP"
 
@@ -56,10 +56,12 @@ def die_with_parent() -> None:
 # The states a worker may move a job into, each from the states it may come from: a change the
 # service made meanwhile (CANCELLING, or CANCELLED by a forced delete) is never overwritten.
 ALLOWED_FROM = {
-    S.TRAINING_JOB_STATE_PREPARING: {S.TRAINING_JOB_STATE_QUEUED, S.TRAINING_JOB_STATE_PREPARING},
-    S.TRAINING_JOB_STATE_RUNNING: {S.TRAINING_JOB_STATE_PREPARING, S.TRAINING_JOB_STATE_RUNNING},
-    S.TRAINING_JOB_STATE_EXPORTING: {S.TRAINING_JOB_STATE_PREPARING,
-                                     S.TRAINING_JOB_STATE_RUNNING},
+    JobState.TRAINING_JOB_STATE_PREPARING: {JobState.TRAINING_JOB_STATE_QUEUED,
+                                            JobState.TRAINING_JOB_STATE_PREPARING},
+    JobState.TRAINING_JOB_STATE_RUNNING: {JobState.TRAINING_JOB_STATE_PREPARING,
+                                          JobState.TRAINING_JOB_STATE_RUNNING},
+    JobState.TRAINING_JOB_STATE_EXPORTING: {JobState.TRAINING_JOB_STATE_PREPARING,
+                                            JobState.TRAINING_JOB_STATE_RUNNING},
 }
 
 
@@ -75,7 +77,7 @@ class StoreReporter:
 
     def _current(self) -> int:
         job = self.store.get(self.job_id)
-        return job.state if job else S.TRAINING_JOB_STATE_UNSPECIFIED
+        return job.state if job else JobState.TRAINING_JOB_STATE_UNSPECIFIED
 
     def state(self, state: int, reason: str = "", message: str = "") -> bool:
         """Move the job on; False when the service changed it first (a cancel is pending)."""
@@ -127,7 +129,7 @@ class StoreReporter:
 
     def cancel_pending(self) -> bool:
         """Whether the service acknowledged a cancel (the job is CANCELLING)."""
-        return self._current() == S.TRAINING_JOB_STATE_CANCELLING
+        return self._current() == JobState.TRAINING_JOB_STATE_CANCELLING
 
 
 class RegistrationCancelled(Exception):
@@ -207,17 +209,17 @@ def finish(store: JobStore, job_id: str, result: JobResult, catalog: str,
     """A job's last states after training: cancelled, re-queued (drain), or exported and
     registered. Every change is a compare-and-set, so a cancel the service acknowledged
     meanwhile ends the job CANCELLED (resumable) instead of being overwritten."""
-    cancelled = {S.TRAINING_JOB_STATE_CANCELLING}
+    cancelled = {JobState.TRAINING_JOB_STATE_CANCELLING}
     job_dir = reporter.job_dir
     if result.outcome == "stopped":
         (job_dir / STOP_FILE).unlink(missing_ok=True)
         if result.stop_reason == "drain" and store.set_state(
-                job_id, S.TRAINING_JOB_STATE_QUEUED, "INTERRUPTED",
+                job_id, JobState.TRAINING_JOB_STATE_QUEUED, "INTERRUPTED",
                 f"service shutting down; resumes from step {result.step}",
-                expect={S.TRAINING_JOB_STATE_PREPARING, S.TRAINING_JOB_STATE_RUNNING},
+                expect={JobState.TRAINING_JOB_STATE_PREPARING, JobState.TRAINING_JOB_STATE_RUNNING},
                 step=result.step) is not None:
             return 0
-        store.set_state(job_id, S.TRAINING_JOB_STATE_CANCELLED, "CANCELLED",
+        store.set_state(job_id, JobState.TRAINING_JOB_STATE_CANCELLED, "CANCELLED",
                         f"cancelled at step {result.step}; resumable", expect=ACTIVE,
                         step=result.step)
         return 0
@@ -231,14 +233,14 @@ def finish(store: JobStore, job_id: str, result: JobResult, catalog: str,
         model_id = ""
     except Exception as exc:
         log.exception("registration failed")
-        if store.set_state(job_id, S.TRAINING_JOB_STATE_FAILED, "REGISTRATION_FAILED",
+        if store.set_state(job_id, JobState.TRAINING_JOB_STATE_FAILED, "REGISTRATION_FAILED",
                            f"model saved in {job_dir / 'output'} but not registered: {exc}; "
                            "ResumeTrainingJob retries the registration",
-                           expect={S.TRAINING_JOB_STATE_EXPORTING}) is not None:
+                           expect={JobState.TRAINING_JOB_STATE_EXPORTING}) is not None:
             return 1
         model_id = ""
-    if model_id and store.set_state(job_id, S.TRAINING_JOB_STATE_SUCCEEDED, "", "",
-                                    expect={S.TRAINING_JOB_STATE_EXPORTING},
+    if model_id and store.set_state(job_id, JobState.TRAINING_JOB_STATE_SUCCEEDED, "", "",
+                                    expect={JobState.TRAINING_JOB_STATE_EXPORTING},
                                     output_model_id=model_id, step=result.step) is not None:
         return 0
     # The service acknowledged a cancel (or a forced delete) while we exported or registered:
@@ -249,7 +251,7 @@ def finish(store: JobStore, job_id: str, result: JobResult, catalog: str,
         if problem:
             message += f"; model {model_id!r} stays in the Catalog ({problem})"
     (job_dir / STOP_FILE).unlink(missing_ok=True)
-    store.set_state(job_id, S.TRAINING_JOB_STATE_CANCELLED, "CANCELLED", message,
+    store.set_state(job_id, JobState.TRAINING_JOB_STATE_CANCELLED, "CANCELLED", message,
                     expect=cancelled, step=result.step)
     return 0
 
@@ -293,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         log.exception("job %s failed", job.id)
         if isinstance(reporter, StoreReporter):
             reporter.flush()
-        store.set_state(job.id, S.TRAINING_JOB_STATE_FAILED, reason,
+        store.set_state(job.id, JobState.TRAINING_JOB_STATE_FAILED, reason,
                         f"{type(exc).__name__}: {exc}"[:2000], expect=ACTIVE)
         return 1
     if rank != 0 or result.outcome == "rank":
