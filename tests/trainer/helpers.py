@@ -20,10 +20,11 @@ from boothstudio.v1 import (
 )
 from tests.helpers import ServiceProcess
 
+JobState = trainer_pb2.TrainingJobState
+# test_units.py still imports P from here
 P = trainer_pb2
-S = trainer_pb2.TrainingJobState
-TERMINAL = {S.TRAINING_JOB_STATE_SUCCEEDED, S.TRAINING_JOB_STATE_FAILED,
-            S.TRAINING_JOB_STATE_CANCELLED}
+TERMINAL = {JobState.TRAINING_JOB_STATE_SUCCEEDED, JobState.TRAINING_JOB_STATE_FAILED,
+            JobState.TRAINING_JOB_STATE_CANCELLED}
 
 # Tiny everything: one thread per worker (2 shared cores), 2-step validation samples.
 TRAINER_ARGS = ["--set", "worker_threads=1", "--set", "sample_steps=2",
@@ -67,9 +68,9 @@ def start_trainer(factory: Callable[..., ServiceProcess], catalog: ServiceProces
 
 
 def job_config(base_model_id: str, pngs: list[bytes], steps: int = 2, *, prior: bool = False,
-               class_prompt: str = "", **kw: object) -> P.DreamBoothConfig:
+               class_prompt: str = "", **kw: object) -> trainer_pb2.DreamBoothConfig:
     fields: dict[str, object] = {"seed": 11, "learning_rate": 1e-4, **kw}
-    cfg = P.DreamBoothConfig(base_model_id=base_model_id, class_noun="circle",
+    cfg = trainer_pb2.DreamBoothConfig(base_model_id=base_model_id, class_noun="circle",
                              max_train_steps=steps, **fields)  # type: ignore[arg-type]
     for i, data in enumerate(pngs):
         cfg.instance_images.add(data=data, filename=f"subject-{i}.png")
@@ -81,26 +82,28 @@ def job_config(base_model_id: str, pngs: list[bytes], steps: int = 2, *, prior: 
     return cfg
 
 
-def create(stack: Stack, cfg: P.DreamBoothConfig, **kw: object) -> P.TrainingJob:
+def create(stack: Stack, cfg: trainer_pb2.DreamBoothConfig,
+           **kw: object) -> trainer_pb2.TrainingJob:
     return stack.trainer_stub.CreateTrainingJob(
-        P.CreateTrainingJobRequest(config=cfg, **kw), timeout=60).job  # type: ignore[arg-type]
+        trainer_pb2.CreateTrainingJobRequest(config=cfg, **kw), timeout=60).job  # type: ignore[arg-type]
 
 
-def get(stack: Stack, job_id: str) -> P.TrainingJob:
-    return stack.trainer_stub.GetTrainingJob(P.GetTrainingJobRequest(job_id=job_id),
+def get(stack: Stack, job_id: str) -> trainer_pb2.TrainingJob:
+    return stack.trainer_stub.GetTrainingJob(trainer_pb2.GetTrainingJobRequest(job_id=job_id),
                                              timeout=30).job
 
 
 def watch(stack: Stack, job_id: str, timeout: float = 900, history: bool = False
-          ) -> list[P.WatchTrainingJobResponse]:
+          ) -> list[trainer_pb2.WatchTrainingJobResponse]:
     """Events until the server ends the stream (terminal state).
 
     Streams are not cancelled mid-way here: a client cancel can crash the service in the shared
     logging interceptor (context.peer() after the call is gone; see the trainer report).
     """
-    events: list[P.WatchTrainingJobResponse] = []
+    events: list[trainer_pb2.WatchTrainingJobResponse] = []
     call = stack.trainer_stub.WatchTrainingJob(
-        P.WatchTrainingJobRequest(job_id=job_id, include_history=history), timeout=timeout)
+        trainer_pb2.WatchTrainingJobRequest(job_id=job_id, include_history=history),
+        timeout=timeout)
     try:
         for ev in call:
             events.append(ev)
@@ -109,8 +112,8 @@ def watch(stack: Stack, job_id: str, timeout: float = 900, history: bool = False
     return events
 
 
-def wait_job(stack: Stack, job_id: str, pred: Callable[[P.TrainingJob], bool],
-             timeout: float = 600) -> P.TrainingJob:
+def wait_job(stack: Stack, job_id: str, pred: Callable[[trainer_pb2.TrainingJob], bool],
+             timeout: float = 600) -> trainer_pb2.TrainingJob:
     """Poll GetTrainingJob until pred(job)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -122,7 +125,7 @@ def wait_job(stack: Stack, job_id: str, pred: Callable[[P.TrainingJob], bool],
 
 
 def wait_state(stack: Stack, job_id: str, states: set[int], timeout: float = 600
-               ) -> P.TrainingJob:
+               ) -> trainer_pb2.TrainingJob:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         job = get(stack, job_id)
@@ -132,12 +135,12 @@ def wait_state(stack: Stack, job_id: str, states: set[int], timeout: float = 600
     raise AssertionError(f"job {job_id} not in {states} after {timeout}s: {job}")
 
 
-def kinds(events: list[P.WatchTrainingJobResponse]) -> list[str]:
+def kinds(events: list[trainer_pb2.WatchTrainingJobResponse]) -> list[str]:
     return [str(e.WhichOneof("event")) for e in events]
 
 
-def states(events: list[P.WatchTrainingJobResponse]) -> list[str]:
-    return [S.Name(e.state_changed.state).removeprefix("TRAINING_JOB_STATE_")
+def states(events: list[trainer_pb2.WatchTrainingJobResponse]) -> list[str]:
+    return [JobState.Name(e.state_changed.state).removeprefix("TRAINING_JOB_STATE_")
             for e in events if e.WhichOneof("event") == "state_changed"]
 
 
@@ -156,7 +159,7 @@ def worker_pids(job_id: str) -> list[int]:
     return pids
 
 
-def worker_log(stack: Stack, job: P.TrainingJob) -> str:
+def worker_log(stack: Stack, job: trainer_pb2.TrainingJob) -> str:
     try:
         return (Path(job.job_dir) / "worker.log").read_text(errors="replace")[-6000:]
     except OSError:

@@ -13,7 +13,7 @@ import pytest
 from google.protobuf.descriptor import FieldDescriptor
 
 from boothstudio.shared.errors import decode_rpc_error
-from boothstudio.v1 import trainer_pb2 as P
+from boothstudio.v1 import trainer_pb2
 from tests.trainer.helpers import Stack, job_config, start_stack
 
 
@@ -26,25 +26,25 @@ def trainer_dir(stack: Stack) -> Path:
     return stack.trainer.data_dir / "trainer"
 
 
-def refused(stack: Stack, cfg: P.DreamBoothConfig, **kw: object):  # type: ignore[no-untyped-def]
+def refused(stack: Stack, cfg: trainer_pb2.DreamBoothConfig, **kw: object):  # type: ignore[no-untyped-def]
     with pytest.raises(grpc.RpcError) as info:
         stack.trainer_stub.CreateTrainingJob(
-            P.CreateTrainingJobRequest(config=cfg, **kw), timeout=60)  # type: ignore[arg-type]
+            trainer_pb2.CreateTrainingJobRequest(config=cfg, **kw), timeout=60)  # type: ignore[arg-type]
     return decode_rpc_error(info.value)
 
 
-def upload(stack: Stack, messages: list[P.UploadImagesRequest]):  # type: ignore[no-untyped-def]
+def upload(stack: Stack, messages: list[trainer_pb2.UploadImagesRequest]):  # type: ignore[no-untyped-def]
     return stack.trainer_stub.UploadImages(iter(messages), timeout=60)
 
 
-def upload_refused(stack: Stack, messages: list[P.UploadImagesRequest]):  # type: ignore[no-untyped-def]
+def upload_refused(stack: Stack, messages: list[trainer_pb2.UploadImagesRequest]):  # type: ignore[no-untyped-def]
     with pytest.raises(grpc.RpcError) as info:
         upload(stack, messages)
     return decode_rpc_error(info.value)
 
 
-def chunk(name: str, data: bytes) -> P.UploadImagesRequest:
-    return P.UploadImagesRequest(chunk=P.ImageChunk(filename=name, data=data))
+def chunk(name: str, data: bytes) -> trainer_pb2.UploadImagesRequest:
+    return trainer_pb2.UploadImagesRequest(chunk=trainer_pb2.ImageChunk(filename=name, data=data))
 
 
 def dataset_rows(stack: Stack) -> tuple[int, int]:
@@ -130,7 +130,7 @@ def test_templates_keep_escaped_braces_and_prompts_are_bounded(stack, subject_pn
     cfg = job_config(stack.base_model_id, subject_pngs[:1], identifier="zwx",
                      instance_prompt="a {identifier} {class_noun} {{logo}}")
     job = stack.trainer_stub.CreateTrainingJob(
-        P.CreateTrainingJobRequest(config=cfg, validate_only=True), timeout=60).job
+        trainer_pb2.CreateTrainingJobRequest(config=cfg, validate_only=True), timeout=60).job
     assert job.config.instance_prompt == "a zwx circle {logo}"
     d = refused(stack, job_config(stack.base_model_id, subject_pngs[:1],
                                   instance_prompt="a {identifier} " + "x" * 1000))
@@ -156,7 +156,7 @@ def float_fields(descriptor, prefix: str = "") -> list[str]:  # type: ignore[no-
 
 def test_every_float_setting_has_a_range(stack, subject_pngs):
     """Walks the contract, so a float added to DreamBoothConfig later is checked too."""
-    paths = float_fields(P.DreamBoothConfig.DESCRIPTOR)
+    paths = float_fields(trainer_pb2.DreamBoothConfig.DESCRIPTOR)
     assert {"weight_decay", "max_grad_norm", "prior_preservation.loss_weight", "lora.alpha",
             "lora.dropout", "prior_preservation.generation.cfg_scale"} <= set(paths)
     for path in paths:
@@ -180,16 +180,16 @@ def test_names_of_things_are_checked_up_front(stack, subject_pngs):
         cfg = job_config(stack.base_model_id, subject_pngs[:1], prior=True)
         setattr(cfg.prior_preservation.generation, field, value)
         assert refused(stack, cfg).fields == [f"config.prior_preservation.generation.{field}"]
-    for method in (P.TRAINING_METHOD_LORA, P.TRAINING_METHOD_FULL):
+    for method in (trainer_pb2.TRAINING_METHOD_LORA, trainer_pb2.TRAINING_METHOD_FULL):
         cfg = job_config(stack.base_model_id, subject_pngs[:1], method=method)
         cfg.lora.target_modules.extend(["to_q", "attn1.to_out.0", "../unet/*", "to_k|to_v"])
         d = refused(stack, cfg)
         assert d.fields == ["config.lora.target_modules[2]", "config.lora.target_modules[3]"]
-    cfg = job_config(stack.base_model_id, subject_pngs[:1], method=P.TRAINING_METHOD_LORA)
+    cfg = job_config(stack.base_model_id, subject_pngs[:1], method=trainer_pb2.TRAINING_METHOD_LORA)
     cfg.lora.target_modules.extend(["to_q", "to_out.0"])
     cfg.prior_preservation.generation.sampler = "DPM++ 2M Karras"  # a known alias
     stack.trainer_stub.CreateTrainingJob(
-        P.CreateTrainingJobRequest(config=cfg, validate_only=True), timeout=60)
+        trainer_pb2.CreateTrainingJobRequest(config=cfg, validate_only=True), timeout=60)
 
 
 @pytest.mark.parametrize("name", ["../../escape.png", "a/b.png", "a\\b.png", ".hidden.png",
@@ -213,7 +213,9 @@ def test_bad_file_names_are_refused_before_any_write(stack, subject_pngs, name):
 
 def test_empty_uploads_are_refused(stack):
     rows = dataset_rows(stack)
-    for messages in ([], [P.UploadImagesRequest(metadata=P.UploadImagesMetadata(name="x"))]):
+    metadata_only = trainer_pb2.UploadImagesRequest(
+        metadata=trainer_pb2.UploadImagesMetadata(name="x"))
+    for messages in ([], [metadata_only]):
         d = upload_refused(stack, messages)
         assert d.code == grpc.StatusCode.INVALID_ARGUMENT and d.fields == ["chunk"]
     assert dataset_rows(stack) == rows
@@ -221,11 +223,11 @@ def test_empty_uploads_are_refused(stack):
 
 def test_adding_to_a_dataset_keeps_what_it_holds(stack, subject_pngs):
     up = upload(stack, [chunk("a.png", subject_pngs[0])])
-    more = upload(stack, [P.UploadImagesRequest(metadata=P.UploadImagesMetadata(
+    more = upload(stack, [trainer_pb2.UploadImagesRequest(metadata=trainer_pb2.UploadImagesMetadata(
         dataset_id=up.dataset_id)), chunk("b.png", subject_pngs[1])])
     assert more.image_count == 2
     with pytest.raises(grpc.RpcError) as info:  # a name it holds is not silently replaced
-        upload(stack, [P.UploadImagesRequest(metadata=P.UploadImagesMetadata(
+        upload(stack, [trainer_pb2.UploadImagesRequest(metadata=trainer_pb2.UploadImagesMetadata(
             dataset_id=up.dataset_id)), chunk("c.png", subject_pngs[2]),
             chunk("a.png", subject_pngs[3])])
     assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS
@@ -266,7 +268,7 @@ def test_a_job_that_cannot_be_stored_leaves_no_folder(stack, subject_pngs):
     assert d.code == grpc.StatusCode.UNAVAILABLE, d
     assert not (trainer_dir(stack) / "jobs" / "locked-out").exists()
     with pytest.raises(grpc.RpcError) as info:
-        stack.trainer_stub.GetTrainingJob(P.GetTrainingJobRequest(job_id="locked-out"))
+        stack.trainer_stub.GetTrainingJob(trainer_pb2.GetTrainingJobRequest(job_id="locked-out"))
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
 
 

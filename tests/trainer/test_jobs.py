@@ -14,10 +14,9 @@ from safetensors import safe_open
 
 from boothstudio.services.trainer.jobfile import request_from_yaml
 from boothstudio.shared.errors import decode_rpc_error
-from boothstudio.v1 import catalog_pb2, generator_pb2, generator_pb2_grpc
+from boothstudio.v1 import catalog_pb2, generator_pb2, generator_pb2_grpc, trainer_pb2
 from tests.trainer.helpers import (
-    P,
-    S,
+    JobState,
     Stack,
     create,
     get,
@@ -63,10 +62,10 @@ def test_dreambooth_job_end_to_end(stack, subject_pngs):
                      checkpoint_every_steps=2, sample_every_steps=2, train_text_encoder=True,
                      validation_seeds=[1, 2])
     job = create(stack, cfg, display_name="striped circle")
-    assert job.state == S.TRAINING_JOB_STATE_QUEUED and job.trigger_phrase == "a zwx circle"
+    assert job.state == JobState.TRAINING_JOB_STATE_QUEUED and job.trigger_phrase == "a zwx circle"
     events = watch(stack, job.job_id, history=True)
     job = get(stack, job.job_id)
-    assert job.state == S.TRAINING_JOB_STATE_SUCCEEDED, (job, worker_log(stack, job))
+    assert job.state == JobState.TRAINING_JOB_STATE_SUCCEEDED, (job, worker_log(stack, job))
     assert states(events) == ["QUEUED", "PREPARING", "RUNNING", "EXPORTING", "SUCCEEDED"]
 
     metrics = [e.metrics for e in events if e.WhichOneof("event") == "metrics"]
@@ -79,17 +78,17 @@ def test_dreambooth_job_end_to_end(stack, subject_pngs):
     samples = [e.sample for e in events if e.WhichOneof("event") == "sample"]
     assert sorted({(s.step, s.seed) for s in samples}) == [(2, 1), (2, 2), (3, 1), (3, 2)]
     assert all(s.png.startswith(b"\x89PNG") and s.prompt == "a zwx circle" for s in samples)
-    assert class_events(events)[-1] == P.ClassImagesProgress(ready=2, total=2, cached=0)
+    assert class_events(events)[-1] == trainer_pb2.ClassImagesProgress(ready=2, total=2, cached=0)
     saved = [e.checkpoint_saved.checkpoint for e in events
              if e.WhichOneof("event") == "checkpoint_saved"]
     assert {(c.step, c.kind) for c in saved} == {
         (s, k) for s in (2, 3)
-        for k in (P.CHECKPOINT_KIND_FULL_STATE, P.CHECKPOINT_KIND_EXPORT)}
+        for k in (trainer_pb2.CHECKPOINT_KIND_FULL_STATE, trainer_pb2.CHECKPOINT_KIND_EXPORT)}
 
     # files: checkpoints apart from small exports, logs, config, outputs
     jd = Path(job.job_dir)
-    full = {c.step: c for c in job.checkpoints if c.kind == P.CHECKPOINT_KIND_FULL_STATE}
-    export = {c.step: c for c in job.checkpoints if c.kind == P.CHECKPOINT_KIND_EXPORT}
+    full = {c.step: c for c in job.checkpoints if c.kind == trainer_pb2.CHECKPOINT_KIND_FULL_STATE}
+    export = {c.step: c for c in job.checkpoints if c.kind == trainer_pb2.CHECKPOINT_KIND_EXPORT}
     assert set(full) == {2, 3} and set(export) == {2, 3}
     assert export[3].size_bytes < full[3].size_bytes / 3
     with safe_open(export[3].path, "pt") as f:
@@ -129,9 +128,10 @@ def test_dreambooth_job_end_to_end(stack, subject_pngs):
                                     class_prompt="a large circle"))
     hit_events = watch(stack, hit.job_id, history=True)
     miss_events = watch(stack, miss.job_id, history=True)
-    assert class_events(hit_events)[-1] == P.ClassImagesProgress(ready=2, total=2, cached=2)
-    assert class_events(miss_events)[-1] == P.ClassImagesProgress(ready=2, total=2, cached=0)
-    assert get(stack, miss.job_id).state == S.TRAINING_JOB_STATE_SUCCEEDED
+    progress = trainer_pb2.ClassImagesProgress
+    assert class_events(hit_events)[-1] == progress(ready=2, total=2, cached=2)
+    assert class_events(miss_events)[-1] == progress(ready=2, total=2, cached=0)
+    assert get(stack, miss.job_id).state == JobState.TRAINING_JOB_STATE_SUCCEEDED
 
 
 def test_cancel_resume_delete(stack, subject_pngs):
@@ -139,33 +139,34 @@ def test_cancel_resume_delete(stack, subject_pngs):
     job = create(stack, cfg)
     wait_job(stack, job.job_id, lambda j: j.step >= 1)
     cancelled = stack.trainer_stub.CancelTrainingJob(
-        P.CancelTrainingJobRequest(job_id=job.job_id), timeout=30).job
-    assert cancelled.state in (S.TRAINING_JOB_STATE_CANCELLING, S.TRAINING_JOB_STATE_CANCELLED)
-    job = wait_state(stack, job.job_id, {S.TRAINING_JOB_STATE_CANCELLED}, timeout=300)
+        trainer_pb2.CancelTrainingJobRequest(job_id=job.job_id), timeout=30).job
+    assert cancelled.state in (JobState.TRAINING_JOB_STATE_CANCELLING,
+                               JobState.TRAINING_JOB_STATE_CANCELLED)
+    job = wait_state(stack, job.job_id, {JobState.TRAINING_JOB_STATE_CANCELLED}, timeout=300)
     assert job.resumable and 1 <= job.step < 500
-    full = [c for c in job.checkpoints if c.kind == P.CHECKPOINT_KIND_FULL_STATE]
+    full = [c for c in job.checkpoints if c.kind == trainer_pb2.CHECKPOINT_KIND_FULL_STATE]
     assert full and full[-1].step == job.step and Path(full[-1].path).exists()
     stopped_at = job.step
 
     resumed = stack.trainer_stub.ResumeTrainingJob(
-        P.ResumeTrainingJobRequest(job_id=job.job_id), timeout=30).job
-    assert resumed.state == S.TRAINING_JOB_STATE_QUEUED
+        trainer_pb2.ResumeTrainingJobRequest(job_id=job.job_id), timeout=30).job
+    assert resumed.state == JobState.TRAINING_JOB_STATE_QUEUED
     wait_job(stack, job.job_id, lambda j: j.step > stopped_at)
-    stack.trainer_stub.CancelTrainingJob(P.CancelTrainingJobRequest(job_id=job.job_id))
-    wait_state(stack, job.job_id, {S.TRAINING_JOB_STATE_CANCELLED}, timeout=300)
+    stack.trainer_stub.CancelTrainingJob(trainer_pb2.CancelTrainingJobRequest(job_id=job.job_id))
+    wait_state(stack, job.job_id, {JobState.TRAINING_JOB_STATE_CANCELLED}, timeout=300)
     events = watch(stack, job.job_id, history=True)
     running = [e.state_changed for e in events if e.WhichOneof("event") == "state_changed"
-               and e.state_changed.state == S.TRAINING_JOB_STATE_RUNNING]
+               and e.state_changed.state == JobState.TRAINING_JOB_STATE_RUNNING]
     assert running[-1].reason == "RESUMED"
     assert f"step-{stopped_at:06d}" in running[-1].message
 
     # deleting an unfinished (here: queued again) job needs force; then every file goes
-    stack.trainer_stub.ResumeTrainingJob(P.ResumeTrainingJobRequest(job_id=job.job_id))
+    stack.trainer_stub.ResumeTrainingJob(trainer_pb2.ResumeTrainingJobRequest(job_id=job.job_id))
     with pytest.raises(grpc.RpcError) as info:
-        stack.trainer_stub.DeleteTrainingJob(P.DeleteTrainingJobRequest(job_id=job.job_id))
+        stack.trainer_stub.DeleteTrainingJob(trainer_pb2.DeleteTrainingJobRequest(job_id=job.job_id))
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     freed = stack.trainer_stub.DeleteTrainingJob(
-        P.DeleteTrainingJobRequest(job_id=job.job_id, force=True), timeout=60).freed_bytes
+        trainer_pb2.DeleteTrainingJobRequest(job_id=job.job_id, force=True), timeout=60).freed_bytes
     assert freed > 1 << 20 and not Path(job.job_dir).exists()
     with pytest.raises(grpc.RpcError) as info:
         get(stack, job.job_id)
@@ -177,12 +178,12 @@ def test_lora_job(stack, subject_pngs):
     # adapters on the UNet and the text encoder (the text encoder's through peft, which the
     # Generator's diffusers loader must read back)
     cfg = job_config(stack.base_model_id, subject_pngs[:3], steps=2, learning_rate=5e-3,
-                     method=P.TRAINING_METHOD_LORA, lora=P.LoraConfig(rank=4),
+                     method=trainer_pb2.TRAINING_METHOD_LORA, lora=trainer_pb2.LoraConfig(rank=4),
                      train_text_encoder=True)
     job = create(stack, cfg)
     watch(stack, job.job_id)
     job = get(stack, job.job_id)
-    assert job.state == S.TRAINING_JOB_STATE_SUCCEEDED, worker_log(stack, job)
+    assert job.state == JobState.TRAINING_JOB_STATE_SUCCEEDED, worker_log(stack, job)
     model = stack.catalog_stub.GetModel(
         catalog_pb2.GetModelRequest(model_id=job.output_model_id), timeout=30).model
     assert model.kind == catalog_pb2.MODEL_KIND_LORA
@@ -192,8 +193,8 @@ def test_lora_job(stack, subject_pngs):
     with safe_open(str(lora_file), "pt") as f:
         parts = {key.split(".")[0] for key in f.keys()}  # noqa: SIM118 (safe_open is no dict)
     assert parts == {"unet", "text_encoder"}
-    export = [c for c in job.checkpoints if c.kind == P.CHECKPOINT_KIND_EXPORT][-1]
-    full = [c for c in job.checkpoints if c.kind == P.CHECKPOINT_KIND_FULL_STATE][-1]
+    export = [c for c in job.checkpoints if c.kind == trainer_pb2.CHECKPOINT_KIND_EXPORT][-1]
+    full = [c for c in job.checkpoints if c.kind == trainer_pb2.CHECKPOINT_KIND_FULL_STATE][-1]
     assert export.size_bytes < 1 << 20 and full.size_bytes < 2 << 20  # adapters only
 
     # the Generator applies the adapter on top of the base model, for the LoRA's requests only
@@ -205,13 +206,13 @@ def test_lora_job(stack, subject_pngs):
 
 def test_ddp_two_cpu_processes(stack, subject_pngs):
     cfg = job_config(stack.base_model_id, subject_pngs[:2], steps=2,
-                     strategy=P.STRATEGY_DDP, devices=2, accelerator="cpu")
+                     strategy=trainer_pb2.STRATEGY_DDP, devices=2, accelerator="cpu")
     job = create(stack, cfg)
     started = time.monotonic()
     watch(stack, job.job_id)
     job = get(stack, job.job_id)
     log = worker_log(stack, job)
-    assert job.state == S.TRAINING_JOB_STATE_SUCCEEDED, log
+    assert job.state == JobState.TRAINING_JOB_STATE_SUCCEEDED, log
     assert "distributed_backend=gloo" in log and "All distributed processes registered" in log
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in log, log
     assert time.monotonic() - started < 300
@@ -233,8 +234,8 @@ def test_class_prompts_from_captions(stack, subject_pngs):
     job = create(stack, cfg)
     events = watch(stack, job.job_id, history=True)
     job = get(stack, job.job_id)
-    assert job.state == S.TRAINING_JOB_STATE_SUCCEEDED, worker_log(stack, job)
-    assert class_events(events)[-1] == P.ClassImagesProgress(ready=3, total=3, cached=0)
+    assert job.state == JobState.TRAINING_JOB_STATE_SUCCEEDED, worker_log(stack, job)
+    assert class_events(events)[-1] == trainer_pb2.ClassImagesProgress(ready=3, total=3, cached=0)
     cache = next(p for p in Path(job.job_dir).parents if (p / "class_images").is_dir())
     counts = {}
     for manifest in (cache / "class_images").glob("*/manifest.json"):

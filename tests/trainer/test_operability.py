@@ -14,10 +14,9 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from boothstudio.v1 import catalog_pb2
+from boothstudio.v1 import catalog_pb2, trainer_pb2
 from tests.trainer.helpers import (
-    P,
-    S,
+    JobState,
     Stack,
     create,
     get,
@@ -60,8 +59,8 @@ def test_metrics_log_and_files_through_cancel_resume_and_a_crash(stack, subject_
 
     # while it runs: the gauges read from the store
     job = wait_job(stack, job.job_id, lambda j: j.step >= 2 or j.state in (
-        S.TRAINING_JOB_STATE_SUCCEEDED, S.TRAINING_JOB_STATE_FAILED), timeout=600)
-    assert job.state == S.TRAINING_JOB_STATE_RUNNING, (job, worker_log(stack, job))
+        JobState.TRAINING_JOB_STATE_SUCCEEDED, JobState.TRAINING_JOB_STATE_FAILED), timeout=600)
+    assert job.state == JobState.TRAINING_JOB_STATE_RUNNING, (job, worker_log(stack, job))
     m = scrape(stack)
     assert sample(m, "boothstudio_trainer_jobs", state="running") == 1
     assert sample(m, "boothstudio_trainer_jobs", state="succeeded") == 0
@@ -70,18 +69,18 @@ def test_metrics_log_and_files_through_cancel_resume_and_a_crash(stack, subject_
     assert job.HasField("start_time")  # recorded when the worker started
     started = job.start_time.ToNanoseconds()
 
-    stack.trainer_stub.CancelTrainingJob(P.CancelTrainingJobRequest(job_id=job.job_id))
-    job = wait_state(stack, job.job_id, {S.TRAINING_JOB_STATE_CANCELLED}, 300)
+    stack.trainer_stub.CancelTrainingJob(trainer_pb2.CancelTrainingJobRequest(job_id=job.job_id))
+    job = wait_state(stack, job.job_id, {JobState.TRAINING_JOB_STATE_CANCELLED}, 300)
     stopped_at = job.step
     assert 2 <= stopped_at < total
-    stack.trainer_stub.ResumeTrainingJob(P.ResumeTrainingJobRequest(job_id=job.job_id))
+    stack.trainer_stub.ResumeTrainingJob(trainer_pb2.ResumeTrainingJobRequest(job_id=job.job_id))
     wait_job(stack, job.job_id, lambda j: j.step >= stopped_at + 2, timeout=600)
     # a worker killed mid-run is restarted from the job's last checkpoint
     for pid in worker_pids(job.job_id):
         os.kill(pid, signal.SIGKILL)
-    job = wait_state(stack, job.job_id, {S.TRAINING_JOB_STATE_SUCCEEDED,
-                                         S.TRAINING_JOB_STATE_FAILED}, 900)
-    assert job.state == S.TRAINING_JOB_STATE_SUCCEEDED, (job, worker_log(stack, job))
+    job = wait_state(stack, job.job_id, {JobState.TRAINING_JOB_STATE_SUCCEEDED,
+                                         JobState.TRAINING_JOB_STATE_FAILED}, 900)
+    assert job.state == JobState.TRAINING_JOB_STATE_SUCCEEDED, (job, worker_log(stack, job))
     assert "WORKER_CRASHED" in [w.reason for w in job.warnings]
     assert job.start_time.ToNanoseconds() == started  # the first start, kept through resumes
 
@@ -130,29 +129,29 @@ def test_a_cancel_acknowledged_during_export_is_honoured(stack, subject_pngs):
     catalog = stack.catalog.proc
     catalog.send_signal(signal.SIGSTOP)
     try:
-        wait_state(stack, job.job_id, {S.TRAINING_JOB_STATE_EXPORTING,
-                                       S.TRAINING_JOB_STATE_FAILED}, 600)
+        wait_state(stack, job.job_id, {JobState.TRAINING_JOB_STATE_EXPORTING,
+                                       JobState.TRAINING_JOB_STATE_FAILED}, 600)
         cancelled = stack.trainer_stub.CancelTrainingJob(
-            P.CancelTrainingJobRequest(job_id=job.job_id), timeout=30).job
-        assert cancelled.state == S.TRAINING_JOB_STATE_CANCELLING, cancelled
+            trainer_pb2.CancelTrainingJobRequest(job_id=job.job_id), timeout=30).job
+        assert cancelled.state == JobState.TRAINING_JOB_STATE_CANCELLING, cancelled
         # the worker may finish the cancel at once or only when the Catalog answers again;
         # what it must never do is go on to SUCCEEDED (checked below)
-        assert get(stack, job.job_id).state in (S.TRAINING_JOB_STATE_CANCELLING,
-                                                S.TRAINING_JOB_STATE_CANCELLED)
+        assert get(stack, job.job_id).state in (JobState.TRAINING_JOB_STATE_CANCELLING,
+                                                JobState.TRAINING_JOB_STATE_CANCELLED)
     finally:
         catalog.send_signal(signal.SIGCONT)
-    job = wait_state(stack, job.job_id, {S.TRAINING_JOB_STATE_CANCELLED,
-                                         S.TRAINING_JOB_STATE_SUCCEEDED}, 300)
-    assert job.state == S.TRAINING_JOB_STATE_CANCELLED, (job, worker_log(stack, job))
+    job = wait_state(stack, job.job_id, {JobState.TRAINING_JOB_STATE_CANCELLED,
+                                         JobState.TRAINING_JOB_STATE_SUCCEEDED}, 300)
+    assert job.state == JobState.TRAINING_JOB_STATE_CANCELLED, (job, worker_log(stack, job))
     assert job.resumable and not job.output_model_id and job.step == 2
     model_id = f"ft-{job.job_id}-2".replace("_", "-")  # the id registration would have used
     with pytest.raises(grpc.RpcError) as info:
         stack.catalog_stub.GetModel(catalog_pb2.GetModelRequest(model_id=model_id))
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
 
-    stack.trainer_stub.ResumeTrainingJob(P.ResumeTrainingJobRequest(job_id=job.job_id))
-    job = wait_state(stack, job.job_id, {S.TRAINING_JOB_STATE_SUCCEEDED,
-                                         S.TRAINING_JOB_STATE_FAILED}, 600)
-    assert job.state == S.TRAINING_JOB_STATE_SUCCEEDED, (job, worker_log(stack, job))
+    stack.trainer_stub.ResumeTrainingJob(trainer_pb2.ResumeTrainingJobRequest(job_id=job.job_id))
+    job = wait_state(stack, job.job_id, {JobState.TRAINING_JOB_STATE_SUCCEEDED,
+                                         JobState.TRAINING_JOB_STATE_FAILED}, 600)
+    assert job.state == JobState.TRAINING_JOB_STATE_SUCCEEDED, (job, worker_log(stack, job))
     assert stack.catalog_stub.GetModel(catalog_pb2.GetModelRequest(
         model_id=job.output_model_id)).model.origin.training_job_id == job.job_id

@@ -8,9 +8,9 @@ import re
 import signal
 import time
 
+from boothstudio.v1 import trainer_pb2
 from tests.trainer.helpers import (
-    P,
-    S,
+    JobState,
     create,
     job_config,
     start_stack,
@@ -24,8 +24,8 @@ from tests.trainer.helpers import (
 
 
 def _checkpoint_at_least(step: int):
-    def pred(job: P.TrainingJob) -> bool:
-        return any(c.step >= step and c.kind == P.CHECKPOINT_KIND_FULL_STATE
+    def pred(job: trainer_pb2.TrainingJob) -> bool:
+        return any(c.step >= step and c.kind == trainer_pb2.CHECKPOINT_KIND_FULL_STATE
                    for c in job.checkpoints)
     return pred
 
@@ -41,7 +41,7 @@ def test_kill9_worker_then_service(start_service, untrained_model, subject_pngs,
     (pid,) = worker_pids(job.job_id)
     os.kill(pid, signal.SIGKILL)
     job = wait_job(stack, job.job_id, lambda j: j.attempts == 2 and j.step >= 2
-                   and j.state == S.TRAINING_JOB_STATE_RUNNING)
+                   and j.state == JobState.TRAINING_JOB_STATE_RUNNING)
 
     # 2. the whole service dies hard (its worker goes with it), then starts again
     stack.trainer.proc.send_signal(signal.SIGKILL)
@@ -52,17 +52,17 @@ def test_kill9_worker_then_service(start_service, untrained_model, subject_pngs,
         time.sleep(0.2)
     assert not worker_pids(job.job_id), "the worker outlived its service"
     stack.trainer = start_trainer(start_service, stack.catalog, data_dir=data_dir)
-    job = wait_state(stack, job.job_id, {S.TRAINING_JOB_STATE_SUCCEEDED,
-                                         S.TRAINING_JOB_STATE_FAILED}, timeout=300)
-    assert job.state == S.TRAINING_JOB_STATE_SUCCEEDED, worker_log(stack, job)
+    job = wait_state(stack, job.job_id, {JobState.TRAINING_JOB_STATE_SUCCEEDED,
+                                         JobState.TRAINING_JOB_STATE_FAILED}, timeout=300)
+    assert job.state == JobState.TRAINING_JOB_STATE_SUCCEEDED, worker_log(stack, job)
     assert job.step == 8 and job.attempts == 3 and job.output_model_id
     assert {w.reason for w in job.warnings} >= {"WORKER_CRASHED", "RECOVERED"}
     events = watch(stack, job.job_id, history=True)
     changes = [e.state_changed for e in events if e.WhichOneof("event") == "state_changed"]
-    reasons = [(c.reason, S.Name(c.state)) for c in changes]
+    reasons = [(c.reason, JobState.Name(c.state)) for c in changes]
     assert ("WORKER_CRASHED", "TRAINING_JOB_STATE_QUEUED") in reasons, reasons
     assert ("RECOVERED", "TRAINING_JOB_STATE_QUEUED") in reasons, reasons
-    resumed = [c for c in changes if c.state == S.TRAINING_JOB_STATE_RUNNING]
+    resumed = [c for c in changes if c.state == JobState.TRAINING_JOB_STATE_RUNNING]
     assert [c.reason for c in resumed] == ["", "RESUMED", "RESUMED"], reasons
     # every step's metrics seen once per attempt; the second and third attempts continued
     steps = [e.metrics.step for e in events if e.WhichOneof("event") == "metrics"]
@@ -87,13 +87,13 @@ def test_sigterm_checkpoints_and_requeues(start_service, untrained_model, subjec
     stack.trainer = start_trainer(start_service, stack.catalog, data_dir=data_dir)
     events = watch(stack, job.job_id, history=True, timeout=600)
     changes = [e.state_changed for e in events if e.WhichOneof("event") == "state_changed"]
-    reasons = [(c.reason, S.Name(c.state)) for c in changes]
+    reasons = [(c.reason, JobState.Name(c.state)) for c in changes]
     assert ("INTERRUPTED", "TRAINING_JOB_STATE_QUEUED") in reasons, reasons
-    job = wait_state(stack, job.job_id, {S.TRAINING_JOB_STATE_SUCCEEDED,
-                                         S.TRAINING_JOB_STATE_FAILED}, timeout=300)
-    assert job.state == S.TRAINING_JOB_STATE_SUCCEEDED, worker_log(stack, job)
+    job = wait_state(stack, job.job_id, {JobState.TRAINING_JOB_STATE_SUCCEEDED,
+                                         JobState.TRAINING_JOB_STATE_FAILED}, timeout=300)
+    assert job.state == JobState.TRAINING_JOB_STATE_SUCCEEDED, worker_log(stack, job)
     assert job.attempts == 2 and job.step == 120
-    resumed = [c for c in changes if c.state == S.TRAINING_JOB_STATE_RUNNING]
+    resumed = [c for c in changes if c.state == JobState.TRAINING_JOB_STATE_RUNNING]
     assert [c.reason for c in resumed] == ["", "RESUMED"], reasons
     # the drain checkpointed the very step it stopped at, and the next attempt went on from it
     stop = next(c for c in changes if c.reason == "INTERRUPTED")
@@ -101,7 +101,7 @@ def test_sigterm_checkpoints_and_requeues(start_service, untrained_model, subjec
     assert stopped_at >= 3
     saved = [e.checkpoint_saved.checkpoint for e in events
              if e.WhichOneof("event") == "checkpoint_saved"]
-    assert (stopped_at, P.CHECKPOINT_KIND_FULL_STATE) in {(c.step, c.kind) for c in saved}
+    assert (stopped_at, trainer_pb2.CHECKPOINT_KIND_FULL_STATE) in {(c.step, c.kind) for c in saved}
     after = events[next(i for i, e in enumerate(events)
                         if e.WhichOneof("event") == "state_changed"
                         and e.state_changed.reason == "INTERRUPTED"):]

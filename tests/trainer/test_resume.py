@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from boothstudio.v1 import trainer_pb2 as P
+from boothstudio.v1 import trainer_pb2
 
 
 def _spec(tmp: Path, name: str, model: Path, pngs: list[bytes], steps: int,
@@ -18,7 +18,7 @@ def _spec(tmp: Path, name: str, model: Path, pngs: list[bytes], steps: int,
     (job_dir / "instance").mkdir(parents=True, exist_ok=True)
     for i, data in enumerate(pngs[:3]):
         (job_dir / "instance" / f"{i}.png").write_bytes(data)
-    cfg = P.DreamBoothConfig(
+    cfg = trainer_pb2.DreamBoothConfig(
         base_model_id="untrained", class_noun="circle", max_train_steps=steps, seed=3,
         learning_rate=1e-3, lr_scheduler="linear", train_text_encoder=True, random_flip=True,
         gradient_accumulation_steps=2, validation_prompts=["a {identifier} circle"],

@@ -10,9 +10,9 @@ import pytest
 
 from boothstudio.services.trainer.jobfile import request_from_yaml
 from boothstudio.shared.errors import decode_rpc_error
-from boothstudio.v1 import trainer_pb2 as P
+from boothstudio.v1 import trainer_pb2
 from tests.trainer.helpers import (
-    S,
+    JobState,
     Stack,
     create,
     job_config,
@@ -27,9 +27,10 @@ def stack(module_services, untrained_model) -> Stack:
     return start_stack(module_services, untrained_model)
 
 
-def rejected(stack: Stack, cfg: P.DreamBoothConfig) -> tuple[grpc.StatusCode, list[str]]:
+def rejected(stack: Stack, cfg: trainer_pb2.DreamBoothConfig) -> tuple[grpc.StatusCode, list[str]]:
     with pytest.raises(grpc.RpcError) as info:
-        stack.trainer_stub.CreateTrainingJob(P.CreateTrainingJobRequest(config=cfg), timeout=30)
+        stack.trainer_stub.CreateTrainingJob(
+            trainer_pb2.CreateTrainingJobRequest(config=cfg), timeout=30)
     d = decode_rpc_error(info.value)
     return d.code, d.fields
 
@@ -52,7 +53,7 @@ def test_sdxl_base_is_refused_by_name(stack, subject_pngs, untrained_model, tmp_
     stack.catalog_stub.ImportModel(catalog_pb2.ImportModelRequest(
         diffusers_path=str(tmp_path / "sdxl"), model_id="trainer-sdxl"))
     with pytest.raises(grpc.RpcError) as info:
-        stack.trainer_stub.CreateTrainingJob(P.CreateTrainingJobRequest(
+        stack.trainer_stub.CreateTrainingJob(trainer_pb2.CreateTrainingJobRequest(
             config=job_config("trainer-sdxl", subject_pngs)), timeout=30)
     d = decode_rpc_error(info.value)
     code, fields = d.code, d.fields
@@ -78,8 +79,8 @@ def test_too_many_images(stack, subject_pngs):
 
 
 def test_several_problems_at_once(stack, subject_pngs):
-    cfg = job_config("no-such-model", subject_pngs, steps=0, precision=P.PRECISION_FP16_MIXED,
-                     ema_decay=1.0)
+    cfg = job_config("no-such-model", subject_pngs, steps=0,
+                     precision=trainer_pb2.PRECISION_FP16_MIXED, ema_decay=1.0)
     code, fields = rejected(stack, cfg)
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert set(fields) == {"config.base_model_id", "config.max_train_steps", "config.precision",
@@ -90,7 +91,7 @@ def test_identifier_learning_rate_checked(stack, subject_pngs):
     for bad in (
         job_config(stack.base_model_id, subject_pngs, identifier_learning_rate=-1e-3),
         job_config(stack.base_model_id, subject_pngs, identifier_learning_rate=5e-3,
-                   method=P.TRAINING_METHOD_LORA),
+                   method=trainer_pb2.TRAINING_METHOD_LORA),
     ):
         code, fields = rejected(stack, bad)
         assert code == grpc.StatusCode.INVALID_ARGUMENT
@@ -127,7 +128,7 @@ def test_masked_loss_checked(stack, subject_pngs):
     for pngs, warned in ((cutouts, []), (subject_pngs, ["NO_MASKS"])):
         cfg = job_config(stack.base_model_id, pngs, masked_loss_background_weight=0.0)
         job = stack.trainer_stub.CreateTrainingJob(
-            P.CreateTrainingJobRequest(config=cfg, validate_only=True), timeout=30).job
+            trainer_pb2.CreateTrainingJobRequest(config=cfg, validate_only=True), timeout=30).job
         assert [w.reason for w in job.warnings if w.reason == "NO_MASKS"] == warned
         assert job.config.HasField("masked_loss_background_weight")
 
@@ -136,8 +137,8 @@ def test_validate_only_resolves_defaults_and_warns(stack, subject_pngs):
     cfg = job_config(stack.base_model_id, subject_pngs, identifier="sks")
     cfg.ClearField("max_train_steps")
     job = stack.trainer_stub.CreateTrainingJob(
-        P.CreateTrainingJobRequest(config=cfg, validate_only=True), timeout=30).job
-    assert job.state == P.TRAINING_JOB_STATE_UNSPECIFIED and not job.job_id
+        trainer_pb2.CreateTrainingJobRequest(config=cfg, validate_only=True), timeout=30).job
+    assert job.state == trainer_pb2.TRAINING_JOB_STATE_UNSPECIFIED and not job.job_id
     c = job.config
     assert c.max_train_steps == 400 and c.resolution == 64 and c.learning_rate == 1e-4
     assert c.instance_prompt == "a sks circle" and job.trigger_phrase == "a sks circle"
@@ -147,28 +148,32 @@ def test_validate_only_resolves_defaults_and_warns(stack, subject_pngs):
     # no identifier: a rare single token is picked
     cfg.ClearField("identifier")
     job = stack.trainer_stub.CreateTrainingJob(
-        P.CreateTrainingJobRequest(config=cfg, validate_only=True), timeout=30).job
+        trainer_pb2.CreateTrainingJobRequest(config=cfg, validate_only=True), timeout=30).job
     assert job.config.identifier == "zwx"
-    assert stack.trainer_stub.ListTrainingJobs(P.ListTrainingJobsRequest()).total_size == 0
+    listed = stack.trainer_stub.ListTrainingJobs(trainer_pb2.ListTrainingJobsRequest())
+    assert listed.total_size == 0
 
 
 def test_upload_then_create_from_dataset(stack, subject_pngs):
     def chunks():
-        yield P.UploadImagesRequest(metadata=P.UploadImagesMetadata(name="subject"))
+        yield trainer_pb2.UploadImagesRequest(
+            metadata=trainer_pb2.UploadImagesMetadata(name="subject"))
         for i, data in enumerate(subject_pngs[:3]):
             half = len(data) // 2
-            yield P.UploadImagesRequest(chunk=P.ImageChunk(filename=f"s{i}.png", data=data[:half]))
-            yield P.UploadImagesRequest(chunk=P.ImageChunk(filename=f"s{i}.png", data=data[half:]))
+            for part in (data[:half], data[half:]):
+                yield trainer_pb2.UploadImagesRequest(
+                    chunk=trainer_pb2.ImageChunk(filename=f"s{i}.png", data=part))
 
     up = stack.trainer_stub.UploadImages(chunks(), timeout=30)
     assert up.image_count == 3 and [i.width for i in up.images] == [64, 64, 64]
     cfg = job_config(stack.base_model_id, [], dataset_id=up.dataset_id)
     job = stack.trainer_stub.CreateTrainingJob(
-        P.CreateTrainingJobRequest(config=cfg, validate_only=True), timeout=30).job
+        trainer_pb2.CreateTrainingJobRequest(config=cfg, validate_only=True), timeout=30).job
     assert job.instance_image_count == 3
 
     def bad():
-        yield P.UploadImagesRequest(chunk=P.ImageChunk(filename="x.png", data=b"not an image"))
+        yield trainer_pb2.UploadImagesRequest(
+            chunk=trainer_pb2.ImageChunk(filename="x.png", data=b"not an image"))
 
     with pytest.raises(grpc.RpcError) as info:
         stack.trainer_stub.UploadImages(bad(), timeout=30)
@@ -188,7 +193,7 @@ def test_job_from_yaml(stack, subject_pngs, tmp_path: Path):
     req = request_from_yaml(tmp_path / "job.yaml")
     req.validate_only = True
     job = stack.trainer_stub.CreateTrainingJob(req, timeout=30).job
-    assert job.config.max_train_steps == 7 and job.config.strategy == P.STRATEGY_DDP
+    assert job.config.max_train_steps == 7 and job.config.strategy == trainer_pb2.STRATEGY_DDP
     assert job.instance_image_count == 3 and job.config.prior_preservation.class_image_count == 3
 
 
@@ -197,16 +202,16 @@ def test_queue_positions_cancel_and_list(stack, subject_pngs):
     jobs = [create(stack, job_config(stack.base_model_id, subject_pngs[:1], steps=300))
             for _ in range(3)]
     listed = stack.trainer_stub.ListTrainingJobs(
-        P.ListTrainingJobsRequest(states=[S.TRAINING_JOB_STATE_QUEUED])).jobs
+        trainer_pb2.ListTrainingJobsRequest(states=[JobState.TRAINING_JOB_STATE_QUEUED])).jobs
     assert {j.job_id: j.queue_position for j in listed} == {
         jobs[1].job_id: 0, jobs[2].job_id: 1}
     for j in reversed(jobs):
-        stack.trainer_stub.CancelTrainingJob(P.CancelTrainingJobRequest(job_id=j.job_id))
+        stack.trainer_stub.CancelTrainingJob(trainer_pb2.CancelTrainingJobRequest(job_id=j.job_id))
     for j in jobs:
-        assert wait_state(stack, j.job_id, {S.TRAINING_JOB_STATE_CANCELLED}, 180)
-    page = stack.trainer_stub.ListTrainingJobs(P.ListTrainingJobsRequest(page_size=2))
+        assert wait_state(stack, j.job_id, {JobState.TRAINING_JOB_STATE_CANCELLED}, 180)
+    page = stack.trainer_stub.ListTrainingJobs(trainer_pb2.ListTrainingJobsRequest(page_size=2))
     assert len(page.jobs) == 2 and page.next_page_token and page.total_size == 3
     assert page.jobs[0].job_id == jobs[-1].job_id  # newest first
     nxt = stack.trainer_stub.ListTrainingJobs(
-        P.ListTrainingJobsRequest(page_size=2, page_token=page.next_page_token))
+        trainer_pb2.ListTrainingJobsRequest(page_size=2, page_token=page.next_page_token))
     assert [j.job_id for j in nxt.jobs] == [jobs[0].job_id] and not nxt.next_page_token
