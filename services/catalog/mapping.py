@@ -13,7 +13,8 @@ from google.protobuf import timestamp_pb2
 
 from boothstudio.services.diffusion.backends import BackendKindInfo
 from boothstudio.services.diffusion.samplers import SCHEDULES, ParamSpec, SamplerSpec
-from boothstudio.v1 import catalog_pb2, common_pb2
+from boothstudio.shared.option_values import to_option_value
+from boothstudio.v1 import catalog_pb2
 
 PREDICTION = {
     "epsilon": catalog_pb2.PREDICTION_TYPE_EPSILON,
@@ -68,22 +69,11 @@ def to_proto(row: sqlite3.Row | dict[str, Any]) -> catalog_pb2.Model:
     )
 
 
-def option_value(value: Any) -> common_pb2.OptionValue:
-    # bool first: a bool is also an int
-    if isinstance(value, bool):
-        return common_pb2.OptionValue(bool_value=value)
-    if isinstance(value, int):
-        return common_pb2.OptionValue(int_value=value)
-    if isinstance(value, float):
-        return common_pb2.OptionValue(float_value=value)
-    return common_pb2.OptionValue(string_value=str(value))
-
-
 def parameter_proto(p: ParamSpec) -> catalog_pb2.Parameter:
     msg = catalog_pb2.Parameter(
         name=p.name,
         type=PARAMETER_TYPES[p.type],
-        default_value=option_value(p.default),
+        default_value=to_option_value(p.default),
         choices=list(p.choices),
         help=p.help,
         label=p.label,

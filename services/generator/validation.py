@@ -24,6 +24,7 @@ from boothstudio.services.generator.adapters.base import Adapter, GenerationSpec
 from boothstudio.shared.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from boothstudio.shared.ids import is_valid_id
 from boothstudio.shared.images import ImageInfo, ImageLimits, ImageRejected, decode, probe
+from boothstudio.shared.option_values import from_option_value
 from boothstudio.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2, generator_pb2
 
 MAX_PROMPT_CHARS = 4000
@@ -52,11 +53,6 @@ _FORMATS = {
     catalog_pb2.MODEL_FORMAT_HF_CACHE: "hf_cache",
     catalog_pb2.MODEL_FORMAT_LORA: "lora",
 }
-
-
-def option_python(value: common_pb2.OptionValue) -> Any:
-    kind = value.WhichOneof("kind")
-    return None if kind is None else getattr(value, kind)
 
 
 def probe_image(data: bytes, field: str, problems: list[tuple[str, str]]) -> ImageInfo | None:
@@ -248,7 +244,7 @@ class Validator:
             )
         try:
             spec, schedule = sampler_table.resolve(r.sampler, r.schedule)
-            options = {k: option_python(v) for k, v in r.sampler_options.items()}
+            options = {k: from_option_value(v) for k, v in r.sampler_options.items()}
             values, problems = sampler_table.check_options(spec, options)
             p += problems
             out.update(sampler=spec, schedule=schedule, sampler_options=values)
@@ -325,7 +321,7 @@ class Validator:
             invert_mask=r.invert_mask,
             mask_fill=FILLS[r.mask_fill],
             sampler_options=plain["sampler_options"],
-            backend_options={k: option_python(v) for k, v in r.backend_options.items()},
+            backend_options={k: from_option_value(v) for k, v in r.backend_options.items()},
         )
         caps = adapter.capabilities
         if not {"txt2img": caps.txt2img, "img2img": caps.img2img, "inpaint": caps.inpaint}[

@@ -21,8 +21,6 @@ from boothstudio.v1 import (
 from tests.helpers import ServiceProcess
 
 JobState = trainer_pb2.TrainingJobState
-# test_units.py still imports P from here
-P = trainer_pb2
 TERMINAL = {JobState.TRAINING_JOB_STATE_SUCCEEDED, JobState.TRAINING_JOB_STATE_FAILED,
             JobState.TRAINING_JOB_STATE_CANCELLED}
 

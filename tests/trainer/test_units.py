@@ -6,11 +6,11 @@ import pytest
 
 from boothstudio.services.trainer.train import class_prompts
 from boothstudio.shared.errors import InvalidArgument
-from tests.trainer.helpers import P
+from boothstudio.v1 import trainer_pb2
 
 
-def _config(from_captions: bool) -> P.DreamBoothConfig:
-    cfg = P.DreamBoothConfig(identifier="zwx", class_prompt="a circle")
+def _config(from_captions: bool) -> trainer_pb2.DreamBoothConfig:
+    cfg = trainer_pb2.DreamBoothConfig(identifier="zwx", class_prompt="a circle")
     cfg.prior_preservation.class_prompts_from_captions = from_captions
     return cfg
 
@@ -134,7 +134,7 @@ def test_listed_class_prompts_replace_or_join() -> None:
 def test_class_prompts_are_templates_checked_by_field() -> None:
     from boothstudio.services.trainer.options import Limits, resolve
 
-    cfg = P.DreamBoothConfig(base_model_id="m", class_noun="circle", identifier="zwx",
+    cfg = trainer_pb2.DreamBoothConfig(base_model_id="m", class_noun="circle", identifier="zwx",
                              max_train_steps=1)
     cfg.instance_images.add(data=b"x", filename="0.png")
     cfg.prior_preservation.enabled = True
