@@ -19,7 +19,7 @@ from textual.message import Message
 from textual.reactive import reactive
 from textual.widgets import Input, TextArea
 
-from boothstudio.clients.sdk import AsyncBoothStudio, ServiceHealth
+from boothstudio.clients.sdk import AsyncBoothStudio, AsyncGenerationStream, ServiceHealth
 from boothstudio.clients.tui.commands import StudioCommands
 from boothstudio.clients.tui.screens.base import StudioScreen
 from boothstudio.clients.tui.screens.edit import EditScreen
@@ -30,6 +30,7 @@ from boothstudio.clients.tui.screens.settings import SettingsScreen
 from boothstudio.clients.tui.screens.train import TrainScreen
 from boothstudio.clients.tui.settings import DEFAULT_THEME, ImageMethod, StudioSettings
 from boothstudio.clients.tui.themes import STUDIO_THEMES
+from boothstudio.clients.tui.widgets.fields import describe
 
 ClientFactory = Callable[[StudioSettings], AsyncBoothStudio]
 
@@ -69,6 +70,9 @@ class StudioApp(App[None]):
 
     #: Health status per service ("SERVING", "UNAVAILABLE", ... or "UNKNOWN").
     health: reactive[dict[str, str]] = reactive(dict, always_update=True)
+    #: Bumped when the catalog's models may have changed (a job succeeded, an import, a
+    #: delete, or every `models_interval` seconds): screens with model lists reload them.
+    models_version: reactive[int] = reactive(0)
 
     @dataclass
     class HealthChecked(Message):
@@ -81,6 +85,7 @@ class StudioApp(App[None]):
         settings_path: Path | None = None,
         client_factory: ClientFactory = default_client,
         health_interval: float = 5.0,
+        models_interval: float = 60.0,
         cursor_blink: bool = True,
         images: ImageMethod | None = None,
     ) -> None:
@@ -97,11 +102,14 @@ class StudioApp(App[None]):
         self.settings_path = settings_path
         self.client_factory = client_factory
         self.health_interval = health_interval
+        self.models_interval = models_interval
         self.cursor_blink = cursor_blink
         self._client: AsyncBoothStudio | None = None
         #: PNG bytes by gallery image id (thumbnails and full views share them).
         self.png_cache: dict[str, bytes] = {}
         self._handoff: dict[str, Any] = {}
+        #: Running generations (Generate and Edit) by job id.
+        self.generations: dict[str, AsyncGenerationStream] = {}
         for theme in STUDIO_THEMES:
             self.register_theme(theme)
         # Before mounting: a theme set later restyles every widget once more.
@@ -149,6 +157,12 @@ class StudioApp(App[None]):
 
     def on_mount(self) -> None:
         self.poll_health()
+        if self.models_interval > 0:
+            self.set_interval(self.models_interval, self.models_changed)
+
+    def models_changed(self) -> None:
+        """The catalog's models changed (or may have): every model list reloads."""
+        self.models_version += 1
 
     async def on_unmount(self) -> None:
         if self._client is not None:
@@ -191,6 +205,25 @@ class StudioApp(App[None]):
 
     def action_check_health(self) -> None:
         self.poll_health()
+
+    # ------------------------------------------------------------------------- generations
+
+    def action_cancel_generation(self) -> None:
+        """Cancel every running generation, whichever screen started it."""
+        if not self.generations:
+            self.notify("no generation is running")
+        for job_id in list(self.generations):
+            self.cancel_generation(job_id)
+
+    @work(group="cancel")
+    async def cancel_generation(self, job_id: str) -> None:
+        """Ask the generator running `job_id` to stop; its stream ends Finished(CANCELLED)."""
+        stream = self.generations.get(job_id)
+        try:
+            if stream is not None:
+                await stream.cancel()
+        except Exception as exc:
+            self.notify(f"cancel: {describe(exc)}", severity="error", timeout=8)
 
     # -------------------------------------------------------------------------- navigation
 

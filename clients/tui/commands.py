@@ -27,7 +27,7 @@ class StudioCommands(Provider):
         run = app.run_screen_action
         out += [
             ("Generate images", partial(run, "generate", "generate"), "ctrl+g on Generate"),
-            ("Cancel generation", partial(run, "generate", "cancel"), "escape on Generate"),
+            ("Cancel generation", app.action_cancel_generation, "escape on Generate and Edit"),
             ("Inpaint / img2img", partial(run, "edit", "generate"), "ctrl+g on Edit"),
             ("Pick an image to edit", partial(run, "edit", "pick"), "ctrl+l on Edit"),
             ("Refresh gallery", partial(run, "gallery", "refresh"), "ctrl+r on Gallery"),

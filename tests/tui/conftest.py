@@ -28,6 +28,7 @@ def fake_app(theme: str = "booth-dark", **kw: Any) -> StudioApp:
         StudioSettings(images="halfcell", theme=theme),
         client_factory=lambda s: client,  # type: ignore[arg-type,return-value]
         health_interval=0,
+        models_interval=0,
         cursor_blink=False,
     )
 

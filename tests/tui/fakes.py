@@ -1,11 +1,15 @@
-"""A stand-in for `AsyncBoothStudio` with fixed answers, for the snapshot tests only: real
-services draw images whose pixels may move with the CPU's float rounding, and list images
-with timestamps. Everything else in tests/tui runs against the real services."""
+"""A stand-in for `AsyncBoothStudio` with fixed answers, for the snapshot tests (real services
+draw images whose pixels may move with the CPU's float rounding, and list images with
+timestamps) and for flows a real service cannot stage on cue (a generation slow enough to
+cancel, a resumed job's history). The same flows against real services: test_e2e.py."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 from collections.abc import AsyncIterator
+from copy import copy
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,9 +36,14 @@ from boothstudio.clients.sdk import (
     Schedule,
     ServiceHealth,
     Started,
+    StateChanged,
+    TrainingEvent,
     TrainingJob,
+    TrainingMetrics,
+    TrainingProgress,
     TrainingState,
 )
+from boothstudio.clients.sdk._base import training_spec
 
 
 def scene_png(colour: str, shape: str, background: str, size: int = 64) -> bytes:
@@ -133,9 +142,15 @@ PNGS = {
 
 
 class FakeStream:
-    def __init__(self, prompt: str, params: dict[str, Any]) -> None:
+    def __init__(self, prompt: str, params: dict[str, Any], step_delay: float = 0.0) -> None:
         self.job_id = "job-fake"
         self.params = params
+        self.step_delay = step_delay
+        self.cancelled = False
+
+    async def cancel(self) -> bool:
+        self.cancelled = True
+        return True
 
     async def __aenter__(self) -> FakeStream:
         return self
@@ -152,6 +167,10 @@ class FakeStream:
             raise InvalidArgument(violations=[("steps", "must be between 1 and 150")])
         yield Started(self.job_id, "boothstudio-tiny", "diffusers", "euler_a", "normal", [42], 1)
         for s in range(1, steps + 1):
+            await asyncio.sleep(self.step_delay)
+            if self.cancelled:
+                yield Finished(self.job_id, GenerationStatus.CANCELLED, 0, [])
+                return
             yield Progress(self.job_id, s, steps, eta=0.1 * (steps - s))
         png = PNGS["img-0"]
         yield ImageReady(self.job_id, GeneratedImage(0, 42, png, "img-new", 64, 64))
@@ -161,8 +180,18 @@ class FakeStream:
 class FakeClient:
     """The async SDK surface the studio uses, answering from the tables above."""
 
-    def __init__(self, gallery: bool = True) -> None:
+    def __init__(self, gallery: bool = True, step_delay: float = 0.0) -> None:
         self.gallery = list(GALLERY) if gallery else []
+        self.models = list(MODELS)
+        self.step_delay = step_delay
+        self.streams: list[FakeStream] = []
+        self.jobs = {j.job_id: copy(j) for j in JOBS}
+        #: Each job's events; those from index `live[job]` on happen while it is watched.
+        self.history: dict[str, list[TrainingEvent]] = {
+            "job-zwx": [],
+            "job-cat": list(CAT_HISTORY),
+        }
+        self.live: dict[str, int] = {}
 
     async def close(self) -> None:
         return None
@@ -175,7 +204,7 @@ class FakeClient:
         ]
 
     async def list_models(self, **kw: Any) -> Page[Model]:
-        return Page(list(MODELS))
+        return Page(list(self.models))
 
     async def list_samplers(self, **kw: Any) -> SamplerList:
         return SAMPLERS
@@ -189,19 +218,119 @@ class FakeClient:
         return img
 
     def stream_generate(self, prompt: str, **params: Any) -> FakeStream:
-        return FakeStream(prompt, params)
+        self.streams.append(FakeStream(prompt, params, self.step_delay))
+        return self.streams[-1]
 
     async def list_training_jobs(self, **kw: Any) -> Page[TrainingJob]:
-        return Page(
-            [
-                TrainingJob(
-                    "job-zwx",
-                    "zwx dog",
-                    TrainingState.SUCCEEDED,
-                    40,
-                    40,
-                    output_model_id="zwx-dog",
-                    created_at=WHEN,
-                )
-            ]
+        return Page([copy(j) for j in self.jobs.values()])
+
+    async def get_training_job(self, job_id: str, **kw: Any) -> TrainingJob:
+        return copy(self.jobs[job_id])
+
+    async def create_training_job(self, images: str, **settings: Any) -> TrainingJob:
+        """Checked by the SDK's own code (unknown settings raise InvalidArgument); the job is
+        queued, and succeeds while it is watched."""
+        training_spec(images, None, settings, "", "")
+        job = TrainingJob(
+            "job-new",
+            "zwx cat",
+            TrainingState.QUEUED,
+            0,
+            4,
+            created_at=WHEN.replace(hour=14),
+            trigger_phrase="zwx cat",
         )
+        self.jobs[job.job_id] = job
+        self.history[job.job_id] = [
+            replace(e, job_id=job.job_id) for e in CAT_HISTORY[:4] + CAT_RESUMED[2:]
+        ]
+        self.live[job.job_id] = 0
+        return copy(job)
+
+    async def resume_training_job(self, job_id: str, **kw: Any) -> TrainingJob:
+        """The job runs again: watched from now on, it goes on to succeed."""
+        job = self.jobs[job_id]
+        job.state, job.resumable = TrainingState.QUEUED, False
+        self.live[job_id] = len(self.history[job_id])
+        self.history[job_id] += CAT_RESUMED
+        return copy(job)
+
+    def watch_training_job(self, job_id: str, **kw: Any) -> FakeWatch:
+        return FakeWatch(self, job_id)
+
+
+class FakeWatch:
+    """The history of a job, then its live events (which change the job as they happen)."""
+
+    def __init__(self, client: FakeClient, job_id: str) -> None:
+        self.client, self.job_id = client, job_id
+
+    async def __aenter__(self) -> FakeWatch:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    def __aiter__(self) -> AsyncIterator[TrainingEvent]:
+        return self._events()
+
+    async def _events(self) -> AsyncIterator[TrainingEvent]:
+        job = self.client.jobs[self.job_id]
+        live = self.client.live.get(self.job_id, 1_000_000)
+        for i, event in enumerate(self.client.history[self.job_id]):
+            if i >= live:
+                await asyncio.sleep(0.01)
+                if isinstance(event, StateChanged):
+                    job.state = event.state
+                if isinstance(event, TrainingProgress):
+                    job.step = event.metrics.step
+                if isinstance(event, StateChanged) and event.state is TrainingState.SUCCEEDED:
+                    job.output_model_id = f"zwx-cat-{self.job_id}"  # its model joins the catalog
+                    self.client.models.append(
+                        replace(MODELS[1], id=job.output_model_id, training_job_id=self.job_id)
+                    )
+            yield event
+
+
+def state(job_id: str, seq: int, before: TrainingState, after: TrainingState) -> StateChanged:
+    return StateChanged(job_id, seq, before, after)
+
+
+JOBS = [
+    TrainingJob(
+        "job-zwx",
+        "zwx dog",
+        TrainingState.SUCCEEDED,
+        40,
+        40,
+        output_model_id="zwx-dog",
+        created_at=WHEN,
+    ),
+    TrainingJob(
+        "job-cat",
+        "zwx cat",
+        TrainingState.CANCELLED,
+        2,
+        4,
+        created_at=WHEN.replace(hour=13),
+        trigger_phrase="zwx cat",
+        resumable=True,
+        last_metrics=TrainingMetrics(2, 4, 0.2, eta=3.0),
+    ),
+]
+S = TrainingState
+CAT_HISTORY: list[TrainingEvent] = [
+    state("job-cat", 1, S.UNSPECIFIED, S.QUEUED),
+    state("job-cat", 2, S.QUEUED, S.RUNNING),
+    TrainingProgress("job-cat", 3, TrainingMetrics(1, 4, 0.3, eta=6.0)),
+    TrainingProgress("job-cat", 4, TrainingMetrics(2, 4, 0.2, eta=3.0)),
+    state("job-cat", 5, S.RUNNING, S.CANCELLING),
+    state("job-cat", 6, S.CANCELLING, S.CANCELLED),
+]
+CAT_RESUMED: list[TrainingEvent] = [
+    state("job-cat", 7, S.CANCELLED, S.QUEUED),
+    state("job-cat", 8, S.QUEUED, S.RUNNING),
+    TrainingProgress("job-cat", 9, TrainingMetrics(3, 4, 0.15, eta=1.5)),
+    TrainingProgress("job-cat", 10, TrainingMetrics(4, 4, 0.1, eta=0.0)),
+    state("job-cat", 11, S.RUNNING, S.SUCCEEDED),
+]

@@ -41,6 +41,10 @@ class StudioScreen(Screen[None]):
 
         text: str
 
+    class ModelsChanged(Message):
+        """The catalog's models changed here (import, delete, a job's model): every screen's
+        model list reloads."""
+
     def compose(self) -> ComposeResult:
         yield Header(icon="◆")
         yield from self.compose_body()
@@ -52,6 +56,11 @@ class StudioScreen(Screen[None]):
 
     def on_mount(self) -> None:
         self.sub_title = self.TITLE_TEXT
+        self.watch(self.app, "models_version", self.reload_models, init=False)
+
+    def reload_models(self) -> None:
+        """The catalog's models changed (see StudioApp.models_changed): screens with a model
+        list reload it."""
 
     def on_screen_resume(self) -> None:
         self.studio.deliver(self)
@@ -78,10 +87,12 @@ class StudioScreen(Screen[None]):
         prefix = f"{what}: " if what else ""
         if isinstance(exc, BoothStudioError) and exc.violations:
             rest = show_violations(self, exc.violations)
-            if rest:
+            if rest:  # no field of the form stands for these: say them in full
                 lines = "; ".join(f"{v.field}: {v.description}" for v in rest)
                 self.notify(f"{prefix}{lines}", severity="error", timeout=8)
-            self.say(f"{prefix}check the highlighted fields")
+                self.say(f"{prefix}{lines}")
+            else:
+                self.say(f"{prefix}check the highlighted fields")
             return
         self.say(f"{prefix}{describe(exc)}")
         self.notify(f"{prefix}{describe(exc)}", severity="error", timeout=8)
@@ -93,6 +104,10 @@ class StudioScreen(Screen[None]):
     def failed(self, event: Failed) -> None:
         """Show a worker's failure (screens that also restore some state extend this)."""
         self.report_error(event.error, event.what)
+
+    @on(ModelsChanged)
+    def _models_changed(self) -> None:
+        self.studio.models_changed()
 
     @on(Done)
     def done(self, event: Done) -> None:

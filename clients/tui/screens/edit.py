@@ -45,6 +45,7 @@ class EditScreen(StudioScreen):
 
     BINDINGS = [
         Binding("ctrl+g", "generate", "Generate"),
+        Binding("escape", "cancel", "Cancel"),
         Binding("ctrl+l", "pick", "From gallery"),
         Binding("ctrl+o", "open_file", "Open file"),
         Binding("ctrl+k", "canvas", "Paint", show=False),
@@ -71,6 +72,7 @@ class EditScreen(StudioScreen):
         super().__init__()
         self.source_png: bytes | None = None
         self.running = False
+        self.job_id = ""
 
     def compose_body(self) -> ComposeResult:
         with Horizontal(id="edit-body", classes="body"):
@@ -127,6 +129,9 @@ class EditScreen(StudioScreen):
         self._brush_info()
         self.load_models()
 
+    def reload_models(self) -> None:
+        self.load_models()
+
     # ---------------------------------------------------------------------------- models
 
     @work(exclusive=True, group="catalog")
@@ -141,9 +146,12 @@ class EditScreen(StudioScreen):
     @on(ModelsLoaded)
     def models_loaded(self, event: ModelsLoaded) -> None:
         select = self.query_one("#edit-model", Select)
+        current = select.value
         select.set_options((model_label(m), m.id) for m in event.models)
         default = next((m for m in event.models if m.builtin), None)
-        if default is not None:
+        if current in [m.id for m in event.models]:
+            select.value = current
+        elif default is not None:
             select.value = default.id
 
     # ---------------------------------------------------------------------------- source
@@ -283,13 +291,21 @@ class EditScreen(StudioScreen):
     @work(exclusive=True, group="generate")
     async def run_edit(self, prompt: str, params: GenerateParams) -> None:
         try:
-            async with self.client.stream_generate(prompt, **params) as stream:
+            stream = self.client.stream_generate(prompt, **params)
+            self.job_id = stream.job_id
+            self.studio.generations[stream.job_id] = stream
+            async with stream:
                 async for event in stream:
                     self.post_message(self.Event(event))
         except Exception as exc:
             self.post_message(self.Failed(exc, "edit"))
         finally:
             self.post_message(self.Ended())
+
+    def action_cancel(self) -> None:
+        if self.running and self.job_id:
+            self.say("cancelling…")
+            self.studio.cancel_generation(self.job_id)
 
     @on(Event)
     def edit_event(self, message: Event) -> None:
@@ -318,6 +334,7 @@ class EditScreen(StudioScreen):
     @on(Ended)
     def ended(self) -> None:
         self.running = False
+        self.studio.generations.pop(self.job_id, None)
         self.query_one("#edit-generate", Button).disabled = False
 
 

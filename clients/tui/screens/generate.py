@@ -4,6 +4,7 @@ a progress bar with ETA, the live preview and the results."""
 from __future__ import annotations
 
 import contextlib
+import random
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +41,9 @@ from boothstudio.clients.tui.widgets.sampler_settings import SamplerSettings
 class GenerateScreen(StudioScreen):
     MODE = "generate"
     TITLE_TEXT = "Generate"
+    AUTO_FOCUS = "#prompt"
+    #: The service's guidance scale when a request sets none.
+    DEFAULT_CFG = "7"
 
     BINDINGS = [
         Binding("ctrl+g", "generate", "Generate"),
@@ -72,7 +76,13 @@ class GenerateScreen(StudioScreen):
         self.samplers: SamplerList | None = None
         self.running = False
         self.job_id = ""
+        #: The first seed of the last generation (what "fixed seed" starts from).
+        self.last_seed: int | None = None
+        #: The previous results stay until the next generation has started.
+        self._clear_results = False
         self._pending: GalleryImage | None = None
+        #: A model handed over ("Generate with") that the list may not hold yet.
+        self._want_model = ""
 
     def compose_body(self) -> ComposeResult:
         with Horizontal(id="generate-body", classes="body"):
@@ -94,7 +104,11 @@ class GenerateScreen(StudioScreen):
                     yield FormField("Height", Input(type="integer", id="height"), field="height")
                 with Horizontal(classes="row"):
                     yield FormField("Steps", Input(type="integer", id="steps"), field="steps")
-                    yield FormField("CFG", Input(type="number", id="cfg_scale"), field="cfg_scale")
+                    yield FormField(
+                        "CFG",
+                        Input(self.DEFAULT_CFG, type="number", id="cfg_scale"),
+                        field="cfg_scale",
+                    )
                 with Horizontal(classes="row"):
                     yield FormField(
                         "Seed", Input(type="integer", placeholder="random", id="seed"), field="seed"
@@ -118,6 +132,9 @@ class GenerateScreen(StudioScreen):
         self.query_one("#seed", Input).disabled = True
         self.watch(self.app, "health", self._health_changed, init=False)
         self.action_refresh()
+
+    def reload_models(self) -> None:
+        self.load_catalog()
 
     def _health_changed(self, health: dict[str, str]) -> None:
         """The catalog came (back) up and the lists are empty: load them now."""
@@ -149,10 +166,11 @@ class GenerateScreen(StudioScreen):
     async def catalog_loaded(self, event: CatalogLoaded) -> None:
         self.models = event.models
         model_select = self.query_one("#model", Select)
-        current = model_select.value
+        current = self._want_model or model_select.value
         model_select.set_options((model_label(m), m.id) for m in self.models)
         ids = [m.id for m in self.models]
         if current in ids:
+            self._want_model = ""
             model_select.value = current
         elif ids:
             default = next((m for m in self.models if m.builtin), self.models[0])
@@ -239,7 +257,8 @@ class GenerateScreen(StudioScreen):
         seed = self.query_one("#seed", Input)
         seed.disabled = event.value
         if not event.value and not seed.value:
-            seed.value = "0"
+            last = self.last_seed
+            seed.value = str(last if last is not None else random.randrange(2**32))
 
     def action_toggle_seed(self) -> None:
         box = self.query_one("#seed-random", Checkbox)
@@ -291,8 +310,7 @@ class GenerateScreen(StudioScreen):
             self.report_error(exc, "generate")
             return
         self.running = True
-        self.query_one("#results", HorizontalScroll).remove_children()
-        self.query_one("#seed-used", Static).update("")
+        self._clear_results = True
         self.query_one(JobProgress).reset("starting…")
         self.query_one("#generate-button", Button).disabled = True
         self.say("generating…")
@@ -311,6 +329,7 @@ class GenerateScreen(StudioScreen):
         try:
             stream = self.client.stream_generate(prompt, **params)
             self.job_id = stream.job_id
+            self.studio.generations[stream.job_id] = stream
             async with stream:
                 async for event in stream:
                     self.post_message(self.Event(event))
@@ -321,23 +340,22 @@ class GenerateScreen(StudioScreen):
 
     def action_cancel(self) -> None:
         if self.running and self.job_id:
-            self.cancel_generation(self.job_id)
-
-    @work(group="cancel")
-    async def cancel_generation(self, job_id: str) -> None:
-        try:
-            await self.client.cancel_generation(job_id)
-        except Exception as exc:
-            self.post_message(self.Failed(exc, "cancel"))
+            self.say("cancelling…")
+            self.studio.cancel_generation(self.job_id)
 
     @on(Event)
     def generation_event(self, message: Event) -> None:
         event = message.event
         progress = self.query_one(JobProgress)
+        if self._clear_results:  # the request was accepted: its results replace the last ones
+            self._clear_results = False
+            self.query_one("#results", HorizontalScroll).remove_children()
+            self.query_one("#seed-used", Static).update("")
         if isinstance(event, Queued):
             progress.reset(f"queued (position {event.position})")
         elif isinstance(event, Started):
             seeds = ", ".join(str(s) for s in event.seeds)
+            self.last_seed = event.seeds[0] if event.seeds else self.last_seed
             self.query_one("#seed-used", Static).update(f"Seed used: {seeds}")
             progress.show(0, event.steps or 1, f"started · {event.sampler} {event.schedule}")
         elif isinstance(event, Progress):
@@ -386,6 +404,7 @@ class GenerateScreen(StudioScreen):
     @on(Ended)
     def ended(self) -> None:
         self.running = False
+        self.studio.generations.pop(self.job_id, None)
         self.query_one("#generate-button", Button).disabled = False
 
     # ------------------------------------------------------------------------ reuse
@@ -396,8 +415,11 @@ class GenerateScreen(StudioScreen):
             if self.models:
                 self._apply(payload)
         elif isinstance(payload, Model):
-            with contextlib.suppress(InvalidSelectValueError):
+            if payload.id in [m.id for m in self.models]:
                 self.query_one("#model", Select).value = payload.id
+            else:  # new since the list was loaded: reload, then select it
+                self._want_model = payload.id
+                self.load_catalog()
             self.say(
                 f"model {payload.id}"
                 + (f" · trigger: {payload.trigger_phrase}" if payload.trigger_phrase else "")

@@ -101,6 +101,9 @@ class ModelsScreen(StudioScreen):
         table.add_columns("id", "name", "kind", "format", "size")
         self.action_refresh()
 
+    def reload_models(self) -> None:
+        self.load()
+
     def action_refresh(self) -> None:
         self.load()
 
@@ -192,6 +195,7 @@ class ModelsScreen(StudioScreen):
             self.post_message(self.Done(f"{model.id}: {w.message}"))
         self.post_message(self.Done(f"imported {model.id}"))
         self.load(select=model.id)
+        self.post_message(self.ModelsChanged())
 
     # ----------------------------------------------------------------------------- delete
 
@@ -216,7 +220,7 @@ class ModelsScreen(StudioScreen):
         self.post_message(
             self.Done(f"deleted {model_id}" + (f" ({freed} bytes freed)" if freed else ""))
         )
-        self.load()
+        self.post_message(self.ModelsChanged())
 
     async def action_use(self) -> None:
         model = self.current()

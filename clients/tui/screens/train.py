@@ -164,6 +164,8 @@ class TrainScreen(StudioScreen):
                     "More options",
                     Input(placeholder="key=value …  (e.g. resolution=64)", id="extra"),
                     field="extra",
+                    id="extra-field",
+                    name_fields=True,
                 )
                 yield Button("Create job  ctrl+n", variant="primary", id="train-create")
                 yield Label("Jobs", classes="section")
@@ -183,6 +185,9 @@ class TrainScreen(StudioScreen):
 
     def on_mount(self) -> None:
         super().on_mount()
+        self.load(with_models=True)
+
+    def reload_models(self) -> None:
         self.load(with_models=True)
 
     # --------------------------------------------------------------------------- listing
@@ -246,7 +251,10 @@ class TrainScreen(StudioScreen):
             opts["max_train_steps"] = steps
         opts["method"] = self.query_one("#method", Select).value
         opts["prior_preservation"] = self.query_one("#prior", Checkbox).value
-        opts.update(parse_extra(self.query_one("#extra", Input).value))
+        extra = parse_extra(self.query_one("#extra", Input).value)
+        # the service's complaint about a setting given here lands on this field
+        self.query_one("#extra-field", FormField).fields = ["extra", *extra]
+        opts.update(extra)
         return folder, opts  # type: ignore[return-value]
 
     def action_create(self) -> None:
@@ -272,6 +280,7 @@ class TrainScreen(StudioScreen):
             self.post_message(self.Failed(exc, "create"))
             return
         self.post_message(self.JobUpdated(job, watch=True))
+        self.post_message(self.Done(f"job {job.display_name or job.job_id} created"))
         self.load()
 
     # ----------------------------------------------------------------------------- watch
@@ -300,9 +309,10 @@ class TrainScreen(StudioScreen):
         if job.output_model_id:
             detail += f" · model {job.output_model_id}"
         self.query_one("#job-state", Static).update(detail)
-        eta = eta_text(job.last_metrics.eta) if job.last_metrics else ""
+        running = job.last_metrics is not None and not job.state.terminal
+        eta = eta_text(job.last_metrics.eta) if job.last_metrics and running else ""
         self.query_one(JobProgress).show(
-            job.step, job.total_steps or 1, f"step {job.step}/{job.total_steps} {eta}"
+            job.step, job.total_steps or 1, f"step {job.step}/{job.total_steps} {eta}".rstrip()
         )
         self._buttons(job)
 
@@ -317,8 +327,12 @@ class TrainScreen(StudioScreen):
             async with self.client.watch_training_job(job_id, include_history=True) as watch:
                 async for event in watch:
                     self.post_message(self.Event(event))
+                    # The history of a resumed job holds an earlier end ("cancelled"): the
+                    # watch ends only when the job itself has ended.
                     if isinstance(event, StateChanged) and event.state.terminal:
-                        break
+                        job = await self.client.get_training_job(job_id)
+                        if job.state.terminal:
+                            break
             job = await self.client.get_training_job(job_id)
         except Exception as exc:
             self.post_message(self.Failed(exc, "watch"))
@@ -341,6 +355,13 @@ class TrainScreen(StudioScreen):
             self._buttons(self.job)
             if event.state is TrainingState.SUCCEEDED:
                 self.query_one(JobProgress).finish("finished")
+                self.studio.models_changed()
+            elif event.state.terminal:  # no ETA left
+                self.query_one(JobProgress).show(
+                    self.job.step, self.job.total_steps or 1, event.state.value
+                )
+            if event.state.terminal:
+                self.say(f"job {self.job.display_name or self.job.job_id} {event.state.value}")
         elif isinstance(event, TrainingProgress):
             m = event.metrics
             self.job.step = m.step

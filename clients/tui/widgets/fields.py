@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import TypeVar
 
+from textual import on
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.dom import DOMNode
@@ -41,11 +42,14 @@ class FormField(Vertical):
         field: str | Sequence[str],
         id: str | None = None,
         classes: str | None = None,
+        name_fields: bool = False,
     ) -> None:
         super().__init__(id=id, classes=classes)
         self.label = label
         self.widget = widget
         self.fields = [field] if isinstance(field, str) else list(field)
+        #: Errors name the field they are about (a field of many settings, e.g. key=value pairs).
+        self.name_fields = name_fields
         if isinstance(widget, Input | Select | Checkbox):
             widget.compact = True
 
@@ -56,9 +60,26 @@ class FormField(Vertical):
 
     def claims(self, path: str) -> bool:
         """True when a violation of `path` concerns this field."""
-        return any(
-            path == f or path.endswith("." + f) or path.startswith(f + "[") for f in self.fields
+        return self.claimed(path) is not None
+
+    def claimed(self, path: str) -> str | None:
+        """Which of this field's names a violation of `path` is about (None: not this field)."""
+        return next(
+            (
+                f
+                for f in self.fields
+                if path == f or path.endswith("." + f) or path.startswith(f + "[")
+            ),
+            None,
         )
+
+    @on(Input.Changed)
+    @on(Select.Changed)
+    @on(Checkbox.Changed)
+    def _edited(self) -> None:
+        """A new value: the complaint about the old one no longer holds."""
+        if self.has_class("-invalid"):
+            self.clear_error()
 
     def set_error(self, message: str) -> None:
         self.query_one(FieldError).update(message)
@@ -82,7 +103,8 @@ def show_violations(root: DOMNode, violations: Iterable[FieldViolation]) -> list
         if not owners:
             unclaimed.append(v)
         for f in owners:
-            f.set_error(v.description)
+            named = f"{f.claimed(v.field)}: {v.description}"
+            f.set_error(named if f.name_fields else v.description)
     return unclaimed
 
 
@@ -115,5 +137,8 @@ def _parse(text: str, field: str, cast: Callable[[str], N], problem: str) -> N |
 
 
 def model_label(m: Model) -> str:
-    """How a model is named in a model select."""
-    return m.display_name or m.id
+    """How a model is named in a model select: its id first (fine-tunes of one subject share a
+    name, never an id; a long label is cut at its end), then its name."""
+    if m.display_name and m.display_name != m.id:
+        return f"{m.id} · {m.display_name}"
+    return m.id

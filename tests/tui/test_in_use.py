@@ -1,0 +1,228 @@
+"""The studio as a person uses it (issue 22): the defects found in use, each with the flow that
+showed it. On the fake client (tests/tui/fakes.py): a generation slow enough to cancel, a
+resumed job's history and a new model are staged on cue there.
+Rerun: `.venv/bin/pytest tests/tui/test_in_use.py -v`
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from textual.pilot import Pilot
+from textual.widgets import Button, DataTable, Input, OptionList, Select, Static
+
+from boothstudio.clients.sdk import InvalidArgument, TrainingState
+from boothstudio.clients.tui.app import StudioApp
+from boothstudio.clients.tui.screens.base import StudioScreen
+from boothstudio.clients.tui.widgets.fields import model_label
+from boothstudio.clients.tui.widgets.results import JobProgress, ResultTile
+from tests.tui.conftest import SIZE, fake_app, picker_ready, settle, wait_for
+from tests.tui.fakes import MODELS, PNGS, FakeClient
+from tests.tui.test_studio import error_text, field_of, palette
+
+
+def fake(app: StudioApp) -> FakeClient:
+    client = app.client
+    assert isinstance(client, FakeClient)
+    return client
+
+
+def progress_text(screen: StudioScreen) -> str:
+    return str(screen.query_one(JobProgress).query_one(".job-eta", Static).render())
+
+
+def status_text(screen: StudioScreen) -> str:
+    return str(screen.query_one("#status-line", Static).render())
+
+
+async def go(pilot: Pilot[Any], mode: str) -> StudioScreen:
+    await pilot.app.switch_mode(mode)
+    await settle(pilot)
+    screen = pilot.app.screen
+    assert isinstance(screen, StudioScreen)
+    return screen
+
+
+# 1 ------------------------------------------------------------------------------------
+
+
+async def test_generate_with_a_new_model_selects_it() -> None:
+    app = fake_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        generate = app.screen
+        # a second fine-tune of the same subject arrives after start-up: same name, new id
+        twin = replace(MODELS[1], id="zwx-dog-2")
+        fake(app).models.append(twin)
+
+        models = await go(pilot, "models")
+        table = models.query_one(DataTable)
+        await wait_for(pilot, lambda: table.row_count == 3, what="the new model listed")
+        table.focus()
+        table.move_cursor(row=2)
+        await pilot.press("g")
+        await wait_for(pilot, lambda: app.current_mode == "generate", what="generate")
+        model = generate.query_one("#model", Select)
+        await wait_for(pilot, lambda: model.value == "zwx-dog-2", 10, "the model selected")
+        assert "zwx-dog-2" in str(model.query_one("SelectCurrent Static").render())
+        assert model_label(twin) != model_label(MODELS[1])
+
+        # a model list follows the catalog when told it changed (job, import, delete, timer)
+        fake(app).models.append(replace(MODELS[1], id="zwx-dog-3"))
+        app.models_changed()
+        await wait_for(
+            pilot,
+            lambda: "zwx-dog-3" in [m.id for m in generate.models],  # type: ignore[attr-defined]
+            10,
+            "the list reloaded",
+        )
+        assert model.value == "zwx-dog-2"  # the choice stays
+
+
+# 2 --------------------------------------------------------------------------------------
+
+
+async def test_resumed_job_is_followed_to_its_end() -> None:
+    app = fake_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        train = await go(pilot, "train")
+        jobs = train.query_one("#jobs", OptionList)
+        jobs.focus()
+        jobs.highlighted = next(
+            i for i in range(jobs.option_count) if jobs.get_option_at_index(i).id == "job-cat"
+        )
+        await pilot.press("enter")
+        resume = train.query_one("#job-resume", Button)
+        await wait_for(pilot, lambda: not resume.disabled, 10, "the cancelled job shown")
+        assert train.job.state is TrainingState.CANCELLED  # type: ignore[attr-defined]
+
+        await pilot.press("ctrl+u")
+        model = train.query_one("#job-model", Button)
+        await wait_for(pilot, lambda: not model.disabled, 10, "the resumed job's model")
+        assert train.job.state is TrainingState.SUCCEEDED  # type: ignore[attr-defined]
+        assert "succeeded" in str(train.query_one("#job-state", Static).render())
+        # its model is in the other screens' lists without a manual refresh
+        await pilot.app.switch_mode("generate")
+        await wait_for(
+            pilot,
+            lambda: "zwx-cat-job-cat" in [m.id for m in app.screen.models],  # type: ignore[attr-defined]
+            10,
+            "the new model in Generate",
+        )
+
+
+# 5 ------------------------------------------------------------------------------------
+
+
+async def test_status_and_eta_follow_the_job(tmp_path: Path) -> None:
+    (tmp_path / "cat.png").write_bytes(PNGS["img-0"])
+    app = fake_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        train = await go(pilot, "train")
+        train.query_one("#train-images", Input).value = str(tmp_path)
+        train.query_one("#class_noun", Input).value = "cat"
+        await pilot.press("ctrl+n")
+        model = train.query_one("#job-model", Button)
+        await wait_for(pilot, lambda: not model.disabled, 10, "the job's model")
+        await settle(pilot)
+        assert "uploading" not in status_text(train)
+        assert "succeeded" in status_text(train)
+
+        # a cancelled job: its last step, no ETA
+        jobs = train.query_one("#jobs", OptionList)
+        jobs.focus()
+        jobs.highlighted = next(
+            i for i in range(jobs.option_count) if jobs.get_option_at_index(i).id == "job-cat"
+        )
+        await pilot.press("enter")
+        await wait_for(
+            pilot, lambda: train.job.job_id == "job-cat", 10, "the cancelled job"  # type: ignore[attr-defined]
+        )
+        await settle(pilot)
+        assert "2/4" in progress_text(train) and "ETA" not in progress_text(train)
+
+
+# 3 ------------------------------------------------------------------------------------
+
+
+async def test_edit_can_be_cancelled_with_escape_and_from_the_palette() -> None:
+    app = fake_app(step_delay=0.2)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        edit = await go(pilot, "edit")
+        await pilot.press("ctrl+l")
+        await wait_for(pilot, lambda: picker_ready(pilot), what="the gallery picker")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: edit.source_png is not None, what="the image")  # type: ignore[attr-defined]
+        edit.query_one("#edit-mode", Select).value = "img2img"
+        edit.query_one("#edit-steps", Input).value = "50"
+
+        await pilot.press("ctrl+g")
+        await wait_for(pilot, lambda: "step" in progress_text(edit), 10, "the edit running")
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: "cancelled" in progress_text(edit), 10, "cancelled by esc")
+
+        await pilot.press("ctrl+g")
+        await wait_for(pilot, lambda: "step" in progress_text(edit), 10, "the edit running")
+        await app.switch_mode("gallery")  # not go(): settle() would wait for the edit to end
+        await palette(pilot, "cancel generation")
+        await wait_for(pilot, lambda: "cancelled" in progress_text(edit), 10, "cancelled (palette)")
+        assert app.current_mode == "gallery"
+        assert all(s.cancelled for s in fake(app).streams)
+
+
+# 4 ------------------------------------------------------------------------------------
+
+
+async def test_a_bad_training_setting_is_highlighted(tmp_path: Path) -> None:
+    (tmp_path / "cat.png").write_bytes(PNGS["img-0"])
+    app = fake_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        train = await go(pilot, "train")
+        train.query_one("#train-images", Input).value = str(tmp_path)
+        train.query_one("#class_noun", Input).value = "cat"
+        train.query_one("#extra", Input).value = "resolution=64 learning_rat=0.001"
+        await pilot.press("ctrl+n")
+        await settle(pilot)
+        extra = field_of(train, "extra")
+        assert extra.has_class("-invalid")
+        assert "learning_rat: unknown setting" in error_text(train, "extra")
+        assert "learning_rate" in error_text(train, "extra")  # the "did you mean"
+        # a violation no field stands for is said in full, not "check the highlighted fields"
+        train.report_error(InvalidArgument(violations=[("config.nowhere", "bad")]))
+        assert "config.nowhere: bad" in status_text(train)
+
+
+# 6 ------------------------------------------------------------------------------------
+
+
+async def test_generate_form_as_a_person_types() -> None:
+    app = fake_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        screen = app.screen
+        assert isinstance(screen, StudioScreen)
+        await pilot.press(*"a red circle")  # typed straight away: the prompt has focus
+        assert screen.query_one("#prompt", Input).value == "a red circle"
+        assert screen.query_one("#cfg_scale", Input).value == "7"  # the service's default
+
+        await pilot.press("ctrl+g")
+        await wait_for(pilot, lambda: bool(screen.query(ResultTile)), 10, "a result")
+        await settle(pilot)
+        await pilot.press("ctrl+s")  # fixed seed: the one just used, not 0
+        assert screen.query_one("#seed", Input).value == "42"
+
+        # a refused request keeps the last results; fixing the value clears its error
+        screen.query_one("#steps", Input).value = "999"
+        await pilot.press("ctrl+g")
+        await wait_for(pilot, lambda: field_of(screen, "steps").has_class("-invalid"), 10)
+        await settle(pilot)
+        assert screen.query(ResultTile), "the previous results stay"
+        screen.query_one("#steps", Input).value = "4"
+        await pilot.pause()
+        assert not field_of(screen, "steps").has_class("-invalid")
