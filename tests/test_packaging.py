@@ -16,6 +16,7 @@ from __future__ import annotations
 import ast
 import json
 import subprocess
+import sys
 import tomllib
 import venv
 from pathlib import Path
@@ -137,3 +138,18 @@ def test_the_sdk_wheel_drives_real_services_without_torch(
                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert cli.returncode == 0, cli.stderr
     assert "boothstudio-tiny" in cli.stdout
+    # `serve` needs the services: the light install says how to get them instead of crashing
+    serve = subprocess.run([str(sdk_venv / "bin" / "boothstudio"), "serve", "--data-dir",
+                            str(tmp_path / "data")],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert serve.returncode == 1 and "boothstudio[services]" in serve.stderr, serve.stderr
+
+
+def test_serve_finds_the_installed_services_from_any_folder(tmp_path: Path) -> None:
+    """The check once looked for a top-level `services` package, which only the repository's
+    own folder provided: an installed boothstudio[services] was told it had no services."""
+    probe = ("from boothstudio.clients.sdk.cli.serve import _importable; "
+             "print(_importable('boothstudio.services'), _importable('services'))")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60)
+    assert done.stdout.split() == ["True", "False"], done.stderr

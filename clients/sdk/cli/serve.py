@@ -35,7 +35,8 @@ def _importable(module: str) -> bool:
 
 
 def cmd_serve(args: argparse.Namespace, out: Output) -> int:
-    missing = [m for m in ("services", "torch", "diffusers") if not _importable(m)]
+    needed = ("boothstudio.services", "torch", "diffusers", "pydantic")
+    missing = [m for m in needed if not _importable(m)]
     if missing:
         out.note(
             f"{PROG}: serve needs the services and their extra dependencies (missing: "
