@@ -16,6 +16,7 @@ meaning stay with each service's own validation.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from collections.abc import Callable
@@ -25,13 +26,12 @@ from typing import Any
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from boothstudio.shared.errors import FieldViolation
+from boothstudio.shared.errors import MAX_VIOLATIONS, FieldViolation
 
+# Control characters other than tab, newline and carriage return (which prompts may hold).
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _FLOATS = (FieldDescriptor.TYPE_FLOAT, FieldDescriptor.TYPE_DOUBLE)
 _PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
-# Violations reported per request: enough to fix a request, bounded for a hostile one.
-MAX_VIOLATIONS = 20
 
 
 @dataclass(frozen=True)
@@ -74,17 +74,26 @@ def _value_problem(fd: FieldDescriptor, value: Any) -> str | None:
     return None
 
 
+class _Enough(Exception):
+    """MAX_VIOLATIONS found: enough to fix a request; a hostile one (a million NaNs in a
+    repeated field) must not make us build a million violations."""
+
+
 def message_problems(message: Message, prefix: str = "") -> list[FieldViolation]:
-    """Non-finite numbers and control characters anywhere in `message`, by field path."""
+    """Non-finite numbers and control characters anywhere in `message`, by field path (at
+    most MAX_VIOLATIONS of them)."""
     problems: list[FieldViolation] = []
+
+    def add(path: str, problem: str) -> None:
+        problems.append(FieldViolation(path, problem))
+        if len(problems) >= MAX_VIOLATIONS:
+            raise _Enough
 
     def walk(msg: Message, path: str, map_value: bool = False) -> None:
         # A map's value wrapper (every field in one oneof, like OptionValue) is one value to
         # its user: `sampler_options.eta`, not `sampler_options.eta.float_value`.
         wrapper = map_value and _is_value_wrapper(msg)
         for fd, value in msg.ListFields():
-            if len(problems) >= MAX_VIOLATIONS:
-                return
             name = path.rstrip(".") if wrapper else f"{path}{fd.name}"
             entry = fd.message_type
             if entry is not None and entry.GetOptions().map_entry:
@@ -92,7 +101,7 @@ def message_problems(message: Message, prefix: str = "") -> list[FieldViolation]
                 for key, item in value.items():
                     key_problem = _value_problem(key_fd, key)
                     if key_problem:
-                        problems.append(FieldViolation(name, f"key {key_problem}"))
+                        add(name, f"key {key_problem}")
                         continue
                     where = f"{name}.{key}" if _PLAIN_KEY.match(str(key)) else f"{name}[{key!r}]"
                     if value_fd.message_type is not None:
@@ -113,10 +122,11 @@ def message_problems(message: Message, prefix: str = "") -> list[FieldViolation]
     def check(fd: FieldDescriptor, value: Any, path: str) -> None:
         problem = _value_problem(fd, value)
         if problem:
-            problems.append(FieldViolation(path, problem))
+            add(path, problem)
 
-    walk(message, prefix)
-    return problems[:MAX_VIOLATIONS]
+    with contextlib.suppress(_Enough):
+        walk(message, prefix)
+    return problems
 
 
-__all__ = ["MAX_VIOLATIONS", "UndecodableRequest", "message_problems", "safe_deserializer"]
+__all__ = ["UndecodableRequest", "message_problems", "safe_deserializer"]

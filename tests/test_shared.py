@@ -537,3 +537,26 @@ async def test_a_refused_request_is_freed_at_once_not_at_the_next_full_gc(tmp_pa
         gc.garbage.clear()
         gc.enable()
         await srv.stop(0)
+
+
+def test_request_checks_stop_at_the_violation_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A million NaNs in a repeated field once built a million violations in the request
+    path: the walk must stop once it has MAX_VIOLATIONS, not look at every item."""
+    from boothstudio.shared import request_checks
+    from boothstudio.shared.errors import MAX_VIOLATIONS
+
+    looked_at = 0
+    real = request_checks._value_problem
+
+    def counting(fd: Any, value: Any) -> str | None:
+        nonlocal looked_at
+        looked_at += 1
+        return real(fd, value)
+
+    monkeypatch.setattr(request_checks, "_value_problem", counting)
+    config = trainer_pb2.DreamBoothConfig()
+    config.validation_prompts.extend(["\x00"] * 200_000)
+    problems = request_checks.message_problems(config)
+    assert len(problems) == MAX_VIOLATIONS
+    assert problems[0].field == "validation_prompts[0]"
+    assert looked_at == MAX_VIOLATIONS
