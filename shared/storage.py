@@ -235,6 +235,21 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> None:
         f.write(data)
 
 
+def atomic_create_bytes(path: Path | str, data: bytes) -> None:
+    """Write `data` to a new file at `path`, atomically and without ever replacing a file:
+    FileExistsError when `path` exists, even when another writer creates it meanwhile (the
+    data is written to a temporary file first, then hard-linked to `path`, which fails on an
+    existing name)."""
+    target = Path(path)
+    staged = target.with_name(f".{target.name}.{os.getpid()}.{os.urandom(4).hex()}.new")
+    atomic_write_bytes(staged, data)
+    try:
+        os.link(staged, target)
+    finally:
+        staged.unlink()
+    fsync_dir(target.parent)
+
+
 def atomic_write_text(path: Path | str, text: str, encoding: str = "utf-8") -> None:
     """Write `text` to `path` atomically."""
     atomic_write_bytes(path, text.encode(encoding))

@@ -560,3 +560,13 @@ def test_request_checks_stop_at_the_violation_limit(monkeypatch: pytest.MonkeyPa
     assert len(problems) == MAX_VIOLATIONS
     assert problems[0].field == "validation_prompts[0]"
     assert looked_at == MAX_VIOLATIONS
+
+
+def test_atomic_create_never_replaces(tmp_path: Path) -> None:
+    from boothstudio.shared.storage import atomic_create_bytes
+
+    atomic_create_bytes(tmp_path / "a.png", b"first")
+    with pytest.raises(FileExistsError):
+        atomic_create_bytes(tmp_path / "a.png", b"second")
+    assert (tmp_path / "a.png").read_bytes() == b"first"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.png"]  # no staged file left behind

@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import json
 import shutil
+import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,7 @@ from boothstudio.services.trainer.store import JobRow, JobStore
 from boothstudio.services.trainer.templates import MAX_PROMPT_CHARS
 from boothstudio.shared.errors import AlreadyExists, InvalidArgument, NotFound, clip
 from boothstudio.shared.ids import new_id
-from boothstudio.shared.storage import atomic_write_bytes, atomic_write_text
+from boothstudio.shared.storage import atomic_create_bytes, atomic_write_bytes, atomic_write_text
 from boothstudio.v1 import trainer_pb2
 
 MAX_DATASET_NAME_CHARS = 200
@@ -98,6 +99,11 @@ async def receive(stream: AsyncIterator[trainer_pb2.UploadImagesRequest], store:
     return dataset_id, name, files
 
 
+def _exists(dataset_id: str, name: str) -> AlreadyExists:
+    return AlreadyExists(f"dataset {dataset_id!r} already holds {clip(name, 60)!r}",
+                         reason="IMAGE_EXISTS")
+
+
 def save(store: JobStore, datasets_dir: Path, limits: Limits, dataset_id: str, name: str,
          files: list[_File]) -> trainer_pb2.UploadImagesResponse:
     """Check every picture, then write them all or nothing (blocking: run in a thread)."""
@@ -120,8 +126,7 @@ def save(store: JobStore, datasets_dir: Path, limits: Limits, dataset_id: str, n
         present = {img.filename for img, _ in store.dataset_images(dataset_id)}
         for f in files:
             if f.name in present:
-                raise AlreadyExists(f"dataset {dataset_id!r} already holds {clip(f.name, 60)!r}",
-                                    reason="IMAGE_EXISTS")
+                raise _exists(dataset_id, f.name)
     folder = datasets_dir / dataset_id
     written: list[Path] = []
     created = False
@@ -129,11 +134,19 @@ def save(store: JobStore, datasets_dir: Path, limits: Limits, dataset_id: str, n
         folder.mkdir(parents=True, exist_ok=not new)
         created = new
         for f in files:
-            atomic_write_bytes(folder / f.name, bytes(f.data))
+            # never over another call's picture: two uploads of one name to one dataset at
+            # once, and the second gets ALREADY_EXISTS instead of replacing the first's file
+            try:
+                atomic_create_bytes(folder / f.name, bytes(f.data))
+            except FileExistsError:
+                raise _exists(dataset_id, f.name) from None
             written.append(folder / f.name)
-        store.add_dataset_images(dataset_id, name or dataset_id if new else None,
-                                 [(img, f.caption) for img, f in zip(received, files,
-                                                                     strict=True)])
+        try:
+            store.add_dataset_images(dataset_id, name or dataset_id if new else None,
+                                     [(img, f.caption) for img, f in zip(received, files,
+                                                                         strict=True)])
+        except sqlite3.IntegrityError:
+            raise _exists(dataset_id, ", ".join(f.name for f in files)) from None
     except BaseException:
         if created:
             shutil.rmtree(folder, ignore_errors=True)

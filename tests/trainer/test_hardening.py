@@ -290,3 +290,28 @@ async def test_an_upload_stream_is_bounded_in_bytes(subject_pngs):
     with pytest.raises(InvalidArgument) as info:
         await receive(stream(8), store=None, limits=limits)  # type: ignore[arg-type]
     assert info.value.fields == ["chunk.data"]
+
+
+def test_an_upload_never_replaces_a_picture_another_call_wrote(tmp_path, subject_pngs):
+    """Two uploads of one name to one dataset at once: both pass the 'already there?' check,
+    then the second used to overwrite the first's file (and, its row refused, delete it)."""
+    from boothstudio.services.trainer.options import Limits
+    from boothstudio.services.trainer.store import JobStore
+    from boothstudio.services.trainer.uploads import _File, save
+    from boothstudio.shared.errors import AlreadyExists
+
+    store = JobStore(tmp_path / "trainer.sqlite3")
+    try:
+        first = save(store, tmp_path / "datasets", Limits(), "", "d",
+                     [_File("a.png", "", bytearray(subject_pngs[0]))])
+        folder = tmp_path / "datasets" / first.dataset_id
+        # the other call's file is on disk, its row not yet in the store
+        (folder / "b.png").write_bytes(subject_pngs[1])
+        with pytest.raises(AlreadyExists):
+            save(store, tmp_path / "datasets", Limits(), first.dataset_id, "",
+                 [_File("c.png", "", bytearray(subject_pngs[2])),
+                  _File("b.png", "", bytearray(subject_pngs[3]))])
+        assert (folder / "b.png").read_bytes() == subject_pngs[1]  # theirs, untouched
+        assert sorted(p.name for p in folder.iterdir()) == ["a.png", "b.png"]  # ours undone
+    finally:
+        store.close()
