@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import difflib
 import enum
+import functools
 import io
 import os
+import re
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -87,6 +89,38 @@ UPLOAD_CHUNK_BYTES = 1024 * 1024
 def _prefix(desc: _descriptor.EnumDescriptor) -> str:
     first = desc.values[0].name  # proto3 zero value: <PREFIX>UNSPECIFIED
     return first[: -len("UNSPECIFIED")] if first.endswith("UNSPECIFIED") else ""
+
+
+def _enums(messages: Iterable[_descriptor.Descriptor]) -> Iterator[_descriptor.EnumDescriptor]:
+    for m in messages:
+        yield from m.enum_types
+        yield from _enums(m.nested_types)
+
+
+@functools.cache
+def _friendly_enum_names() -> dict[str, str]:
+    """Every proto enum value name of the API (``TRAINING_JOB_STATE_PREPARING``) -> the SDK's
+    name for it (``preparing``)."""
+    names: dict[str, str] = {}
+    for module in (catalog_pb2, common_pb2, generator_pb2, trainer_pb2):
+        file = module.DESCRIPTOR
+        nested = _enums(file.message_types_by_name.values())
+        for desc in [*file.enum_types_by_name.values(), *nested]:
+            prefix = _prefix(desc)
+            for v in desc.values:
+                if prefix:
+                    names[v.name] = v.name[len(prefix) :].lower()
+    return names
+
+
+_ENUM_WORD = re.compile(r"\b[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+\b")
+
+
+def readable_enum_names(text: str) -> str:
+    """A server's message with proto enum value names as the SDK names them ("job is
+    TRAINING_JOB_STATE_PREPARING" -> "job is preparing")."""
+    names = _friendly_enum_names()
+    return _ENUM_WORD.sub(lambda m: names.get(m.group(0), m.group(0)), text)
 
 
 def enum_from_pb(cls: type[E], desc: _descriptor.EnumDescriptor, value: int) -> E:
@@ -372,7 +406,9 @@ def generate_request(prompt: str, params: Mapping[str, Any]) -> generator_pb2.Ge
         except (TypeError, ValueError) as exc:
             raise invalid(name, f"bad value {value!r}: {exc}") from None
     seed = params.get("seed")
-    if seed is not None and not (isinstance(seed, int) and seed < 0):  # -1 = random (A1111)
+    if isinstance(seed, int) and seed < -1:
+        raise invalid("seed", f"must be -1 (random) or 0 and up, got {seed}")
+    if seed is not None and seed != -1:  # -1 = random (A1111)
         try:
             req.seed = seed
         except (TypeError, ValueError) as exc:

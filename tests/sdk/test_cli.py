@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from boothstudio.clients.sdk import BoothStudio
-from boothstudio.clients.sdk.cli import EXIT_CODES, exit_code_for, main
+from boothstudio.clients.sdk.cli import EXIT_CODES, EXIT_PIPE_CLOSED, exit_code_for, main
 from boothstudio.clients.sdk.errors import Internal, NotFound, TrainingJobFailed, Unavailable
 from tests.helpers import ROOT, free_port, service_env
 from tests.sdk.conftest import Stack, usable_model
@@ -243,6 +243,41 @@ def test_generate_writes_pngs(stack: Stack, tmp_path: Path) -> None:
     assert "step 3/3" in res.stderr and res.stdout.strip().endswith(".png")
 
 
+def test_generate_prefix_progress_and_bad_seed(stack: Stack, tmp_path: Path) -> None:
+    small = ("--steps", "2", "-W", "64", "-H", "64", "-o", str(tmp_path))
+    res = on(stack, "generate", "a red circle", "-c", "3", "--prefix", "red", *small,
+             "--progress", "always")
+    assert res.returncode == 0, res.stderr
+    names = sorted(Path(line).name for line in res.stdout.split())
+    assert len(names) == 3 and all(n.startswith("red-gen-") for n in names), names
+    assert [n.rsplit("-", 1)[1] for n in names] == ["0.png", "1.png", "2.png"]
+    # images counted from 1 as the progress line counts them
+    assert "image 1/3" in res.stderr and "image 0 ready" not in res.stderr
+    assert "image 1 ready" in res.stderr and "image 3 ready" in res.stderr
+    res = on(stack, "generate", "a red circle", "--prefix", "blue_", "--seed", "3", *small)
+    assert Path(res.stdout.strip()).name.startswith("blue_gen-")  # no second separator
+    # a negative seed other than -1 (random) is refused, naming the field
+    res = on(stack, "generate", "a red circle", "--seed", "-5", *small)
+    assert res.returncode == 2 and "seed" in one_line(res.stderr), res.stderr
+
+
+def test_json_into_a_closed_pipe_is_quiet(stack: Stack) -> None:
+    """`boothstudio --json models list | head -c 0`: no "Broken pipe", no traceback."""
+    proc = subprocess.Popen(
+        [*CLI, "--json", "models", "list"],
+        cwd=ROOT,
+        env=service_env(stack.env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before the command writes anything
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == EXIT_PIPE_CLOSED, err
+    assert err == "", err
+
+
 def test_generate_bad_value_exit_2_names_the_field(stack: Stack) -> None:
     res = on(stack, "generate", "a red circle", "--steps", "999")
     assert res.returncode == 2
@@ -314,6 +349,13 @@ def test_train_jobs(stack: Stack, tmp_path: Path) -> None:
     assert on(stack, "jobs", "watch", job_id).stdout.strip() == model_id
     assert on(stack, "jobs", "delete", job_id).returncode == 0
     assert on(stack, "jobs", "get", job_id).returncode == 3
+    # a job that has not ended cannot resume: its state is named as the CLI names states
+    job_id = on(stack, "train", str(folder), "--base-model", base, "--class-noun", "ball",
+                "--steps", "50", "--no-wait").stdout.strip()
+    res = on(stack, "jobs", "resume", job_id)
+    assert on(stack, "jobs", "cancel", job_id).returncode == 0
+    assert res.returncode == 6 and "TRAINING_JOB_STATE" not in res.stderr, res.stderr
+    assert any(f"job is {s}" in res.stderr for s in ("queued", "preparing", "running"))
     res = on(stack, "train", str(folder), "--set", "max_train_steps=0", "--base-model", base)
     assert res.returncode == 2 and "max_train_steps" in one_line(res.stderr)
     assert os.environ.get("BOOTHSTUDIO_CATALOG") is None  # the tests never leak env

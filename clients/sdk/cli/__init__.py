@@ -10,14 +10,17 @@ Exit codes:
     5    unauthenticated or permission denied (API key)
     6    conflict: already exists, failed precondition, aborted
     130  interrupted (Ctrl-C; a running generation is cancelled)
+    141  the reader of stdout went away (e.g. `| head`): the rest is dropped, no message
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
+from boothstudio.clients.sdk._convert import readable_enum_names
 from boothstudio.clients.sdk.cli import gallery, generate, info, jobs, models, serve, train
 from boothstudio.clients.sdk.cli.arguments import Commands, Parser, connection_parent, make_client
 from boothstudio.clients.sdk.cli.exits import (
@@ -28,6 +31,7 @@ from boothstudio.clients.sdk.cli.exits import (
     EXIT_INTERRUPTED,
     EXIT_NOT_FOUND,
     EXIT_OK,
+    EXIT_PIPE_CLOSED,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
     PROG,
@@ -45,6 +49,7 @@ __all__ = [
     "EXIT_INTERRUPTED",
     "EXIT_NOT_FOUND",
     "EXIT_OK",
+    "EXIT_PIPE_CLOSED",
     "EXIT_UNAVAILABLE",
     "EXIT_USAGE",
     "PROG",
@@ -76,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def report_error(exc: BoothStudioError, out: Output) -> int:
     code, label = exit_code_for(exc)
-    message = exc.message
+    message = readable_enum_names(exc.message)
     missing = [f for f in exc.fields if f not in message]
     if missing:
         message += f" (field: {', '.join(missing)})"
@@ -118,6 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         out.end_line()
         sys.stderr.write(f"{PROG}: interrupted\n")
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return stdout_closed()
     except OSError as exc:  # writing outputs, reading certificates
         out.end_line()
         sys.stderr.write(
@@ -130,10 +137,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
 
 
+def stdout_closed() -> int:
+    """The reader of stdout went away (`boothstudio --json ... | head`): say nothing more, and
+    keep Python from complaining when it flushes stdout at exit."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return EXIT_PIPE_CLOSED
+
+
 def run() -> None:
     """Console-script entry point."""
     try:
         code = main()
+        sys.stdout.flush()  # a closed pipe shows here, while it can still be handled
     except KeyboardInterrupt:
         code = EXIT_INTERRUPTED
+    except BrokenPipeError:
+        code = stdout_closed()
     sys.exit(code)

@@ -19,7 +19,7 @@ from boothstudio.clients.sdk.errors import (
 
 PROG = "boothstudio"
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_UNAVAILABLE = 0, 1, 2, 3, 4
-EXIT_AUTH, EXIT_CONFLICT, EXIT_INTERRUPTED = 5, 6, 130
+EXIT_AUTH, EXIT_CONFLICT, EXIT_INTERRUPTED, EXIT_PIPE_CLOSED = 5, 6, 130, 141
 
 EXIT_CODES: list[tuple[tuple[type[BoothStudioError], ...], int, str]] = [
     ((InvalidArgument, OutOfRange), EXIT_USAGE, "invalid argument"),

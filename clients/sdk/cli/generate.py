@@ -82,7 +82,11 @@ def generation_parent() -> argparse.ArgumentParser:
         default=Path("."),
         help="folder to write the PNGs to (default: current folder)",
     )
-    g.add_argument("--prefix", default="", help="file name prefix")
+    g.add_argument(
+        "--prefix",
+        default="",
+        help="file name prefix: PREFIX-JOB-N.png (default: JOB-N.png, N counted from 0)",
+    )
     return p
 
 
@@ -132,13 +136,21 @@ def show_generate_event(event: GenerateEvent, out: Output) -> None:
             f"{bar(event.fraction)} step {event.step}/{event.total}{imgs} "
             f"ETA {fmt_seconds(event.eta)}"
         )
-    elif isinstance(event, ImageReady):
-        out.status(f"image {event.image.index} ready (seed {event.image.seed})")
+    elif isinstance(event, ImageReady):  # counted from 1 like the progress line
+        out.status(f"image {event.image.index + 1} ready (seed {event.image.seed})")
     elif isinstance(event, WarningEvent):
         out.note(f"warning: {event.warning.message} [{event.warning.reason}]")
     elif isinstance(event, Finished):
         out.status(f"finished: {event.status.value} in {fmt_seconds(event.total_seconds)}")
         out.end_line()
+
+
+def output_name(prefix: str, job_id: str, index: int) -> str:
+    """``JOB-N.png``, or ``PREFIX-JOB-N.png`` (no second separator after one the prefix ends
+    with)."""
+    if prefix and not prefix.endswith(("-", "_", ".")):
+        prefix += "-"
+    return f"{prefix}{job_id}-{index}.png"
 
 
 def cmd_generate(args: argparse.Namespace, out: Output, client: BoothStudio) -> int:
@@ -149,7 +161,7 @@ def cmd_generate(args: argparse.Namespace, out: Output, client: BoothStudio) -> 
         if not img.ok:
             out.note(f"image {img.index}: {img.finish_reason.value} {img.message}".rstrip())
             continue
-        path = img.save(args.out / f"{args.prefix}{result.job_id}-{img.index}.png")
+        path = img.save(args.out / output_name(args.prefix, result.job_id, img.index))
         written.append({"path": str(path), **to_jsonable(img)})
     if out.json:
         out.emit({"job_id": result.job_id, "seeds": result.seeds, "images": written})

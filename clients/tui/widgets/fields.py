@@ -22,6 +22,7 @@ from textual.widget import Widget
 from textual.widgets import Checkbox, Input, Label, Select, Static
 
 from boothstudio.clients.sdk import BoothStudioError, FieldViolation, Model
+from boothstudio.clients.sdk._convert import readable_enum_names
 from boothstudio.clients.sdk.errors import invalid
 
 N = TypeVar("N", int, float)
@@ -112,7 +113,7 @@ def describe(exc: BaseException) -> str:
     """One line for an error: the service's message, or the exception's text."""
     if isinstance(exc, BoothStudioError):
         reason = f" [{exc.reason}]" if getattr(exc, "reason", "") else ""
-        return f"{exc.message}{reason}"
+        return f"{readable_enum_names(exc.message)}{reason}"
     return str(exc) or type(exc).__name__
 
 
