@@ -38,6 +38,7 @@ CHECKPOINT_SECONDS = "checkpoint_seconds"
 CLASS_IMAGES = "class_images"  # label: generated | cached; value: how many
 PEAK_MEMORY = "peak_memory_bytes"  # label: cuda | cpu
 KEEP_OBSERVATIONS_SECONDS = 24 * 3600
+PRUNE_EVERY_SECONDS = 3600.0
 
 
 def _state_label(state: int) -> str:
@@ -51,6 +52,7 @@ class TrainerMetrics(Collector):
         self.store = store
         self.lock = threading.Lock()
         self.cursor = store.last_observation_id()
+        self.pruned_at = float("-inf")
         self.steps = Counter(f"{PREFIX}_steps", "Optimiser steps trained.", registry=None)
         self.step_seconds = Histogram(
             f"{PREFIX}_step_seconds", "Wall time of one optimiser step.", registry=None,
@@ -102,9 +104,14 @@ class TrainerMetrics(Collector):
 
     def prune(self) -> None:
         self.store.prune_observations(time.time() - KEEP_OBSERVATIONS_SECONDS)
+        self.pruned_at = time.monotonic()
 
     def collect(self) -> Iterator[Any]:
         self.follow()
+        # workers append a row per step for as long as the service runs: keep the table to a
+        # day's worth, checked at most once an hour (scrapes come every few seconds)
+        if time.monotonic() - self.pruned_at > PRUNE_EVERY_SECONDS:
+            self.prune()
         counts = self.store.count_by_state()
         jobs = GaugeMetricFamily(f"{PREFIX}_jobs", "Training jobs by state.", labels=["state"])
         for state in JobState.values():

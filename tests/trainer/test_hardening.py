@@ -315,3 +315,22 @@ def test_an_upload_never_replaces_a_picture_another_call_wrote(tmp_path, subject
         assert sorted(p.name for p in folder.iterdir()) == ["a.png", "b.png"]  # ours undone
     finally:
         store.close()
+
+
+def test_worker_observations_do_not_pile_up_while_the_service_runs(tmp_path):
+    """Workers append a row per step; the service once pruned them only when it started."""
+    from boothstudio.services.trainer import metrics as trainer_metrics
+    from boothstudio.services.trainer.store import JobStore
+
+    store = JobStore(tmp_path / "trainer.sqlite3")
+    try:
+        collector = trainer_metrics.TrainerMetrics(store)
+        list(collector.collect())  # first scrape
+        store.observe("job", [(trainer_metrics.STEP_SECONDS, "", 0.1)] * 5)
+        store.db.execute("UPDATE observations SET time = 0")  # two days old, say
+        store.observe("job", [(trainer_metrics.STEP_SECONDS, "", 0.1)] * 2)
+        collector.pruned_at -= trainer_metrics.PRUNE_EVERY_SECONDS + 1  # an hour later
+        list(collector.collect())
+        assert store.db.query_one("SELECT COUNT(*) FROM observations")[0] == 2
+    finally:
+        store.close()
