@@ -86,6 +86,6 @@ async def remove_owned_files(row: sqlite3.Row, data_dir: Path) -> int:
     path = Path(owned).resolve()
     if not path.is_relative_to(data_dir.resolve()):
         return 0
-    freed = folder_size(path)
+    freed = await asyncio.to_thread(folder_size, path)
     await asyncio.to_thread(shutil.rmtree, path, True)
     return freed

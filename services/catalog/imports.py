@@ -123,7 +123,8 @@ async def inspect_source(
     def field_of(err: loading.ModelLoadError) -> str:
         return {"config": "config_path", "allow_pickle": source_field}.get(err.field, source_field)
 
-    try:
+    def read_source() -> tuple[dict[str, Any], str]:
+        # blocking (headers, configs, folder walks): run in a thread, off the event loop
         if kind == catalog_pb2.MODEL_KIND_LORA:
             path = Path(source)
             if source_field != "single_file_path" or path.suffix != ".safetensors":
@@ -157,7 +158,7 @@ async def inspect_source(
             path_str = str(Path(source).resolve())
         else:
             if source_field == "hf_cache_id":
-                folder = await asyncio.to_thread(loading.resolve_hf_cache, source)
+                folder = loading.resolve_hf_cache(source)
             else:
                 folder = Path(source)
             info = loading.inspect_folder(folder)
@@ -178,6 +179,10 @@ async def inspect_source(
             if source_field == "hf_cache_id":
                 values["format"] = catalog_pb2.MODEL_FORMAT_HF_CACHE
                 values["size_bytes"] = folder_size(folder)
+        return values, path_str
+
+    try:
+        values, path_str = await asyncio.to_thread(read_source)
     except loading.ModelLoadError as err:
         f = field_of(err)
         if err.reason == "MODEL_NOT_FOUND":
@@ -194,8 +199,20 @@ async def inspect_source(
             raise _path_error(err, source_field) from err
         values["source_path"] = str(dest)
         values["owned_path"] = str(models_dir / model_id)
-    values.setdefault("size_bytes", folder_size(Path(values["source_path"])))
+    if "size_bytes" not in values:
+        values["size_bytes"] = await asyncio.to_thread(folder_size, Path(values["source_path"]))
     return values, warnings
+
+
+async def register(registry: Registry, values: dict[str, Any]) -> None:
+    """Insert the model's row; when that fails, remove the copy made for it (nothing is left
+    behind by a model that was not registered)."""
+    try:
+        registry.insert(values)
+    except BaseException:
+        if values.get("owned_path"):
+            await asyncio.to_thread(shutil.rmtree, values["owned_path"], True)
+        raise
 
 
 def add_request_values(

@@ -125,7 +125,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
                 kind=kind,
                 backend_id=backend_id,
             )
-            self.registry.insert(values)
+            await imports.register(self.registry, values)
         self.log.info("model imported", extra={"model_id": model_id, "source": source})
         return catalog_pb2.ImportModelResponse(
             model=to_proto(self.registry.get(model_id)),  # type: ignore[arg-type]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -202,3 +203,23 @@ def test_backends_report_reachability(stub) -> None:  # type: ignore[no-untyped-
     assert local.kind == pb.BACKEND_KIND_DIFFUSERS and local.device == "cpu"
     assert local.capabilities.inpaint and local.capabilities.training
     assert not local.reachable and "not reachable" in local.message
+
+
+async def test_a_model_that_is_not_registered_leaves_no_copy(tmp_path: Path) -> None:
+    """ImportModel with copy_files copies first and registers after; when the row cannot be
+    written, the copy goes too."""
+    import sqlite3
+
+    from boothstudio.services.catalog import imports
+
+    copy = tmp_path / "models" / "m"
+    (copy / "unet").mkdir(parents=True)
+    (copy / "unet" / "weights.safetensors").write_bytes(b"x")
+
+    class FailingRegistry:
+        def insert(self, values: dict[str, Any]) -> None:
+            raise sqlite3.OperationalError("database is locked")
+
+    with pytest.raises(sqlite3.OperationalError):
+        await imports.register(FailingRegistry(), {"id": "m", "owned_path": str(copy)})  # type: ignore[arg-type]
+    assert not copy.exists()
