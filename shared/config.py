@@ -16,7 +16,7 @@ One YAML file can configure all three services::
     addresses: {catalog: "127.0.0.1:50051", generator: "127.0.0.1:50052",
                 trainer: "127.0.0.1:50053"}
     generator:                  # per-service section: port, metrics_port and the service's
-      port: 50052               # own settings (typed and checked by shared.settings)
+      port: 50052               # own settings (typed and checked by services.settings)
       metrics_port: 9102
       queue_size: 16
 
@@ -28,7 +28,7 @@ BOOTHSTUDIO_TLS_ROOT_CA (CA for calls to the other services),
 BOOTHSTUDIO_CATALOG_ADDRESS, BOOTHSTUDIO_GENERATOR_ADDRESS, BOOTHSTUDIO_TRAINER_ADDRESS.
 A service-specific form wins over the generic one: BOOTHSTUDIO_GENERATOR_PORT over
 BOOTHSTUDIO_PORT. Settings: BOOTHSTUDIO_GENERATOR_QUEUE_SIZE overrides generator.queue_size
-(see shared.settings).
+(see services.settings).
 """
 
 from __future__ import annotations

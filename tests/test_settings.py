@@ -13,9 +13,9 @@ import pytest
 
 from boothstudio.services.catalog.settings import CatalogSettings
 from boothstudio.services.generator.settings import GeneratorSettings
+from boothstudio.services.settings import load_settings
 from boothstudio.services.trainer.settings import TrainerSettings
 from boothstudio.shared.config import ConfigError, load_config
-from boothstudio.shared.settings import load_settings
 from tests.helpers import ROOT, service_env
 
 MODELS = {"catalog": CatalogSettings, "generator": GeneratorSettings, "trainer": TrainerSettings}
@@ -70,3 +70,12 @@ def test_readme_settings_tables_are_current() -> None:
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_empty_variables_are_unset_and_numbers_may_name_text(tmp_path: Path) -> None:
+    config_file = tmp_path / "bs.yaml"
+    config_file.write_text("generator:\n  default_model: 123\n")
+    config = load_config("generator", ["--config", str(config_file)], env={})
+    settings = load_settings(GeneratorSettings, config, env={"BOOTHSTUDIO_GENERATOR_PRELOAD": ""})
+    assert settings.default_model == "123"
+    assert settings.preload is True  # the default: an empty variable does not set it

@@ -26,13 +26,14 @@ def build_sdk_wheel(out: Path) -> Path:
     with tempfile.TemporaryDirectory(prefix="boothstudio-sdk-") as tmp:
         for folder in FOLDERS:
             shutil.copytree(ROOT / folder, Path(tmp) / folder, symlinks=True, ignore=ignore)
+        built = Path(tmp) / "wheel"
         subprocess.run(
             [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-             "--wheel-dir", str(out), str(Path(tmp) / "clients")],
+             "--wheel-dir", str(built), str(Path(tmp) / "clients")],
             check=True,
         )
-    (wheel,) = sorted(out.glob("boothstudio_sdk-*.whl"))[-1:]
-    return wheel
+        (wheel,) = built.glob("boothstudio_sdk-*.whl")  # exactly the one just built
+        return Path(shutil.copy2(wheel, out))
 
 
 def main() -> int:

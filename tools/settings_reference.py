@@ -19,8 +19,8 @@ from pydantic import BaseModel  # noqa: E402
 
 from boothstudio.services.catalog.settings import CatalogSettings  # noqa: E402
 from boothstudio.services.generator.settings import GeneratorSettings  # noqa: E402
+from boothstudio.services.settings import env_names  # noqa: E402
 from boothstudio.services.trainer.settings import TrainerSettings  # noqa: E402
-from boothstudio.shared.settings import env_names  # noqa: E402
 
 BEGIN, END = "<!-- settings:begin -->", "<!-- settings:end -->"
 MODELS: dict[str, type[BaseModel]] = {

@@ -26,11 +26,11 @@ from boothstudio.services.catalog.registry import Registry
 from boothstudio.services.catalog.settings import CatalogSettings
 from boothstudio.services.diffusion import loading
 from boothstudio.services.diffusion.backends import remote_backends
+from boothstudio.services.settings import load_settings
 from boothstudio.shared.errors import AlreadyExists, InvalidArgument, NotFound
 from boothstudio.shared.ids import is_valid_id
 from boothstudio.shared.pagination import decode_offset, encode_token, page_size
 from boothstudio.shared.server import RpcContext, ServiceContext, ServiceSpec
-from boothstudio.shared.settings import load_settings
 from boothstudio.v1 import catalog_pb2, catalog_pb2_grpc
 
 DESCRIPTOR = catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"]

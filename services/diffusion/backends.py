@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from pydantic import Field
 
-from boothstudio.shared.settings import ServiceSettings
+from boothstudio.services.settings import ServiceSettings
 
 from .samplers import SAMPLERS, ParamSpec, SamplerSpec
 

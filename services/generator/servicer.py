@@ -20,6 +20,7 @@ from boothstudio.services.generator.gallery import Gallery
 from boothstudio.services.generator.job_queue import Job, JobQueue, now_timestamp
 from boothstudio.services.generator.settings import GeneratorSettings
 from boothstudio.services.generator.validation import Validator, check_id, check_id_list, model_ref
+from boothstudio.services.settings import load_settings
 from boothstudio.shared.channels import aio_channel
 from boothstudio.shared.errors import (
     AlreadyExists,
@@ -31,7 +32,6 @@ from boothstudio.shared.errors import (
 from boothstudio.shared.ids import new_id
 from boothstudio.shared.pagination import decode_offset, encode_token, page_size
 from boothstudio.shared.server import RpcContext, ServiceContext, ServiceSpec
-from boothstudio.shared.settings import load_settings
 from boothstudio.v1 import catalog_pb2, catalog_pb2_grpc, generator_pb2, generator_pb2_grpc
 
 DESCRIPTOR = generator_pb2.DESCRIPTOR.services_by_name["GeneratorService"]

@@ -34,6 +34,7 @@ from typing import Any
 import grpc
 from prometheus_client import REGISTRY
 
+from boothstudio.services.settings import load_settings
 from boothstudio.services.trainer import base_model, events, uploads
 from boothstudio.services.trainer.mapping import to_proto
 from boothstudio.services.trainer.metrics import TrainerMetrics
@@ -54,7 +55,6 @@ from boothstudio.shared.errors import (
 from boothstudio.shared.ids import is_valid_id, new_id
 from boothstudio.shared.pagination import decode_offset, encode_token, page_size
 from boothstudio.shared.server import RpcContext, ServiceContext, ServiceSpec
-from boothstudio.shared.settings import load_settings
 from boothstudio.shared.storage import atomic_write_text, folder_size
 from boothstudio.v1 import catalog_pb2_grpc, trainer_pb2, trainer_pb2_grpc
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from boothstudio.shared.settings import ServiceSettings
+from boothstudio.services.settings import ServiceSettings
 
 
 class TrainerSettings(ServiceSettings):

@@ -12,9 +12,9 @@ A service declares its settings as a model (the field's description is its docum
 Values come from, lowest first: the model's defaults, the YAML file's section for the service
 (`generator: {queue_size: 8}`), `--set queue_size=8`, the environment
 (`BOOTHSTUDIO_GENERATOR_QUEUE_SIZE=8`, or a field's own `env` name where one is documented, e.g.
-`BOOTHSTUDIO_A1111_URL`). Strings from flags and the environment are converted to the field's
-type. A key the model does not have is refused at start-up with a "did you mean" hint, instead
-of being silently ignored.
+`BOOTHSTUDIO_A1111_URL`); an empty variable counts as unset. Strings from flags and the
+environment are converted to the field's type. A key the model does not have is refused at
+start-up with a "did you mean" hint, instead of being silently ignored.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ S = TypeVar("S", bound="ServiceSettings")
 class ServiceSettings(BaseModel):
     """Base of every service's settings: unknown keys refused, values frozen after start."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # a YAML number for a text setting (`default_model: 123`) is that text
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
 
 
 def env_names(model: type[BaseModel], service: str, field: str) -> list[str]:
