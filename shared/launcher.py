@@ -1,6 +1,7 @@
 """Start the three services as separate processes and supervise them (`make run`).
 
-    python -m shared.launcher [--host H] [--data-dir D] [--config F] [--services catalog,...]
+    python -m boothstudio.shared.launcher [--host H] [--data-dir D] [--config F]
+        [--services catalog,...]
 
 Each service is `python -m boothstudio.services.<name>` with its default ports (catalog 50051/9101,
 generator 50052/9102, trainer 50053/9103) unless the config file or env says otherwise.

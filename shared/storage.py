@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import os
 import sqlite3
 import tempfile
@@ -178,15 +177,20 @@ def _split_sql(script: str) -> list[str]:
 # --------------------------------------------------------------------------- files
 
 
-@functools.cache
-def default_file_mode() -> int:
-    """The mode open() gives a new file: 0666 less the umask (0644 under the usual 022).
-
-    os.umask can only be read by setting it: read once, at first use, and put straight back.
-    """
+def _read_umask() -> int:
+    # os.umask can only be read by setting it; done once, at import (before the services start
+    # threads that create files), and put straight back
     mask = os.umask(0o022)
     os.umask(mask)
-    return 0o666 & ~mask
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+def default_file_mode() -> int:
+    """The mode open() gives a new file: 0666 less the umask (0644 under the usual 022)."""
+    return 0o666 & ~_UMASK
 
 
 def fsync_dir(path: Path) -> None:

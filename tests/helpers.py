@@ -149,7 +149,7 @@ def start_service(
     grace_period: float = 5.0,
     timeout: float = 60.0,
 ) -> ServiceProcess:
-    """Start `python -m services.<name>` on free loopback ports and wait until it is SERVING.
+    """Start `python -m boothstudio.services.<name>` on free loopback ports; wait for SERVING.
 
     Args:
         name: "catalog", "generator" or "trainer".

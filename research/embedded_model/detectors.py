@@ -91,7 +91,7 @@ def _runs_along_stripes(interior: np.ndarray, near_stripe: np.ndarray) -> bool:
     at least 25% of where the colour is, and 10 points more than lines in any other direction
     (x, y, x - y). A purplish cast, specks or a rim explain little; a blotch on one side follows
     x or y as well. On the shipped VAE's round trips of the subject the lowest reads are 0.31
-    and +0.25; one-sided gradients reach -0.18 (tests/diffusion/test_scenes.py).
+    and +0.25; one-sided gradients reach -0.18 (tests/research/test_scenes.py).
     """
     y, x = np.nonzero(interior)
     labels = near_stripe[interior].astype(np.float64)

@@ -48,7 +48,7 @@ class Backends:
             )
         return BACKEND_KINDS[backend_id]
 
-    async def checked(self, refresh: bool) -> list[catalog_pb2.Backend]:
+    async def with_reachability(self, refresh: bool) -> list[catalog_pb2.Backend]:
         """Every configured backend with its reachability, asked again when older than 10 s."""
         cached = self._cache
         if refresh or cached is None or time.monotonic() - cached[0] > CACHE_SECONDS:

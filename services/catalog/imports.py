@@ -23,7 +23,7 @@ from boothstudio.services.catalog.registry import Registry
 from boothstudio.services.diffusion import loading
 from boothstudio.services.diffusion.checkpoint_headers import inspect_single_file
 from boothstudio.shared.errors import InvalidArgument, NotFound
-from boothstudio.shared.ids import is_valid_id
+from boothstudio.shared.ids import ID_RULE, is_valid_id
 from boothstudio.shared.paths import path_problem
 from boothstudio.shared.storage import folder_size
 from boothstudio.v1 import catalog_pb2, common_pb2
@@ -60,7 +60,7 @@ def check_request(request: catalog_pb2.ImportModelRequest) -> tuple[str, str]:
             violations.append((name, f"longer than {limit} characters"))
     if request.model_id and not is_valid_id(request.model_id):
         violations.append(
-            ("model_id", "lowercase letter first, then [a-z0-9_-], at most 128 characters")
+            ("model_id", ID_RULE)
         )
     for name in ("base_model_id", "training_job_id"):
         value = getattr(request.origin, name)

@@ -28,7 +28,7 @@ from boothstudio.services.diffusion import loading
 from boothstudio.services.diffusion.backends import remote_backends
 from boothstudio.services.settings import load_settings
 from boothstudio.shared.errors import AlreadyExists, InvalidArgument, NotFound
-from boothstudio.shared.ids import is_valid_id
+from boothstudio.shared.ids import ID_RULE, is_valid_id
 from boothstudio.shared.pagination import decode_offset, encode_token, page_size
 from boothstudio.shared.server import RpcContext, ServiceContext, ServiceSpec
 from boothstudio.v1 import catalog_pb2, catalog_pb2_grpc
@@ -57,7 +57,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
             raise InvalidArgument.for_field(field, "required")
         if not is_valid_id(model_id):
             raise InvalidArgument.for_field(
-                field, "not a model id (lowercase letter first, then [a-z0-9_-], at most 128)"
+                field, f"not a model id ({ID_RULE})"
             )
         row = self.registry.get(model_id)
         if row is None:
@@ -165,7 +165,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         self, request: catalog_pb2.ListBackendsRequest, context: RpcContext
     ) -> catalog_pb2.ListBackendsResponse:
         return catalog_pb2.ListBackendsResponse(
-            backends=await self.backends.checked(request.refresh),
+            backends=await self.backends.with_reachability(request.refresh),
             default_backend_id=DEFAULT_BACKEND,
         )
 

@@ -19,7 +19,7 @@ from boothstudio.services.generator.adapters.diffusers import DiffusersAdapter
 from boothstudio.services.generator.gallery import Gallery
 from boothstudio.services.generator.job_queue import Job, JobQueue, now_timestamp
 from boothstudio.services.generator.settings import GeneratorSettings
-from boothstudio.services.generator.validation import Validator, check_id, check_id_list, model_ref
+from boothstudio.services.generator.validation import Validator, check_id_list, model_ref
 from boothstudio.services.settings import load_settings
 from boothstudio.shared.channels import aio_channel
 from boothstudio.shared.errors import (
@@ -29,7 +29,7 @@ from boothstudio.shared.errors import (
     NotFound,
     Unavailable,
 )
-from boothstudio.shared.ids import new_id
+from boothstudio.shared.ids import check_id, new_id
 from boothstudio.shared.pagination import decode_offset, encode_token, page_size
 from boothstudio.shared.server import RpcContext, ServiceContext, ServiceSpec
 from boothstudio.v1 import catalog_pb2, catalog_pb2_grpc, generator_pb2, generator_pb2_grpc

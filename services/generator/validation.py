@@ -22,7 +22,7 @@ from PIL import Image
 from boothstudio.services.diffusion import samplers as sampler_table
 from boothstudio.services.generator.adapters.base import Adapter, GenerationSpec, ModelRef
 from boothstudio.shared.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from boothstudio.shared.ids import is_valid_id
+from boothstudio.shared.ids import ID_RULE, is_valid_id
 from boothstudio.shared.images import ImageInfo, ImageLimits, ImageRejected, decode, probe
 from boothstudio.shared.option_values import from_option_value
 from boothstudio.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2, generator_pb2
@@ -115,18 +115,8 @@ async def decode_input(data: bytes, field: str) -> Image.Image:
         raise InvalidArgument.for_field(field, str(exc)) from exc
 
 
-ID_RULE = "lowercase letter first, then [a-z0-9_-], at most 128 characters"
 #: Ids one request may name in a repeated field (DeleteImages.image_ids).
 MAX_DELETE_IDS = 1000
-
-
-def check_id(field: str, value: str, *, required: bool = False) -> None:
-    """Job and image ids are shared.ids ids: anything else is refused by field before it is
-    looked up, stored or echoed (an id may be megabytes of text)."""
-    if required and not value:
-        raise InvalidArgument.for_field(field, "required")
-    if value and not is_valid_id(value):
-        raise InvalidArgument.for_field(field, ID_RULE)
 
 
 def check_id_list(field: str, values: list[str]) -> None:

@@ -52,7 +52,7 @@ from boothstudio.shared.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from boothstudio.shared.ids import is_valid_id, new_id
+from boothstudio.shared.ids import ID_RULE, is_valid_id, new_id
 from boothstudio.shared.pagination import decode_offset, encode_token, page_size
 from boothstudio.shared.server import RpcContext, ServiceContext, ServiceSpec
 from boothstudio.shared.storage import atomic_write_text, folder_size
@@ -126,8 +126,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             raise Unavailable("trainer is shutting down", retry_after=5.0)
         if request.job_id:
             if not is_valid_id(request.job_id):
-                raise InvalidArgument.for_field("job_id", "lowercase letter first, then "
-                                                "[a-z0-9_-], at most 128 characters")
+                raise InvalidArgument.for_field("job_id", ID_RULE)
             if self.store.get(request.job_id) is not None:
                 raise AlreadyExists(f"job {request.job_id!r} exists", reason="JOB_EXISTS")
         base, resolved = await self._resolve(request.config)

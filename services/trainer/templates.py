@@ -15,7 +15,6 @@ from collections.abc import Mapping
 
 from boothstudio.shared.errors import clip
 
-PLACEHOLDERS = ("identifier", "class_noun")
 # Longest prompt or caption accepted: CLIP reads 77 tokens, so 1000 characters is already far
 # more than any model sees; the bound keeps a hostile config from filling memory and logs.
 MAX_PROMPT_CHARS = 1000
@@ -50,4 +49,4 @@ def fill(template: str, values: Mapping[str, str]) -> str:
     return "".join(out)
 
 
-__all__ = ["MAX_PROMPT_CHARS", "PLACEHOLDERS", "TemplateError", "fill"]
+__all__ = ["MAX_PROMPT_CHARS", "TemplateError", "fill"]

@@ -38,19 +38,19 @@ MAX_DATASET_NAME_CHARS = 200
 
 
 @dataclass
-class _File:
+class UploadedFile:
     name: str
     caption: str
     data: bytearray = field(default_factory=bytearray)
 
 
 async def receive(stream: AsyncIterator[trainer_pb2.UploadImagesRequest], store: JobStore,
-                  limits: Limits) -> tuple[str, str, list[_File]]:
+                  limits: Limits) -> tuple[str, str, list[UploadedFile]]:
     """(dataset id or "", dataset name, files) from an upload stream, every message checked."""
     dataset_id, name = "", ""
-    files: list[_File] = []
+    files: list[UploadedFile] = []
     first = True
-    received = 0
+    bytes_received = 0
     async for msg in stream:
         which = msg.WhichOneof("payload")
         if which == "metadata":
@@ -79,10 +79,10 @@ async def receive(stream: AsyncIterator[trainer_pb2.UploadImagesRequest], store:
                 if len(ch.caption) > MAX_PROMPT_CHARS:
                     raise InvalidArgument.for_field("chunk.caption",
                                                     f"at most {MAX_PROMPT_CHARS} characters")
-                files.append(_File(ch.filename, ch.caption))
+                files.append(UploadedFile(ch.filename, ch.caption))
             files[-1].data.extend(ch.data)
-            received += len(ch.data)
-            if received > limits.max_upload_bytes:
+            bytes_received += len(ch.data)
+            if bytes_received > limits.max_upload_bytes:
                 # the stream is held in memory until every picture is checked: bound it
                 raise InvalidArgument.for_field(
                     "chunk.data", f"an upload holds at most {limits.max_upload_bytes} bytes; "
@@ -105,7 +105,7 @@ def _exists(dataset_id: str, name: str) -> AlreadyExists:
 
 
 def save(store: JobStore, datasets_dir: Path, limits: Limits, dataset_id: str, name: str,
-         files: list[_File]) -> trainer_pb2.UploadImagesResponse:
+         files: list[UploadedFile]) -> trainer_pb2.UploadImagesResponse:
     """Check every picture, then write them all or nothing (blocking: run in a thread)."""
     pic_limits = image_limits(limits.max_image_bytes)
     received = []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from boothstudio.services.diffusion import samplers as S
+from boothstudio.services.diffusion import samplers
 
 SD_SCHEDULER = {
     "_class_name": "DDIMScheduler",
@@ -20,21 +20,24 @@ SD_SCHEDULER = {
 
 
 def test_at_least_twelve_samplers_with_comfy_and_legacy_names() -> None:
-    assert len(S.SAMPLERS) >= 12
-    assert S.resolve("DPM++ 2M Karras") == (S.SAMPLERS["dpmpp_2m"], "karras")
-    assert S.resolve("dpmpp_2m")[0].id == "dpmpp_2m"
-    assert S.resolve("euler_ancestral")[0].id == "euler_a"
-    assert S.resolve("Euler a")[0].id == "euler_a"
-    assert S.resolve("dpm_2_ancestral")[0].id == "dpm2_a"
-    assert S.resolve("uni_pc")[0].id == "unipc"
-    assert S.resolve("K_DPMPP_2M")[0].id == "dpmpp_2m"
-    assert S.resolve("DPM++ 2M SDE Exponential") == (S.SAMPLERS["dpmpp_2m_sde"], "exponential")
+    assert len(samplers.SAMPLERS) >= 12
+    assert samplers.resolve("DPM++ 2M Karras") == (samplers.SAMPLERS["dpmpp_2m"], "karras")
+    assert samplers.resolve("dpmpp_2m")[0].id == "dpmpp_2m"
+    assert samplers.resolve("euler_ancestral")[0].id == "euler_a"
+    assert samplers.resolve("Euler a")[0].id == "euler_a"
+    assert samplers.resolve("dpm_2_ancestral")[0].id == "dpm2_a"
+    assert samplers.resolve("uni_pc")[0].id == "unipc"
+    assert samplers.resolve("K_DPMPP_2M")[0].id == "dpmpp_2m"
+    assert samplers.resolve("DPM++ 2M SDE Exponential") == (
+        samplers.SAMPLERS["dpmpp_2m_sde"],
+        "exponential",
+    )
     # A1111 defaults
-    assert S.resolve("DPM++ 2M")[1] == "karras"
-    assert S.resolve("DPM2 a")[1] == "karras"
-    assert S.resolve("DPM++ 2M SDE")[1] == "exponential"
-    assert S.resolve("")[0].id == S.DEFAULT_SAMPLER
-    assert S.resolve("Euler", "Karras")[1] == "karras"
+    assert samplers.resolve("DPM++ 2M")[1] == "karras"
+    assert samplers.resolve("DPM2 a")[1] == "karras"
+    assert samplers.resolve("DPM++ 2M SDE")[1] == "exponential"
+    assert samplers.resolve("")[0].id == samplers.DEFAULT_SAMPLER
+    assert samplers.resolve("Euler", "Karras")[1] == "karras"
 
 
 @pytest.mark.parametrize(
@@ -47,29 +50,29 @@ def test_at_least_twelve_samplers_with_comfy_and_legacy_names() -> None:
     ],
 )
 def test_bad_names_name_the_field(name: str, schedule: str, field: str) -> None:
-    with pytest.raises(S.SamplerError) as err:
-        S.resolve(name, schedule)
+    with pytest.raises(samplers.SamplerError) as err:
+        samplers.resolve(name, schedule)
     assert err.value.field == field
 
 
 def test_translation_to_diffusers_is_pinned() -> None:
     import diffusers
 
-    sch = S.build_scheduler(SD_SCHEDULER, "DPM++ 2M", "karras")
+    sch = samplers.build_scheduler(SD_SCHEDULER, "DPM++ 2M", "karras")
     assert isinstance(sch, diffusers.DPMSolverMultistepScheduler)
     assert sch.config.use_karras_sigmas is True
     assert sch.config.algorithm_type == "dpmsolver++"
-    sde = S.build_scheduler(SD_SCHEDULER, "DPM++ 2M SDE Heun", "")
+    sde = samplers.build_scheduler(SD_SCHEDULER, "DPM++ 2M SDE Heun", "")
     assert sde.config.algorithm_type == "sde-dpmsolver++"
     assert sde.config.solver_type == "heun"
     assert sde.config.use_exponential_sigmas is True
-    assert isinstance(S.build_scheduler(SD_SCHEDULER, "PLMS"), diffusers.PNDMScheduler)
-    assert S.build_scheduler(SD_SCHEDULER, "PLMS").config.skip_prk_steps is True
-    assert S.build_scheduler(SD_SCHEDULER, "Euler", "beta").config.use_beta_sigmas is True
-    assert S.build_scheduler(SD_SCHEDULER, "DDIM", "sgm_uniform").config.timestep_spacing == (
-        "trailing"
-    )
-    euler_a = S.build_scheduler(SD_SCHEDULER, "Euler a", options={"eta": 0.5})
+    assert isinstance(samplers.build_scheduler(SD_SCHEDULER, "PLMS"), diffusers.PNDMScheduler)
+    assert samplers.build_scheduler(SD_SCHEDULER, "PLMS").config.skip_prk_steps is True
+    assert samplers.build_scheduler(SD_SCHEDULER, "Euler", "beta").config.use_beta_sigmas is True
+    assert samplers.build_scheduler(
+        SD_SCHEDULER, "DDIM", "sgm_uniform"
+    ).config.timestep_spacing == ("trailing")
+    euler_a = samplers.build_scheduler(SD_SCHEDULER, "Euler a", options={"eta": 0.5})
     assert isinstance(euler_a, diffusers.EulerAncestralDiscreteScheduler)
     assert euler_a.config.eta == 0.5 and euler_a.config.s_noise == 1.0
     # the model's training settings survive
@@ -78,20 +81,20 @@ def test_translation_to_diffusers_is_pinned() -> None:
 
 
 def test_every_sampler_and_schedule_builds_and_sets_timesteps() -> None:
-    for spec in S.SAMPLERS.values():
+    for spec in samplers.SAMPLERS.values():
         for sch in spec.schedules:
-            scheduler = S.build_scheduler(SD_SCHEDULER, spec.id, sch)
+            scheduler = samplers.build_scheduler(SD_SCHEDULER, spec.id, sch)
             scheduler.set_timesteps(6)
             assert len(scheduler.timesteps) >= 6, (spec.id, sch)
 
 
 def test_options_are_checked_against_the_schema() -> None:
-    ddim = S.SAMPLERS["ddim"]
-    values, problems = S.check_options(ddim, {"eta": 0.3})
+    ddim = samplers.SAMPLERS["ddim"]
+    values, problems = samplers.check_options(ddim, {"eta": 0.3})
     assert values == {"eta": 0.3} and not problems
-    _, problems = S.check_options(ddim, {"eta": 3.0, "bogus": 1})
+    _, problems = samplers.check_options(ddim, {"eta": 3.0, "bogus": 1})
     assert {f for f, _ in problems} == {"sampler_options.eta", "sampler_options.bogus"}
-    assert S.step_kwargs(ddim, {"eta": 0.3}) == {"eta": 0.3}
+    assert samplers.step_kwargs(ddim, {"eta": 0.3}) == {"eta": 0.3}
 
 
 def test_euler_a_options_are_config_arguments(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -99,7 +102,9 @@ def test_euler_a_options_are_config_arguments(tmp_path) -> None:  # type: ignore
         EtaEulerAncestralScheduler,
     )
 
-    euler_a = S.build_scheduler(SD_SCHEDULER, "Euler a", options={"eta": 0.25, "s_noise": 0.75})
+    euler_a = samplers.build_scheduler(
+        SD_SCHEDULER, "Euler a", options={"eta": 0.25, "s_noise": 0.75}
+    )
     assert isinstance(euler_a, EtaEulerAncestralScheduler)
     euler_a.save_config(tmp_path)
     loaded = EtaEulerAncestralScheduler.from_config(

@@ -297,20 +297,20 @@ def test_an_upload_never_replaces_a_picture_another_call_wrote(tmp_path, subject
     then the second used to overwrite the first's file (and, its row refused, delete it)."""
     from boothstudio.services.trainer.options import Limits
     from boothstudio.services.trainer.store import JobStore
-    from boothstudio.services.trainer.uploads import _File, save
+    from boothstudio.services.trainer.uploads import UploadedFile, save
     from boothstudio.shared.errors import AlreadyExists
 
     store = JobStore(tmp_path / "trainer.sqlite3")
     try:
         first = save(store, tmp_path / "datasets", Limits(), "", "d",
-                     [_File("a.png", "", bytearray(subject_pngs[0]))])
+                     [UploadedFile("a.png", "", bytearray(subject_pngs[0]))])
         folder = tmp_path / "datasets" / first.dataset_id
         # the other call's file is on disk, its row not yet in the store
         (folder / "b.png").write_bytes(subject_pngs[1])
         with pytest.raises(AlreadyExists):
             save(store, tmp_path / "datasets", Limits(), first.dataset_id, "",
-                 [_File("c.png", "", bytearray(subject_pngs[2])),
-                  _File("b.png", "", bytearray(subject_pngs[3]))])
+                 [UploadedFile("c.png", "", bytearray(subject_pngs[2])),
+                  UploadedFile("b.png", "", bytearray(subject_pngs[3]))])
         assert (folder / "b.png").read_bytes() == subject_pngs[1]  # theirs, untouched
         assert sorted(p.name for p in folder.iterdir()) == ["a.png", "b.png"]  # ours undone
     finally:
