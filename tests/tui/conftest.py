@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 from textual.pilot import Pilot
-from textual.widgets import OptionList
 from textual.worker import WorkerCancelled
 
 from boothstudio.clients.tui.app import StudioApp
+from boothstudio.clients.tui.screens.dialogs import PickImageDialog
 from boothstudio.clients.tui.settings import StudioSettings
 from tests.tui.fakes import FakeClient
 
@@ -54,9 +54,10 @@ async def settle(pilot: Pilot[Any]) -> None:
 
 
 def picker_ready(pilot: Pilot[Any]) -> bool:
-    """The gallery picker dialog is open with its first image highlighted."""
-    found = pilot.app.screen.query("#pick-list")
-    return bool(found) and found.first(OptionList).highlighted == 0
+    """The gallery picker dialog is open with its first image chosen."""
+    screen = pilot.app.screen
+    thumbs = screen.query("Thumb")
+    return isinstance(screen, PickImageDialog) and bool(thumbs) and screen.focused is thumbs.first()
 
 
 def run_before(*steps: Callable[[Pilot[Any]], Awaitable[None]]) -> Callable[[Pilot[Any]], Any]:

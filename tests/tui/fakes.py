@@ -16,6 +16,7 @@ from typing import Any
 from PIL import Image, ImageDraw
 
 from boothstudio.clients.sdk import (
+    DeleteImagesResult,
     Finished,
     GalleryImage,
     GeneratedImage,
@@ -216,6 +217,11 @@ class FakeClient:
         img = next(i for i in self.gallery if i.image_id == image_id)
         img.png = PNGS[image_id]
         return img
+
+    async def delete_images(self, image_ids: list[str], **kw: Any) -> DeleteImagesResult:
+        before = len(self.gallery)
+        self.gallery = [i for i in self.gallery if i.image_id not in image_ids]
+        return DeleteImagesResult(before - len(self.gallery))
 
     def stream_generate(self, prompt: str, **params: Any) -> FakeStream:
         self.streams.append(FakeStream(prompt, params, self.step_delay))

@@ -18,6 +18,7 @@ from boothstudio.clients.tui.app import StudioApp
 from boothstudio.clients.tui.screens.base import StudioScreen
 from boothstudio.clients.tui.widgets.fields import model_label
 from boothstudio.clients.tui.widgets.results import JobProgress, ResultTile
+from boothstudio.clients.tui.widgets.thumbs import Thumb
 from tests.tui.conftest import SIZE, fake_app, picker_ready, settle, wait_for
 from tests.tui.fakes import MODELS, PNGS, FakeClient
 from tests.tui.test_studio import error_text, field_of, palette
@@ -226,3 +227,67 @@ async def test_generate_form_as_a_person_types() -> None:
         screen.query_one("#steps", Input).value = "4"
         await pilot.pause()
         assert not field_of(screen, "steps").has_class("-invalid")
+
+
+# 7 ------------------------------------------------------------------------------------
+
+
+async def test_edit_has_the_generation_settings_and_a_picker_with_thumbnails() -> None:
+    app = fake_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        edit = await go(pilot, "edit")
+        await pilot.press("ctrl+l")
+        await wait_for(pilot, lambda: picker_ready(pilot), what="the gallery picker")
+        picker = app.screen
+        await settle(pilot)
+        thumbs = list(picker.query(Thumb))
+        assert len(thumbs) == 3 and all(t.png for t in thumbs), "every image has its thumbnail"
+        await pilot.press("down", "enter")  # the second newest
+        await wait_for(pilot, lambda: edit.source_png == PNGS["img-1"], what="the picked image")  # type: ignore[attr-defined]
+
+        edit.query_one("#edit-mode", Select).value = "img2img"
+        edit.query_one("#edit-sampler", Select).value = "ddim"
+        for wid, value in (("cfg", "5"), ("width", "64"), ("height", "64"), ("count", "2")):
+            edit.query_one(f"#edit-{wid}", Input).value = value
+        await pilot.press("ctrl+g")
+        await wait_for(pilot, lambda: bool(edit.query(ResultTile)), 10, "the result")
+        sent = fake(app).streams[-1].params
+        assert sent["sampler"] == "ddim" and sent["cfg_scale"] == 5.0
+        assert (sent["width"], sent["height"], sent["count"]) == (64, 64, 2)
+
+
+async def test_gallery_reuse_of_an_edit_delete_asks_no_first_jobs_told_apart() -> None:
+    app = fake_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        client = fake(app)
+        client.gallery[2] = replace(
+            client.gallery[2], has_init_image=True, params={"strength": 0.6, "seed": 1002}
+        )
+        gallery = await go(pilot, "gallery")
+        # enter on the delete confirmation answers No
+        await pilot.press("d")
+        await wait_for(pilot, lambda: app.screen is not gallery, what="the confirmation")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: app.screen is gallery, what="the answer")
+        await settle(pilot)
+        assert len(client.gallery) == 3
+
+        # reuse of an img2img image: its settings go to Edit, not to a txt2img in Generate
+        await pilot.press("r")
+        await wait_for(pilot, lambda: app.current_mode == "edit", 10, "Edit")
+        await settle(pilot)
+        edit = app.screen
+        assert edit.query_one("#edit-mode", Select).value == "img2img"
+        assert edit.query_one("#strength", Input).value == "0.6"
+        assert edit.query_one("#edit-seed", Input).value == "1002"
+        assert edit.query_one("#edit-prompt", Input).value == client.gallery[2].prompt
+        assert "source image" in status_text(edit)  # type: ignore[arg-type]
+
+        # two jobs of one subject share a name: the list tells them apart
+        client.jobs["job-zwx-2"] = replace(client.jobs["job-zwx"], job_id="job-zwx-2")
+        train = await go(pilot, "train")
+        jobs = train.query_one("#jobs", OptionList)
+        lines = [str(jobs.get_option_at_index(i).prompt) for i in range(jobs.option_count)]
+        assert len(lines) == 3 and len(set(lines)) == 3, lines

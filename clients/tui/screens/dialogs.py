@@ -7,17 +7,17 @@ from dataclasses import dataclass
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
+from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.screen import ModalScreen
-from textual.widgets import Button, Input, Label, OptionList, Static
-from textual.widgets.option_list import Option
+from textual.widgets import Button, Input, Label, Static
 
 from boothstudio.clients.sdk import AsyncBoothStudio, GalleryImage
 from boothstudio.clients.tui.images import image_widget
 from boothstudio.clients.tui.screens.base import newest_first
 from boothstudio.clients.tui.settings import ImageMethod
 from boothstudio.clients.tui.widgets.fields import describe
+from boothstudio.clients.tui.widgets.thumbs import Thumb
 
 
 class ConfirmDialog(ModalScreen[bool]):
@@ -28,6 +28,9 @@ class ConfirmDialog(ModalScreen[bool]):
         Binding("y", "answer(True)", "Yes"),
         Binding("n", "answer(False)", "No", show=False),
     ]
+
+    #: Enter answers No: deleting takes a deliberate "y" or a click on Yes.
+    AUTO_FOCUS = "#no"
 
     def __init__(self, question: str) -> None:
         super().__init__(classes="dialog")
@@ -80,9 +83,14 @@ class PathDialog(ModalScreen[str | None]):
 
 
 class PickImageDialog(ModalScreen[str | None]):
-    """Choose an image of the gallery; returns its id."""
+    """Choose an image of the gallery by its thumbnail; returns its id."""
 
-    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+    BINDINGS = [
+        Binding("escape", "cancel", "Cancel"),
+        Binding("enter", "pick", "Pick"),
+        Binding("down,right", "app.focus_next", "Next", show=False),
+        Binding("up,left", "app.focus_previous", "Previous", show=False),
+    ]
 
     @dataclass
     class Loaded(Message):
@@ -91,14 +99,27 @@ class PickImageDialog(ModalScreen[str | None]):
         images: list[GalleryImage]
         error: str = ""
 
-    def __init__(self, client: AsyncBoothStudio) -> None:
+    @dataclass
+    class Fetched(Message):
+        """One image's bytes arrived (for its thumbnail)."""
+
+        image_id: str
+        png: bytes
+
+    def __init__(
+        self, client: AsyncBoothStudio, png_cache: dict[str, bytes], method: ImageMethod
+    ) -> None:
         super().__init__(classes="dialog")
         self.client = client
+        self.png_cache = png_cache
+        self.method = method
+        self.chosen: str | None = None
 
     def compose(self) -> ComposeResult:
-        with Vertical(classes="dialog-box tall"):
+        with Vertical(classes="dialog-box tall picker"):
             yield Label("Pick an image from the gallery", classes="dialog-title")
-            yield OptionList(id="pick-list")
+            with VerticalScroll(id="pick-scroll"):
+                yield Grid(id="pick-grid")
             yield Static("loading…", id="pick-status")
 
     def on_mount(self) -> None:
@@ -111,29 +132,47 @@ class PickImageDialog(ModalScreen[str | None]):
         except Exception as exc:
             self.post_message(self.Loaded([], describe(exc)))
             return
-        self.post_message(self.Loaded(newest_first(page.items)))
+        images = newest_first(page.items)
+        self.post_message(self.Loaded(images))
+        for img in images:
+            if img.image_id in self.png_cache:
+                continue
+            try:
+                full = await self.client.get_image(img.image_id)
+            except Exception:
+                continue  # no thumbnail: the caption still names it
+            if full.png:
+                self.post_message(self.Fetched(img.image_id, full.png))
 
     @on(Loaded)
-    def show(self, event: Loaded) -> None:
+    async def show(self, event: Loaded) -> None:
         images = event.images
-        options = self.query_one(OptionList)
-        options.clear_options()
-        options.add_options(
-            Option(f"{img.prompt[:40] or '(no prompt)'}  ·  seed {img.seed}", id=img.image_id)
-            for img in images
-        )
         status = self.query_one("#pick-status", Static)
         if event.error:
             status.update(event.error)
             return
-        status.update(f"{len(images)} images" if images else "the gallery is empty")
+        await self.query_one("#pick-grid", Grid).mount_all(
+            Thumb(img, self.png_cache.get(img.image_id), self.method) for img in images
+        )
+        count = f"{len(images)} images · arrows choose, enter picks"
+        status.update(count if images else "the gallery is empty")
         if images:
-            options.highlighted = 0
-        options.focus()
+            self.query(Thumb).first().focus()
 
-    @on(OptionList.OptionSelected)
-    def chosen(self, event: OptionList.OptionSelected) -> None:
-        self.dismiss(event.option.id)
+    @on(Fetched)
+    def fetched(self, event: Fetched) -> None:
+        self.png_cache[event.image_id] = event.png
+        for thumb in self.query(Thumb):
+            if thumb.image.image_id == event.image_id:
+                thumb.show_png(event.png)
+
+    @on(Thumb.Selected)
+    def selected(self, event: Thumb.Selected) -> None:
+        self.chosen = event.thumb.image.image_id
+
+    def action_pick(self) -> None:
+        if self.chosen:
+            self.dismiss(self.chosen)
 
     def action_cancel(self) -> None:
         self.dismiss(None)

@@ -5,6 +5,7 @@ gallery like any generation."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, HorizontalScroll, Vertical, VerticalScroll
 from textual.message import Message
 from textual.widgets import Button, Input, Select, Static
+from textual.widgets.select import InvalidSelectValueError
 
 from boothstudio.clients.sdk import (
     Finished,
@@ -27,16 +29,26 @@ from boothstudio.clients.sdk import (
     ImageReady,
     Model,
     Progress,
+    SamplerList,
     Started,
 )
 from boothstudio.clients.sdk.errors import invalid
 from boothstudio.clients.tui.screens.base import StudioScreen
 from boothstudio.clients.tui.screens.dialogs import PickImageDialog
+from boothstudio.clients.tui.screens.generate import GenerateScreen
 from boothstudio.clients.tui.widgets.fields import FormField, model_label, parse_float, parse_int
 from boothstudio.clients.tui.widgets.mask_canvas import MaskCanvas
 from boothstudio.clients.tui.widgets.results import JobProgress, ResultTile, eta_text
 
 MODES = [("img2img (whole image)", "img2img"), ("inpaint (painted mask)", "inpaint")]
+
+
+@dataclass
+class ReuseEdit:
+    """An img2img or inpainted image's settings, for the Edit screen (Gallery's reuse): the
+    gallery does not keep its source image, so Generate could only make a txt2img of them."""
+
+    image: GalleryImage
 
 
 class EditScreen(StudioScreen):
@@ -60,6 +72,7 @@ class EditScreen(StudioScreen):
     @dataclass
     class ModelsLoaded(Message):
         models: list[Model]
+        samplers: SamplerList | None = None
 
     @dataclass
     class Event(Message):
@@ -73,6 +86,9 @@ class EditScreen(StudioScreen):
         self.source_png: bytes | None = None
         self.running = False
         self.job_id = ""
+        #: The sampler of reused settings, chosen once the samplers are listed.
+        self._want_sampler = ""
+        self._sampler_ids: list[str] = []
 
     def compose_body(self) -> ComposeResult:
         with Horizontal(id="edit-body", classes="body"):
@@ -101,7 +117,25 @@ class EditScreen(StudioScreen):
                     yield FormField(
                         "Strength", Input("0.75", type="number", id="strength"), field="strength"
                     )
+                    yield FormField(
+                        "Mask blur", Input(type="integer", id="mask-blur"), field="mask_blur"
+                    )
+                with Horizontal(classes="row"):
                     yield FormField("Steps", Input(type="integer", id="edit-steps"), field="steps")
+                    yield FormField(
+                        "CFG",
+                        Input(GenerateScreen.DEFAULT_CFG, type="number", id="edit-cfg"),
+                        field="cfg_scale",
+                    )
+                yield FormField("Model", Select[str]([], id="edit-model"), field="model_id")
+                yield FormField("Sampler", Select[str]([], id="edit-sampler"), field="sampler")
+                with Horizontal(classes="row"):
+                    for side in ("width", "height"):
+                        yield FormField(
+                            side.capitalize(),
+                            Input(type="integer", placeholder="the image's", id=f"edit-{side}"),
+                            field=side,
+                        )
                 with Horizontal(classes="row"):
                     yield FormField(
                         "Seed",
@@ -109,9 +143,8 @@ class EditScreen(StudioScreen):
                         field="seed",
                     )
                     yield FormField(
-                        "Blur", Input(type="integer", id="mask-blur"), field="mask_blur"
+                        "Count", Input("1", type="integer", id="edit-count"), field="count"
                     )
-                yield FormField("Model", Select[str]([], id="edit-model"), field="model_id")
                 yield Static("", id="brush-info")
                 yield Button("Generate  ctrl+g", variant="primary", id="edit-generate")
             with Vertical(id="edit-main"):
@@ -138,10 +171,11 @@ class EditScreen(StudioScreen):
     async def load_models(self) -> None:
         try:
             page = await self.client.list_models(page_size=200)
+            samplers = await self.client.list_samplers()
         except Exception as exc:
             self.post_message(self.Failed(exc, "catalog"))
             return
-        self.post_message(self.ModelsLoaded(list(page.items)))
+        self.post_message(self.ModelsLoaded(list(page.items), samplers))
 
     @on(ModelsLoaded)
     def models_loaded(self, event: ModelsLoaded) -> None:
@@ -153,11 +187,24 @@ class EditScreen(StudioScreen):
             select.value = current
         elif default is not None:
             select.value = default.id
+        if event.samplers is not None:
+            sampler = self.query_one("#edit-sampler", Select)
+            chosen = self._want_sampler or sampler.value
+            sampler.set_options((x.label or x.id, x.id) for x in event.samplers)
+            ids = self._sampler_ids = [x.id for x in event.samplers]
+            if chosen in ids:
+                sampler.value = chosen
+            elif event.samplers.default_sampler in ids:
+                sampler.value = event.samplers.default_sampler
+            self._want_sampler = ""
 
     # ---------------------------------------------------------------------------- source
 
     def action_pick(self) -> None:
-        self.app.push_screen(PickImageDialog(self.client), self._picked)
+        self.app.push_screen(
+            PickImageDialog(self.client, self.studio.png_cache, self.studio.image_method),
+            self._picked,
+        )
 
     @on(Button.Pressed, "#pick-gallery")
     def pick_pressed(self) -> None:
@@ -216,10 +263,43 @@ class EditScreen(StudioScreen):
         self.query_one(MaskCanvas).focus()
 
     def receive(self, payload: Any) -> None:
-        if isinstance(payload, GalleryImage) and payload.png:
+        if isinstance(payload, ReuseEdit):
+            self._apply(payload.image)
+        elif isinstance(payload, GalleryImage) and payload.png:
             self.post_message(
                 self.SourceLoaded(payload.png, f"gallery {payload.image_id}", payload.prompt)
             )
+
+    def _apply(self, img: GalleryImage) -> None:
+        """Fill the form with an edited image's settings (its seed fixed)."""
+        p = img.params
+        self.query_one("#edit-prompt", Input).value = img.prompt
+        self.query_one("#edit-negative", Input).value = img.negative_prompt
+        self.query_one("#edit-mode", Select).value = "inpaint" if img.has_mask else "img2img"
+        for wid, value in (
+            ("#strength", p.get("strength")),
+            ("#edit-steps", img.steps or None),
+            ("#edit-cfg", img.cfg_scale or None),
+            ("#edit-width", img.width or None),
+            ("#edit-height", img.height or None),
+            ("#edit-seed", img.seed),
+            ("#edit-count", 1),
+            ("#mask-blur", p.get("mask_blur")),
+        ):
+            if value is not None:
+                text = f"{value:g}" if isinstance(value, float) else str(value)
+                self.query_one(wid, Input).value = text
+        if img.sampler in self._sampler_ids:
+            self.query_one("#edit-sampler", Select).value = img.sampler
+        else:  # chosen when the samplers arrive
+            self._want_sampler = img.sampler
+        if img.model_id:
+            with contextlib.suppress(InvalidSelectValueError):
+                self.query_one("#edit-model", Select).value = img.model_id
+        self.say(
+            f"settings of {img.image_id} loaded: open its source image (ctrl+l gallery, ctrl+o"
+            " file); the gallery does not keep it"
+        )
 
     # ----------------------------------------------------------------------------- mask
 
@@ -253,12 +333,19 @@ class EditScreen(StudioScreen):
         steps = parse_int(self.query_one("#edit-steps", Input).value, "steps")
         if steps is not None:
             params["steps"] = steps
-        seed = parse_int(self.query_one("#edit-seed", Input).value, "seed")
-        if seed is not None:
-            params["seed"] = seed
+        for name in ("seed", "width", "height", "count"):
+            value = parse_int(self.query_one(f"#edit-{name}", Input).value, name)
+            if value is not None:
+                params[name] = value
+        cfg = parse_float(self.query_one("#edit-cfg", Input).value, "cfg_scale")
+        if cfg is not None:
+            params["cfg_scale"] = cfg
         model = self.query_one("#edit-model", Select).value
         if isinstance(model, str):
             params["model_id"] = model
+        sampler = self.query_one("#edit-sampler", Select).value
+        if isinstance(sampler, str):
+            params["sampler"] = sampler
         if self.query_one("#edit-mode", Select).value == "inpaint":
             canvas = self.query_one(MaskCanvas)
             if canvas.coverage == 0:

@@ -18,41 +18,8 @@ from boothstudio.clients.sdk import GalleryImage
 from boothstudio.clients.tui.images import image_widget, set_image
 from boothstudio.clients.tui.screens.base import StudioScreen, newest_first
 from boothstudio.clients.tui.screens.dialogs import ConfirmDialog, ImageViewer, PathDialog
-from boothstudio.clients.tui.settings import ImageMethod
-
-
-class Thumb(Vertical, can_focus=True):
-    """A thumbnail; focusing or clicking it selects the image."""
-
-    @dataclass
-    class Selected(Message):
-        thumb: Thumb
-
-        @property
-        def control(self) -> Thumb:
-            return self.thumb
-
-    def __init__(self, image: GalleryImage, png: bytes | None, method: ImageMethod) -> None:
-        super().__init__(classes="thumb", id=f"thumb-{image.image_id}")
-        self.image = image
-        self.png = png
-        self.method = method
-
-    def compose(self) -> ComposeResult:
-        yield image_widget(self.png, self.method, classes="thumb-image")
-        caption = self.image.prompt[:18] or "(no prompt)"
-        yield Static(f"{caption}\nseed {self.image.seed}", classes="thumb-caption")
-
-    def show_png(self, png: bytes) -> None:
-        self.png = png
-        for picture in self.query(".thumb-image"):  # none yet: compose uses self.png
-            set_image(picture, png)
-
-    def on_focus(self) -> None:
-        self.post_message(self.Selected(self))
-
-    def on_click(self) -> None:
-        self.focus()
+from boothstudio.clients.tui.screens.edit import ReuseEdit
+from boothstudio.clients.tui.widgets.thumbs import Thumb
 
 
 def parameters_text(img: GalleryImage) -> str:
@@ -204,8 +171,15 @@ class GalleryScreen(StudioScreen):
             self.app.push_screen(ImageViewer(png, caption, self.studio.image_method))
 
     async def action_reuse(self) -> None:
-        if self.selected is not None:
-            await self.studio.hand_over("generate", self.selected)
+        """Its settings in Generate; an img2img or inpainted image's in Edit (Generate would
+        make a txt2img of them)."""
+        img = self.selected
+        if img is None:
+            return
+        if img.has_init_image or img.has_mask:
+            await self.studio.hand_over("edit", ReuseEdit(img))
+        else:
+            await self.studio.hand_over("generate", img)
 
     async def action_edit(self) -> None:
         chosen = self._selected_png()

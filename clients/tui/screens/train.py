@@ -49,8 +49,9 @@ def parse_extra(text: str) -> dict[str, Any]:
 
 
 def job_line(job: TrainingJob) -> str:
-    name = job.display_name or job.job_id
-    return f"{name} · {job.state.value} · {job.step}/{job.total_steps}"
+    """A job in the list: its name, and its id (the jobs of one subject share a name)."""
+    status = f"{job.job_id} · {job.state.value} · {job.step}/{job.total_steps}"
+    return f"{job.display_name}\n  {status}" if job.display_name else status
 
 
 class LossPlot(PlotextPlot):
