@@ -11,10 +11,10 @@ worker (progress) never overwrite a change the other made first; an acknowledged
 ends the job CANCELLED (a model registered during the export is removed again).
 Domain metrics (services/trainer/metrics.py) are read from the store when /metrics is scraped.
 
-Modules: store.py (jobs, events, datasets), options.py (a config checked and completed),
-base_model.py (the Catalog's model, checked), uploads.py (pictures onto disk), supervision.py
-(worker processes: start, reap, crash restarts, recovery, drain), events.py (the watch stream),
-mapping.py (rows as messages).
+Modules: store.py (jobs, events, datasets), job_creation.py (base model and config checked and
+completed: options.py, base_model.py), uploads.py (pictures onto disk), job_control.py (cancel,
+resume, delete), supervision.py (worker processes: start, reap, crash restarts, recovery,
+drain), events.py (the watch stream), mapping.py (rows as messages).
 
 Settings: services/trainer/settings.py (TrainerSettings).
 """
@@ -24,38 +24,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import sqlite3
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import grpc
 from prometheus_client import REGISTRY
 
 from boothstudio.services.settings import load_settings
-from boothstudio.services.trainer import base_model, events, uploads
+from boothstudio.services.trainer import events, job_creation, uploads
+from boothstudio.services.trainer.job_control import JobControl
 from boothstudio.services.trainer.mapping import to_proto
 from boothstudio.services.trainer.metrics import TrainerMetrics
-from boothstudio.services.trainer.options import Limits, Resolved, resolve
+from boothstudio.services.trainer.options import Limits
 from boothstudio.services.trainer.settings import TrainerSettings
-from boothstudio.services.trainer.store import TERMINAL, JobRow, JobStore
+from boothstudio.services.trainer.store import JobRow, JobStore
 from boothstudio.services.trainer.supervision import Supervisor
-from boothstudio.services.trainer.worker import STOP_FILE
 from boothstudio.shared.channels import aio_channel
 from boothstudio.shared.errors import (
     AlreadyExists,
-    FailedPrecondition,
     InvalidArgument,
     NotFound,
     ResourceExhausted,
     Unavailable,
 )
-from boothstudio.shared.ids import ID_RULE, is_valid_id, new_id
+from boothstudio.shared.ids import check_id, new_id
 from boothstudio.shared.pagination import decode_offset, encode_token, page_size
 from boothstudio.shared.server import RpcContext, ServiceContext, ServiceSpec
-from boothstudio.shared.storage import atomic_write_text, folder_size
 from boothstudio.v1 import catalog_pb2_grpc, trainer_pb2, trainer_pb2_grpc
 
 DESCRIPTOR = trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"]
@@ -83,6 +78,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         self.metrics = TrainerMetrics(self.store)
         self.supervisor = Supervisor(ctx, self.store, self.metrics, settings,
                                      self.catalog_address)
+        self.control = JobControl(self.store, self.supervisor)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -124,13 +120,14 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     ) -> trainer_pb2.CreateTrainingJobResponse:
         if self.ctx.draining.is_set():
             raise Unavailable("trainer is shutting down", retry_after=5.0)
-        if request.job_id:
-            if not is_valid_id(request.job_id):
-                raise InvalidArgument.for_field("job_id", ID_RULE)
-            if self.store.get(request.job_id) is not None:
-                raise AlreadyExists(f"job {request.job_id!r} exists", reason="JOB_EXISTS")
-        base, resolved = await self._resolve(request.config)
-        job = self._new_job(request.job_id or new_id("job"), request.display_name, base, resolved)
+        check_id("job_id", request.job_id)
+        if request.job_id and self.store.get(request.job_id) is not None:
+            raise AlreadyExists(f"job {request.job_id!r} exists", reason="JOB_EXISTS")
+        base, resolved = await job_creation.check_config(
+            request.config, catalog=self.catalog, catalog_address=self.catalog_address,
+            store=self.store, datasets_dir=self.datasets_dir, limits=self.limits)
+        job = job_creation.new_job(request.job_id or new_id("job"), request.display_name, base,
+                                   resolved, self.jobs_dir)
         if request.validate_only:
             view = to_proto(self.store, job, [])
             view.state = JobState.TRAINING_JOB_STATE_UNSPECIFIED
@@ -150,46 +147,6 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             raise
         self.supervisor.wake()
         return trainer_pb2.CreateTrainingJobResponse(job=to_proto(self.store, job))
-
-    async def _resolve(self, config: trainer_pb2.DreamBoothConfig
-                       ) -> tuple[dict[str, Any], Resolved]:
-        """The base model and the checked, completed config; every problem with either is
-        named at once (a missing base model alone is NOT_FOUND)."""
-        base, model_violation, model_missing = await base_model.look_up(
-            self.catalog, self.catalog_address, config.base_model_id)
-        dataset = (await asyncio.to_thread(uploads.dataset_images, self.store, self.datasets_dir,
-                                           config.dataset_id)
-                   if config.dataset_id and not config.instance_images else None)
-        try:
-            resolved = await asyncio.to_thread(
-                resolve, config, base_model=base or {}, limits=self.limits,
-                vocab=base_model.vocabulary(base), dataset_images=dataset)
-        except InvalidArgument as exc:
-            if model_violation is not None:
-                exc.violations.insert(0, model_violation)
-                raise InvalidArgument(violations=exc.violations) from None
-            raise
-        if model_violation is not None and model_missing:
-            raise NotFound(model_violation.description, resource_type="model",
-                           resource_name=config.base_model_id, field=model_violation.field)
-        if model_violation is not None:  # it exists but cannot be the base of this job
-            raise InvalidArgument(violations=[model_violation])
-        assert base is not None
-        return base, resolved
-
-    def _new_job(self, job_id: str, display_name: str, base: dict[str, Any],
-                 resolved: Resolved) -> JobRow:
-        display = display_name or f"{resolved.trigger_phrase} on {base['id']}"
-        now = time.time()
-        return JobRow(
-            id=job_id, display_name=display[:200], state=JobState.TRAINING_JOB_STATE_QUEUED,
-            config=resolved.config, base_model=base, step=0,
-            total_steps=resolved.config.max_train_steps, failure_reason="", failure_message="",
-            create_time=now, start_time=None, end_time=None, update_time=now, queued_at=now,
-            output_model_id="", trigger_phrase=resolved.trigger_phrase, last_metrics=None,
-            warnings=[{"reason": r, "message": m, "field": f} for r, m, f in resolved.warnings],
-            attempts=0, instance_image_count=len(resolved.images),
-            job_dir=self.jobs_dir / job_id, worker_pid=0)
 
     # ------------------------------------------------------------------ uploads
 
@@ -239,92 +196,22 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     async def CancelTrainingJob(
         self, request: trainer_pb2.CancelTrainingJobRequest, context: RpcContext
     ) -> trainer_pb2.CancelTrainingJobResponse:
-        """Stop a job; an acknowledged cancel is always honoured.
-
-        Queued: CANCELLED at once. Preparing, running or exporting: CANCELLING, and the worker
-        stops at the next step (or before registering its export) and ends CANCELLED with a
-        checkpoint, resumable. Every change is a compare-and-set against the state the decision
-        was made on, so a worker moving on at the same moment (RUNNING -> EXPORTING ->
-        SUCCEEDED) cannot silently undo it: the decision is made again on the new state.
-        """
         job = self._get(request.job_id)
-        for _ in range(5):
-            if job.state in (JobState.TRAINING_JOB_STATE_CANCELLING,
-                             JobState.TRAINING_JOB_STATE_CANCELLED):
-                break  # already being cancelled or cancelled: nothing more to do
-            if job.state in (JobState.TRAINING_JOB_STATE_SUCCEEDED,
-                             JobState.TRAINING_JOB_STATE_FAILED):
-                raise FailedPrecondition(f"job already {JobState.Name(job.state)}",
-                                         reason="JOB_FINISHED")
-            if job.state == JobState.TRAINING_JOB_STATE_QUEUED:
-                done = self.store.set_state(job.id, JobState.TRAINING_JOB_STATE_CANCELLED,
-                                            "CANCELLED", "cancelled while queued",
-                                            expect={job.state})
-            else:
-                # the STOP file reaches a worker that runs, or is just starting, at its next check
-                await asyncio.to_thread(atomic_write_text, job.job_dir / STOP_FILE, "cancel")
-                if self.supervisor.has_worker(job.id):
-                    done = self.store.set_state(
-                        job.id, JobState.TRAINING_JOB_STATE_CANCELLING, "CANCEL_REQUESTED",
-                        "stopping after the current step with a checkpoint", expect={job.state})
-                else:  # no worker of ours (exiting, or not yet started): nothing to wait for
-                    done = self.store.set_state(job.id, JobState.TRAINING_JOB_STATE_CANCELLED,
-                                                "CANCELLED", "", expect={job.state})
-            if done is not None:
-                break
-            job = self._get(job.id)
+        await self.control.cancel(job)
         return trainer_pb2.CancelTrainingJobResponse(job=to_proto(self.store, self._get(job.id)))
 
     async def ResumeTrainingJob(
         self, request: trainer_pb2.ResumeTrainingJobRequest, context: RpcContext
     ) -> trainer_pb2.ResumeTrainingJobResponse:
         job = self._get(request.job_id)
-        new_total = request.max_train_steps
-        if new_total and not (job.step < new_total <= 100_000):
-            raise InvalidArgument.for_field(
-                "max_train_steps", f"must be more than the steps done ({job.step}) and at most "
-                "100000")
-        if job.state == JobState.TRAINING_JOB_STATE_SUCCEEDED and not new_total:
-            raise FailedPrecondition("job succeeded; give max_train_steps to train further",
-                                     reason="JOB_FINISHED")
-        if job.state not in (JobState.TRAINING_JOB_STATE_CANCELLED,
-                             JobState.TRAINING_JOB_STATE_FAILED,
-                             JobState.TRAINING_JOB_STATE_SUCCEEDED):
-            raise FailedPrecondition(f"job is {JobState.Name(job.state)}; only cancelled, "
-                                     "failed or succeeded jobs resume",
-                                     reason="JOB_NOT_RESUMABLE")
-        fields: dict[str, Any] = {"queued_at": time.time(), "end_time": None,
-                                  "failure_reason": "", "failure_message": ""}
-        if new_total:
-            cfg = trainer_pb2.DreamBoothConfig()
-            cfg.CopyFrom(job.config)
-            cfg.max_train_steps = new_total
-            fields.update(config=cfg, total_steps=new_total)
-        if job.state == JobState.TRAINING_JOB_STATE_SUCCEEDED:
-            fields["output_model_id"] = ""
-        self.supervisor.forget_crashes(job.id)
-        ckpt = self.store.latest_full_checkpoint(job.id)
-        if self.store.set_state(job.id, JobState.TRAINING_JOB_STATE_QUEUED, "RESUMED",
-                                f"from step {ckpt.step}" if ckpt else "from the start",
-                                expect={job.state}, **fields) is None:
-            raise FailedPrecondition("the job changed state while resuming; try again",
-                                     reason="JOB_STATE_CHANGED")
-        self.supervisor.wake()
+        await self.control.resume(job, request.max_train_steps)
         return trainer_pb2.ResumeTrainingJobResponse(job=to_proto(self.store, self._get(job.id)))
 
     async def DeleteTrainingJob(
         self, request: trainer_pb2.DeleteTrainingJobRequest, context: RpcContext
     ) -> trainer_pb2.DeleteTrainingJobResponse:
         job = self._get(request.job_id)
-        if job.state not in TERMINAL:
-            if not request.force:
-                raise FailedPrecondition(f"job is {JobState.Name(job.state)}; cancel it first or "
-                                         "delete with force", reason="JOB_ACTIVE")
-            self.store.set_state(job.id, JobState.TRAINING_JOB_STATE_CANCELLED, "DELETED", "")
-            await self.supervisor.kill(job.id)
-        freed = await asyncio.to_thread(folder_size, job.job_dir)
-        await asyncio.to_thread(shutil.rmtree, job.job_dir, True)
-        self.store.delete_job(job.id)
+        freed = await self.control.delete(job, request.force)
         return trainer_pb2.DeleteTrainingJobResponse(freed_bytes=freed)
 
 
