@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from boothstudio.clients.tui.settings import IMAGE_METHODS, StudioSettings, default_settings_path
+
+if TYPE_CHECKING:
+    from boothstudio.clients.tui.app import StudioApp
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -21,6 +25,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
+    build_app(argv).run()
+
+
+def build_app(argv: list[str] | None = None) -> StudioApp:
+    """The studio as the command line `argv` sets it up (not started)."""
     from pathlib import Path
 
     args = parse_args(argv)
@@ -40,4 +49,4 @@ def main(argv: list[str] | None = None) -> None:
     # has to happen before Textual takes the terminal over.
     from boothstudio.clients.tui.app import StudioApp
 
-    StudioApp(settings, settings_path=None if path is None else path).run()
+    return StudioApp(settings, settings_path=None if path is None else path)

@@ -1,9 +1,13 @@
-"""The README's SDK and CLI examples run against the real services (conftest.py's stack).
+"""The README's SDK, CLI and studio examples run against the real services (conftest.py's
+stack).
 
 The ```python blocks of "## Python SDK" run in order in one namespace (a block right after an
 HTML comment starting with "not run in tests" is skipped); each `boothstudio ...` line of the
-"## Command line" block runs as a command (except `serve`, tested in test_cli.py, and
-`models import` with its placeholder path).
+"## Command line" block runs as a command (`serve` as test_cli.py's
+test_serve_starts_and_stops_services runs it; `models import` with a copy of the embedded model
+for its placeholder path), and the files written are named as the section says; each
+`boothstudio-tui ...` line of "## Terminal studio" starts the studio from that command line,
+headless, until it shows the services up and the catalog's models.
 Rerun: `.venv/bin/pytest tests/sdk/test_readme.py -v`
 """
 
@@ -12,6 +16,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import shutil
 from pathlib import Path
 
 import pytest
@@ -85,13 +90,56 @@ def test_readme_cli_examples(stack: Stack, tmp_path: Path) -> None:
         if line.startswith("boothstudio ")
     ]
     assert len(lines) >= 8
+    placeholder = "/path/to/diffusers-folder"
+    shutil.copytree(ROOT / "services/diffusion/embedded_model", tmp_path / "model")
     for line in lines:
         args = shlex.split(line)[1:]
-        if args[0] == "serve" or args[:2] == ["models", "import"]:
+        if args[0] == "serve":
             continue
+        args = [str(tmp_path / "model") if a == placeholder else a for a in args]
         args = [str(tmp_path / a) if (tmp_path / a.rstrip("/")).exists() else a for a in args]
         args = [str(tmp_path / a) if a in ("out/",) else a for a in args]
         if args[0] == "train" and not base:
             pytest.fail("no model with weights on disk")
         res = on(stack, *args, timeout=600)
         assert res.returncode == 0, f"{line}\n{res.stderr}"
+    assert on(stack, "models", "delete", "my-model").returncode == 0
+    # output files as the section names them: JOB-N.png in -o, N from 0
+    names = sorted(p.name for p in (tmp_path / "out").glob("gen-*.png"))
+    assert [n for n in names if n.endswith(("-0.png", "-1.png"))] == names and len(names) >= 3
+    assert "`JOB-N.png`" in section("Command line")
+
+
+def test_readme_says_how_to_run_the_tools() -> None:
+    cli, studio = section("Command line"), section("Terminal studio")
+    assert ".venv/bin/boothstudio`" in cli and "PATH" in cli
+    assert "](clients/tui/README.md)" in studio and (ROOT / "clients/tui/README.md").is_file()
+    assert ".venv/bin/boothstudio-tui" in studio
+
+
+async def test_readme_studio_examples(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    from textual.widgets import Select
+
+    from boothstudio.clients.tui.cli import build_app
+
+    for key, value in stack.env.items():
+        monkeypatch.setenv(key, value)
+    lines = [
+        line.split("  #")[0].strip()
+        for block in blocks("Terminal studio", "bash")
+        for line in block.splitlines()
+        if line.startswith("boothstudio-tui")
+    ]
+    assert lines
+    for line in lines:
+        app = build_app([*shlex.split(line)[1:], "--no-save"])
+        async with app.run_test(size=(140, 44)) as pilot:
+            for _ in range(600):
+                model = app.screen.query("#model")
+                services = ("catalog", "generator", "trainer")
+                up = all(app.health.get(s) == "SERVING" for s in services)
+                if up and model and isinstance(model.first(Select).value, str):
+                    break
+                await pilot.pause(0.1)
+            else:
+                pytest.fail(f"{line}: services not up or no models: {app.health}")
