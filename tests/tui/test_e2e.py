@@ -231,6 +231,17 @@ async def test_short_training_job(studio_stack: StudioSettings, tmp_path: Path) 
 
         await wait_for(pilot, model_shown, 60, "the new model's details")
 
+        # "Generate with" it: Generate's list (loaded at start-up) now holds it, selected
+        await pilot.press("g")
+        await wait_for(pilot, lambda: app.current_mode == "generate", what="generate")
+        generate = screen_of(app)
+        await wait_for(
+            pilot,
+            lambda: generate.query_one("#model", Select).value == model_id,
+            60,
+            "the new model selected in Generate",
+        )
+
 
 async def test_models_import_and_delete(studio_stack: StudioSettings, tmp_path: Path) -> None:
     from tests.helpers import ROOT

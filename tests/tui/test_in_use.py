@@ -16,6 +16,7 @@ from textual.widgets import Button, DataTable, Input, OptionList, Select, Static
 from boothstudio.clients.sdk import InvalidArgument, TrainingState
 from boothstudio.clients.tui.app import StudioApp
 from boothstudio.clients.tui.screens.base import StudioScreen
+from boothstudio.clients.tui.settings import StudioSettings
 from boothstudio.clients.tui.widgets.fields import model_label
 from boothstudio.clients.tui.widgets.results import JobProgress, ResultTile
 from boothstudio.clients.tui.widgets.thumbs import Thumb
@@ -80,6 +81,26 @@ async def test_generate_with_a_new_model_selects_it() -> None:
             "the list reloaded",
         )
         assert model.value == "zwx-dog-2"  # the choice stays
+
+
+async def test_model_lists_reload_now_and_then() -> None:
+    client = FakeClient()
+    app = StudioApp(
+        StudioSettings(images="halfcell"),
+        client_factory=lambda s: client,  # type: ignore[arg-type,return-value]
+        health_interval=0,
+        models_interval=0.3,
+        cursor_blink=False,
+    )
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        client.models.append(replace(MODELS[1], id="zwx-dog-2"))  # imported elsewhere
+        await wait_for(
+            pilot,
+            lambda: "zwx-dog-2" in [m.id for m in app.screen.models],  # type: ignore[attr-defined]
+            10,
+            "the periodic reload",
+        )
 
 
 # 2 --------------------------------------------------------------------------------------
