@@ -7,6 +7,8 @@ One YAML file can configure all three services::
     log_level: INFO
     log_format: json            # or "text"
     grace_period: 10            # seconds to finish work on SIGTERM
+    database_url: ""            # metadata store; empty = SQLite under data_dir/<service>/
+                                # (e.g. postgresql+psycopg://user@host:5432/boothstudio)
     auth:
       keys:                     # no keys = auth off
         - {key: "s3cret", roles: [admin]}
@@ -22,8 +24,9 @@ One YAML file can configure all three services::
 
 Environment variables: BOOTHSTUDIO_CONFIG, BOOTHSTUDIO_HOST, BOOTHSTUDIO_PORT,
 BOOTHSTUDIO_METRICS_PORT, BOOTHSTUDIO_DATA_DIR, BOOTHSTUDIO_LOG_LEVEL, BOOTHSTUDIO_LOG_FORMAT,
-BOOTHSTUDIO_GRACE_PERIOD, BOOTHSTUDIO_API_KEYS ("key1=read,generate;key2=admin"),
-BOOTHSTUDIO_SERVICE_API_KEY, BOOTHSTUDIO_TLS_CERT, BOOTHSTUDIO_TLS_KEY, BOOTHSTUDIO_TLS_CLIENT_CA,
+BOOTHSTUDIO_GRACE_PERIOD, BOOTHSTUDIO_DATABASE_URL,
+BOOTHSTUDIO_API_KEYS ("key1=read,generate;key2=admin"), BOOTHSTUDIO_SERVICE_API_KEY,
+BOOTHSTUDIO_TLS_CERT, BOOTHSTUDIO_TLS_KEY, BOOTHSTUDIO_TLS_CLIENT_CA,
 BOOTHSTUDIO_TLS_ROOT_CA (CA for calls to the other services),
 BOOTHSTUDIO_CATALOG_ADDRESS, BOOTHSTUDIO_GENERATOR_ADDRESS, BOOTHSTUDIO_TRAINER_ADDRESS.
 A service-specific form wins over the generic one: BOOTHSTUDIO_GENERATOR_PORT over
@@ -79,6 +82,8 @@ class ServiceConfig:
     log_level: str = "INFO"
     log_format: str = "json"
     grace_period: float = 10.0
+    #: the metadata store (shared.metadata_store); "" = SQLite under service_dir
+    database_url: str = ""
     api_keys: dict[str, frozenset[str]] = field(default_factory=dict)  # key -> roles
     service_api_key: str = ""
     tls: TLSConfig | None = None
@@ -170,6 +175,11 @@ def build_arg_parser(service: str) -> argparse.ArgumentParser:
     p.add_argument("--log-format", choices=["json", "text"])
     p.add_argument("--grace-period", type=float, help="seconds to drain on SIGTERM")
     p.add_argument(
+        "--database-url",
+        help="metadata store, e.g. postgresql+psycopg://user@host:5432/boothstudio "
+        "(default: SQLite under the data dir)",
+    )
+    p.add_argument(
         "--set",
         action="append",
         default=[],
@@ -225,6 +235,14 @@ def load_config(
         cfg.grace_period = float(
             pick(args.grace_period, "GRACE_PERIOD", file.get("grace_period"), 10.0)
         )
+        cfg.database_url = str(
+            pick(
+                args.database_url,
+                "DATABASE_URL",
+                section.pop("database_url", file.get("database_url")),
+                "",
+            )
+        ).strip()
         cfg.max_message_bytes = int(
             pick(None, "MAX_MESSAGE_BYTES", file.get("max_message_bytes"), cfg.max_message_bytes)
         )
