@@ -9,12 +9,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
-import sqlite3
 from pathlib import Path
 
 import grpc
 
-from boothstudio.services.catalog.registry import Registry
+from boothstudio.services.catalog.registry import Registry, Row
 from boothstudio.shared.channels import aio_channel
 from boothstudio.shared.config import ServiceConfig
 from boothstudio.shared.errors import FailedPrecondition
@@ -31,7 +30,7 @@ ACTIVE_TRAINING = [
 
 
 async def check_deletable(
-    registry: Registry, row: sqlite3.Row, config: ServiceConfig, log: logging.Logger
+    registry: Registry, row: Row, config: ServiceConfig, log: logging.Logger
 ) -> None:
     """FAILED_PRECONDITION when something still needs the model."""
     if row["builtin"]:
@@ -78,7 +77,7 @@ async def training_jobs_using(
     return [j.job_id for j in resp.jobs]
 
 
-async def remove_owned_files(row: sqlite3.Row, data_dir: Path) -> int:
+async def remove_owned_files(row: Row, data_dir: Path) -> int:
     """Delete the copy ImportModel made (never a path outside the data dir); bytes freed."""
     owned = row["owned_path"]
     if not owned:

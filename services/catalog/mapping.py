@@ -6,7 +6,7 @@ Registry rows hold proto enum numbers; PREDICTION and FORMATS turn the names the
 
 from __future__ import annotations
 
-import sqlite3
+from collections.abc import Mapping
 from typing import Any
 
 from google.protobuf import timestamp_pb2
@@ -41,7 +41,7 @@ PARAMETER_TYPES = {
 }
 
 
-def to_proto(row: sqlite3.Row | dict[str, Any]) -> catalog_pb2.Model:
+def to_proto(row: Mapping[str, Any]) -> catalog_pb2.Model:
     """A registry row as a Model."""
     r = dict(row)
     ts = timestamp_pb2.Timestamp()

@@ -1,43 +1,27 @@
-"""The model registry: one SQLite row per model (mapping.to_proto makes it a v1.Model)."""
+"""The model registry: one row per model in the metadata store (mapping.to_proto makes it a
+v1.Model). SQLite under the data dir by default, PostgreSQL when `database_url` is set
+(shared.metadata_store); the schema is migrated by Alembic (migrations/)."""
 
 from __future__ import annotations
 
 import builtins
-import sqlite3
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from boothstudio.shared.storage import SQLiteDatabase
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import RowMapping
+
+from boothstudio.services.catalog.migrations import MIGRATIONS_DIR
+from boothstudio.shared import metadata_store as store
+from boothstudio.shared.errors import AlreadyExists
 from boothstudio.v1 import catalog_pb2
 
-MIGRATIONS = [
-    """
-    CREATE TABLE models (
-        id TEXT PRIMARY KEY,
-        display_name TEXT NOT NULL,
-        kind INTEGER NOT NULL,
-        backend_id TEXT NOT NULL,
-        architecture TEXT NOT NULL DEFAULT '',
-        native_resolution INTEGER NOT NULL DEFAULT 0,
-        prediction_type INTEGER NOT NULL DEFAULT 0,
-        base_model_id TEXT NOT NULL DEFAULT '',
-        training_job_id TEXT NOT NULL DEFAULT '',
-        trigger_phrase TEXT NOT NULL DEFAULT '',
-        source_path TEXT NOT NULL,
-        format INTEGER NOT NULL,
-        config_path TEXT NOT NULL DEFAULT '',
-        created REAL NOT NULL,
-        size_bytes INTEGER NOT NULL DEFAULT 0,
-        builtin INTEGER NOT NULL DEFAULT 0,
-        inpainting INTEGER NOT NULL DEFAULT 0,
-        description TEXT NOT NULL DEFAULT '',
-        owned_path TEXT NOT NULL DEFAULT ''
-    );
-    CREATE INDEX models_created ON models(created DESC, id DESC);
-    CREATE INDEX models_base ON models(base_model_id);
-    """
-]
+SERVICE = "catalog"
+#: PRAGMA user_version of a pre-Alembic catalog.sqlite3 -> the revision that is its schema
+LEGACY_REVISIONS = {1: "0001"}
 
 COLUMNS = [
     "id",
@@ -60,86 +44,117 @@ COLUMNS = [
     "description",
     "owned_path",
 ]
+_NUMBERS = {"kind", "native_resolution", "prediction_type", "format", "size_bytes", "builtin",
+            "inpainting"}
+
+# The table as the code reads it (the schema itself is the migrations' business).
+metadata = sa.MetaData()
+models = sa.Table(
+    "models",
+    metadata,
+    *(
+        sa.Column(
+            c,
+            sa.Float() if c == "created" else sa.Integer() if c in _NUMBERS else sa.Text(),
+            primary_key=c == "id",
+        )
+        for c in COLUMNS
+    ),
+)
+
+Row = RowMapping
 
 
 class Registry:
-    def __init__(self, path: Path) -> None:
-        self.db = SQLiteDatabase(path, MIGRATIONS)
-        self.db.migrate()
+    def __init__(self, path: Path, database_url: str = "") -> None:
+        """The registry in `database_url`, or in the SQLite file `path` when it is empty;
+        migrated to the newest schema (ConfigError naming database_url when unreachable)."""
+        self.engine = store.open_database(database_url, path)
+        store.migrate(
+            self.engine,
+            MIGRATIONS_DIR,
+            service=SERVICE,
+            legacy_revisions=LEGACY_REVISIONS,
+            legacy_table="models",
+        )
 
-    def get(self, model_id: str) -> sqlite3.Row | None:
-        return self.db.query_one("SELECT * FROM models WHERE id = ?", (model_id,))
+    def get(self, model_id: str) -> Row | None:
+        with store.reading(self.engine) as conn:
+            return conn.execute(sa.select(models).where(models.c.id == model_id)).mappings().first()
 
     def exists(self, model_id: str) -> bool:
         return self.get(model_id) is not None
 
-    def insert(self, values: dict[str, Any]) -> None:
-        row = {c: values.get(c) for c in COLUMNS}
+    def insert(self, values: Mapping[str, Any]) -> None:
+        """Add a model; AlreadyExists when its id is taken (also by another replica meanwhile)."""
+        row = _row(values)
         row["created"] = row["created"] or time.time()
-        names = ", ".join(COLUMNS)
-        marks = ", ".join("?" for _ in COLUMNS)
-        self.db.execute(
-            f"INSERT INTO models ({names}) VALUES ({marks})",
-            [row[c] if row[c] is not None else _default(c) for c in COLUMNS],
-        )
+        try:
+            with store.writing(self.engine) as conn:
+                conn.execute(models.insert().values(row))
+        except sa.exc.IntegrityError as err:
+            raise AlreadyExists(
+                f"model {row['id']!r} already exists",
+                reason="MODEL_EXISTS",
+                violations=[("model_id", "taken")],
+            ) from err
 
-    def upsert_builtin(self, values: dict[str, Any]) -> None:
-        existing = self.get(values["id"])
-        if existing is None:
-            self.insert(values)
-            return
-        sets = ", ".join(f"{c} = ?" for c in COLUMNS if c not in ("id", "created"))
-        self.db.execute(
-            f"UPDATE models SET {sets} WHERE id = ?",
-            [
-                values.get(c) if values.get(c) is not None else _default(c)
-                for c in COLUMNS
-                if c not in ("id", "created")
-            ]
-            + [values["id"]],
-        )
+    def upsert_builtin(self, values: Mapping[str, Any]) -> None:
+        """Insert or refresh a model in one statement (replicas starting at once both may)."""
+        row = _row(values)
+        updates = {c: row[c] for c in COLUMNS if c not in ("id", "created")}
+        with store.writing(self.engine) as conn:
+            dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+            stmt = dialect.insert(models).values(row)
+            conn.execute(stmt.on_conflict_do_update(index_elements=[models.c.id], set_=updates))
 
     def delete(self, model_id: str) -> int:
-        return self.db.execute("DELETE FROM models WHERE id = ?", (model_id,))
+        with store.writing(self.engine) as conn:
+            return conn.execute(models.delete().where(models.c.id == model_id)).rowcount
 
     # this method hides the builtin `list` in the class body: types say builtins.list
     def list(
         self, *, kind: int, backend_id: str, base_model_id: str, offset: int, limit: int
-    ) -> tuple[builtins.list[sqlite3.Row], int]:
-        where: builtins.list[str] = []
-        params: builtins.list[Any] = []
+    ) -> tuple[builtins.list[Row], int]:
+        where: builtins.list[sa.ColumnElement[bool]] = []
         if kind:
-            where.append("kind = ?")
-            params.append(kind)
+            where.append(models.c.kind == kind)
         if backend_id:
-            where.append("backend_id = ?")
-            params.append(backend_id)
+            where.append(models.c.backend_id == backend_id)
         if base_model_id:
-            where.append("base_model_id = ?")
-            params.append(base_model_id)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
-        total = self.db.query_one(f"SELECT COUNT(*) AS n FROM models {clause}", params)
-        rows = self.db.query(
-            f"SELECT * FROM models {clause} ORDER BY created DESC, id DESC LIMIT ? OFFSET ?",
-            [*params, limit, offset],
+            where.append(models.c.base_model_id == base_model_id)
+        count = sa.select(sa.func.count()).select_from(models).where(*where)
+        page = (
+            sa.select(models)
+            .where(*where)
+            .order_by(models.c.created.desc(), models.c.id.desc())
+            .limit(limit)
+            .offset(offset)
         )
-        return rows, int(total["n"]) if total else 0
+        with store.reading(self.engine) as conn:
+            total = conn.execute(count).scalar_one()
+            rows = builtins.list(conn.execute(page).mappings().all())
+        return rows, int(total)
 
-    def dependents(self, model_id: str) -> builtins.list[sqlite3.Row]:
+    def dependents(self, model_id: str) -> builtins.list[Row]:
         """LoRAs that need this model as their base."""
-        return self.db.query(
-            "SELECT * FROM models WHERE base_model_id = ? AND kind = ?",
-            (model_id, catalog_pb2.MODEL_KIND_LORA),
+        stmt = sa.select(models).where(
+            models.c.base_model_id == model_id, models.c.kind == catalog_pb2.MODEL_KIND_LORA
         )
+        with store.reading(self.engine) as conn:
+            return builtins.list(conn.execute(stmt).mappings().all())
 
     def close(self) -> None:
-        self.db.close()
+        self.engine.dispose()
+
+
+def _row(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Every column, a missing or None value replaced by the column's default."""
+    return {c: values.get(c) if values.get(c) is not None else _default(c) for c in COLUMNS}
 
 
 def _default(column: str) -> Any:
-    if column in ("kind", "native_resolution", "prediction_type", "format", "size_bytes"):
-        return 0
-    if column in ("builtin", "inpainting"):
+    if column in _NUMBERS:
         return 0
     if column == "created":
         return time.time()

@@ -1,4 +1,5 @@
-"""CatalogService: the model registry (SQLite), samplers per backend, backends with reachability.
+"""CatalogService: the model registry (metadata store), samplers per backend, backends with
+reachability.
 
 - The embedded default model is (re)registered at every start and cannot be deleted.
 - ImportModel reads a diffusers folder's configs, resolves an offline Hugging Face cache id, or
@@ -8,21 +9,22 @@
 - Samplers and backend capabilities come from the static tables in services.diffusion
   (samplers.py, backends.py); the Catalog never imports the Generator.
 
-Modules: registry.py (SQLite rows), imports.py (ImportModel), deletion.py (DeleteModel's checks),
-mapping.py (rows and tables as messages), backend_health.py (configured backends, reachability).
+Modules: registry.py (rows in the metadata store: SQLite by default, PostgreSQL when
+`database_url` is set; schema in migrations/), imports.py (ImportModel), deletion.py
+(DeleteModel's checks), mapping.py (rows and tables as messages), backend_health.py (configured
+backends, reachability).
 Settings: services/catalog/settings.py (CatalogSettings).
 """
 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from pathlib import Path
 
 from boothstudio.services.catalog import deletion, imports
 from boothstudio.services.catalog.backend_health import DEFAULT_BACKEND, Backends
 from boothstudio.services.catalog.mapping import samplers_response, to_proto
-from boothstudio.services.catalog.registry import Registry
+from boothstudio.services.catalog.registry import Registry, Row
 from boothstudio.services.catalog.settings import CatalogSettings
 from boothstudio.services.diffusion import loading
 from boothstudio.services.diffusion.backends import remote_backends
@@ -41,7 +43,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         self.ctx = ctx
         cfg = ctx.config
         self.log = ctx.logger
-        self.registry = Registry(cfg.service_dir / "catalog.sqlite3")
+        self.registry = Registry(cfg.service_dir / "catalog.sqlite3", cfg.database_url)
         self.models_dir = cfg.service_dir / "models"
         settings = load_settings(CatalogSettings, cfg)
         self.embedded_dir = Path(settings.embedded_model or loading.EMBEDDED_MODEL_DIR)
@@ -52,7 +54,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
     async def stop(self) -> None:
         self.registry.close()
 
-    def _model(self, model_id: str, field: str = "model_id") -> sqlite3.Row:
+    def _model(self, model_id: str, field: str = "model_id") -> Row:
         if not model_id:
             raise InvalidArgument.for_field(field, "required")
         if not is_valid_id(model_id):
