@@ -47,6 +47,26 @@ async def go(pilot: Pilot[Any], mode: str) -> StudioScreen:
     return screen
 
 
+async def new_job_form(pilot: Pilot[Any], folder: Path) -> StudioScreen:
+    """The Train screen with a subject folder (one picture) and a class filled in."""
+    (folder / "cat.png").write_bytes(PNGS["img-0"])
+    await settle(pilot)
+    train = await go(pilot, "train")
+    train.query_one("#train-images", Input).value = str(folder)
+    train.query_one("#class_noun", Input).value = "cat"
+    return train
+
+
+async def choose_job(pilot: Pilot[Any], train: StudioScreen, job_id: str) -> None:
+    """Pick a job in the Train screen's list with the keyboard."""
+    jobs = train.query_one("#jobs", OptionList)
+    jobs.focus()
+    jobs.highlighted = next(
+        i for i in range(jobs.option_count) if jobs.get_option_at_index(i).id == job_id
+    )
+    await pilot.press("enter")
+
+
 # 1 ------------------------------------------------------------------------------------
 
 
@@ -111,12 +131,7 @@ async def test_resumed_job_is_followed_to_its_end() -> None:
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         train = await go(pilot, "train")
-        jobs = train.query_one("#jobs", OptionList)
-        jobs.focus()
-        jobs.highlighted = next(
-            i for i in range(jobs.option_count) if jobs.get_option_at_index(i).id == "job-cat"
-        )
-        await pilot.press("enter")
+        await choose_job(pilot, train, "job-cat")
         resume = train.query_one("#job-resume", Button)
         await wait_for(pilot, lambda: not resume.disabled, 10, "the cancelled job shown")
         assert train.job.state is TrainingState.CANCELLED  # type: ignore[attr-defined]
@@ -140,13 +155,9 @@ async def test_resumed_job_is_followed_to_its_end() -> None:
 
 
 async def test_status_and_eta_follow_the_job(tmp_path: Path) -> None:
-    (tmp_path / "cat.png").write_bytes(PNGS["img-0"])
     app = fake_app()
     async with app.run_test(size=SIZE) as pilot:
-        await settle(pilot)
-        train = await go(pilot, "train")
-        train.query_one("#train-images", Input).value = str(tmp_path)
-        train.query_one("#class_noun", Input).value = "cat"
+        train = await new_job_form(pilot, tmp_path)
         await pilot.press("ctrl+n")
         model = train.query_one("#job-model", Button)
         await wait_for(pilot, lambda: not model.disabled, 10, "the job's model")
@@ -155,12 +166,7 @@ async def test_status_and_eta_follow_the_job(tmp_path: Path) -> None:
         assert "succeeded" in status_text(train)
 
         # a cancelled job: its last step, no ETA
-        jobs = train.query_one("#jobs", OptionList)
-        jobs.focus()
-        jobs.highlighted = next(
-            i for i in range(jobs.option_count) if jobs.get_option_at_index(i).id == "job-cat"
-        )
-        await pilot.press("enter")
+        await choose_job(pilot, train, "job-cat")
         await wait_for(
             pilot, lambda: train.job.job_id == "job-cat", 10, "the cancelled job"  # type: ignore[attr-defined]
         )
@@ -201,13 +207,9 @@ async def test_edit_can_be_cancelled_with_escape_and_from_the_palette() -> None:
 
 
 async def test_a_bad_training_setting_is_highlighted(tmp_path: Path) -> None:
-    (tmp_path / "cat.png").write_bytes(PNGS["img-0"])
     app = fake_app()
     async with app.run_test(size=SIZE) as pilot:
-        await settle(pilot)
-        train = await go(pilot, "train")
-        train.query_one("#train-images", Input).value = str(tmp_path)
-        train.query_one("#class_noun", Input).value = "cat"
+        train = await new_job_form(pilot, tmp_path)
         train.query_one("#extra", Input).value = "resolution=64 learning_rat=0.001"
         await pilot.press("ctrl+n")
         await settle(pilot)

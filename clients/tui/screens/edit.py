@@ -36,11 +36,20 @@ from boothstudio.clients.sdk.errors import invalid
 from boothstudio.clients.tui.screens.base import StudioScreen
 from boothstudio.clients.tui.screens.dialogs import PickImageDialog
 from boothstudio.clients.tui.screens.generate import GenerateScreen
-from boothstudio.clients.tui.widgets.fields import FormField, model_label, parse_float, parse_int
+from boothstudio.clients.tui.widgets.fields import FormField, form_params, model_label
 from boothstudio.clients.tui.widgets.mask_canvas import MaskCanvas
 from boothstudio.clients.tui.widgets.results import JobProgress, ResultTile, eta_text
 
 MODES = [("img2img (whole image)", "img2img"), ("inpaint (painted mask)", "inpaint")]
+#: Request field -> the widget that sets it (the mask blur: when inpainting).
+FORM_FIELDS = {
+    name: f"edit-{name}" for name in ("steps", "seed", "width", "height", "count", "sampler")
+} | {
+    "negative_prompt": "edit-negative",
+    "strength": "strength",
+    "cfg_scale": "edit-cfg",
+    "model_id": "edit-model",
+}
 
 
 @dataclass
@@ -323,37 +332,15 @@ class EditScreen(StudioScreen):
         if self.source_png is None:
             raise invalid("init_image", "load an image first (ctrl+l gallery, ctrl+o file)")
         prompt = self.query_one("#edit-prompt", Input).value.strip()
-        params: GenerateParams = {"init_image": self.source_png, "preview_interval": 1}
-        negative = self.query_one("#edit-negative", Input).value.strip()
-        if negative:
-            params["negative_prompt"] = negative
-        strength = parse_float(self.query_one("#strength", Input).value, "strength")
-        if strength is not None:
-            params["strength"] = strength
-        steps = parse_int(self.query_one("#edit-steps", Input).value, "steps")
-        if steps is not None:
-            params["steps"] = steps
-        for name in ("seed", "width", "height", "count"):
-            value = parse_int(self.query_one(f"#edit-{name}", Input).value, name)
-            if value is not None:
-                params[name] = value
-        cfg = parse_float(self.query_one("#edit-cfg", Input).value, "cfg_scale")
-        if cfg is not None:
-            params["cfg_scale"] = cfg
-        model = self.query_one("#edit-model", Select).value
-        if isinstance(model, str):
-            params["model_id"] = model
-        sampler = self.query_one("#edit-sampler", Select).value
-        if isinstance(sampler, str):
-            params["sampler"] = sampler
+        params = form_params(self, FORM_FIELDS)
+        params["init_image"] = self.source_png
+        params["preview_interval"] = 1
         if self.query_one("#edit-mode", Select).value == "inpaint":
             canvas = self.query_one(MaskCanvas)
             if canvas.coverage == 0:
                 raise invalid("mask", "paint the area to repaint first (or use img2img)")
             params["mask"] = canvas.mask_png()
-            blur = parse_int(self.query_one("#mask-blur", Input).value, "mask_blur")
-            if blur is not None:
-                params["mask_blur"] = blur
+            params.update(form_params(self, {"mask_blur": "mask-blur"}))
         return prompt, params
 
     def action_generate(self) -> None:

@@ -33,9 +33,15 @@ from boothstudio.clients.sdk import (
 )
 from boothstudio.clients.tui.images import image_widget, set_image
 from boothstudio.clients.tui.screens.base import StudioScreen
-from boothstudio.clients.tui.widgets.fields import FormField, model_label, parse_float, parse_int
+from boothstudio.clients.tui.widgets.fields import FormField, form_params, model_label
 from boothstudio.clients.tui.widgets.results import JobProgress, ResultTile, eta_text
 from boothstudio.clients.tui.widgets.sampler_settings import SamplerSettings
+
+#: Request field -> the widget that sets it (the seed: when "Random seed" is off).
+FORM_FIELDS = {
+    name: name
+    for name in ("negative_prompt", "sampler", "schedule", "width", "height", "steps", "count")
+} | {"model_id": "model", "cfg_scale": "cfg_scale"}
 
 
 class GenerateScreen(StudioScreen):
@@ -269,30 +275,9 @@ class GenerateScreen(StudioScreen):
     def params(self) -> tuple[str, GenerateParams]:
         """The prompt and options from the form (raises InvalidArgument for bad local input)."""
         prompt = self.query_one("#prompt", Input).value.strip()
-        params: GenerateParams = {}
-        negative = self.query_one("#negative_prompt", Input).value.strip()
-        if negative:
-            params["negative_prompt"] = negative
-        model = self.query_one("#model", Select).value
-        if isinstance(model, str):
-            params["model_id"] = model
-        sampler = self.query_one("#sampler", Select).value
-        if isinstance(sampler, str):
-            params["sampler"] = sampler
-        schedule = self.query_one("#schedule", Select).value
-        if isinstance(schedule, str):
-            params["schedule"] = schedule
-        for name in ("width", "height", "steps", "count"):
-            value = parse_int(self.query_one(f"#{name}", Input).value, name)
-            if value is not None:
-                params[name] = value
-        cfg = parse_float(self.query_one("#cfg_scale", Input).value, "cfg_scale")
-        if cfg is not None:
-            params["cfg_scale"] = cfg
+        params = form_params(self, FORM_FIELDS)
         if not self.query_one("#seed-random", Checkbox).value:
-            seed = parse_int(self.query_one("#seed", Input).value, "seed")
-            if seed is not None:
-                params["seed"] = seed
+            params.update(form_params(self, {"seed": "seed"}))
         options = self.query_one(SamplerSettings).values()
         if options:
             params["sampler_options"] = options

@@ -11,8 +11,8 @@ model select.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from typing import TypeVar
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar, cast
 
 from textual import on
 from textual.app import ComposeResult
@@ -21,7 +21,7 @@ from textual.dom import DOMNode
 from textual.widget import Widget
 from textual.widgets import Checkbox, Input, Label, Select, Static
 
-from boothstudio.clients.sdk import BoothStudioError, FieldViolation, Model
+from boothstudio.clients.sdk import BoothStudioError, FieldViolation, GenerateParams, Model
 from boothstudio.clients.sdk._convert import readable_enum_names
 from boothstudio.clients.sdk.errors import invalid
 
@@ -135,6 +135,32 @@ def _parse(text: str, field: str, cast: Callable[[str], N], problem: str) -> N |
         return cast(text)
     except ValueError:
         raise invalid(field, problem) from None
+
+
+#: Request fields typed as numbers: whole ones, and the rest.
+INT_FIELDS = frozenset({"width", "height", "steps", "count", "seed", "mask_blur"})
+FLOAT_FIELDS = frozenset({"cfg_scale", "strength"})
+
+
+def form_params(root: DOMNode, widgets: Mapping[str, str]) -> GenerateParams:
+    """The request fields a form sets, read from its widgets (request field -> widget id): a
+    Select's chosen value, an Input's number (INT_FIELDS, FLOAT_FIELDS) or stripped text;
+    blank = not set (the service's default)."""
+    params: dict[str, Any] = {}
+    for name, widget_id in widgets.items():
+        widget = root.query_one(f"#{widget_id}")
+        value: Any = None
+        if isinstance(widget, Select):
+            value = widget.value if isinstance(widget.value, str) else None
+        elif isinstance(widget, Input) and name in INT_FIELDS:
+            value = parse_int(widget.value, name)
+        elif isinstance(widget, Input) and name in FLOAT_FIELDS:
+            value = parse_float(widget.value, name)
+        elif isinstance(widget, Input):
+            value = widget.value.strip() or None
+        if value is not None:
+            params[name] = value
+    return cast(GenerateParams, params)
 
 
 def model_label(m: Model) -> str:
