@@ -63,7 +63,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
         settings = load_settings(GeneratorSettings, ctx.config)
         self.log = ctx.logger
         self.adapters = make_adapters(settings)
-        self.gallery = Gallery(ctx.config.service_dir)
+        self.gallery = Gallery(ctx.config.service_dir, ctx.config.database_url)
         self.jobs = JobQueue(
             self.gallery,
             queue_size=settings.queue_size,
