@@ -208,7 +208,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
         self, request: generator_pb2.GetImageRequest, context: RpcContext
     ) -> generator_pb2.GetImageResponse:
         check_id("image_id", request.image_id, required=True)
-        row = self.gallery.get(request.image_id)
+        row = await asyncio.to_thread(self.gallery.get, request.image_id)
         if row is None:
             raise NotFound(resource_type="image", resource_name=request.image_id, field="image_id")
         image = await asyncio.to_thread(self.gallery.to_proto, row, not request.metadata_only)
