@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import io
 from collections.abc import AsyncIterator
-from copy import copy
+from copy import copy, deepcopy
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -208,7 +208,7 @@ class FakeClient:
         return Page(list(self.models))
 
     async def list_samplers(self, **kw: Any) -> SamplerList:
-        return SAMPLERS
+        return deepcopy(SAMPLERS)  # new objects per answer, as from the service
 
     async def list_images(self, **kw: Any) -> Page[GalleryImage]:
         return Page(list(self.gallery))

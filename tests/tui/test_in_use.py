@@ -114,13 +114,26 @@ async def test_model_lists_reload_now_and_then() -> None:
     )
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
+        generate = app.screen
+        generate.query_one("#sampler", Select).value = "ddim"
+        await settle(pilot)
+        generate.query_one("#opt-eta", Input).value = "0.5"
         client.models.append(replace(MODELS[1], id="zwx-dog-2"))  # imported elsewhere
         await wait_for(
             pilot,
-            lambda: "zwx-dog-2" in [m.id for m in app.screen.models],  # type: ignore[attr-defined]
+            lambda: "zwx-dog-2" in [m.id for m in generate.models],  # type: ignore[attr-defined]
             10,
             "the periodic reload",
         )
+        await pilot.pause(0.5)  # more reloads: what was typed stays
+        assert generate.query_one("#opt-eta", Input).value == "0.5"
+
+        models = await go(pilot, "models")
+        table = models.query_one(DataTable)
+        table.move_cursor(row=1)
+        models.query_one("#import-path", Input).focus()
+        await pilot.pause(1.0)
+        assert table.cursor_row == 1 and app.focused is models.query_one("#import-path")
 
 
 # 2 --------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ from boothstudio.clients.sdk.errors import invalid
 from boothstudio.clients.tui.screens.base import StudioScreen
 from boothstudio.clients.tui.screens.dialogs import PickImageDialog
 from boothstudio.clients.tui.screens.generate import GenerateScreen
-from boothstudio.clients.tui.widgets.fields import FormField, form_params, model_label
+from boothstudio.clients.tui.widgets.fields import FormField, form_params, model_label, refill
 from boothstudio.clients.tui.widgets.mask_canvas import MaskCanvas
 from boothstudio.clients.tui.widgets.results import JobProgress, ResultTile, eta_text
 
@@ -188,23 +188,19 @@ class EditScreen(StudioScreen):
 
     @on(ModelsLoaded)
     def models_loaded(self, event: ModelsLoaded) -> None:
-        select = self.query_one("#edit-model", Select)
-        current = select.value
-        select.set_options((model_label(m), m.id) for m in event.models)
-        default = next((m for m in event.models if m.builtin), None)
-        if current in [m.id for m in event.models]:
-            select.value = current
-        elif default is not None:
-            select.value = default.id
+        default = next((m.id for m in event.models if m.builtin), "")
+        models = ((model_label(m), m.id) for m in event.models)
+        refill(self.query_one("#edit-model", Select), models, default)
         if event.samplers is not None:
-            sampler = self.query_one("#edit-sampler", Select)
-            chosen = self._want_sampler or sampler.value
-            sampler.set_options((x.label or x.id, x.id) for x in event.samplers)
-            ids = self._sampler_ids = [x.id for x in event.samplers]
-            if chosen in ids:
-                sampler.value = chosen
-            elif event.samplers.default_sampler in ids:
-                sampler.value = event.samplers.default_sampler
+            samplers = event.samplers
+            self._sampler_ids = [x.id for x in samplers]
+            options = ((x.label or x.id, x.id) for x in samplers)
+            refill(
+                self.query_one("#edit-sampler", Select),
+                options,
+                samplers.default_sampler,
+                self._want_sampler,
+            )
             self._want_sampler = ""
 
     # ---------------------------------------------------------------------------- source

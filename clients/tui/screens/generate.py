@@ -33,7 +33,7 @@ from boothstudio.clients.sdk import (
 )
 from boothstudio.clients.tui.images import image_widget, set_image
 from boothstudio.clients.tui.screens.base import StudioScreen
-from boothstudio.clients.tui.widgets.fields import FormField, form_params, model_label
+from boothstudio.clients.tui.widgets.fields import FormField, form_params, model_label, refill
 from boothstudio.clients.tui.widgets.results import JobProgress, ResultTile, eta_text
 from boothstudio.clients.tui.widgets.sampler_settings import SamplerSettings
 
@@ -172,16 +172,15 @@ class GenerateScreen(StudioScreen):
     async def catalog_loaded(self, event: CatalogLoaded) -> None:
         self.models = event.models
         model_select = self.query_one("#model", Select)
-        current = self._want_model or model_select.value
-        model_select.set_options((model_label(m), m.id) for m in self.models)
         ids = [m.id for m in self.models]
-        if current in ids:
+        default = next((m.id for m in self.models if m.builtin), ids[0] if ids else "")
+        options = ((model_label(m), m.id) for m in self.models)
+        refill(model_select, options, default, self._want_model)
+        if model_select.value == self._want_model:
             self._want_model = ""
-            model_select.value = current
-        elif ids:
-            default = next((m for m in self.models if m.builtin), self.models[0])
-            model_select.value = default.id
-            self._size_defaults(default)
+        chosen = next((m for m in self.models if m.id == model_select.value), None)
+        if chosen is not None:
+            self._size_defaults(chosen)
         await self._show_samplers(event.samplers)
         self.say(f"{len(self.models)} models, {len(event.samplers)} samplers")
         if self._pending is not None:
@@ -196,16 +195,12 @@ class GenerateScreen(StudioScreen):
 
     async def _show_samplers(self, samplers: SamplerList) -> None:
         self.samplers = samplers
-        select = self.query_one("#sampler", Select)
-        current = select.value
-        select.set_options((s.label or s.id, s.id) for s in samplers)
         ids = [s.id for s in samplers]
-        if current in ids:
-            select.value = current
-        elif samplers.default_sampler in ids:
-            select.value = samplers.default_sampler
-        elif ids:
-            select.value = ids[0]
+        default = samplers.default_sampler
+        if default not in ids:
+            default = ids[0] if ids else ""
+        options = ((s.label or s.id, s.id) for s in samplers)
+        refill(self.query_one("#sampler", Select), options, default)
         await self._sampler_chosen()
 
     def sampler(self) -> Sampler | None:
@@ -221,7 +216,7 @@ class GenerateScreen(StudioScreen):
     async def _sampler_chosen(self) -> None:
         sampler = self.sampler()
         settings = self.query_one(SamplerSettings)
-        if sampler is settings.sampler:
+        if sampler == settings.sampler:  # the same schema (a reload): keep what was typed
             return
         await settings.show_sampler(sampler)
         schedule = self.query_one("#schedule", Select)

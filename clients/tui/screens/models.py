@@ -118,6 +118,7 @@ class ModelsScreen(StudioScreen):
 
     @on(Loaded)
     def loaded(self, event: Loaded) -> None:
+        shown = self.current()
         self.models = event.models
         table = self.query_one(DataTable)
         table.clear()
@@ -128,6 +129,10 @@ class ModelsScreen(StudioScreen):
         want = event.select or self._want
         if want:
             self._select(want)
+        elif shown is not None:  # a reload: stay on the model shown (focus stays where it is)
+            ids = [m.id for m in self.models]
+            if shown.id in ids:
+                table.move_cursor(row=ids.index(shown.id))
 
     def _select(self, model_id: str) -> None:
         table = self.query_one(DataTable)
@@ -194,7 +199,7 @@ class ModelsScreen(StudioScreen):
         for w in model.warnings:
             self.post_message(self.Done(f"{model.id}: {w.message}"))
         self.post_message(self.Done(f"imported {model.id}"))
-        self.load(select=model.id)
+        self._want = model.id  # whichever reload comes next shows it
         self.post_message(self.ModelsChanged())
 
     # ----------------------------------------------------------------------------- delete

@@ -31,7 +31,7 @@ from boothstudio.clients.sdk import (
 from boothstudio.clients.sdk.errors import invalid
 from boothstudio.clients.sdk.text import parse_option
 from boothstudio.clients.tui.screens.base import StudioScreen, newest_first
-from boothstudio.clients.tui.widgets.fields import FormField, model_label, parse_int
+from boothstudio.clients.tui.widgets.fields import FormField, model_label, parse_int, refill
 from boothstudio.clients.tui.widgets.results import JobProgress, ResultTile, eta_text
 
 METHODS = [("LoRA (small adapter)", "lora"), ("Full fine-tune", "full")]
@@ -212,20 +212,20 @@ class TrainScreen(StudioScreen):
     def loaded(self, event: Loaded) -> None:
         self.jobs = newest_first(event.jobs)
         jobs = self.query_one("#jobs", OptionList)
+        index = jobs.highlighted
+        kept = jobs.get_option_at_index(index).id if index is not None else None
         jobs.clear_options()
         jobs.add_options(Option(job_line(j), id=j.job_id) for j in self.jobs)
+        ids = [j.job_id for j in self.jobs]
+        if kept in ids:  # a reload keeps the highlighted job
+            jobs.highlighted = ids.index(kept)
         if event.models is not None:
-            base = self.query_one("#train-base", Select)
-            current = base.value
             bases = [
                 m for m in event.models if m.kind.value in ("base", "fine_tuned", "unspecified")
             ]
-            base.set_options((model_label(m), m.id) for m in bases)
-            ids = [m.id for m in bases]
-            if current in ids:
-                base.value = current
-            elif ids:
-                base.value = next((m.id for m in bases if m.builtin), ids[0])
+            default = next((m.id for m in bases if m.builtin), bases[0].id if bases else "")
+            options = ((model_label(m), m.id) for m in bases)
+            refill(self.query_one("#train-base", Select), options, default)
 
     @on(OptionList.OptionSelected, "#jobs")
     def job_chosen(self, event: OptionList.OptionSelected) -> None:

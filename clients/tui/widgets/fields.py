@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar, cast
+from weakref import WeakKeyDictionary
 
 from textual import on
 from textual.app import ComposeResult
@@ -161,6 +162,29 @@ def form_params(root: DOMNode, widgets: Mapping[str, str]) -> GenerateParams:
         if value is not None:
             params[name] = value
     return cast(GenerateParams, params)
+
+
+_OFFERED: WeakKeyDictionary[Select[str], list[tuple[str, str]]] = WeakKeyDictionary()
+
+
+def refill(
+    select: Select[str], options: Iterable[tuple[str, str]], default: str = "", want: str = ""
+) -> None:
+    """Give `select` the service's current options (label, value) and choose `want` if offered,
+    else keep the current choice if still offered, else `default`. Options as they were are
+    left alone: no Changed event, so nothing that follows the choice is reset by a reload."""
+    new = list(options)
+    values = [v for _, v in new]
+    if new != _OFFERED.get(select):
+        current = select.value
+        select.set_options(new)
+        _OFFERED[select] = new
+        if current in values:
+            select.value = current
+    if want in values:
+        select.value = want
+    elif select.value not in values and default in values:
+        select.value = default
 
 
 def model_label(m: Model) -> str:
