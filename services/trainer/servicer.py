@@ -64,7 +64,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         settings = load_settings(TrainerSettings, cfg)
         self.jobs_dir = cfg.service_dir / "jobs"
         self.datasets_dir = cfg.service_dir / "datasets"
-        self.store = JobStore(cfg.service_dir / "trainer.sqlite3")
+        self.store = JobStore(cfg.service_dir / "trainer.sqlite3", cfg.database_url)
         self.queue_size = settings.queue_size
         self.limits = Limits(
             max_instance_images=settings.max_instance_images,

@@ -1,9 +1,14 @@
-"""The trainer's job store: jobs, their events, checkpoints and uploaded datasets in SQLite.
+"""The trainer's job store: jobs, their events, checkpoints, uploaded datasets and worker
+observations in the metadata store (shared.metadata_store): SQLite under the data dir by
+default, PostgreSQL when `database_url` is set; the schema is migrated by Alembic (migrations/).
 
-Shared by the service process (queue, RPCs) and the worker processes (progress, events): SQLite
-in WAL mode lets several processes write; each write is a short transaction. Events carry a
-per-job monotonic sequence number so that watchers can follow a job by polling `events_after`.
-No torch here: the service imports this module.
+Shared by the service process (queue, RPCs) and the worker processes (progress, events), and by
+several Trainer replicas on one database: each write is a short transaction; state changes are
+compare-and-set under the job's row lock; queued jobs are claimed FOR UPDATE SKIP LOCKED
+(claim_queued). Events carry a per-job monotonic sequence number so that watchers can follow a
+job by polling `events_after`. A database that goes away while serving is
+errors.Unavailable (DATABASE_UNAVAILABLE, retry_after). No torch here: the service imports this
+module.
 """
 
 from __future__ import annotations
@@ -16,9 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 from google.protobuf import timestamp_pb2
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import RowMapping
 
-from boothstudio.shared.storage import SQLiteDatabase
+from boothstudio.services.trainer.migrations import MIGRATIONS_DIR
+from boothstudio.shared import metadata_store as mstore
 from boothstudio.v1 import common_pb2, trainer_pb2
 
 JobState = trainer_pb2.TrainingJobState
@@ -27,81 +36,80 @@ TERMINAL = frozenset({JobState.TRAINING_JOB_STATE_SUCCEEDED, JobState.TRAINING_J
 ACTIVE = frozenset({JobState.TRAINING_JOB_STATE_PREPARING, JobState.TRAINING_JOB_STATE_RUNNING,
                     JobState.TRAINING_JOB_STATE_EXPORTING, JobState.TRAINING_JOB_STATE_CANCELLING})
 
-MIGRATIONS = [
-    """
-    CREATE TABLE jobs (
-        id TEXT PRIMARY KEY,
-        display_name TEXT NOT NULL,
-        state INTEGER NOT NULL,
-        config BLOB NOT NULL,            -- DreamBoothConfig, resolved, without image bytes
-        base_model TEXT NOT NULL,        -- JSON: what Catalog said about the base model
-        step INTEGER NOT NULL DEFAULT 0,
-        total_steps INTEGER NOT NULL DEFAULT 0,
-        failure_reason TEXT NOT NULL DEFAULT '',
-        failure_message TEXT NOT NULL DEFAULT '',
-        create_time REAL NOT NULL,
-        start_time REAL,
-        end_time REAL,
-        update_time REAL NOT NULL,
-        queued_at REAL NOT NULL,         -- queue order
-        output_model_id TEXT NOT NULL DEFAULT '',
-        trigger_phrase TEXT NOT NULL DEFAULT '',
-        last_metrics BLOB,
-        warnings TEXT NOT NULL DEFAULT '[]',
-        attempts INTEGER NOT NULL DEFAULT 0,
-        instance_image_count INTEGER NOT NULL DEFAULT 0,
-        job_dir TEXT NOT NULL,
-        worker_pid INTEGER NOT NULL DEFAULT 0
-    );
-    CREATE INDEX jobs_state ON jobs(state, queued_at);
-    CREATE TABLE events (
-        job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
-        seq INTEGER NOT NULL,
-        time REAL NOT NULL,
-        kind TEXT NOT NULL,
-        payload BLOB NOT NULL,           -- serialized WatchTrainingJobResponse
-        PRIMARY KEY (job_id, seq)
-    );
-    CREATE TABLE checkpoints (
-        job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
-        checkpoint_id TEXT NOT NULL,
-        kind INTEGER NOT NULL,
-        step INTEGER NOT NULL,
-        path TEXT NOT NULL,
-        size_bytes INTEGER NOT NULL,
-        create_time REAL NOT NULL,
-        PRIMARY KEY (job_id, checkpoint_id, kind)
-    );
-    CREATE TABLE datasets (
-        id TEXT PRIMARY KEY,
-        name TEXT NOT NULL,
-        create_time REAL NOT NULL
-    );
-    CREATE TABLE dataset_images (
-        dataset_id TEXT NOT NULL REFERENCES datasets(id) ON DELETE CASCADE,
-        filename TEXT NOT NULL,
-        width INTEGER NOT NULL,
-        height INTEGER NOT NULL,
-        size_bytes INTEGER NOT NULL,
-        sha256 TEXT NOT NULL,
-        caption TEXT NOT NULL DEFAULT '',
-        PRIMARY KEY (dataset_id, filename)
-    );
-    """,
-    # Domain observations written by workers (step seconds, checkpoint seconds, class images,
-    # peak memory) for the service process to turn into Prometheus metrics. AUTOINCREMENT: ids
-    # are never reused, so a reader's cursor never skips a row after deletions.
-    """
-    CREATE TABLE observations (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        time REAL NOT NULL,
-        job_id TEXT NOT NULL,
-        name TEXT NOT NULL,
-        label TEXT NOT NULL DEFAULT '',
-        value REAL NOT NULL
-    );
-    """,
-]
+SERVICE = "trainer"
+#: PRAGMA user_version of a pre-Alembic trainer.sqlite3 -> the revision that is its schema
+LEGACY_REVISIONS = {1: "0001", 2: "0002"}
+
+# The tables as the code reads them (the schema itself is the migrations' business).
+metadata = sa.MetaData()
+jobs = sa.Table(
+    "jobs", metadata,
+    sa.Column("id", sa.Text(), primary_key=True),
+    sa.Column("display_name", sa.Text()),
+    sa.Column("state", sa.Integer()),
+    sa.Column("config", sa.LargeBinary()),
+    sa.Column("base_model", sa.Text()),
+    sa.Column("step", sa.Integer()),
+    sa.Column("total_steps", sa.Integer()),
+    sa.Column("failure_reason", sa.Text()),
+    sa.Column("failure_message", sa.Text()),
+    sa.Column("create_time", sa.Float()),
+    sa.Column("start_time", sa.Float()),
+    sa.Column("end_time", sa.Float()),
+    sa.Column("update_time", sa.Float()),
+    sa.Column("queued_at", sa.Float()),
+    sa.Column("output_model_id", sa.Text()),
+    sa.Column("trigger_phrase", sa.Text()),
+    sa.Column("last_metrics", sa.LargeBinary()),
+    sa.Column("warnings", sa.Text()),
+    sa.Column("attempts", sa.Integer()),
+    sa.Column("instance_image_count", sa.Integer()),
+    sa.Column("job_dir", sa.Text()),
+    sa.Column("worker_pid", sa.Integer()),
+)
+events = sa.Table(
+    "events", metadata,
+    sa.Column("job_id", sa.Text(), primary_key=True),
+    sa.Column("seq", sa.Integer(), primary_key=True),
+    sa.Column("time", sa.Float()),
+    sa.Column("kind", sa.Text()),
+    sa.Column("payload", sa.LargeBinary()),
+)
+checkpoints = sa.Table(
+    "checkpoints", metadata,
+    sa.Column("job_id", sa.Text(), primary_key=True),
+    sa.Column("checkpoint_id", sa.Text(), primary_key=True),
+    sa.Column("kind", sa.Integer(), primary_key=True),
+    sa.Column("step", sa.Integer()),
+    sa.Column("path", sa.Text()),
+    sa.Column("size_bytes", sa.BigInteger()),
+    sa.Column("create_time", sa.Float()),
+)
+datasets = sa.Table(
+    "datasets", metadata,
+    sa.Column("id", sa.Text(), primary_key=True),
+    sa.Column("name", sa.Text()),
+    sa.Column("create_time", sa.Float()),
+)
+dataset_images = sa.Table(
+    "dataset_images", metadata,
+    sa.Column("dataset_id", sa.Text(), primary_key=True),
+    sa.Column("filename", sa.Text(), primary_key=True),
+    sa.Column("width", sa.Integer()),
+    sa.Column("height", sa.Integer()),
+    sa.Column("size_bytes", sa.BigInteger()),
+    sa.Column("sha256", sa.Text()),
+    sa.Column("caption", sa.Text()),
+)
+observations = sa.Table(
+    "observations", metadata,
+    sa.Column("id", sa.BigInteger(), primary_key=True, autoincrement=True),
+    sa.Column("time", sa.Float()),
+    sa.Column("job_id", sa.Text()),
+    sa.Column("name", sa.Text()),
+    sa.Column("label", sa.Text()),
+    sa.Column("value", sa.Float()),
+)
 
 
 def timestamp(t: float | None) -> timestamp_pb2.Timestamp | None:
@@ -138,7 +146,7 @@ class JobRow:
     worker_pid: int
 
     @classmethod
-    def from_row(cls, r: sqlite3.Row) -> JobRow:
+    def from_row(cls, r: RowMapping) -> JobRow:
         cfg = trainer_pb2.DreamBoothConfig.FromString(r["config"])
         metrics = (trainer_pb2.TrainingMetrics.FromString(r["last_metrics"])
                    if r["last_metrics"] else None)
@@ -154,29 +162,52 @@ class JobRow:
         return self.state in TERMINAL
 
 
-class JobStore:
-    """Typed access to the trainer database (one per process)."""
+class _RawSQL:
+    """Plain SQL on the store, for tests and one-off maintenance (not used by the services)."""
 
-    def __init__(self, path: Path) -> None:
-        self.db = SQLiteDatabase(path, MIGRATIONS)
-        self.db.migrate()
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+
+    def execute(self, sql: str, params: Any = ()) -> int:
+        with mstore.writing(self.engine) as conn:
+            return conn.exec_driver_sql(sql, tuple(params)).rowcount
+
+    def query(self, sql: str, params: Any = ()) -> list[sa.Row[Any]]:
+        with mstore.reading(self.engine) as conn:
+            return list(conn.exec_driver_sql(sql, tuple(params)).all())
+
+    def query_one(self, sql: str, params: Any = ()) -> sa.Row[Any] | None:
+        rows = self.query(sql, params)
+        return rows[0] if rows else None
+
+
+class JobStore:
+    """Typed access to the trainer's tables (one per process: the service and each worker)."""
+
+    def __init__(self, path: Path, database_url: str = "") -> None:
+        """The store in `database_url`, or in the SQLite file `path` when it is empty;
+        migrated to the newest schema (ConfigError naming database_url when unreachable)."""
+        self.engine = mstore.open_database(database_url, path)
+        mstore.migrate(self.engine, MIGRATIONS_DIR, service=SERVICE,
+                       legacy_revisions=LEGACY_REVISIONS, legacy_table="jobs")
+        self.postgres = self.engine.dialect.name == "postgresql"
+        self.db = _RawSQL(self.engine)
 
     def close(self) -> None:
-        self.db.close()
+        self.engine.dispose()
 
     # -- jobs
 
     def insert_job(self, job: JobRow) -> None:
         """Insert a new job with its CREATED event and its warnings, in one transaction."""
-        with self.db.transaction() as tx:
-            tx.execute(
-                "INSERT INTO jobs(id, display_name, state, config, base_model, step, total_steps,"
-                " create_time, update_time, queued_at, trigger_phrase, warnings,"
-                " instance_image_count, job_dir) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (job.id, job.display_name, job.state, job.config.SerializeToString(),
-                 json.dumps(job.base_model), job.step, job.total_steps, job.create_time,
-                 job.update_time, job.queued_at, job.trigger_phrase, json.dumps(job.warnings),
-                 job.instance_image_count, str(job.job_dir)))
+        with mstore.writing(self.engine) as tx:
+            tx.execute(jobs.insert().values(
+                id=job.id, display_name=job.display_name, state=job.state,
+                config=job.config.SerializeToString(), base_model=json.dumps(job.base_model),
+                step=job.step, total_steps=job.total_steps, create_time=job.create_time,
+                update_time=job.update_time, queued_at=job.queued_at,
+                trigger_phrase=job.trigger_phrase, warnings=json.dumps(job.warnings),
+                instance_image_count=job.instance_image_count, job_dir=str(job.job_dir)))
             self._append_event(tx, job.id, job.create_time,
                                state_changed=trainer_pb2.TrainingStateChanged(
                                    previous_state=JobState.TRAINING_JOB_STATE_UNSPECIFIED,
@@ -186,33 +217,74 @@ class JobStore:
                                    warning=common_pb2.Warning(**w))
 
     def get(self, job_id: str) -> JobRow | None:
-        row = self.db.query_one("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        with mstore.reading(self.engine) as conn:
+            row = conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).mappings().first()
         return JobRow.from_row(row) if row else None
 
+    def _base_model_id(self) -> sa.ColumnElement[Any]:
+        if self.postgres:
+            return sa.cast(jobs.c.base_model, postgresql.JSONB)["id"].astext
+        return sa.func.json_extract(jobs.c.base_model, "$.id")
+
     def list(self, states: Iterable[int] = (), base_model_id: str = "") -> list[JobRow]:
-        sql, params = "SELECT * FROM jobs", []
-        where = []
+        stmt = sa.select(jobs)
         states = list(states)
         if states:
-            where.append(f"state IN ({','.join('?' * len(states))})")
-            params += states
+            stmt = stmt.where(jobs.c.state.in_(states))
         if base_model_id:
-            where.append("json_extract(base_model, '$.id') = ?")
-            params.append(base_model_id)
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY create_time DESC, id DESC"
-        return [JobRow.from_row(r) for r in self.db.query(sql, params)]
+            stmt = stmt.where(self._base_model_id() == base_model_id)
+        stmt = stmt.order_by(jobs.c.create_time.desc(), jobs.c.id.desc())
+        with mstore.reading(self.engine) as conn:
+            return [JobRow.from_row(r) for r in conn.execute(stmt).mappings()]
 
     def queued(self) -> list[JobRow]:
-        return [JobRow.from_row(r) for r in self.db.query(
-            "SELECT * FROM jobs WHERE state = ? ORDER BY queued_at, id",
-            (JobState.TRAINING_JOB_STATE_QUEUED,))]
+        stmt = (sa.select(jobs).where(jobs.c.state == JobState.TRAINING_JOB_STATE_QUEUED)
+                .order_by(jobs.c.queued_at, jobs.c.id))
+        with mstore.reading(self.engine) as conn:
+            return [JobRow.from_row(r) for r in conn.execute(stmt).mappings()]
+
+    def claim_queued(self, limit: int, exclude: Iterable[str] = ()) -> list[JobRow]:
+        """Take up to `limit` queued jobs, oldest first, and move each to PREPARING (STARTED,
+        attempt N; start_time on its first start) with its state_changed event, in one
+        transaction. Several Trainer replicas may share the queue: on PostgreSQL the rows are
+        locked FOR UPDATE SKIP LOCKED (another replica's claim in progress is skipped, not
+        waited for), on SQLite the write lock serializes claims; either way a job is claimed
+        by exactly one caller. `exclude`: ids not to take (jobs this process still runs)."""
+        if limit <= 0:
+            return []
+        exclude = [*exclude]
+        stmt = sa.select(jobs).where(jobs.c.state == JobState.TRAINING_JOB_STATE_QUEUED)
+        if exclude:
+            stmt = stmt.where(jobs.c.id.not_in(exclude))
+        stmt = stmt.order_by(jobs.c.queued_at, jobs.c.id).limit(limit)
+        with mstore.reading(self.engine) as conn:  # most calls find nothing: no write lock
+            if conn.execute(stmt.with_only_columns(jobs.c.id)).first() is None:
+                return []
+        stmt = stmt.with_for_update(skip_locked=True)
+        claimed = []
+        with mstore.writing(self.engine) as tx:
+            for job in [JobRow.from_row(r) for r in tx.execute(stmt).mappings().all()]:
+                now = time.time()
+                fields: dict[str, Any] = {
+                    "state": JobState.TRAINING_JOB_STATE_PREPARING, "attempts": job.attempts + 1,
+                    "failure_reason": "", "failure_message": "", "update_time": now}
+                if not job.start_time:  # first start only
+                    fields["start_time"] = now
+                tx.execute(jobs.update().where(jobs.c.id == job.id).values(fields))
+                self._append_event(tx, job.id, now, lock=False,
+                                   state_changed=trainer_pb2.TrainingStateChanged(
+                                       previous_state=job.state,  # type: ignore[arg-type]
+                                       state=JobState.TRAINING_JOB_STATE_PREPARING,
+                                       reason="STARTED", message=f"attempt {job.attempts + 1}"))
+                for k, v in fields.items():
+                    setattr(job, k, v)
+                claimed.append(job)
+        return claimed
 
     @staticmethod
-    def _columns(fields: dict[str, Any]) -> tuple[str, list[Any]]:
-        """"a = ?, b = ?" and its values; protobuf values serialized, dicts/lists as JSON."""
-        cols, params = [], []
+    def _values(fields: dict[str, Any]) -> dict[str, Any]:
+        """Column values: protobuf values serialized, dicts/lists as JSON, paths as text."""
+        values = {}
         for k, v in fields.items():
             if hasattr(v, "SerializeToString"):
                 v = v.SerializeToString()
@@ -220,26 +292,34 @@ class JobStore:
                 v = json.dumps(v)
             elif isinstance(v, Path):
                 v = str(v)
-            cols.append(f"{k} = ?")
-            params.append(v)
-        return ", ".join(cols), params
+            values[k] = v
+        return values
 
     def update(self, job_id: str, **fields: Any) -> None:
         """Set columns; protobuf values are serialized, dicts/lists become JSON."""
         if not fields:
             return
         fields.setdefault("update_time", time.time())
-        cols, params = self._columns(fields)
-        self.db.execute(f"UPDATE jobs SET {cols} WHERE id = ?", [*params, job_id])
+        with mstore.writing(self.engine) as tx:
+            tx.execute(jobs.update().where(jobs.c.id == job_id).values(self._values(fields)))
 
     def add_warning(self, job_id: str, reason: str, message: str, field: str = "") -> None:
-        job = self.get(job_id)
-        if job is None:
-            return
-        warnings = [*job.warnings, {"reason": reason, "message": message, "field": field}]
-        self.update(job_id, warnings=warnings)
-        self.event(job_id, warning=common_pb2.Warning(reason=reason, message=message,
-                                                      field=field))
+        """Append a warning to the job's list and its event, in one transaction."""
+        warning = {"reason": reason, "message": message, "field": field}
+        with mstore.writing(self.engine) as tx:
+            row = tx.execute(self._locked(jobs.c.warnings, job_id)).first()
+            if row is None:
+                return
+            tx.execute(jobs.update().where(jobs.c.id == job_id).values(
+                warnings=json.dumps([*json.loads(row[0]), warning]), update_time=time.time()))
+            self._append_event(tx, job_id, time.time(), lock=False,
+                               warning=common_pb2.Warning(**warning))
+
+    @staticmethod
+    def _locked(column: sa.ColumnElement[Any], job_id: str) -> sa.Select[Any]:
+        """Read a job's column and lock its row until the transaction ends (PostgreSQL; on
+        SQLite the transaction holds the write lock already)."""
+        return sa.select(column).where(jobs.c.id == job_id).with_for_update()
 
     def set_state(self, job_id: str, state: int, reason: str = "", message: str = "",
                   *, expect: Iterable[int] | None = None, **fields: Any) -> int | None:
@@ -257,91 +337,112 @@ class JobStore:
             fields.setdefault("failure_reason", reason)
             fields.setdefault("failure_message", message)
         fields.setdefault("update_time", now)
-        cols, params = self._columns(dict(fields, state=state))
-        with self.db.transaction() as tx:
-            row = tx.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        values = self._values(dict(fields, state=state))
+        with mstore.writing(self.engine) as tx:
+            row = tx.execute(self._locked(jobs.c.state, job_id)).first()
             if row is None:
                 return None
-            previous = int(row["state"])
+            previous = int(row[0])
             if expect is not None and previous not in set(expect):
                 return None
-            tx.execute(f"UPDATE jobs SET {cols} WHERE id = ?", [*params, job_id])
-            self._append_event(tx, job_id, now, state_changed=trainer_pb2.TrainingStateChanged(
-                previous_state=previous, state=state, reason=reason, message=message))  # type: ignore[arg-type]
+            # the row is locked (or the database is): the WHERE re-checks what was read
+            if tx.execute(jobs.update()
+                          .where(jobs.c.id == job_id, jobs.c.state == previous)
+                          .values(values)).rowcount != 1:
+                return None
+            self._append_event(tx, job_id, now, lock=False,
+                               state_changed=trainer_pb2.TrainingStateChanged(
+                                   previous_state=previous,  # type: ignore[arg-type]
+                                   state=state, reason=reason, message=message))  # type: ignore[arg-type]
         return previous
 
     def count_by_state(self) -> dict[int, int]:
-        return {int(r[0]): int(r[1]) for r in self.db.query(
-            "SELECT state, COUNT(*) FROM jobs GROUP BY state")}
+        stmt = sa.select(jobs.c.state, sa.func.count()).group_by(jobs.c.state)
+        with mstore.reading(self.engine) as conn:
+            return {int(r[0]): int(r[1]) for r in conn.execute(stmt)}
 
     def delete_job(self, job_id: str) -> None:
-        self.db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+        with mstore.writing(self.engine) as tx:
+            tx.execute(jobs.delete().where(jobs.c.id == job_id))
 
     # -- events
 
     def event(self, job_id: str, **event: Any) -> int:
         """Append one event (exactly one WatchTrainingJobResponse oneof field) and return its
         sequence number."""
-        with self.db.transaction() as tx:
+        with mstore.writing(self.engine) as tx:
             return self._append_event(tx, job_id, time.time(), **event)
 
     @staticmethod
-    def _append_event(tx: sqlite3.Connection, job_id: str, now: float, **event: Any) -> int:
+    def _append_event(tx: sa.Connection, job_id: str, now: float, *, lock: bool = True,
+                      **event: Any) -> int:
+        """Insert the job's next event. The next sequence number is read under the job's row
+        lock (taken here unless the caller holds it: `lock=False`), so two processes appending
+        to one job never pick the same number."""
+        if lock:
+            tx.execute(sa.select(jobs.c.id).where(jobs.c.id == job_id).with_for_update())
         msg = trainer_pb2.WatchTrainingJobResponse(job_id=job_id, time=timestamp(now), **event)
         kind = next(iter(event))
-        seq = int(tx.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE job_id = ?",
-                             (job_id,)).fetchone()[0])
+        seq = int(tx.execute(sa.select(sa.func.coalesce(sa.func.max(events.c.seq), 0) + 1)
+                             .where(events.c.job_id == job_id)).scalar_one())
         msg.sequence = seq
-        tx.execute("INSERT INTO events(job_id, seq, time, kind, payload) VALUES (?,?,?,?,?)",
-                   (job_id, seq, now, kind, msg.SerializeToString()))
+        tx.execute(events.insert().values(job_id=job_id, seq=seq, time=now, kind=kind,
+                                          payload=msg.SerializeToString()))
         return seq
 
     def events_after(self, job_id: str, seq: int, limit: int = 500,
                      kinds: Iterable[str] | None = None
                      ) -> list[trainer_pb2.WatchTrainingJobResponse]:
-        sql = "SELECT payload FROM events WHERE job_id = ? AND seq > ?"
-        params: list[Any] = [job_id, seq]
+        stmt = sa.select(events.c.payload).where(events.c.job_id == job_id, events.c.seq > seq)
         if kinds is not None:
-            kinds = list(kinds)
-            sql += f" AND kind IN ({','.join('?' * len(kinds))})"
-            params += kinds
-        sql += " ORDER BY seq LIMIT ?"
-        params.append(limit)
-        return [trainer_pb2.WatchTrainingJobResponse.FromString(r["payload"])
-                for r in self.db.query(sql, params)]
+            stmt = stmt.where(events.c.kind.in_(list(kinds)))
+        stmt = stmt.order_by(events.c.seq).limit(limit)
+        with mstore.reading(self.engine) as conn:
+            return [trainer_pb2.WatchTrainingJobResponse.FromString(r[0])
+                    for r in conn.execute(stmt)]
 
     def last_event_seq(self, job_id: str) -> int:
-        row = self.db.query_one("SELECT COALESCE(MAX(seq), 0) FROM events WHERE job_id = ?",
-                                (job_id,))
-        return int(row[0]) if row else 0
+        stmt = (sa.select(sa.func.coalesce(sa.func.max(events.c.seq), 0))
+                .where(events.c.job_id == job_id))
+        with mstore.reading(self.engine) as conn:
+            return int(conn.execute(stmt).scalar_one())
 
     def last_event_of_kind(self, job_id: str, kind: str
                            ) -> trainer_pb2.WatchTrainingJobResponse | None:
-        row = self.db.query_one(
-            "SELECT payload FROM events WHERE job_id = ? AND kind = ? ORDER BY seq DESC LIMIT 1",
-            (job_id, kind))
-        return trainer_pb2.WatchTrainingJobResponse.FromString(row["payload"]) if row else None
+        stmt = (sa.select(events.c.payload)
+                .where(events.c.job_id == job_id, events.c.kind == kind)
+                .order_by(events.c.seq.desc()).limit(1))
+        with mstore.reading(self.engine) as conn:
+            payload = conn.execute(stmt).scalar()
+        return trainer_pb2.WatchTrainingJobResponse.FromString(payload) if payload else None
 
     # -- checkpoints
 
     def add_checkpoint(self, job_id: str, ckpt: trainer_pb2.Checkpoint) -> None:
-        self.db.execute(
-            "INSERT OR REPLACE INTO checkpoints(job_id, checkpoint_id, kind, step, path,"
-            " size_bytes, create_time) VALUES (?,?,?,?,?,?,?)",
-            (job_id, ckpt.checkpoint_id, ckpt.kind, ckpt.step, ckpt.path, ckpt.size_bytes,
-             ckpt.create_time.ToNanoseconds() / 1e9))
+        """Record a checkpoint (one of the same id and kind is replaced)."""
+        row = {"job_id": job_id, "checkpoint_id": ckpt.checkpoint_id, "kind": ckpt.kind,
+               "step": ckpt.step, "path": ckpt.path, "size_bytes": ckpt.size_bytes,
+               "create_time": ckpt.create_time.ToNanoseconds() / 1e9}
+        with mstore.writing(self.engine) as tx:
+            insert = (postgresql if self.postgres else sqlite).insert(checkpoints).values(row)
+            tx.execute(insert.on_conflict_do_update(
+                index_elements=[checkpoints.c.job_id, checkpoints.c.checkpoint_id,
+                                checkpoints.c.kind],
+                set_={k: row[k] for k in ("step", "path", "size_bytes", "create_time")}))
 
     def remove_checkpoint(self, job_id: str, checkpoint_id: str, kind: int) -> None:
-        self.db.execute("DELETE FROM checkpoints WHERE job_id = ? AND checkpoint_id = ?"
-                        " AND kind = ?", (job_id, checkpoint_id, kind))
+        with mstore.writing(self.engine) as tx:
+            tx.execute(checkpoints.delete().where(checkpoints.c.job_id == job_id,
+                                                  checkpoints.c.checkpoint_id == checkpoint_id,
+                                                  checkpoints.c.kind == kind))
 
     def checkpoints(self, job_id: str, kind: int | None = None) -> list[trainer_pb2.Checkpoint]:
-        sql = "SELECT * FROM checkpoints WHERE job_id = ?"
-        params: list[Any] = [job_id]
+        stmt = sa.select(checkpoints).where(checkpoints.c.job_id == job_id)
         if kind is not None:
-            sql += " AND kind = ?"
-            params.append(kind)
-        rows = self.db.query(sql + " ORDER BY step, kind", params)
+            stmt = stmt.where(checkpoints.c.kind == kind)
+        stmt = stmt.order_by(checkpoints.c.step, checkpoints.c.kind)
+        with mstore.reading(self.engine) as conn:
+            rows = conn.execute(stmt).mappings().all()
         return [trainer_pb2.Checkpoint(
             checkpoint_id=r["checkpoint_id"], step=r["step"], kind=r["kind"], path=r["path"],
             size_bytes=r["size_bytes"], create_time=timestamp(r["create_time"]))
@@ -357,49 +458,63 @@ class JobStore:
     # -- datasets
 
     def dataset_exists(self, dataset_id: str) -> bool:
-        return self.db.query_one("SELECT 1 FROM datasets WHERE id = ?", (dataset_id,)) is not None
+        with mstore.reading(self.engine) as conn:
+            return conn.execute(
+                sa.select(datasets.c.id).where(datasets.c.id == dataset_id)).first() is not None
 
     def add_dataset_images(self, dataset_id: str, create_name: str | None,
                            images: list[tuple[trainer_pb2.DatasetImage, str]]) -> None:
-        """Add pictures (and, with `create_name`, the dataset itself) in one transaction."""
-        with self.db.transaction() as tx:
-            if create_name is not None:
-                tx.execute("INSERT INTO datasets(id, name, create_time) VALUES (?,?,?)",
-                           (dataset_id, create_name, time.time()))
-            tx.executemany(
-                "INSERT INTO dataset_images(dataset_id, filename, width, height, size_bytes,"
-                " sha256, caption) VALUES (?,?,?,?,?,?,?)",
-                [(dataset_id, img.filename, img.width, img.height, img.size_bytes, img.sha256,
-                  caption) for img, caption in images])
+        """Add pictures (and, with `create_name`, the dataset itself) in one transaction.
+        A taken dataset id or file name raises sqlite3.IntegrityError on every database (the
+        error uploads.save answers ALREADY_EXISTS to)."""
+        try:
+            with mstore.writing(self.engine) as tx:
+                if create_name is not None:
+                    tx.execute(datasets.insert().values(id=dataset_id, name=create_name,
+                                                        create_time=time.time()))
+                if images:
+                    tx.execute(dataset_images.insert(), [
+                        {"dataset_id": dataset_id, "filename": img.filename,
+                         "width": img.width, "height": img.height,
+                         "size_bytes": img.size_bytes, "sha256": img.sha256,
+                         "caption": caption} for img, caption in images])
+        except sa.exc.IntegrityError as err:
+            raise sqlite3.IntegrityError(str(err.orig)) from err
+
+    def dataset_images(self, dataset_id: str) -> list[tuple[trainer_pb2.DatasetImage, str]]:
+        stmt = (sa.select(dataset_images).where(dataset_images.c.dataset_id == dataset_id)
+                .order_by(dataset_images.c.filename))
+        with mstore.reading(self.engine) as conn:
+            rows = conn.execute(stmt).mappings().all()
+        return [(trainer_pb2.DatasetImage(filename=r["filename"], width=r["width"],
+                                          height=r["height"], size_bytes=r["size_bytes"],
+                                          sha256=r["sha256"]), r["caption"]) for r in rows]
 
     # -- observations (worker -> service metrics)
 
     def observe(self, job_id: str, items: Iterable[tuple[str, str, float]]) -> None:
         """Append (name, label, value) observations in one transaction."""
         now = time.time()
-        rows = [(now, job_id, name, label, float(value)) for name, label, value in items]
+        rows = [{"time": now, "job_id": job_id, "name": name, "label": label,
+                 "value": float(value)} for name, label, value in items]
         if rows:
-            with self.db.transaction() as tx:
-                tx.executemany("INSERT INTO observations(time, job_id, name, label, value)"
-                               " VALUES (?,?,?,?,?)", rows)
+            with mstore.writing(self.engine) as tx:
+                tx.execute(observations.insert(), rows)
 
     def observations_after(self, cursor: int, limit: int = 10_000
                            ) -> list[tuple[int, str, str, float]]:
         """(id, name, label, value) of observations newer than `cursor`, oldest first."""
-        return [(int(r[0]), r[1], r[2], float(r[3])) for r in self.db.query(
-            "SELECT id, name, label, value FROM observations WHERE id > ? ORDER BY id LIMIT ?",
-            (cursor, limit))]
+        o = observations.c
+        stmt = (sa.select(o.id, o.name, o.label, o.value).where(o.id > cursor)
+                .order_by(o.id).limit(limit))
+        with mstore.reading(self.engine) as conn:
+            return [(int(r[0]), r[1], r[2], float(r[3])) for r in conn.execute(stmt)]
 
     def last_observation_id(self) -> int:
-        row = self.db.query_one("SELECT COALESCE(MAX(id), 0) FROM observations")
-        return int(row[0]) if row else 0
+        stmt = sa.select(sa.func.coalesce(sa.func.max(observations.c.id), 0))
+        with mstore.reading(self.engine) as conn:
+            return int(conn.execute(stmt).scalar_one())
 
     def prune_observations(self, older_than: float) -> None:
-        self.db.execute("DELETE FROM observations WHERE time < ?", (older_than,))
-
-    def dataset_images(self, dataset_id: str) -> list[tuple[trainer_pb2.DatasetImage, str]]:
-        rows = self.db.query("SELECT * FROM dataset_images WHERE dataset_id = ? ORDER BY filename",
-                             (dataset_id,))
-        return [(trainer_pb2.DatasetImage(filename=r["filename"], width=r["width"],
-                                          height=r["height"], size_bytes=r["size_bytes"],
-                                          sha256=r["sha256"]), r["caption"]) for r in rows]
+        with mstore.writing(self.engine) as tx:
+            tx.execute(observations.delete().where(observations.c.time < older_than))

@@ -9,7 +9,8 @@
   next start.
 
 Every state change is a compare-and-set in the job store, so a cancel or delete that lands
-first is never overwritten.
+first is never overwritten. Queued jobs are claimed with a row lock that other replicas skip
+(JobStore.claim_queued), so Trainer replicas sharing one database never start the same job.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 from boothstudio.services.trainer.metrics import TrainerMetrics
 from boothstudio.services.trainer.settings import TrainerSettings
 from boothstudio.services.trainer.store import ACTIVE, JobRow, JobStore
-from boothstudio.services.trainer.worker import STOP_FILE
+from boothstudio.services.trainer.worker import STOP_FILE, WORKER_DATABASE_URL_ENV
 from boothstudio.shared.server import ServiceContext
 from boothstudio.shared.storage import atomic_write_text
 from boothstudio.v1 import trainer_pb2
@@ -137,29 +138,26 @@ class Supervisor:
             if self.ctx.draining.is_set():
                 continue
             try:
-                queued = await asyncio.to_thread(self.store.queued)
-                for job in queued:
-                    if len(self.workers) >= self.max_running:
-                        break
-                    if job.id not in self.workers:
-                        await self._start_worker(job)
+                # Claim jobs first (QUEUED -> PREPARING, row-locked, skipping rows another
+                # replica is claiming): a cancel or delete that came first wins, and two
+                # replicas on one database never start the same job.
+                claimed = await asyncio.to_thread(
+                    self.store.claim_queued, self.max_running - len(self.workers),
+                    list(self.workers))
+                for job in claimed:
+                    await self._start_worker(job)
             except Exception:
                 self.ctx.logger.exception("scheduler error")
 
     async def _start_worker(self, job: JobRow) -> None:
-        # Claim the job first (QUEUED -> PREPARING as one compare-and-set): a cancel or delete
-        # that came after the queue read wins, and no worker starts for it.
-        started = {} if job.start_time else {"start_time": time.time()}  # first start only
-        if self.store.set_state(job.id, trainer_pb2.TRAINING_JOB_STATE_PREPARING, "STARTED",
-                                f"attempt {job.attempts + 1}",
-                                expect={trainer_pb2.TRAINING_JOB_STATE_QUEUED},
-                                attempts=job.attempts + 1, failure_reason="",
-                                failure_message="", **started) is None:
-            return
+        """Start the worker of a job this replica claimed (store.claim_queued)."""
         (job.job_dir / STOP_FILE).unlink(missing_ok=True)
         env = dict(os.environ)
         if self.ctx.config.service_api_key:
             env["BOOTHSTUDIO_SERVICE_API_KEY"] = self.ctx.config.service_api_key
+        # the worker opens the service's metadata store (empty: the SQLite file in
+        # --service-dir); in the environment, not the command line, where a password would show
+        env[WORKER_DATABASE_URL_ENV] = self.ctx.config.database_url
         args = [sys.executable, "-m", "boothstudio.services.trainer.worker",
                 "--service-dir", str(self.service_dir),
                 "--job-id", job.id, "--catalog", self.catalog_address,

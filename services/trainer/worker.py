@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 JobState = trainer_pb2.TrainingJobState
 log = logging.getLogger("boothstudio.trainer.worker")
 STOP_FILE = "STOP"
+#: the service's database_url, set by the supervisor when it starts a worker (empty: the
+#: SQLite file in --service-dir)
+WORKER_DATABASE_URL_ENV = "BOOTHSTUDIO_TRAINER_WORKER_DATABASE_URL"
 
 
 def die_with_parent() -> None:
@@ -274,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     from boothstudio.services.trainer.train import JobSpec, Reporter, run_job
 
-    store = JobStore(args.service_dir / "trainer.sqlite3")
+    store = JobStore(args.service_dir / "trainer.sqlite3",
+                     os.environ.get(WORKER_DATABASE_URL_ENV, ""))
     job = store.get(args.job_id)
     if job is None:
         log.error("no job %s", args.job_id)
