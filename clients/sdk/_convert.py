@@ -75,6 +75,7 @@ from boothstudio.clients.sdk.types import (
     TrainingWarning,
     WarningEvent,
 )
+from boothstudio.shared.option_values import from_option_value, to_option_value
 from boothstudio.v1 import catalog_pb2, common_pb2, generator_pb2, trainer_pb2
 
 E = TypeVar("E", bound=enum.StrEnum)
@@ -161,23 +162,13 @@ def _ts(msg: Message, name: str) -> datetime | None:
 
 
 def option_to_pb(value: OptionScalar, field_path: str) -> common_pb2.OptionValue:
-    if isinstance(value, bool):
-        return common_pb2.OptionValue(bool_value=value)
-    if isinstance(value, int):
-        return common_pb2.OptionValue(int_value=value)
-    if isinstance(value, float):
-        return common_pb2.OptionValue(float_value=value)
-    if isinstance(value, str):
-        return common_pb2.OptionValue(string_value=value)
-    raise invalid(field_path, f"options take int, float, bool or str, not {type(value).__name__}")
+    try:
+        return to_option_value(value)
+    except TypeError as exc:
+        raise invalid(field_path, str(exc)) from None
 
 
-def option_from_pb(value: common_pb2.OptionValue) -> OptionScalar | None:
-    kind = value.WhichOneof("kind")
-    if kind is None:
-        return None
-    result: OptionScalar = getattr(value, kind)
-    return result
+option_from_pb = from_option_value
 
 
 def image_bytes(value: ImageInput, field_path: str) -> bytes:

@@ -11,6 +11,7 @@ import shutil
 import time
 from typing import Any
 
+from boothstudio.services.trainer.mapping import state_name
 from boothstudio.services.trainer.options import MAX_STEPS
 from boothstudio.services.trainer.store import TERMINAL, JobRow, JobStore
 from boothstudio.services.trainer.supervision import Supervisor
@@ -42,7 +43,7 @@ class JobControl:
                 break  # already being cancelled or cancelled: nothing more to do
             if job.state in (JobState.TRAINING_JOB_STATE_SUCCEEDED,
                              JobState.TRAINING_JOB_STATE_FAILED):
-                raise FailedPrecondition(f"job already {JobState.Name(job.state)}",
+                raise FailedPrecondition(f"job already {state_name(job.state)}",
                                          reason="JOB_FINISHED")
             if job.state == JobState.TRAINING_JOB_STATE_QUEUED:
                 done = self.store.set_state(job.id, JobState.TRAINING_JOB_STATE_CANCELLED,
@@ -78,7 +79,7 @@ class JobControl:
         if job.state not in (JobState.TRAINING_JOB_STATE_CANCELLED,
                              JobState.TRAINING_JOB_STATE_FAILED,
                              JobState.TRAINING_JOB_STATE_SUCCEEDED):
-            raise FailedPrecondition(f"job is {JobState.Name(job.state)}; only cancelled, "
+            raise FailedPrecondition(f"job is {state_name(job.state)}; only cancelled, "
                                      "failed or succeeded jobs resume",
                                      reason="JOB_NOT_RESUMABLE")
         fields: dict[str, Any] = {"queued_at": time.time(), "end_time": None,
@@ -103,7 +104,7 @@ class JobControl:
         """Remove a job, its folder and rows (an active one only with `force`); bytes freed."""
         if job.state not in TERMINAL:
             if not force:
-                raise FailedPrecondition(f"job is {JobState.Name(job.state)}; cancel it first or "
+                raise FailedPrecondition(f"job is {state_name(job.state)}; cancel it first or "
                                          "delete with force", reason="JOB_ACTIVE")
             self.store.set_state(job.id, JobState.TRAINING_JOB_STATE_CANCELLED, "DELETED", "")
             await self.supervisor.kill(job.id)

@@ -30,3 +30,9 @@ def to_proto(store: JobStore, job: JobRow, queued: list[str] | None = None
         if job.id in order:
             t.queue_position = order.index(job.id)
     return t
+
+
+def state_name(state: int) -> str:
+    """A state as people read it: `queued`, not TRAINING_JOB_STATE_QUEUED (messages, metric
+    labels)."""
+    return trainer_pb2.TrainingJobState.Name(state).removeprefix("TRAINING_JOB_STATE_").lower()

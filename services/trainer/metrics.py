@@ -27,6 +27,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from boothstudio.services.trainer.mapping import state_name
 from boothstudio.services.trainer.store import ACTIVE, JobStore
 from boothstudio.v1 import trainer_pb2
 
@@ -39,10 +40,6 @@ CLASS_IMAGES = "class_images"  # label: generated | cached; value: how many
 PEAK_MEMORY = "peak_memory_bytes"  # label: cuda | cpu
 KEEP_OBSERVATIONS_SECONDS = 24 * 3600
 PRUNE_EVERY_SECONDS = 3600.0
-
-
-def _state_label(state: int) -> str:
-    return JobState.Name(state).removeprefix("TRAINING_JOB_STATE_").lower()
 
 
 class TrainerMetrics(Collector):
@@ -116,7 +113,7 @@ class TrainerMetrics(Collector):
         jobs = GaugeMetricFamily(f"{PREFIX}_jobs", "Training jobs by state.", labels=["state"])
         for state in JobState.values():
             if state != JobState.TRAINING_JOB_STATE_UNSPECIFIED:
-                jobs.add_metric([_state_label(state)], counts.get(state, 0))
+                jobs.add_metric([state_name(state)], counts.get(state, 0))
         yield jobs
         loss = GaugeMetricFamily(
             f"{PREFIX}_loss", "Latest training loss of each active job (total, instance, "
