@@ -14,7 +14,6 @@ module.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -118,6 +117,10 @@ def timestamp(t: float | None) -> timestamp_pb2.Timestamp | None:
     ts = timestamp_pb2.Timestamp()
     ts.FromNanoseconds(int(t * 1e9))
     return ts
+
+
+class DuplicateRow(Exception):
+    """A row with that key exists already (a concurrent call may have written it)."""
 
 
 @dataclass
@@ -465,8 +468,8 @@ class JobStore:
     def add_dataset_images(self, dataset_id: str, create_name: str | None,
                            images: list[tuple[trainer_pb2.DatasetImage, str]]) -> None:
         """Add pictures (and, with `create_name`, the dataset itself) in one transaction.
-        A taken dataset id or file name raises sqlite3.IntegrityError on every database (the
-        error uploads.save answers ALREADY_EXISTS to)."""
+        A taken dataset id or file name raises DuplicateRow, whatever the database (uploads
+        answer ALREADY_EXISTS to it)."""
         try:
             with mstore.writing(self.engine) as tx:
                 if create_name is not None:
@@ -479,7 +482,7 @@ class JobStore:
                          "size_bytes": img.size_bytes, "sha256": img.sha256,
                          "caption": caption} for img, caption in images])
         except sa.exc.IntegrityError as err:
-            raise sqlite3.IntegrityError(str(err.orig)) from err
+            raise DuplicateRow(str(err.orig)) from err
 
     def dataset_images(self, dataset_id: str) -> list[tuple[trainer_pb2.DatasetImage, str]]:
         stmt = (sa.select(dataset_images).where(dataset_images.c.dataset_id == dataset_id)

@@ -14,7 +14,6 @@ import contextlib
 import hashlib
 import json
 import shutil
-import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,7 @@ from boothstudio.services.trainer.inputs import (
 )
 from boothstudio.services.trainer.jobfile import config_to_yaml
 from boothstudio.services.trainer.options import Limits
-from boothstudio.services.trainer.store import JobRow, JobStore
+from boothstudio.services.trainer.store import DuplicateRow, JobRow, JobStore
 from boothstudio.services.trainer.templates import MAX_PROMPT_CHARS
 from boothstudio.shared.errors import AlreadyExists, InvalidArgument, NotFound, clip
 from boothstudio.shared.ids import new_id
@@ -145,7 +144,7 @@ def save(store: JobStore, datasets_dir: Path, limits: Limits, dataset_id: str, n
             store.add_dataset_images(dataset_id, name or dataset_id if new else None,
                                      [(img, f.caption) for img, f in zip(received, files,
                                                                          strict=True)])
-        except sqlite3.IntegrityError:
+        except DuplicateRow:
             raise _exists(dataset_id, ", ".join(f.name for f in files)) from None
     except BaseException:
         if created:
