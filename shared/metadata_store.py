@@ -192,6 +192,25 @@ def writing(engine: Engine) -> Iterator[Connection]:
             yield conn
 
 
+def newest_first_page(
+    engine: Engine, table: sa.Table, where: list[sa.ColumnElement[bool]], offset: int, limit: int
+) -> tuple[list[sa.RowMapping], int]:
+    """One page of `table`'s rows matching `where`, newest first (`created`, then `id`, both
+    descending: a stable order for offset paging), and how many match in all."""
+    count = sa.select(sa.func.count()).select_from(table).where(*where)
+    page = (
+        sa.select(table)
+        .where(*where)
+        .order_by(table.c.created.desc(), table.c.id.desc())
+        .limit(limit)
+        .offset(offset)
+    )
+    with reading(engine) as conn:
+        total = conn.execute(count).scalar_one()
+        rows = list(conn.execute(page).mappings().all())
+    return rows, int(total)
+
+
 # --------------------------------------------------------------------------- migrations
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -42,3 +43,22 @@ def module_services() -> Iterator[Callable[..., ServiceProcess]]:
     yield factory
     for svc in reversed(started):
         svc.stop()
+
+
+@pytest.fixture(scope="session")
+def untrained_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny untrained model (the embedded one's architecture), for training jobs."""
+    from research.embedded_model.architecture import build_untrained_pipeline
+
+    out = tmp_path_factory.mktemp("untrained") / "model"
+    build_untrained_pipeline(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def subject_pngs() -> list[bytes]:
+    """Instance images of the DreamBooth subject (PNG bytes)."""
+    from research.embedded_model.scenes import subject_images
+    from tests.trainer.helpers import png_bytes
+
+    return [png_bytes(img) for img, _ in subject_images(4)]

@@ -123,18 +123,7 @@ class Registry:
             where.append(models.c.backend_id == backend_id)
         if base_model_id:
             where.append(models.c.base_model_id == base_model_id)
-        count = sa.select(sa.func.count()).select_from(models).where(*where)
-        page = (
-            sa.select(models)
-            .where(*where)
-            .order_by(models.c.created.desc(), models.c.id.desc())
-            .limit(limit)
-            .offset(offset)
-        )
-        with store.reading(self.engine) as conn:
-            total = conn.execute(count).scalar_one()
-            rows = builtins.list(conn.execute(page).mappings().all())
-        return rows, int(total)
+        return store.newest_first_page(self.engine, models, where, offset, limit)
 
     def dependents(self, model_id: str) -> builtins.list[Row]:
         """LoRAs that need this model as their base."""

@@ -169,18 +169,7 @@ class Gallery:
             where.append(images.c.model_id == model_id)
         if job_id:
             where.append(images.c.job_id == job_id)
-        count = sa.select(sa.func.count()).select_from(images).where(*where)
-        page = (
-            sa.select(images)
-            .where(*where)
-            .order_by(images.c.created.desc(), images.c.id.desc())
-            .limit(limit)
-            .offset(offset)
-        )
-        with store.reading(self.engine) as conn:
-            total = conn.execute(count).scalar_one()
-            rows = builtins.list(conn.execute(page).mappings().all())
-        return rows, int(total)
+        return store.newest_first_page(self.engine, images, where, offset, limit)
 
     def delete(
         self, image_ids: builtins.list[str], job_id: str = ""

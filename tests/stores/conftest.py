@@ -9,7 +9,6 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
@@ -43,22 +42,3 @@ def database_url(postgres: PostgresServer) -> str:
 def new_database(postgres: PostgresServer) -> Callable[[], str]:
     """Factory of fresh, empty databases."""
     return lambda: postgres.create_database(f"t{os.getpid()}_{next(_names)}")
-
-
-@pytest.fixture(scope="session")
-def untrained_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny untrained model (the embedded one's architecture), for training jobs."""
-    from research.embedded_model.architecture import build_untrained_pipeline
-
-    out = tmp_path_factory.mktemp("untrained") / "model"
-    build_untrained_pipeline(out)
-    return out
-
-
-@pytest.fixture(scope="session")
-def subject_pngs() -> list[bytes]:
-    """Instance images of the DreamBooth subject."""
-    from research.embedded_model.scenes import subject_images
-    from tests.trainer.helpers import png_bytes
-
-    return [png_bytes(img) for img, _ in subject_images(4)]

@@ -3,8 +3,6 @@ instance images of the DreamBooth subject. Settings stay tiny: 64 px, batch 1, a
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -16,24 +14,8 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
-def untrained_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from research.embedded_model.architecture import build_untrained_pipeline
-
-    out = tmp_path_factory.mktemp("untrained") / "model"
-    build_untrained_pipeline(out)
-    return out
-
-
-@pytest.fixture(scope="session")
 def subject_cutouts() -> list[bytes]:
     """The same pictures as RGBA PNGs whose alpha marks the subject (masked training)."""
     from research.embedded_model.scenes import subject_images
 
     return [png_bytes(img) for img, _ in subject_images(4, alpha=True)]
-
-
-@pytest.fixture(scope="session")
-def subject_pngs() -> list[bytes]:
-    from research.embedded_model.scenes import subject_images
-
-    return [png_bytes(img) for img, _ in subject_images(4)]
