@@ -29,6 +29,8 @@ when `database_url` is set, with Alembic migrations run safely at start-up.
 from __future__ import annotations
 
 import contextlib
+import sqlite3
+import time
 import zlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -48,6 +50,9 @@ from boothstudio.shared.errors import Unavailable
 KEY = "database_url"
 SUPPORTED = ("sqlite", "postgresql")
 BUSY_TIMEOUT_S = 10.0
+# Replicas starting together on one SQLite file wait their turn for the whole migration of the
+# one that got the lock first, which on a loaded machine can take longer than a write does.
+MIGRATION_BUSY_TIMEOUT_S = 300.0
 CONNECT_TIMEOUT_S = 5
 #: seconds a client is told to wait before retrying while the store is unreachable
 RETRY_AFTER_S = 2.0
@@ -108,6 +113,20 @@ def open_database(database_url: str | None, default_sqlite_path: Path | str) -> 
         raise _config_error(f"cannot use {shown!r}: {err}") from err
 
 
+def _switch_to_wal(cur: Any) -> None:
+    """Put a new SQLite file in WAL mode. SQLite answers "database is locked" at once, without
+    waiting out the busy timeout, when another connection opens the file at that moment
+    (replicas starting together on a new file): retry for up to the busy timeout."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while str(cur.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def _sqlite_engine(url: URL) -> Engine:
     if url.database and url.database != ":memory:":
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
@@ -121,8 +140,7 @@ def _sqlite_engine(url: URL) -> Engine:
         cur = dbapi_conn.cursor()
         cur.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
         # switching needs the file to itself: only when it is not WAL already (a new file)
-        if str(cur.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
-            cur.execute("PRAGMA journal_mode=WAL")
+        _switch_to_wal(cur)
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
@@ -271,27 +289,48 @@ def migrate(
         with engine.connect() as conn:
             sqlite = conn.dialect.name == "sqlite"
             if sqlite:
+                _set_busy_timeout(conn, MIGRATION_BUSY_TIMEOUT_S)
                 conn.execution_options(sqlite_begin="IMMEDIATE")
-            with conn.begin():
-                if not sqlite:
-                    conn.execute(sa.select(sa.func.pg_advisory_xact_lock(MIGRATION_LOCK_ID)))
-                cfg = _alembic_config(script_location, service, conn)
-                mc = MigrationContext.configure(
-                    conn, opts={"version_table": version_table(service)}
-                )
-                if mc.get_current_revision() is None and sqlite and legacy_revisions:
-                    legacy = _legacy_revision(conn, legacy_revisions, legacy_table)
-                    if legacy is not None:
-                        command.stamp(cfg, legacy)
-                command.upgrade(cfg, "head")
-                mc = MigrationContext.configure(
-                    conn, opts={"version_table": version_table(service)}
-                )
-                return mc.get_current_revision()
+            try:
+                return _upgrade(conn, script_location, service, sqlite, legacy_revisions,
+                                legacy_table)
+            finally:
+                if sqlite:
+                    _set_busy_timeout(conn, BUSY_TIMEOUT_S)
     except exc.SQLAlchemyError as err:
         if is_unreachable(err):
             raise _config_error(f"cannot open {describe(engine)}: {_first_line(err)}") from err
         raise
+
+
+def _set_busy_timeout(conn: Connection, seconds: float) -> None:
+    # on the driver's connection: through SQLAlchemy the PRAGMA would open a transaction first
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    driver.execute(f"PRAGMA busy_timeout={int(seconds * 1000)}")
+
+
+def _upgrade(
+    conn: Connection,
+    script_location: Path,
+    service: str,
+    sqlite: bool,
+    legacy_revisions: Mapping[int, str] | None,
+    legacy_table: str | None,
+) -> str | None:
+    with conn.begin():
+        if not sqlite:
+            conn.execute(sa.select(sa.func.pg_advisory_xact_lock(MIGRATION_LOCK_ID)))
+        cfg = _alembic_config(script_location, service, conn)
+        mc = MigrationContext.configure(conn, opts={"version_table": version_table(service)})
+        if mc.get_current_revision() is None and sqlite and legacy_revisions:
+            legacy = _legacy_revision(conn, legacy_revisions, legacy_table)
+            if legacy is not None:
+                command.stamp(cfg, legacy)
+        command.upgrade(cfg, "head")
+        mc = MigrationContext.configure(conn, opts={"version_table": version_table(service)})
+        revision: str | None = mc.get_current_revision()
+        return revision
 
 
 def _legacy_revision(

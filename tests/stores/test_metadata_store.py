@@ -85,3 +85,31 @@ def test_a_store_that_is_busy_is_unavailable_but_a_broken_statement_is_not(
     assert info.value.reason == "DATABASE_UNAVAILABLE" and info.value.retry_after
     assert "database is locked" in info.value.message
     engine.dispose()
+
+
+def test_a_migration_waits_out_a_writer_longer_than_the_busy_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Replicas starting together on one SQLite file wait for the whole migration of the one
+    that locked first; on a loaded machine that outlasted the 10 s busy timeout of ordinary
+    writes and the late replica failed to start ('database is locked')."""
+    import threading
+    import time
+
+    monkeypatch.setattr(store, "BUSY_TIMEOUT_S", 0.2)  # ordinary writes give up fast here
+    path = tmp_path / "catalog.sqlite3"
+    engine = store.open_database(None, path)
+    with engine.connect():
+        pass  # the file exists, in WAL mode
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")  # another replica mid-migration
+    release = threading.Timer(1.0, lambda: holder.execute("COMMIT"))
+    release.start()
+    started = time.monotonic()
+    try:
+        revision = store.migrate(engine, MIGRATIONS_DIR, service="catalog")
+    finally:
+        release.join()
+        holder.close()
+    assert revision is not None
+    assert time.monotonic() - started >= 0.9  # it waited for the holder, then migrated
