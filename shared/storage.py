@@ -1,178 +1,20 @@
-"""Metadata storage (SQLite by default) and atomic file writes.
+"""Files on the local disk: atomic writes, exclusive creation, sizes, modes.
 
-`Database` is the small interface services code against; `SQLiteDatabase` implements it with one
-connection per thread, WAL journaling, foreign keys, a busy timeout and versioned migrations
-(`PRAGMA user_version`). A server database could implement the same interface later.
+(Relational state lives in shared/metadata_store.py.)
 
-    db = SQLiteDatabase(ctx.config.service_dir / "catalog.sqlite3", MIGRATIONS)
-    db.migrate()
-    with db.transaction() as tx:
-        tx.execute("INSERT INTO models(id, name) VALUES (?, ?)", (mid, name))
-    rows = db.query("SELECT * FROM models ORDER BY created DESC LIMIT ?", (10,))
-    row = await db.run(lambda c: c.execute("...").fetchone())   # off the event loop
-
-MIGRATIONS is a sequence of SQL scripts (or callables taking a connection); migration i brings the
-schema to version i + 1. Append only: never edit a released migration.
-
-Files: `atomic_write_bytes(path, data)` writes to a temporary file in the same folder, fsyncs it,
+`atomic_write_bytes(path, data)` writes to a temporary file in the same folder, fsyncs it,
 renames it over `path` and fsyncs the folder, so readers see the old or the new file, never half.
 `folder_size(path)` counts the bytes of the files under a folder.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
-import sqlite3
 import tempfile
-import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any, Protocol, TypeVar
-
-T = TypeVar("T")
-Migration = str | Callable[[sqlite3.Connection], None]
-Params = Sequence[Any] | dict[str, Any]
-
-
-class Database(Protocol):
-    """The storage interface services use."""
-
-    def migrate(self) -> int: ...
-    def execute(self, sql: str, params: Params = ()) -> int: ...
-    def query(self, sql: str, params: Params = ()) -> list[sqlite3.Row]: ...
-    def query_one(self, sql: str, params: Params = ()) -> sqlite3.Row | None: ...
-    def transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]: ...
-    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
-    def close(self) -> None: ...
-
-
-class SQLiteDatabase:
-    """SQLite with a connection per thread, WAL, foreign keys and versioned migrations."""
-
-    def __init__(
-        self,
-        path: Path | str,
-        migrations: Sequence[Migration] = (),
-        *,
-        busy_timeout: float = 10.0,
-    ) -> None:
-        self.path = Path(path)
-        self.migrations = list(migrations)
-        self.busy_timeout = busy_timeout
-        self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
-        if str(self.path) != ":memory:":
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-
-    # -- connections
-
-    def connection(self) -> sqlite3.Connection:
-        """This thread's connection (opened on first use)."""
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(
-                str(self.path),
-                timeout=self.busy_timeout,
-                isolation_level=None,  # autocommit; transaction() issues BEGIN explicitly
-                check_same_thread=False,
-            )
-            conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA foreign_keys=ON")
-            conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
-            self._local.conn = conn
-            with self._lock:
-                self._all.append(conn)
-        return conn
-
-    def close(self) -> None:
-        """Close every connection this object opened (from any thread)."""
-        with self._lock:
-            conns, self._all = self._all, []
-        for c in conns:
-            with contextlib.suppress(sqlite3.Error):
-                c.close()
-        self._local = threading.local()
-
-    # -- schema
-
-    @property
-    def version(self) -> int:
-        return int(self.connection().execute("PRAGMA user_version").fetchone()[0])
-
-    def migrate(self) -> int:
-        """Apply pending migrations, each in its own transaction. Returns the schema version."""
-        conn = self.connection()
-        current = self.version
-        if current > len(self.migrations):
-            raise RuntimeError(
-                f"{self.path} has schema version {current}, newer than this code "
-                f"({len(self.migrations)}); refusing to run"
-            )
-        for index in range(current, len(self.migrations)):
-            step = self.migrations[index]
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                if isinstance(step, str):
-                    for statement in _split_sql(step):
-                        conn.execute(statement)
-                else:
-                    step(conn)
-                conn.execute(f"PRAGMA user_version={index + 1}")
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-        return self.version
-
-    # -- statements
-
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error). Not re-entrant."""
-        conn = self.connection()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-
-    def execute(self, sql: str, params: Params = ()) -> int:
-        """Run one statement; returns the number of rows changed."""
-        cur = self.connection().execute(sql, params)
-        return cur.rowcount
-
-    def query(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
-        return self.connection().execute(sql, params).fetchall()
-
-    def query_one(self, sql: str, params: Params = ()) -> sqlite3.Row | None:
-        row: sqlite3.Row | None = self.connection().execute(sql, params).fetchone()
-        return row
-
-    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `fn(connection)` in a worker thread (keeps the event loop responsive)."""
-        return await asyncio.to_thread(lambda: fn(self.connection()))
-
-
-def _split_sql(script: str) -> list[str]:
-    """Split a migration script into statements (handles ';' inside quotes via sqlite3)."""
-    statements, buf = [], ""
-    for line in script.splitlines(keepends=True):
-        buf += line
-        if sqlite3.complete_statement(buf):
-            if buf.strip():
-                statements.append(buf.strip())
-            buf = ""
-    if buf.strip():
-        statements.append(buf.strip())
-    return statements
-
+from typing import IO, Any
 
 # --------------------------------------------------------------------------- files
 

@@ -6,8 +6,6 @@ Rerun: `.venv/bin/pytest tests/test_shared.py -v`
 
 from __future__ import annotations
 
-import sqlite3
-import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,7 @@ from boothstudio.shared.auth import Authenticator, extract_key
 from boothstudio.shared.config import ConfigError, load_config, parse_api_keys
 from boothstudio.shared.pagination import decode_token, encode_token, page_size
 from boothstudio.shared.server import ServiceContext, ServiceServer, ServiceSpec
-from boothstudio.shared.storage import SQLiteDatabase, atomic_write, atomic_write_bytes
+from boothstudio.shared.storage import atomic_write, atomic_write_bytes
 from boothstudio.v1 import catalog_pb2, catalog_pb2_grpc, trainer_pb2, trainer_pb2_grpc
 
 # ----------------------------------------------------------------------------- errors
@@ -181,49 +179,6 @@ def test_pagination() -> None:
 
 
 # ----------------------------------------------------------------------------- storage
-
-MIGRATIONS = [
-    "CREATE TABLE t (id TEXT PRIMARY KEY, v TEXT NOT NULL);",
-    "ALTER TABLE t ADD COLUMN n INTEGER NOT NULL DEFAULT 0;\nCREATE INDEX t_n ON t(n);",
-]
-
-
-def test_sqlite_migrations_and_threads(tmp_path: Path) -> None:
-    db = SQLiteDatabase(tmp_path / "x.sqlite3", MIGRATIONS[:1])
-    assert db.migrate() == 1
-    db.execute("INSERT INTO t(id, v) VALUES (?, ?)", ("a", "1"))
-    db.close()
-    db = SQLiteDatabase(tmp_path / "x.sqlite3", MIGRATIONS)
-    assert db.migrate() == 2
-    assert db.query_one("SELECT journal_mode FROM pragma_journal_mode")[0] == "wal"  # type: ignore[index]
-    with pytest.raises(sqlite3.IntegrityError), db.transaction() as tx:
-        tx.execute("INSERT INTO t(id, v) VALUES ('b', '2')")
-        tx.execute("INSERT INTO t(id, v) VALUES ('a', 'dup')")
-    assert [r["id"] for r in db.query("SELECT id FROM t")] == ["a"]  # rolled back
-
-    def writer(i: int) -> None:
-        with db.transaction() as tx:
-            tx.execute("INSERT INTO t(id, v, n) VALUES (?, ?, ?)", (f"w{i}", "x", i))
-
-    threads = [threading.Thread(target=writer, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert db.query_one("SELECT COUNT(*) AS c FROM t")["c"] == 9  # type: ignore[index]
-    db.close()
-    # a database newer than the code is refused
-    with pytest.raises(RuntimeError):
-        SQLiteDatabase(tmp_path / "x.sqlite3", MIGRATIONS[:1]).migrate()
-
-
-async def test_sqlite_run_off_loop(tmp_path: Path) -> None:
-    db = SQLiteDatabase(tmp_path / "y.sqlite3", MIGRATIONS)
-    db.migrate()
-    n = await db.run(lambda c: c.execute("SELECT COUNT(*) FROM t").fetchone()[0])
-    assert n == 0
-    db.close()
-
 
 def test_atomic_write(tmp_path: Path) -> None:
     target = tmp_path / "sub" / "f.bin"
