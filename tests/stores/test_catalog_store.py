@@ -29,11 +29,11 @@ import sqlalchemy as sa
 
 from boothstudio.services.catalog.registry import LEGACY_REVISIONS
 from boothstudio.services.diffusion.loading import EMBEDDED_MODEL_DIR
-from boothstudio.shared.errors import decode_rpc_error
 from boothstudio.shared.metadata_store import MIGRATION_LOCK_ID
 from boothstudio.v1 import catalog_pb2 as pb
 from boothstudio.v1 import catalog_pb2_grpc
 from tests.helpers import ROOT, ServiceProcess, free_port, service_env
+from tests.stores.helpers import isolated_env, rpc_error
 from tests.stores.postgres import PostgresServer
 
 EMBEDDED = "boothstudio-tiny"
@@ -69,17 +69,6 @@ PRAGMA user_version = 1;
 """
 
 
-def catalog_env(database_url: str = "") -> dict[str, str]:
-    env = {
-        # nothing listens there: DeleteModel's question to the Trainer is refused at once
-        "BOOTHSTUDIO_GENERATOR_ADDRESS": f"127.0.0.1:{free_port()}",
-        "BOOTHSTUDIO_TRAINER_ADDRESS": f"127.0.0.1:{free_port()}",
-    }
-    if database_url:
-        env["BOOTHSTUDIO_DATABASE_URL"] = database_url
-    return env
-
-
 def stub(svc: ServiceProcess) -> catalog_pb2_grpc.CatalogServiceStub:
     return catalog_pb2_grpc.CatalogServiceStub(svc.channel())
 
@@ -88,17 +77,11 @@ def ids(s: catalog_pb2_grpc.CatalogServiceStub) -> list[str]:
     return [m.id for m in s.ListModels(pb.ListModelsRequest(page_size=100)).models]
 
 
-def rpc_error(call: Callable[[], Any]) -> Any:
-    with pytest.raises(grpc.RpcError) as info:
-        call()
-    return decode_rpc_error(info.value)
-
-
 def test_two_catalogs_on_one_postgres_database_see_each_others_models(
     start_service: Any, database_url: str
 ) -> None:
-    a = stub(start_service("catalog", env=catalog_env(database_url)))
-    b = stub(start_service("catalog", env=catalog_env(database_url)))
+    a = stub(start_service("catalog", env=isolated_env(database_url)))
+    b = stub(start_service("catalog", env=isolated_env(database_url)))
     assert ids(a) == ids(b) == [EMBEDDED]  # the second start refreshed the builtin row, no clash
 
     made = a.ImportModel(pb.ImportModelRequest(
@@ -144,7 +127,7 @@ def test_an_old_layout_catalog_sqlite3_is_migrated_with_its_rows(
         )
     assert LEGACY_REVISIONS[1] == "0001"
 
-    svc = start_service("catalog", env=catalog_env(), data_dir=tmp_path)
+    svc = start_service("catalog", env=isolated_env(), data_dir=tmp_path)
     s = stub(svc)
     kept = s.GetModel(pb.GetModelRequest(model_id="kept-model")).model
     assert kept.display_name == "Kept" and kept.description == "from yesterday"
@@ -177,7 +160,7 @@ def test_a_wrong_database_url_stops_the_start_with_one_line_naming_the_key(
     if url == "unreachable":
         url = f"postgresql+psycopg://nobody:secret@127.0.0.1:{free_port()}/boothstudio"
     with pytest.raises(RuntimeError) as info:
-        start_service("catalog", env=catalog_env(url), timeout=60)
+        start_service("catalog", env=isolated_env(url), timeout=60)
     text = str(info.value)
     assert "exited with code 2" in text, text
     assert "Traceback" not in text and "secret" not in text, text
@@ -261,7 +244,7 @@ def test_a_migration_waits_for_the_migration_lock(
 def test_a_database_that_goes_away_answers_unavailable_and_the_service_recovers(
     start_service: Any, postgres: PostgresServer, database_url: str
 ) -> None:
-    s = stub(start_service("catalog", env=catalog_env(database_url)))
+    s = stub(start_service("catalog", env=isolated_env(database_url)))
     assert ids(s) == [EMBEDDED]
     postgres.stop()
     try:

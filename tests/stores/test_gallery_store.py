@@ -29,10 +29,10 @@ import pytest
 import sqlalchemy as sa
 
 from boothstudio.services.generator.gallery import LEGACY_REVISIONS, png_bytes
-from boothstudio.shared.errors import decode_rpc_error
 from boothstudio.v1 import generator_pb2 as pb
 from boothstudio.v1 import generator_pb2_grpc
-from tests.helpers import ROOT, ServiceProcess, free_port, service_env
+from tests.helpers import ROOT, ServiceProcess, service_env
+from tests.stores.helpers import isolated_env, rpc_error
 from tests.stores.postgres import PostgresServer
 
 EMBEDDED = "boothstudio-tiny"
@@ -71,27 +71,8 @@ PRAGMA user_version = 1;
 """
 
 
-def env(database_url: str = "", **more: str) -> dict[str, str]:
-    out = {
-        # nothing listens there: a Catalog's questions to them are refused at once
-        "BOOTHSTUDIO_GENERATOR_ADDRESS": f"127.0.0.1:{free_port()}",
-        "BOOTHSTUDIO_TRAINER_ADDRESS": f"127.0.0.1:{free_port()}",
-        "BOOTHSTUDIO_CATALOG_ADDRESS": f"127.0.0.1:{free_port()}",
-        **more,
-    }
-    if database_url:
-        out["BOOTHSTUDIO_DATABASE_URL"] = database_url
-    return out
-
-
 def stub(svc: ServiceProcess) -> generator_pb2_grpc.GeneratorServiceStub:
     return generator_pb2_grpc.GeneratorServiceStub(svc.channel())
-
-
-def rpc_error(call: Callable[[], Any]) -> Any:
-    with pytest.raises(grpc.RpcError) as info:
-        call()
-    return decode_rpc_error(info.value)
 
 
 def generate(gen: generator_pb2_grpc.GeneratorServiceStub, **kw: Any) -> pb.GenerationFinished:
@@ -115,8 +96,8 @@ def pngs(svc: ServiceProcess) -> list[str]:
 def test_two_generators_on_one_postgres_database_share_the_gallery(
     start_service: Any, database_url: str
 ) -> None:
-    catalog = start_service("catalog", env=env(database_url))
-    gen_env = env(database_url, BOOTHSTUDIO_CATALOG_ADDRESS=catalog.address)
+    catalog = start_service("catalog", env=isolated_env(database_url))
+    gen_env = isolated_env(database_url, BOOTHSTUDIO_CATALOG_ADDRESS=catalog.address)
     a_svc = start_service("generator", ["--set", "torch_threads=1"], env=gen_env, timeout=180)
     b_svc = start_service("generator", NO_PRELOAD, env=gen_env, timeout=180)
     a, b = stub(a_svc), stub(b_svc)
@@ -217,7 +198,7 @@ def test_an_old_layout_gallery_sqlite3_is_migrated_with_its_rows(
         )
     assert LEGACY_REVISIONS[1] == HEAD
 
-    svc = start_service("generator", NO_PRELOAD, env=env(), data_dir=tmp_path, timeout=180)
+    svc = start_service("generator", NO_PRELOAD, env=isolated_env(), data_dir=tmp_path, timeout=180)
     s = stub(svc)
     assert listed(s) == ["img_kept"] and listed(s, job_id="old-job") == ["img_kept"]
     kept = s.GetImage(pb.GetImageRequest(image_id="img_kept")).image
@@ -290,12 +271,12 @@ def test_a_database_that_goes_away_answers_unavailable_and_the_generator_recover
     start_service: Any, postgres: PostgresServer, database_url: str
 ) -> None:
     # the Catalog keeps its own SQLite file: only the gallery's database goes away
-    catalog = start_service("catalog", env=env())
+    catalog = start_service("catalog", env=isolated_env())
     svc = start_service(
         "generator",
         ["--set", "torch_threads=1"],
         timeout=180,
-        env=env(database_url, BOOTHSTUDIO_CATALOG_ADDRESS=catalog.address),
+        env=isolated_env(database_url, BOOTHSTUDIO_CATALOG_ADDRESS=catalog.address),
     )
     s = stub(svc)
     made = list(generate(s, job_id="before").image_ids)

@@ -24,13 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import pytest
 import sqlalchemy as sa
 
 from boothstudio.services.trainer.store import LEGACY_REVISIONS, JobRow, JobStore
-from boothstudio.shared.errors import decode_rpc_error
 from boothstudio.v1 import catalog_pb2, trainer_pb2
 from tests.helpers import ServiceProcess
+from tests.stores.helpers import rpc_error
 from tests.stores.postgres import PostgresServer
 from tests.trainer.helpers import (
     JobState,
@@ -142,12 +141,6 @@ def start_pg_stack(start_service: Any, model_dir: Path, database_url: str,
             return start_service(name, args, {**(env or {}), **pg_env(database_url)}, **kw)
         started.append(start_trainer(factory, catalog, trainer_args))
     return Stack(catalog, started[0], model.id, model_dir), started
-
-
-def rpc_error(call: Any) -> Any:
-    with pytest.raises(grpc.RpcError) as info:
-        call()
-    return decode_rpc_error(info.value)
 
 
 def started_jobs(svc: ServiceProcess) -> list[str]:
