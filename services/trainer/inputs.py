@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from boothstudio.shared.images import ImageLimits, ImageRejected, decode, probe
+from boothstudio.shared.images import ImageLimits, ImageRejected, decode
 from boothstudio.shared.paths import file_name_problem
 
 MIN_SIDE = 8
@@ -41,8 +41,8 @@ def has_alpha(img: object) -> bool:
 
 
 def check_image(data: bytes, limits: ImageLimits, *, want_alpha: bool = False) -> CheckedImage:
-    """Header first, then one decode; raises ImageRejected (str = why) for a bad picture."""
-    info = probe(data, limits)
+    """Header first, then one decode (decode() checks the header itself); raises ImageRejected
+    (str = why) for a bad picture."""
     img = decode(data, limits)
     try:
         share = None
@@ -50,7 +50,7 @@ def check_image(data: bytes, limits: ImageLimits, *, want_alpha: bool = False) -
             alpha = img.convert("RGBA").getchannel("A")
             opaque = alpha.point(lambda a: 255 if a >= 128 else 0).histogram()[255]
             share = opaque / (img.width * img.height)
-        return CheckedImage(info.width, info.height, share)
+        return CheckedImage(img.width, img.height, share)
     finally:
         img.close()
 
