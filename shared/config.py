@@ -9,6 +9,9 @@ One YAML file can configure all three services::
     grace_period: 10            # seconds to finish work on SIGTERM
     database_url: ""            # metadata store; empty = SQLite under data_dir/<service>/
                                 # (e.g. postgresql+psycopg://user@host:5432/boothstudio)
+    storage_url: ""             # artifact store; empty = the data_dir itself
+                                # (e.g. s3://bucket/prefix, or a shared folder)
+    storage_options: {}         # for s3fs, e.g. {endpoint_url: "http://minio:9000"}
     auth:
       keys:                     # no keys = auth off
         - {key: "s3cret", roles: [admin]}
@@ -24,7 +27,7 @@ One YAML file can configure all three services::
 
 Environment variables: BOOTHSTUDIO_CONFIG, BOOTHSTUDIO_HOST, BOOTHSTUDIO_PORT,
 BOOTHSTUDIO_METRICS_PORT, BOOTHSTUDIO_DATA_DIR, BOOTHSTUDIO_LOG_LEVEL, BOOTHSTUDIO_LOG_FORMAT,
-BOOTHSTUDIO_GRACE_PERIOD, BOOTHSTUDIO_DATABASE_URL,
+BOOTHSTUDIO_GRACE_PERIOD, BOOTHSTUDIO_DATABASE_URL, BOOTHSTUDIO_STORAGE_URL,
 BOOTHSTUDIO_API_KEYS ("key1=read,generate;key2=admin"), BOOTHSTUDIO_SERVICE_API_KEY,
 BOOTHSTUDIO_TLS_CERT, BOOTHSTUDIO_TLS_KEY, BOOTHSTUDIO_TLS_CLIENT_CA,
 BOOTHSTUDIO_TLS_ROOT_CA (CA for calls to the other services),
@@ -84,6 +87,9 @@ class ServiceConfig:
     grace_period: float = 10.0
     #: the metadata store (shared.metadata_store); "" = SQLite under service_dir
     database_url: str = ""
+    #: the artifact store (shared.artifact_store); "" = data_dir itself
+    storage_url: str = ""
+    storage_options: dict[str, Any] = field(default_factory=dict)
     api_keys: dict[str, frozenset[str]] = field(default_factory=dict)  # key -> roles
     service_api_key: str = ""
     tls: TLSConfig | None = None
@@ -180,6 +186,10 @@ def build_arg_parser(service: str) -> argparse.ArgumentParser:
         "(default: SQLite under the data dir)",
     )
     p.add_argument(
+        "--storage-url",
+        help="artifact store, e.g. s3://bucket/prefix or a shared folder (default: the data dir)",
+    )
+    p.add_argument(
         "--set",
         action="append",
         default=[],
@@ -243,11 +253,23 @@ def load_config(
                 "",
             )
         ).strip()
+        cfg.storage_url = str(
+            pick(
+                args.storage_url,
+                "STORAGE_URL",
+                section.pop("storage_url", file.get("storage_url")),
+                "",
+            )
+        ).strip()
         cfg.max_message_bytes = int(
             pick(None, "MAX_MESSAGE_BYTES", file.get("max_message_bytes"), cfg.max_message_bytes)
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(str(exc)) from exc
+    options = section.pop("storage_options", file.get("storage_options")) or {}
+    if not isinstance(options, dict):
+        raise ConfigError("storage_options must be a mapping (e.g. {endpoint_url: ...})")
+    cfg.storage_options = dict(options)
     if cfg.log_format not in ("json", "text"):
         raise ConfigError(f"log_format must be json or text, not {cfg.log_format!r}")
 

@@ -1,4 +1,5 @@
-"""Fixtures of the store tests: a real PostgreSQL server for the session (see postgres.py).
+"""Fixtures of the store tests: a real PostgreSQL server for the session (see postgres.py) and
+a real S3 endpoint (moto's server, see s3.py).
 
 Skipped when PostgreSQL is not installed, unless BOOTHSTUDIO_REQUIRE_POSTGRES=1 (CI sets it,
 after `apt-get install postgresql`), where a missing server fails instead.
@@ -13,6 +14,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from tests.stores.postgres import PostgresServer, find_bindir
+from tests.stores.s3 import MotoServer, S3Target
 
 _names = itertools.count(1)
 
@@ -42,3 +44,19 @@ def database_url(postgres: PostgresServer) -> str:
 def new_database(postgres: PostgresServer) -> Callable[[], str]:
     """Factory of fresh, empty databases."""
     return lambda: postgres.create_database(f"t{os.getpid()}_{next(_names)}")
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[MotoServer]:
+    """moto's S3 server on loopback for the session (see s3.py)."""
+    server = MotoServer.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server: MotoServer) -> S3Target:
+    """A fresh, empty bucket: url s3://<bucket>/boothstudio, env for service processes."""
+    return s3_server.new_bucket(f"b{os.getpid()}-{next(_names)}")

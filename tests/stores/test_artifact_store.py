@@ -1,0 +1,127 @@
+"""The artifact store (shared/artifact_store.py) on a local folder and on a real S3 endpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import pytest
+
+from boothstudio.shared.artifact_store import (
+    ArtifactCorrupt,
+    ArtifactMissing,
+    ArtifactStore,
+    StoreUnavailable,
+    open_artifact_store,
+)
+from boothstudio.shared.config import ConfigError
+from tests.stores.s3 import MotoServer, S3Target
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> ArtifactStore:
+    if request.param == "local":
+        return open_artifact_store("", tmp_path / "data")
+    bucket: S3Target = request.getfixturevalue("s3_bucket")
+    return open_artifact_store(bucket.url, tmp_path / "data", bucket.options)
+
+
+def test_an_object_round_trips_with_its_hash_and_a_wrong_hash_is_data_loss(
+    store: ArtifactStore,
+) -> None:
+    art = store.put_bytes("generator/images/a.png", b"png bytes")
+    assert store.get_bytes(art.key, art.sha256) == b"png bytes"
+    assert store.key_of(store.url_of(art.key)) == art.key
+    with pytest.raises(ArtifactCorrupt) as info:
+        store.get_bytes(art.key, "0" * 64)
+    assert info.value.code == grpc.StatusCode.DATA_LOSS
+    store.delete(art.key)
+    with pytest.raises(ArtifactMissing):
+        store.get_bytes(art.key)
+
+
+def test_a_folder_exists_for_readers_only_with_its_manifest(
+    store: ArtifactStore, tmp_path: Path
+) -> None:
+    src = tmp_path / "model"
+    (src / "unet").mkdir(parents=True)
+    (src / "model_index.json").write_text("{}")
+    (src / "unet" / "w.bin").write_bytes(b"w" * 5000)
+    manifest = store.put_tree(src, "catalog/models/m1")
+    assert set(manifest.files) == {"model_index.json", "unet/w.bin"}
+    seen: list[tuple[int, int]] = []
+    out = store.get_tree(
+        "catalog/models/m1", tmp_path / "pulled", progress=lambda d, t: seen.append((d, t))
+    )
+    assert (out.digest, (tmp_path / "pulled" / "unet" / "w.bin").read_bytes()) == (
+        manifest.digest, b"w" * 5000)
+    assert seen[-1] == (manifest.size, manifest.size)
+    # a folder whose manifest is gone (being deleted, or never finished) is not there
+    store.delete("catalog/models/m1/MANIFEST.json")
+    assert store.read_manifest("catalog/models/m1") is None
+    with pytest.raises(ArtifactMissing):
+        store.get_tree("catalog/models/m1", tmp_path / "again")
+    assert not (tmp_path / "again").exists()
+
+
+def test_a_torn_file_in_a_folder_is_refused_and_nothing_is_left_half_pulled(
+    store: ArtifactStore, tmp_path: Path
+) -> None:
+    src = tmp_path / "model"
+    src.mkdir()
+    (src / "a.bin").write_bytes(b"a" * 100)
+    store.put_tree(src, "m")
+    store.put_bytes("m/a.bin", b"a" * 50)  # replaced behind the manifest's back
+    with pytest.raises(ArtifactCorrupt):
+        store.get_tree("m", tmp_path / "pulled")
+    assert not (tmp_path / "pulled").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".pulled")]
+
+
+def test_delete_tree_removes_every_object(store: ArtifactStore, tmp_path: Path) -> None:
+    src = tmp_path / "model"
+    src.mkdir()
+    (src / "a.bin").write_bytes(b"a")
+    store.put_tree(src, "catalog/models/m2")
+    store.put_bytes("catalog/models/keep.txt", b"k")
+    store.delete_tree("catalog/models/m2")
+    assert store.list_keys("catalog") == ["catalog/models/keep.txt"]
+
+
+def test_the_default_store_is_the_data_dir_and_copies_nothing(tmp_path: Path) -> None:
+    store = open_artifact_store("", tmp_path)
+    local = tmp_path / "trainer" / "jobs" / "j1" / "x.ckpt"
+    local.parent.mkdir(parents=True)
+    local.write_bytes(b"state")
+    art = store.put_file(local, "trainer/jobs/j1/x.ckpt")
+    assert store.local_path(art.key) == local.resolve()
+    assert store.url_of(art.key) == str(local.resolve())
+    assert not store.is_remote_location(str(local))
+
+
+def test_a_missing_bucket_or_bad_url_is_a_config_error_naming_storage_url(
+    s3_bucket: S3Target, tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigError, match="storage_url: bucket 'no-such-bucket' not found"):
+        open_artifact_store("s3://no-such-bucket/x", tmp_path, s3_bucket.options)
+    with pytest.raises(ConfigError, match="storage_url"):
+        open_artifact_store("nosuchproto://x/y", tmp_path)
+
+
+def test_an_unreachable_store_is_unavailable_and_recovers_by_itself(tmp_path: Path) -> None:
+    server = MotoServer.start()
+    try:
+        bucket = server.new_bucket("outage")
+        store = open_artifact_store(bucket.url, tmp_path, bucket.options)
+        store.put_bytes("k", b"v")
+        server.stop()
+        with pytest.raises(StoreUnavailable) as info:
+            store.get_bytes("k")
+        assert info.value.code == grpc.StatusCode.UNAVAILABLE
+        assert info.value.reason == "STORAGE_UNAVAILABLE" and info.value.retry_after
+        server.restart()  # moto starts empty: the bucket is made again
+        server.new_bucket("outage")
+        store.put_bytes("k", b"v2")
+        assert store.get_bytes("k") == b"v2"
+    finally:
+        server.stop()
