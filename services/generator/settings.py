@@ -33,3 +33,12 @@ class GeneratorSettings(RemoteBackendSettings):
     keepalive_seconds: float = Field(
         10.0, gt=0, description="send an empty event when a stream was quiet this long"
     )
+    model_cache_bytes: int = Field(
+        20 * 1024**3, ge=0,
+        description="bytes of models pulled from a remote artifact store kept on local disk "
+        "(least recently used evicted; a model in use is never evicted)",
+    )
+    advertise_address: str = Field(
+        "", description="host:port at which the other replicas reach this one (CancelGeneration "
+        "routing); empty = host:port, with this machine's name when host is 0.0.0.0",
+    )

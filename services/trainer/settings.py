@@ -29,3 +29,16 @@ class TrainerSettings(ServiceSettings):
         description="bytes of all pictures in one UploadImages stream (what it holds in memory)",
     )
     sample_steps: int = Field(20, ge=1, description="denoising steps of validation samples")
+    lease_seconds: float = Field(
+        30.0, ge=3, le=3600,
+        description="a running job's lease: renewed every third of it; another replica takes "
+        "the job over when its runner has not renewed it for this long",
+    )
+    replica_id: str = Field(
+        "", description="this replica's name in job leases (empty = host name and port; keep it "
+        "stable across restarts so a restarted replica takes its own jobs back at once)",
+    )
+    model_cache_bytes: int = Field(
+        20 * 1024**3, ge=0,
+        description="bytes of base models pulled from a remote artifact store kept on local disk",
+    )

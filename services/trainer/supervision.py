@@ -27,7 +27,11 @@ from typing import Any
 from boothstudio.services.trainer.metrics import TrainerMetrics
 from boothstudio.services.trainer.settings import TrainerSettings
 from boothstudio.services.trainer.store import ACTIVE, JobRow, JobStore
-from boothstudio.services.trainer.worker import STOP_FILE, WORKER_DATABASE_URL_ENV
+from boothstudio.services.trainer.worker import (
+    STOP_FILE,
+    WORKER_DATABASE_URL_ENV,
+    worker_storage_env,
+)
 from boothstudio.shared.server import ServiceContext
 from boothstudio.shared.storage import atomic_write_text
 from boothstudio.v1 import trainer_pb2
@@ -158,6 +162,7 @@ class Supervisor:
         # the worker opens the service's metadata store (empty: the SQLite file in
         # --service-dir); in the environment, not the command line, where a password would show
         env[WORKER_DATABASE_URL_ENV] = self.ctx.config.database_url
+        env.update(worker_storage_env(self.ctx.config))
         args = [sys.executable, "-m", "boothstudio.services.trainer.worker",
                 "--service-dir", str(self.service_dir),
                 "--job-id", job.id, "--catalog", self.catalog_address,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import json
 import logging
 import os
 import signal
@@ -26,6 +27,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from boothstudio.services.trainer.store import ACTIVE, JobStore
+from boothstudio.shared.artifact_store import ArtifactStore, open_artifact_store
+from boothstudio.shared.config import ServiceConfig
 from boothstudio.v1 import catalog_pb2, catalog_pb2_grpc, trainer_pb2
 
 if TYPE_CHECKING:
@@ -37,6 +40,22 @@ STOP_FILE = "STOP"
 #: the service's database_url, set by the supervisor when it starts a worker (empty: the
 #: SQLite file in --service-dir)
 WORKER_DATABASE_URL_ENV = "BOOTHSTUDIO_TRAINER_WORKER_DATABASE_URL"
+#: the service's artifact store (storage_url, storage_options as JSON, data_dir), likewise
+WORKER_STORAGE_ENV = "BOOTHSTUDIO_TRAINER_WORKER_STORAGE"
+
+
+def worker_storage_env(config: ServiceConfig) -> dict[str, str]:
+    """What a worker needs to open the same artifact store as its service."""
+    return {WORKER_STORAGE_ENV: json.dumps({
+        "url": config.storage_url, "options": config.storage_options,
+        "data_dir": str(Path(config.data_dir).resolve())})}
+
+
+def open_worker_store() -> ArtifactStore:
+    """The service's artifact store, from the supervisor's environment (worker_storage_env)."""
+    given = json.loads(os.environ.get(WORKER_STORAGE_ENV) or "{}")
+    return open_artifact_store(given.get("url", ""), Path(given.get("data_dir", "data")),
+                               given.get("options") or {}, check=False)
 
 
 def die_with_parent() -> None:
