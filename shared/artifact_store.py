@@ -81,6 +81,16 @@ class Artifact:
     size: int
 
 
+@dataclass(frozen=True)
+class StoredFolder:
+    """Where a recorded location lives: the folder (with its manifest) and, when the location
+    names one file in it (a single-file model, a LoRA), that file's path inside the folder."""
+
+    prefix: str
+    manifest: Manifest
+    inner: str = ""
+
+
 @dataclass
 class Manifest:
     """A folder's files: relative POSIX path -> (size, sha256)."""
@@ -317,7 +327,7 @@ class ArtifactStore:
         """The folder's manifest, or None while it is absent (not written yet, or deleted)."""
         try:
             return Manifest.from_json(self.get_bytes(f"{prefix}/{MANIFEST}"))
-        except ArtifactMissing:
+        except (ArtifactMissing, NotADirectoryError):  # the latter: the prefix is a local file
             return None
 
     def get_tree(self, prefix: str, local_dir: Path, progress: Progress | None = None,
@@ -340,6 +350,39 @@ class ArtifactStore:
             os.replace(tmp, local_dir)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+        return manifest
+
+    def locate(self, location: str) -> StoredFolder | None:
+        """The stored folder of a location from url_of: the folder itself, or the folder of
+        which it names a file (None when it is not in this store or not committed)."""
+        key = self.key_of(location)
+        if key is None:
+            return None
+        manifest = self.read_manifest(key)
+        if manifest is not None:
+            return StoredFolder(key, manifest)
+        parent, _, name = key.rpartition("/")
+        manifest = self.read_manifest(parent) if parent else None
+        if manifest is not None and name in manifest.files:
+            return StoredFolder(parent, manifest, name)
+        return None
+
+    def copy_tree(self, src_prefix: str, dst_prefix: str) -> Manifest:
+        """Copy a committed folder inside the store (server-side on S3), manifest last."""
+        manifest = self.read_manifest(src_prefix)
+        if manifest is None:
+            raise ArtifactMissing(f"{src_prefix} is not in the artifact store")
+        with self._calls(f"copying {src_prefix}"):
+            for rel in sorted(manifest.files):
+                dst = self.path_of(f"{dst_prefix}/{rel}")
+                if self.is_local:
+                    Path(dst).parent.mkdir(parents=True, exist_ok=True)
+                    tmp = f"{dst}.{uuid.uuid4().hex[:8]}.tmp"
+                    shutil.copyfile(self.path_of(f"{src_prefix}/{rel}"), tmp)
+                    os.replace(tmp, dst)
+                else:
+                    self.fs.copy(self.path_of(f"{src_prefix}/{rel}"), dst)
+        self.put_bytes(f"{dst_prefix}/{MANIFEST}", manifest.to_json())
         return manifest
 
     def delete_tree(self, prefix: str) -> None:

@@ -125,3 +125,21 @@ def test_an_unreachable_store_is_unavailable_and_recovers_by_itself(tmp_path: Pa
         assert store.get_bytes("k") == b"v2"
     finally:
         server.stop()
+
+
+def test_a_location_names_a_folder_or_a_file_in_one_and_folders_copy_inside_the_store(
+    store: ArtifactStore, tmp_path: Path
+) -> None:
+    src = tmp_path / "lora"
+    src.mkdir()
+    (src / "w.safetensors").write_bytes(b"lora")
+    store.put_tree(src, "trainer/jobs/j1/export/lora")
+    whole = store.locate(store.url_of("trainer/jobs/j1/export/lora"))
+    one = store.locate(store.url_of("trainer/jobs/j1/export/lora/w.safetensors"))
+    assert whole is not None and (whole.prefix, whole.inner) == ("trainer/jobs/j1/export/lora", "")
+    assert one is not None and one.inner == "w.safetensors" and one.prefix == whole.prefix
+    assert store.locate(store.url_of("trainer/jobs/j1/export/other")) is None
+    copied = store.copy_tree("trainer/jobs/j1/export/lora", "catalog/models/m1")
+    assert copied.digest == whole.manifest.digest
+    assert store.get_bytes("catalog/models/m1/w.safetensors", copied.files["w.safetensors"][1]) == (
+        b"lora")
