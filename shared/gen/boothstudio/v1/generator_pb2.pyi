@@ -437,6 +437,41 @@ class GenerationProgress(_message.Message):
 Global___GenerationProgress: _TypeAlias = GenerationProgress  # noqa: Y015
 
 @_typing.final
+class ModelDownload(_message.Message):
+    """The model's files being copied from the artifact store into this replica's local model cache:
+    the first use of a model on a replica when storage_url names a remote store (a model already
+    cached, or kept in a local folder, sends none). Sent at most a few times a second while the copy
+    runs, the last one with bytes_done == bytes_total; denoising progress follows. A client that
+    predates this event sees a response without an event, as for a keepalive.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    BYTES_DONE_FIELD_NUMBER: _builtins.int
+    BYTES_TOTAL_FIELD_NUMBER: _builtins.int
+    model_id: _builtins.str
+    """The model being downloaded (for a LoRA: the LoRA itself or its base model)."""
+    bytes_done: _builtins.int
+    """Bytes copied so far."""
+    bytes_total: _builtins.int
+    """Bytes of the model's stored folder."""
+    def __init__(
+        self,
+        *,
+        model_id: _builtins.str = ...,
+        bytes_done: _builtins.int = ...,
+        bytes_total: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_done", b"bytes_done", "bytes_total", b"bytes_total", "model_id", b"model_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelDownload: _TypeAlias = ModelDownload  # noqa: Y015
+
+@_typing.final
 class GeneratedImage(_message.Message):
     """One finished image."""
 
@@ -552,6 +587,7 @@ class GenerateResponse(_message.Message):
     IMAGE_FIELD_NUMBER: _builtins.int
     FINISHED_FIELD_NUMBER: _builtins.int
     WARNING_FIELD_NUMBER: _builtins.int
+    MODEL_DOWNLOAD_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """The job this event belongs to (in every event)."""
     @_builtins.property
@@ -582,6 +618,10 @@ class GenerateResponse(_message.Message):
     def warning(self) -> _common_pb2.Warning:
         """A non-fatal remark (e.g. prompt truncated)."""
 
+    @_builtins.property
+    def model_download(self) -> Global___ModelDownload:
+        """The model is being downloaded to this replica (before the first step)."""
+
     def __init__(
         self,
         *,
@@ -593,12 +633,13 @@ class GenerateResponse(_message.Message):
         image: Global___GeneratedImage | None = ...,
         finished: Global___GenerationFinished | None = ...,
         warning: _common_pb2.Warning | None = ...,
+        model_download: Global___ModelDownload | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "finished", b"finished", "image", b"image", "progress", b"progress", "queued", b"queued", "started", b"started", "time", b"time", "warning", b"warning"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "finished", b"finished", "image", b"image", "model_download", b"model_download", "progress", b"progress", "queued", b"queued", "started", b"started", "time", b"time", "warning", b"warning"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "finished", b"finished", "image", b"image", "job_id", b"job_id", "progress", b"progress", "queued", b"queued", "started", b"started", "time", b"time", "warning", b"warning"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "finished", b"finished", "image", b"image", "job_id", b"job_id", "model_download", b"model_download", "progress", b"progress", "queued", b"queued", "started", b"started", "time", b"time", "warning", b"warning"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["queued", "started", "progress", "image", "finished", "warning"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["queued", "started", "progress", "image", "finished", "warning", "model_download"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
