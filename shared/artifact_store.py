@@ -37,7 +37,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -300,6 +300,16 @@ class ArtifactStore:
             tmp.unlink(missing_ok=True)
         return local
 
+    def read_range(self, key: str, start: int, length: int) -> bytes:
+        """`length` bytes of `key` from offset `start` (fewer at its end): a file's header
+        without fetching the file."""
+        with self._calls(f"reading {key}"):
+            try:
+                data = self.fs.cat_file(self.path_of(key), start=start, end=start + length)
+                return bytes(data)
+            except FileNotFoundError:
+                raise ArtifactMissing(f"{key} is not in the artifact store") from None
+
     def exists(self, key: str) -> bool:
         with self._calls(f"looking up {key}"):
             return bool(self.fs.exists(self.path_of(key)))
@@ -367,11 +377,18 @@ class ArtifactStore:
             return StoredFolder(parent, manifest, name)
         return None
 
-    def copy_tree(self, src_prefix: str, dst_prefix: str) -> Manifest:
-        """Copy a committed folder inside the store (server-side on S3), manifest last."""
+    def copy_tree(self, src_prefix: str, dst_prefix: str,
+                  only: Collection[str] | None = None) -> Manifest:
+        """Copy a committed folder inside the store (server-side on S3), manifest last; with
+        `only`, just those files of it (one file of a folder, committed as a folder of its own)."""
         manifest = self.read_manifest(src_prefix)
         if manifest is None:
             raise ArtifactMissing(f"{src_prefix} is not in the artifact store")
+        if only is not None:
+            missing = sorted(set(only) - set(manifest.files))
+            if missing:
+                raise ArtifactMissing(f"{src_prefix} has no {', '.join(missing)}")
+            manifest = Manifest({rel: manifest.files[rel] for rel in only})
         with self._calls(f"copying {src_prefix}"):
             for rel in sorted(manifest.files):
                 dst = self.path_of(f"{dst_prefix}/{rel}")

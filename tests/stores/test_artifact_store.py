@@ -143,3 +143,26 @@ def test_a_location_names_a_folder_or_a_file_in_one_and_folders_copy_inside_the_
     assert copied.digest == whole.manifest.digest
     assert store.get_bytes("catalog/models/m1/w.safetensors", copied.files["w.safetensors"][1]) == (
         b"lora")
+
+
+def test_a_range_reads_part_of_an_object_and_one_file_of_a_folder_copies_alone(
+    store: ArtifactStore, tmp_path: Path
+) -> None:
+    src = tmp_path / "job"
+    src.mkdir()
+    (src / "model.safetensors").write_bytes(b"0123456789")
+    (src / "step-1.ckpt").write_bytes(b"state")
+    store.put_tree(src, "trainer/jobs/j2/export")
+    key = "trainer/jobs/j2/export/model.safetensors"
+    assert store.read_range(key, 0, 4) == b"0123"
+    assert store.read_range(key, 8, 100) == b"89"  # fewer at the end
+    with pytest.raises(ArtifactMissing):
+        store.read_range("trainer/jobs/j2/export/nope.safetensors", 0, 8)
+    copied = store.copy_tree("trainer/jobs/j2/export", "catalog/models/m3",
+                             only=["model.safetensors"])
+    assert list(copied.files) == ["model.safetensors"]
+    assert store.list_keys("catalog/models/m3") == [
+        "catalog/models/m3/MANIFEST.json", "catalog/models/m3/model.safetensors"]
+    assert store.read_manifest("catalog/models/m3") == copied
+    with pytest.raises(ArtifactMissing):
+        store.copy_tree("trainer/jobs/j2/export", "catalog/models/m4", only=["nope.bin"])
