@@ -7,6 +7,10 @@ first_seed + i, so a job asking for more images than are cached generates only t
 and a changed prompt or model never reuses stale images (anchors cache by count only).
 
 Layout: <cache>/<key>/manifest.json + 000000.png, 000001.png, ... (each written atomically).
+
+With an artifact store the cache is shared by every Trainer host: a set is put in the store (a
+committed folder, trainer/class_images/<key>) after it is made, and a host that lacks images
+pulls them (hash-checked) before generating any.
 """
 
 from __future__ import annotations
@@ -14,14 +18,23 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from boothstudio.services.trainer.job_files import class_images_key, is_in_place
+from boothstudio.shared.artifact_store import (
+    ArtifactCorrupt,
+    ArtifactMissing,
+    ArtifactStore,
+    StoreUnavailable,
+)
 from boothstudio.shared.storage import atomic_write_bytes, atomic_write_text
 
+log = logging.getLogger("boothstudio.trainer.class_images")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".json", ".txt")
 
 
@@ -81,8 +94,9 @@ class CacheResult:
 
 
 class ClassImageCache:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, store: ArtifactStore | None = None) -> None:
         self.root = Path(root)
+        self.store = store
 
     def folder(self, key: ClassImageKey) -> Path:
         return self.root / key.digest
@@ -103,6 +117,8 @@ class ClassImageCache:
             atomic_write_text(manifest, json.dumps(asdict(key), indent=2))
         paths = [folder / f"{i:06d}.png" for i in range(count)]
         missing = [i for i, p in enumerate(paths) if not p.exists()]
+        if missing and self._pull(key, paths, missing):
+            missing = [i for i, p in enumerate(paths) if not p.exists()]
         cached = count - len(missing)
         ready = cached
         if progress:
@@ -117,5 +133,44 @@ class ClassImageCache:
             ready += len(chunk)
             if progress:
                 progress(ready, count, cached)
+        if missing:
+            self._push(key, folder)
         os.utime(folder)  # last use, for a future LRU sweep
         return CacheResult(paths, cached, len(missing), folder)
+
+    def _shared(self, key: ClassImageKey) -> str | None:
+        """The set's prefix in the store, or None when the store is this folder itself."""
+        prefix = class_images_key(key.digest)
+        if self.store is None or is_in_place(self.store, prefix, self.folder(key)):
+            return None
+        return prefix
+
+    def _pull(self, key: ClassImageKey, paths: list[Path], missing: list[int]) -> bool:
+        """The missing images another host already made (True when any came); a store that is
+        down or a set that does not match its manifest only means generating them here."""
+        prefix = self._shared(key)
+        if prefix is None:
+            return False
+        assert self.store is not None
+        pulled = False
+        try:
+            manifest = self.store.read_manifest(prefix)
+            for i in missing if manifest else []:
+                entry = manifest.files.get(paths[i].name) if manifest else None
+                if entry is not None:
+                    self.store.get_file(f"{prefix}/{paths[i].name}", paths[i], sha256=entry[1])
+                    pulled = True
+        except (ArtifactCorrupt, ArtifactMissing, StoreUnavailable) as exc:
+            log.warning("class images %s not taken from the store: %s", key.digest, exc)
+        return pulled
+
+    def _push(self, key: ClassImageKey, folder: Path) -> None:
+        """The grown set into the store for the other hosts (kept here when that fails)."""
+        prefix = self._shared(key)
+        if prefix is None:
+            return
+        assert self.store is not None
+        try:
+            self.store.put_tree(folder, prefix)
+        except StoreUnavailable as exc:
+            log.warning("class images %s not shared: %s", key.digest, exc)

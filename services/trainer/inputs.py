@@ -8,18 +8,20 @@ picture is decoded twice. Blocking: callers run these off the event loop.
 
 File names become files in a job or dataset folder, so they are refused (not rewritten) when
 they could escape it or hide in it: a path separator, `.`/`..`, a leading dot (the trainer skips
-hidden files), a control character, the folder's own `captions.json`, more than 255 UTF-8 bytes.
+hidden files), a control character, the folder's own `captions.json` or `MANIFEST.json` (its
+list of files in the artifact store), more than 255 UTF-8 bytes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from boothstudio.shared.artifact_store import MANIFEST
 from boothstudio.shared.images import ImageLimits, ImageRejected, decode
 from boothstudio.shared.paths import file_name_problem
 
 MIN_SIDE = 8
-RESERVED_NAMES = frozenset({"captions.json"})
+RESERVED_NAMES = {"captions.json": "the folder's captions", MANIFEST: "the folder's file list"}
 
 
 def image_limits(max_bytes: int) -> ImageLimits:
@@ -58,7 +60,7 @@ def check_image(data: bytes, limits: ImageLimits, *, want_alpha: bool = False) -
 def filename_problem(name: str) -> str | None:
     """Why `name` cannot be a picture's file name in a job or dataset folder, or None."""
     if name in RESERVED_NAMES:
-        return f"{name!r} is reserved for the folder's captions"
+        return f"{name!r} is reserved for {RESERVED_NAMES[name]}"
     return file_name_problem(name)
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from boothstudio.services.trainer import base_model, uploads
 from boothstudio.services.trainer.options import Limits, Resolved, resolve
 from boothstudio.services.trainer.store import JobRow, JobStore
+from boothstudio.shared.artifact_store import ArtifactStore
 from boothstudio.shared.errors import InvalidArgument, NotFound
 from boothstudio.v1 import catalog_pb2_grpc, trainer_pb2
 
@@ -28,12 +29,13 @@ async def check_config(
     store: JobStore,
     datasets_dir: Path,
     limits: Limits,
+    artifacts: ArtifactStore | None = None,
 ) -> tuple[dict[str, Any], Resolved]:
     """The base model and the checked, completed config."""
     base, model_violation, model_missing = await base_model.look_up(
         catalog, catalog_address, config.base_model_id)
     dataset = (await asyncio.to_thread(uploads.dataset_images, store, datasets_dir,
-                                       config.dataset_id)
+                                       config.dataset_id, artifacts)
                if config.dataset_id and not config.instance_images else None)
     try:
         resolved = await asyncio.to_thread(

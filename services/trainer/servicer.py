@@ -40,6 +40,7 @@ from boothstudio.services.trainer.options import Limits
 from boothstudio.services.trainer.settings import TrainerSettings
 from boothstudio.services.trainer.store import JobRow, JobStore
 from boothstudio.services.trainer.supervision import Supervisor
+from boothstudio.shared.artifact_store import store_for
 from boothstudio.shared.channels import aio_channel
 from boothstudio.shared.errors import (
     AlreadyExists,
@@ -65,6 +66,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         self.jobs_dir = cfg.service_dir / "jobs"
         self.datasets_dir = cfg.service_dir / "datasets"
         self.store = JobStore(cfg.service_dir / "trainer.sqlite3", cfg.database_url)
+        self.artifacts = store_for(cfg)  # a storage_url that cannot be used stops the start
         self.queue_size = settings.queue_size
         self.limits = Limits(
             max_instance_images=settings.max_instance_images,
@@ -125,7 +127,8 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             raise AlreadyExists(f"job {request.job_id!r} exists", reason="JOB_EXISTS")
         base, resolved = await job_creation.check_config(
             request.config, catalog=self.catalog, catalog_address=self.catalog_address,
-            store=self.store, datasets_dir=self.datasets_dir, limits=self.limits)
+            store=self.store, datasets_dir=self.datasets_dir, limits=self.limits,
+            artifacts=self.artifacts)
         job = job_creation.new_job(request.job_id or new_id("job"), request.display_name, base,
                                    resolved, self.jobs_dir)
         if request.validate_only:
@@ -137,11 +140,11 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             raise ResourceExhausted(f"the training queue is full ({self.queue_size} jobs)",
                                     reason="QUEUE_FULL", retry_after=30.0)
         await asyncio.to_thread(uploads.write_job_dir, job, resolved.images,
-                                request.display_name)
+                                request.display_name, self.artifacts)
         try:  # the row and its first events in one transaction; the folder goes if it fails
             await asyncio.to_thread(self.store.insert_job, job)
         except BaseException as exc:
-            await asyncio.to_thread(uploads.remove_job_dir, job)
+            await asyncio.to_thread(uploads.remove_job_dir, job, self.artifacts)
             if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
                 raise Unavailable("the job store is busy", retry_after=1.0) from exc
             raise
@@ -156,7 +159,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     ) -> trainer_pb2.UploadImagesResponse:
         dataset_id, name, files = await uploads.receive(request_iterator, self.store, self.limits)
         return await asyncio.to_thread(uploads.save, self.store, self.datasets_dir, self.limits,
-                                       dataset_id, name, files)
+                                       dataset_id, name, files, self.artifacts)
 
     # ------------------------------------------------------------------ reads
 

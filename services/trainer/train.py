@@ -17,6 +17,11 @@ Job folder layout::
     logs/tensorboard, logs/csv      Lightning loggers
     output/diffusers/               final model (full fine-tune), output/<name>.safetensors
                                     (original single-file layout); output/lora/ for LoRA jobs
+
+With an artifact store (JobSpec.store) the folder is a scratch copy of the store's
+(services/trainer/job_files.py): inputs and the newest committed checkpoint are pulled when this
+host lacks them, checkpoints and exports go up off the training thread, the final model is put
+in the store before it is registered.
 """
 
 from __future__ import annotations
@@ -46,6 +51,15 @@ from boothstudio.services.trainer.class_images import (
     model_content_hash,
 )
 from boothstudio.services.trainer.inputs import has_alpha
+from boothstudio.services.trainer.job_files import (
+    CheckpointUploader,
+    is_in_place,
+    job_key,
+    prune_checkpoints,
+    pull_inputs,
+    pull_newest_checkpoint,
+    store_output,
+)
 from boothstudio.services.trainer.metrics import (
     CHECKPOINT_SECONDS,
     CLASS_IMAGES,
@@ -59,6 +73,7 @@ from boothstudio.services.trainer.module import (
     StepBatches,
     image_tensor,
 )
+from boothstudio.shared.artifact_store import MANIFEST, ArtifactStore
 from boothstudio.shared.storage import fsync_dir
 from boothstudio.v1 import trainer_pb2
 
@@ -104,6 +119,8 @@ class JobSpec:
     #: tests: stop as if cancelled once this step is done
     stop_at_step: int = 0
     extra_callbacks: list[Callback] = field(default_factory=list)
+    #: where the job's files live beyond this host (None: the job folder only)
+    store: ArtifactStore | None = None
 
 
 @dataclass
@@ -216,6 +233,9 @@ class JobCallback(Callback):
         self.times: deque[tuple[float, int]] = deque(maxlen=20)
         self.stop_reason = ""
         self.last_emit = 0.0
+        self.shares = spec.store is not None and not is_in_place(
+            spec.store, job_key(spec.job_id), spec.job_dir)
+        self.uploader: CheckpointUploader | None = None  # started with the first checkpoint
 
     # -- hooks
 
@@ -310,12 +330,41 @@ class JobCallback(Callback):
                 checkpoint_id=old.stem, step=int(old.stem.split("-")[1]),
                 kind=trainer_pb2.CHECKPOINT_KIND_FULL_STATE, path=str(old)))
         self.reporter.observe(CHECKPOINT_SECONDS, time.monotonic() - started)
+        self._share(final, export)
         for path, kind in ((final, trainer_pb2.CHECKPOINT_KIND_FULL_STATE),
                            (export, trainer_pb2.CHECKPOINT_KIND_EXPORT)):
             self.reporter.checkpoint(trainer_pb2.Checkpoint(
                 checkpoint_id=name, step=step, kind=kind, path=str(path),
                 size_bytes=path.stat().st_size, create_time=_timestamp_now()),
                 removed if kind == trainer_pb2.CHECKPOINT_KIND_FULL_STATE else [])
+
+    def _share(self, checkpoint: Path, export: Path) -> None:
+        """Queue the new files for the store, then retention there (the uploader thread works
+        through them while training goes on)."""
+        if not self.shares:
+            return
+        assert self.spec.store is not None
+        if self.uploader is None:
+            self.uploader = CheckpointUploader(self.spec.store)
+        self._report_upload_failures(self.uploader.take_failures())
+        self.uploader.upload(checkpoint, job_key(self.spec.job_id, "checkpoints",
+                                                 checkpoint.name))
+        self.uploader.upload(export, job_key(self.spec.job_id, "exports", export.name))
+        store, job_id, keep = self.spec.store, self.spec.job_id, self.cfg.checkpoints_to_keep
+        self.uploader.run(f"retention of job {job_id}'s stored checkpoints",
+                          lambda: prune_checkpoints(store, job_id, keep))
+
+    def finish_uploads(self) -> None:
+        """Wait until every queued checkpoint is in the store (the job ends, or stops to be
+        resumed elsewhere)."""
+        if self.uploader is not None:
+            self._report_upload_failures(self.uploader.close())
+            self.uploader = None
+
+    def _report_upload_failures(self, failures: list[str]) -> None:
+        for failure in failures:
+            self.reporter.warning("CHECKPOINT_UPLOAD_FAILED",
+                                  f"kept on this host only: {failure}"[:1000])
 
     def samples(self, trainer: L.Trainer, module: DreamBoothModule, step: int) -> None:
         if not trainer.is_global_zero:
@@ -431,7 +480,8 @@ def _instance_images(job_dir: Path, keep_alpha: bool = False
     captions_file = folder / "captions.json"
     captions = json.loads(captions_file.read_text()) if captions_file.exists() else {}
     names = sorted(p.name for p in folder.iterdir()
-                   if p.is_file() and p.name != "captions.json" and not p.name.startswith("."))
+                   if p.is_file() and p.name not in ("captions.json", MANIFEST)
+                   and not p.name.startswith("."))
     images = []
     for n in names:
         with Image.open(folder / n) as im:
@@ -470,7 +520,7 @@ def prepare_class_images(spec: JobSpec, pipe: Any, reporter: Reporter, prompts: 
     source = Path(spec.base_model["source_path"])
     model_hash = (model_content_hash(source, spec.model_hash_memo) if source.exists()
                   else f"id:{spec.base_model.get('id')}")
-    cache = ClassImageCache(spec.cache_dir)
+    cache = ClassImageCache(spec.cache_dir, spec.store)
     total = c.prior_preservation.class_image_count
     share, extra = divmod(total, len(prompts))
     counts = [share + (i < extra) for i in range(len(prompts))]
@@ -517,6 +567,8 @@ def run_job(spec: JobSpec, reporter: Reporter) -> JobResult:
     t0 = time.monotonic()
     if not reporter.state(JobState.TRAINING_JOB_STATE_PREPARING):  # cancelled before it started
         return JobResult("stopped", "cancel", seconds=timings)
+    if spec.store is not None:  # a job created, or last run, on another host
+        pull_inputs(spec.store, spec.job_id, spec.job_dir)
     torch.manual_seed(c.seed)
     pipe = load_base(spec.base_model)
     masked = c.HasField("masked_loss_background_weight")
@@ -576,6 +628,8 @@ def run_job(spec: JobSpec, reporter: Reporter) -> JobResult:
     sampling = {"steps": spec.sample_steps, "cfg": 7.0, "resolution": res,
                 "sampler": gen.sampler, "schedule": gen.schedule}
     job_cb = JobCallback(spec, reporter, parts, sampling)
+    if spec.store is not None:
+        pull_newest_checkpoint(spec.store, spec.job_id, spec.job_dir)
     ckpts = checkpoint_files(spec.job_dir)
     resume = ckpts[-1] if ckpts else None
     done = int(resume.stem.split("-")[1]) if resume else 0
@@ -588,7 +642,10 @@ def run_job(spec: JobSpec, reporter: Reporter) -> JobResult:
             f"resuming from {resume.name}" if resume else ""):
         return JobResult("stopped", reporter.stop_requested() or "cancel", done, seconds=timings)
     t = time.monotonic()
-    trainer.fit(module, ckpt_path=str(resume) if resume else None)
+    try:
+        trainer.fit(module, ckpt_path=str(resume) if resume else None)
+    finally:  # a cancelled or drained job resumes anywhere only from what reached the store
+        job_cb.finish_uploads()
     timings["train"] = time.monotonic() - t
     step = trainer.global_step
     if not trainer.is_global_zero:
@@ -605,6 +662,8 @@ def run_job(spec: JobSpec, reporter: Reporter) -> JobResult:
     t = time.monotonic()
     with module.averaged_weights():
         outputs = export(spec, module)
+    if spec.store is not None:
+        outputs = store_output(spec.store, spec.job_id, spec.job_dir, outputs)
     timings["export"] = time.monotonic() - t
     return JobResult("succeeded", "", step, outputs, cached, generated, timings)
 

@@ -5,6 +5,11 @@ Everything is checked before the first side effect (names, sizes, headers, one d
 a failure while writing removes what this call wrote: a new dataset leaves neither folder nor
 rows, an addition to a dataset leaves its earlier pictures as they were, a job folder goes with
 its job. No torch.
+
+With an artifact store (`artifacts`) the local folders are scratch copies: a dataset's pictures
+are in the store (trainer/datasets/<id>/<file>) before their rows, which hold each one's
+SHA-256, and a job's inputs are a committed folder there before its row (job_files), so any
+Trainer host can make a job from a dataset and run it.
 """
 
 from __future__ import annotations
@@ -24,10 +29,18 @@ from boothstudio.services.trainer.inputs import (
     filename_problem,
     image_limits,
 )
+from boothstudio.services.trainer.job_files import (
+    dataset_key,
+    delete_job_files,
+    is_in_place,
+    job_key,
+    store_inputs,
+)
 from boothstudio.services.trainer.jobfile import config_to_yaml
 from boothstudio.services.trainer.options import Limits
 from boothstudio.services.trainer.store import DuplicateRow, JobRow, JobStore
 from boothstudio.services.trainer.templates import MAX_PROMPT_CHARS
+from boothstudio.shared.artifact_store import ArtifactStore
 from boothstudio.shared.errors import AlreadyExists, InvalidArgument, NotFound, clip
 from boothstudio.shared.ids import new_id
 from boothstudio.shared.storage import atomic_create_bytes, atomic_write_bytes, atomic_write_text
@@ -103,8 +116,17 @@ def _exists(dataset_id: str, name: str) -> AlreadyExists:
                          reason="IMAGE_EXISTS")
 
 
+def _shared_folder(artifacts: ArtifactStore | None, dataset_id: str,
+                   folder: Path) -> ArtifactStore | None:
+    """The store to copy a dataset's pictures to, or None when it is this folder itself."""
+    if artifacts is None or is_in_place(artifacts, dataset_key(dataset_id), folder):
+        return None
+    return artifacts
+
+
 def save(store: JobStore, datasets_dir: Path, limits: Limits, dataset_id: str, name: str,
-         files: list[UploadedFile]) -> trainer_pb2.UploadImagesResponse:
+         files: list[UploadedFile], artifacts: ArtifactStore | None = None
+         ) -> trainer_pb2.UploadImagesResponse:
     """Check every picture, then write them all or nothing (blocking: run in a thread)."""
     pic_limits = image_limits(limits.max_image_bytes)
     received = []
@@ -127,7 +149,9 @@ def save(store: JobStore, datasets_dir: Path, limits: Limits, dataset_id: str, n
             if f.name in present:
                 raise _exists(dataset_id, f.name)
     folder = datasets_dir / dataset_id
+    shared = _shared_folder(artifacts, dataset_id, folder)
     written: list[Path] = []
+    stored: list[str] = []
     created = False
     try:
         folder.mkdir(parents=True, exist_ok=not new)
@@ -140,6 +164,8 @@ def save(store: JobStore, datasets_dir: Path, limits: Limits, dataset_id: str, n
             except FileExistsError:
                 raise _exists(dataset_id, f.name) from None
             written.append(folder / f.name)
+        for f in files if shared else []:
+            stored.append(shared.put_file(folder / f.name, dataset_key(dataset_id, f.name)).key)
         try:
             store.add_dataset_images(dataset_id, name or dataset_id if new else None,
                                      [(img, f.caption) for img, f in zip(received, files,
@@ -147,6 +173,9 @@ def save(store: JobStore, datasets_dir: Path, limits: Limits, dataset_id: str, n
         except DuplicateRow:
             raise _exists(dataset_id, ", ".join(f.name for f in files)) from None
     except BaseException:
+        for key in stored:
+            with contextlib.suppress(Exception):  # the first error is the one to report
+                shared.delete(key)  # type: ignore[union-attr]
         if created:
             shutil.rmtree(folder, ignore_errors=True)
         for path in written:
@@ -159,23 +188,27 @@ def save(store: JobStore, datasets_dir: Path, limits: Limits, dataset_id: str, n
         total_bytes=sum(i.size_bytes for i, _ in all_images), images=received)
 
 
-def dataset_images(store: JobStore, datasets_dir: Path,
-                   dataset_id: str) -> list[tuple[bytes, str, str]]:
-    """An uploaded dataset's pictures as (bytes, file name, caption), for a new job."""
+def dataset_images(store: JobStore, datasets_dir: Path, dataset_id: str,
+                   artifacts: ArtifactStore | None = None) -> list[tuple[bytes, str, str]]:
+    """An uploaded dataset's pictures as (bytes, file name, caption), for a new job (from the
+    store, checked against the SHA-256 of their rows, when it is not the local folder)."""
     if not store.dataset_exists(dataset_id):
         raise NotFound(resource_type="dataset", resource_name=dataset_id,
                        field="config.dataset_id")
+    shared = _shared_folder(artifacts, dataset_id, datasets_dir / dataset_id)
     out = []
     for img, caption in store.dataset_images(dataset_id):
-        out.append(((datasets_dir / dataset_id / img.filename).read_bytes(),
-                    img.filename, caption))
+        data = (shared.get_bytes(dataset_key(dataset_id, img.filename), sha256=img.sha256)
+                if shared else (datasets_dir / dataset_id / img.filename).read_bytes())
+        out.append((data, img.filename, caption))
     return out
 
 
-def write_job_dir(job: JobRow, images: list[tuple[bytes, str, str]], display_name: str) -> None:
-    """The job's folder: its pictures, their captions and config.yaml. The folder must be new
-    (a leftover of the same name is not ours to overwrite or remove); on failure it is removed.
-    Names were checked by resolve()."""
+def write_job_dir(job: JobRow, images: list[tuple[bytes, str, str]], display_name: str,
+                  artifacts: ArtifactStore | None = None) -> None:
+    """The job's folder: its pictures, their captions and config.yaml, then the same in the
+    store. The folder must be new (a leftover of the same name is not ours to overwrite or
+    remove); on failure it is removed. Names were checked by resolve()."""
     try:
         job.job_dir.parent.mkdir(parents=True, exist_ok=True)
         job.job_dir.mkdir()
@@ -195,12 +228,18 @@ def write_job_dir(job: JobRow, images: list[tuple[bytes, str, str]], display_nam
             atomic_write_text(inst / "captions.json", json.dumps(captions))
         atomic_write_text(job.job_dir / "config.yaml",
                           config_to_yaml(job.config, names, display_name or job.display_name))
+        if artifacts is not None:
+            store_inputs(artifacts, job.id, job.job_dir)
     except BaseException:
-        remove_job_dir(job)
+        remove_job_dir(job, artifacts)
         raise
 
 
-def remove_job_dir(job: JobRow) -> None:
+def remove_job_dir(job: JobRow, artifacts: ArtifactStore | None = None) -> None:
+    """A job's folder, and what it put in the store (a job whose row was never written)."""
+    if artifacts is not None and not is_in_place(artifacts, job_key(job.id), job.job_dir):
+        with contextlib.suppress(Exception):  # the error that brought us here is the one to tell
+            delete_job_files(artifacts, job.id)
     shutil.rmtree(job.job_dir, ignore_errors=True)
 
 

@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     reporter = StoreReporter(store, job.id, job.job_dir) if rank == 0 else Reporter()
     spec = JobSpec(job.id, job.job_dir, job.config, job.base_model,
                    args.service_dir / "class_images", args.service_dir / "model_hashes.json",
-                   sample_steps=args.sample_steps)
+                   sample_steps=args.sample_steps, store=open_worker_store())
     try:
         result = run_job(spec, reporter)  # type: ignore[arg-type]
     except BaseException as exc:
