@@ -12,16 +12,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from boothstudio.services.catalog import model_files
 from boothstudio.services.catalog.backend_health import DEFAULT_BACKEND
 from boothstudio.services.catalog.mapping import FORMATS, PREDICTION
 from boothstudio.services.catalog.registry import Registry
 from boothstudio.services.diffusion import loading
 from boothstudio.services.diffusion.checkpoint_headers import inspect_single_file
+from boothstudio.shared.artifact_store import ArtifactStore, StoredFolder
 from boothstudio.shared.errors import InvalidArgument, NotFound
 from boothstudio.shared.ids import ID_RULE, is_valid_id
 from boothstudio.shared.paths import path_problem
@@ -111,10 +113,11 @@ async def inspect_source(
     kind: int,
     base: Any,
     model_id: str,
-    models_dir: Path,
+    store: ArtifactStore,
 ) -> tuple[dict[str, Any], list[common_pb2.Warning]]:
-    """The registry values read from the source (copied under `models_dir` when asked), and
-    warnings; a source that is missing or cannot be loaded is an error on its field."""
+    """The registry values read from the source (a local path, or a location in the artifact
+    store), copied into the store as the model's own when asked, and warnings; a source that is
+    missing or cannot be loaded is an error on its field."""
     warnings: list[common_pb2.Warning] = []
     if backend_id != DEFAULT_BACKEND:
         # A remote backend's model: its name there; nothing to inspect locally.
@@ -123,15 +126,25 @@ async def inspect_source(
     def field_of(err: loading.ModelLoadError) -> str:
         return {"config": "config_path", "allow_pickle": source_field}.get(err.field, source_field)
 
-    def read_source() -> tuple[dict[str, Any], str]:
-        # blocking (headers, configs, folder walks): run in a thread, off the event loop
+    def read_source(scratch: Path) -> tuple[dict[str, Any], str, StoredFolder | None, Path | None]:
+        """(values, the source's location, its stored folder when in the store, a local config
+        folder); blocking (headers, configs, folder walks, the store): run in a thread.
+        `scratch` takes the skeletons of stored sources."""
+        stored = None
+        if source_field != "hf_cache_id":
+            stored = model_files.stored_location(store, source, source_field)
+        if stored is not None and source_field == "single_file_path" and not stored.inner:
+            raise InvalidArgument.for_field(source_field, "a folder in the store, not a file")
+        if stored is not None and source_field == "diffusers_path" and stored.inner:
+            raise InvalidArgument.for_field(source_field, "a file in the store, not a folder")
+        local_config = None
         if kind == catalog_pb2.MODEL_KIND_LORA:
             path = Path(source)
             if source_field != "single_file_path" or path.suffix != ".safetensors":
                 raise InvalidArgument.for_field(
                     source_field, "a LoRA is a single .safetensors file"
                 )
-            if not path.is_file():
+            if stored is None and not path.is_file():
                 raise NotFound(f"no such file: {path}", field=source_field)
             values = {
                 "architecture": base["architecture"],
@@ -139,7 +152,7 @@ async def inspect_source(
                 "prediction_type": base["prediction_type"],
                 "format": catalog_pb2.MODEL_FORMAT_LORA,
             }
-            path_str = str(path.resolve())
+            path_str = str(path.resolve()) if stored is None else source
         elif source_field == "single_file_path":
             config = request.config_path or None
             from_base = base is not None and base["format"] == FORMATS["diffusers"]
@@ -152,37 +165,62 @@ async def inspect_source(
                         field="config_path",
                     )
                 )
-            info = inspect_single_file(Path(source), config)
+            config_stored = None
+            if config:
+                config_stored = model_files.stored_location(store, config, "config_path")
+            if config_stored is not None and config_stored.inner:
+                raise InvalidArgument.for_field("config_path", "a file in the store, not a folder")
+            checked = Path(source)
+            if stored is not None:
+                checked = model_files.fetch_header(store, stored, scratch / "file")
+            if config_stored is not None:
+                config_dir = model_files.fetch_configs(store, config_stored, scratch / "config")
+                with model_files.reported_as(config_dir, str(config)):
+                    info = inspect_single_file(checked, str(config_dir))
+                values = info_values(info)
+                values["config_path"] = store.url_of(config_stored.prefix)
+            else:
+                info = inspect_single_file(checked, config)
+                values = info_values(info)
+                values["config_path"] = str(Path(config).resolve()) if config else ""
+                local_config = Path(config) if config else None
+            path_str = str(Path(source).resolve()) if stored is None else source
+        elif stored is not None:
+            skeleton = model_files.fetch_configs(store, stored, scratch / "model")
+            with model_files.reported_as(skeleton, source):
+                info = loading.inspect_folder(skeleton)
+            check_weights(model_files.missing_weights(stored.manifest.files), source, source_field)
             values = info_values(info)
-            values["config_path"] = str(Path(config).resolve()) if config else ""
-            path_str = str(Path(source).resolve())
+            path_str = source
         else:
             if source_field == "hf_cache_id":
                 folder = loading.resolve_hf_cache(source)
             else:
                 folder = Path(source)
             info = loading.inspect_folder(folder)
-            missing = [
-                c
-                for c in ("unet", "vae", "text_encoder")
-                if not any((folder / c).glob("*.safetensors"))
-                and not any((folder / c).glob("*.bin"))
-            ]
-            if missing:
-                raise InvalidArgument(
-                    f"{folder} has no weights for {', '.join(missing)}",
-                    reason="MODEL_CORRUPT",
-                    violations=[(source_field, f"no weights for {', '.join(missing)}")],
-                )
+            check_weights(model_files.missing_weights(
+                p.relative_to(folder).as_posix()
+                for c in model_files.WEIGHTED_COMPONENTS
+                for p in (folder / c).glob("*")
+            ), str(folder), source_field)
             values = info_values(info)
             path_str = source if source_field == "hf_cache_id" else str(folder.resolve())
             if source_field == "hf_cache_id":
                 values["format"] = catalog_pb2.MODEL_FORMAT_HF_CACHE
                 values["size_bytes"] = folder_size(folder)
-        return values, path_str
+        if stored is not None:
+            path_str = store.url_of(f"{stored.prefix}/{stored.inner}".rstrip("/"))
+            values["size_bytes"] = (
+                stored.manifest.files[stored.inner][0] if stored.inner else stored.manifest.size
+            )
+        return values, path_str, stored, local_config
+
+    def read_in_scratch() -> tuple[dict[str, Any], str, StoredFolder | None, Path | None]:
+        with tempfile.TemporaryDirectory(prefix="catalog-import-") as scratch:
+            return read_source(Path(scratch))
 
     try:
-        values, path_str = await asyncio.to_thread(read_source)
+        values, path_str, stored, local_config = await asyncio.to_thread(read_in_scratch)
     except loading.ModelLoadError as err:
         f = field_of(err)
         if err.reason == "MODEL_NOT_FOUND":
@@ -193,25 +231,66 @@ async def inspect_source(
         raise _path_error(err, source_field) from err
     values["source_path"] = path_str
     if request.copy_files and source_field != "hf_cache_id":
-        try:
-            dest = await asyncio.to_thread(copy_in, Path(path_str), models_dir, model_id)
-        except OSError as err:
-            raise _path_error(err, source_field) from err
-        values["source_path"] = str(dest)
-        values["owned_path"] = str(models_dir / model_id)
+        values.update(await asyncio.to_thread(
+            copy_model, store, model_id, Path(path_str), stored, local_config, source_field))
     if "size_bytes" not in values:
         values["size_bytes"] = await asyncio.to_thread(folder_size, Path(values["source_path"]))
     return values, warnings
 
 
-async def register(registry: Registry, values: dict[str, Any]) -> None:
+def check_weights(missing: list[str], where: str, field: str) -> None:
+    """INVALID_ARGUMENT (MODEL_CORRUPT) when components of a diffusers folder have no weights."""
+    if missing:
+        raise InvalidArgument(
+            f"{where} has no weights for {', '.join(missing)}",
+            reason="MODEL_CORRUPT",
+            violations=[(field, f"no weights for {', '.join(missing)}")],
+        )
+
+
+def copy_model(
+    store: ArtifactStore,
+    model_id: str,
+    local: Path,
+    stored: StoredFolder | None,
+    local_config: Path | None,
+    source_field: str,
+) -> dict[str, Any]:
+    """The model's own copy in the store (from a local path, or inside the store), as the
+    registry values that record it; a local config folder goes with it when the store is
+    shared by other hosts."""
+    try:
+        if stored is not None:
+            key, manifest = model_files.copy_stored(store, stored, model_id)
+        else:
+            key, manifest = model_files.copy_local(store, local, model_id)
+    except OSError as err:
+        raise _path_error(err, source_field) from err
+    values = {
+        "source_path": store.url_of(key),
+        "owned_path": store.url_of(model_files.owned_key(model_id)),
+        "size_bytes": manifest.size,
+    }
+    if local_config is not None and not store.is_local:
+        try:
+            values["config_path"] = store.url_of(
+                model_files.copy_config(store, local_config, model_id))
+        except BaseException:
+            store.delete_tree(model_files.owned_key(model_id))
+            raise
+    return values
+
+
+async def register(registry: Registry, values: dict[str, Any], store: ArtifactStore) -> None:
     """Insert the model's row; when that fails, remove the copy made for it (nothing is left
     behind by a model that was not registered)."""
     try:
         registry.insert(values)
     except BaseException:
         if values.get("owned_path"):
-            await asyncio.to_thread(shutil.rmtree, values["owned_path"], True)
+            await asyncio.to_thread(
+                model_files.remove_owned, store, values["owned_path"], values["source_path"]
+            )
         raise
 
 
@@ -295,25 +374,6 @@ def info_values(info: loading.ModelInfo) -> dict[str, Any]:
         "format": FORMATS.get(info.source_format, 0),
         "inpainting": int(info.inpainting),
     }
-
-
-def copy_in(src: Path, models_dir: Path, model_id: str) -> Path:
-    """Copy weights under the data dir: to a temporary name, then rename (all or nothing)."""
-    final = models_dir / model_id
-    tmp = models_dir / f".{model_id}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        if src.is_dir():
-            shutil.copytree(src, tmp / src.name)
-        else:
-            shutil.copy2(src, tmp / src.name)
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final / src.name
 
 
 def _path_error(err: OSError, field: str) -> InvalidArgument | NotFound:

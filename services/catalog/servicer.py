@@ -29,6 +29,7 @@ from boothstudio.services.catalog.settings import CatalogSettings
 from boothstudio.services.diffusion import loading
 from boothstudio.services.diffusion.backends import remote_backends
 from boothstudio.services.settings import load_settings
+from boothstudio.shared.artifact_store import store_for
 from boothstudio.shared.errors import AlreadyExists, InvalidArgument, NotFound
 from boothstudio.shared.ids import ID_RULE, is_valid_id
 from boothstudio.shared.pagination import decode_offset, encode_token, page_size
@@ -43,8 +44,9 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         self.ctx = ctx
         cfg = ctx.config
         self.log = ctx.logger
+        # the store first: a wrong storage_url stops the start before anything is written
+        self.store = store_for(cfg)
         self.registry = Registry(cfg.service_dir / "catalog.sqlite3", cfg.database_url)
-        self.models_dir = cfg.service_dir / "models"
         settings = load_settings(CatalogSettings, cfg)
         self.embedded_dir = Path(settings.embedded_model or loading.EMBEDDED_MODEL_DIR)
         self.backends = Backends(cfg, remote_backends(settings), settings.generator_device)
@@ -116,7 +118,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
                     violations=[("model_id", "taken")],
                 )
             values, warnings = await imports.inspect_source(
-                request, source_field, source, backend_id, kind, base, model_id, self.models_dir
+                request, source_field, source, backend_id, kind, base, model_id, self.store
             )
             imports.add_request_values(
                 values,
@@ -127,7 +129,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
                 kind=kind,
                 backend_id=backend_id,
             )
-            await imports.register(self.registry, values)
+            await imports.register(self.registry, values, self.store)
         self.log.info("model imported", extra={"model_id": model_id, "source": source})
         return catalog_pb2.ImportModelResponse(
             model=to_proto(self.registry.get(model_id)),  # type: ignore[arg-type]
@@ -141,7 +143,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         await deletion.check_deletable(self.registry, row, self.ctx.config, self.log)
         freed = 0
         if request.delete_files:
-            freed = await deletion.remove_owned_files(row, self.ctx.config.data_dir)
+            freed = await deletion.remove_owned_files(row, self.store)
         self.registry.delete(row["id"])
         self.log.info("model deleted", extra={"model_id": row["id"], "freed_bytes": freed})
         return catalog_pb2.DeleteModelResponse(freed_bytes=freed)

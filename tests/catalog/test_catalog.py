@@ -210,16 +210,22 @@ async def test_a_model_that_is_not_registered_leaves_no_copy(tmp_path: Path) -> 
     written, the copy goes too."""
     import sqlite3
 
-    from boothstudio.services.catalog import imports
+    from boothstudio.services.catalog import imports, model_files
+    from boothstudio.shared.artifact_store import open_artifact_store
 
-    copy = tmp_path / "models" / "m"
-    (copy / "unet").mkdir(parents=True)
-    (copy / "unet" / "weights.safetensors").write_bytes(b"x")
+    store = open_artifact_store("", tmp_path)
+    src = tmp_path / "elsewhere" / "model"
+    (src / "unet").mkdir(parents=True)
+    (src / "unet" / "weights.safetensors").write_bytes(b"x")
+    key, _ = model_files.copy_local(store, src, "m")
+    copy = tmp_path / "catalog" / "models" / "m"
+    assert (copy / "model" / "unet" / "weights.safetensors").exists()
 
     class FailingRegistry:
         def insert(self, values: dict[str, Any]) -> None:
             raise sqlite3.OperationalError("database is locked")
 
+    values = {"id": "m", "owned_path": str(copy), "source_path": store.url_of(key)}
     with pytest.raises(sqlite3.OperationalError):
-        await imports.register(FailingRegistry(), {"id": "m", "owned_path": str(copy)})  # type: ignore[arg-type]
-    assert not copy.exists()
+        await imports.register(FailingRegistry(), values, store)  # type: ignore[arg-type]
+    assert not copy.exists() and src.exists()
