@@ -1,28 +1,34 @@
 """The gallery: every image with its full request, seed and timings (a row in the metadata
-store + a PNG file).
+store + a PNG object in the artifact store).
 
 - Rows: shared.metadata_store, SQLite (`gallery.sqlite3` under the Generator's data dir) by
   default, PostgreSQL when `database_url` is set; the schema is migrated by Alembic
   (migrations/, version table `alembic_version_generator`), and a gallery.sqlite3 of the
   pre-Alembic layout (PRAGMA user_version 1) is stamped at revision 0001 with its rows kept.
-  Every Generator replica on one database lists, gets and deletes the same images; a database
-  that is gone answers UNAVAILABLE (DATABASE_UNAVAILABLE, retry_after).
-- Files: PNGs still live under each replica's own data dir (`images/`), until the artifact
-  store (issue 19's later step) holds them. So a replica asked for the PNG of an image that
-  another replica made answers FAILED_PRECONDITION (IMAGE_FILE_ELSEWHERE; its metadata is
-  served), and deleting such an image removes its row for every replica but leaves the file on
-  the replica that wrote it.
+  A database that is gone answers UNAVAILABLE (DATABASE_UNAVAILABLE, retry_after).
+- PNGs: shared.artifact_store, key `generator/images/<id>.png` (with the default store, the
+  file under the data dir where it always was; with `storage_url`, e.g. an S3 bucket). A row
+  records the key (`file`) and the PNG's SHA-256, checked on every read: a torn or tampered
+  object answers DATA_LOSS (ARTIFACT_CORRUPT); rows from before the hash was recorded are served
+  unchecked. A store that is gone answers UNAVAILABLE (STORAGE_UNAVAILABLE, retry_after).
+- So every Generator replica on one database and one store lists, gets and deletes every image.
+
+No reader ever sees a row without its PNG: the object is written first (atomically), then its
+row; a failed insert deletes the object. A delete removes the rows first (one statement: gone
+for every reader at once), then the objects; an object already gone is fine, and one the store
+cannot delete now is left behind unreferenced (logged), never a row without its file.
 
 PNG files carry an A1111-style "parameters" text chunk (services.generator.infotext), so other
-tools (A1111's PNG Info, ComfyUI loaders, exiftool) read the settings back. Files are written
-atomically (temporary file, fsync, rename) before their row is inserted; a failed insert removes
-the file, so no reader sees a row without its file.
+tools (A1111's PNG Info, ComfyUI loaders, exiftool) read the settings back.
+
+Every method blocks (database and store round trips): async code calls them in a thread.
 """
 
 from __future__ import annotations
 
 import builtins
 import io
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,13 +40,13 @@ from sqlalchemy.engine import RowMapping
 
 from boothstudio.services.generator.migrations import MIGRATIONS_DIR
 from boothstudio.shared import metadata_store as store
-from boothstudio.shared.errors import FailedPrecondition
-from boothstudio.shared.storage import atomic_write_bytes
+from boothstudio.shared.artifact_store import ArtifactStore, StoreUnavailable, open_artifact_store
 from boothstudio.v1 import generator_pb2
 
 SERVICE = "generator"
 #: PRAGMA user_version of a pre-Alembic gallery.sqlite3 -> the revision that is its schema
 LEGACY_REVISIONS = {1: "0001"}
+log = logging.getLogger("boothstudio.generator")
 
 # The table as the code reads it (the schema itself is the migrations' business).
 metadata = sa.MetaData()
@@ -66,10 +72,17 @@ images = sa.Table(
     sa.Column("request", sa.LargeBinary()),
     sa.Column("has_init", sa.Integer()),
     sa.Column("has_mask", sa.Integer()),
+    # the PNG's key in the artifact store
     sa.Column("file", sa.Text()),
+    sa.Column("sha256", sa.Text()),
 )
 
 Row = RowMapping
+
+
+def image_key(image_id: str) -> str:
+    """The artifact store key of an image's PNG (relative to the data dir, as every key is)."""
+    return f"{SERVICE}/images/{image_id}.png"
 
 
 def png_bytes(image: Image.Image, parameters: str) -> bytes:
@@ -101,13 +114,15 @@ class GalleryEntry:
 
 
 class Gallery:
-    def __init__(self, root: Path, database_url: str = "") -> None:
-        """The gallery with its PNGs under `root`/images and its rows in `database_url`, or in
-        the SQLite file `root`/gallery.sqlite3 when it is empty; migrated to the newest schema
-        (ConfigError naming database_url when unreachable)."""
+    def __init__(
+        self, root: Path, database_url: str = "", artifacts: ArtifactStore | None = None
+    ) -> None:
+        """The gallery of the Generator whose folder is `root` (<data dir>/generator): rows in
+        `database_url`, or in the SQLite file `root`/gallery.sqlite3 when it is empty, migrated
+        to the newest schema (ConfigError naming database_url when unreachable); PNGs in
+        `artifacts`, by default the data dir itself."""
         self.root = root
-        self.files = root / "images"
-        self.files.mkdir(parents=True, exist_ok=True)
+        self.artifacts = artifacts or open_artifact_store("", root.parent, check=False)
         self.engine = store.open_database(database_url, root / "gallery.sqlite3")
         store.migrate(
             self.engine,
@@ -118,10 +133,8 @@ class Gallery:
         )
 
     def save(self, e: GalleryEntry) -> None:
-        """Write the PNG atomically, then its row (the file is removed if the row fails)."""
-        rel = f"{e.image_id}.png"
-        path = self.files / rel
-        atomic_write_bytes(path, e.png)
+        """Store the PNG, then its row (the object is deleted if the row fails)."""
+        stored = self.artifacts.put_bytes(image_key(e.image_id), e.png)
         req = generator_pb2.GenerateRequest()
         req.CopyFrom(e.request)
         has_init, has_mask = bool(req.init_image), bool(req.mask_image)
@@ -134,31 +147,33 @@ class Gallery:
             "cfg_scale": e.cfg_scale, "queue_seconds": e.queue_seconds,
             "generation_seconds": e.generation_seconds, "size_bytes": len(e.png),
             "parameters": e.parameters, "request": req.SerializeToString(),
-            "has_init": int(has_init), "has_mask": int(has_mask), "file": rel,
+            "has_init": int(has_init), "has_mask": int(has_mask), "file": stored.key,
+            "sha256": stored.sha256,
         }  # fmt: skip
         try:
             with store.writing(self.engine) as conn:
                 conn.execute(images.insert().values(row))
         except BaseException:
-            path.unlink(missing_ok=True)
+            self._delete_object(stored.key)
             raise
+
+    def _delete_object(self, key: str) -> None:
+        """Delete a PNG whose row is gone (or was never written). The store being unreachable
+        leaves an unreferenced object behind, which no reader can reach: logged, not raised,
+        since the image itself is already deleted (or was never saved)."""
+        try:
+            self.artifacts.delete(key)
+        except StoreUnavailable as err:
+            log.warning("gallery object %s left behind: %s", key, err)
 
     def get(self, image_id: str) -> Row | None:
         with store.reading(self.engine) as conn:
             return conn.execute(sa.select(images).where(images.c.id == image_id)).mappings().first()
 
     def read_png(self, row: Row) -> bytes:
-        try:
-            return (self.files / row["file"]).read_bytes()
-        except FileNotFoundError:
-            # until the artifact store: the PNG is on the replica that generated the image
-            raise FailedPrecondition(
-                f"the PNG of image {row['id']!r} is not on this generator replica (gallery "
-                "files are kept under the data dir of the replica that made them); ask for "
-                "metadata_only, or ask that replica",
-                reason="IMAGE_FILE_ELSEWHERE",
-                metadata={"image_id": row["id"]},
-            ) from None
+        """The PNG from the artifact store, checked against its recorded hash (ArtifactCorrupt,
+        DATA_LOSS, on a mismatch; ArtifactMissing, NOT_FOUND, when deleted meanwhile)."""
+        return self.artifacts.get_bytes(row["file"], row["sha256"])
 
     # this method hides the builtin `list` in the class body: types say builtins.list
     def list(
@@ -174,7 +189,7 @@ class Gallery:
     def delete(
         self, image_ids: builtins.list[str], job_id: str = ""
     ) -> tuple[int, builtins.list[str]]:
-        """Delete images (rows, then files): those named and, with `job_id`, all of that job's.
+        """Delete images (rows, then PNGs): those named and, with `job_id`, all of that job's.
         Returns (deleted count, named ids that did not exist). One statement decides what is
         deleted, so two replicas deleting the same image count it once."""
         if not image_ids and not job_id:
@@ -189,7 +204,7 @@ class Gallery:
             deleted = builtins.list(conn.execute(stmt).mappings().all())
         gone = {r["id"] for r in deleted}
         for r in deleted:
-            (self.files / r["file"]).unlink(missing_ok=True)
+            self._delete_object(r["file"])
         return len(deleted), [i for i in image_ids if i not in gone]
 
     def to_proto(self, row: Row, with_png: bool) -> generator_pb2.GalleryImage:

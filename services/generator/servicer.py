@@ -2,6 +2,9 @@
 
 Settings: services/generator/settings.py (GeneratorSettings).
 The Catalog address comes from BOOTHSTUDIO_CATALOG_ADDRESS / `addresses.catalog`.
+The artifact store (storage_url) is opened once at start: a store that cannot be used stops the
+start with one line naming storage_url. Replicas on one database find each other's jobs through
+services.generator.replicas (CancelGeneration is forwarded to the replica running the job).
 """
 
 from __future__ import annotations
@@ -13,14 +16,22 @@ from typing import Any
 import grpc
 
 from boothstudio.services.diffusion.backends import remote_backends
+from boothstudio.services.diffusion.model_cache import ModelCache
 from boothstudio.services.generator import metrics
 from boothstudio.services.generator.adapters.base import Adapter
 from boothstudio.services.generator.adapters.diffusers import DiffusersAdapter
 from boothstudio.services.generator.gallery import Gallery
 from boothstudio.services.generator.job_queue import Job, JobQueue, now_timestamp
+from boothstudio.services.generator.replicas import (
+    Forwarder,
+    ReplicaRegistry,
+    advertised_address,
+    is_forwarded,
+)
 from boothstudio.services.generator.settings import GeneratorSettings
 from boothstudio.services.generator.validation import Validator, check_id_list, model_ref
 from boothstudio.services.settings import load_settings
+from boothstudio.shared.artifact_store import store_for
 from boothstudio.shared.channels import aio_channel
 from boothstudio.shared.errors import (
     AlreadyExists,
@@ -37,12 +48,15 @@ from boothstudio.v1 import catalog_pb2, catalog_pb2_grpc, generator_pb2, generat
 DESCRIPTOR = generator_pb2.DESCRIPTOR.services_by_name["GeneratorService"]
 
 
-def make_adapters(settings: GeneratorSettings) -> dict[str, Adapter]:
+def make_adapters(
+    settings: GeneratorSettings, model_cache: ModelCache | None = None
+) -> dict[str, Adapter]:
     adapters: dict[str, Adapter] = {
         "diffusers": DiffusersAdapter(
             device=settings.device,
             cache_size=settings.pipeline_cache,
             threads=settings.torch_threads,
+            model_cache=model_cache,
         )
     }
     remotes = remote_backends(settings)
@@ -62,8 +76,16 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
         self.ctx = ctx
         settings = load_settings(GeneratorSettings, ctx.config)
         self.log = ctx.logger
-        self.adapters = make_adapters(settings)
-        self.gallery = Gallery(ctx.config.service_dir, ctx.config.database_url)
+        self.adapters = make_adapters(
+            settings, ModelCache.for_service(ctx.config, settings.model_cache_bytes)
+        )
+        cfg = ctx.config
+        self.artifacts = store_for(cfg)
+        self.gallery = Gallery(cfg.service_dir, cfg.database_url, self.artifacts)
+        self.replicas = ReplicaRegistry(
+            self.gallery.engine, advertised_address(settings.advertise_address, cfg.host, cfg.port)
+        )
+        self.forwarder = Forwarder(cfg, self.replicas.replica_id)
         self.jobs = JobQueue(
             self.gallery,
             queue_size=settings.queue_size,
@@ -79,6 +101,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
         self.catalog_channel: Any = None
         self.validator: Validator | None = None
         self._preload_task: asyncio.Task[None] | None = None
+        self._heartbeats: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -90,6 +113,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
         catalog = catalog_pb2_grpc.CatalogServiceStub(self.catalog_channel)
         self.validator = Validator(catalog, self.adapters, self.default_model)
         self.jobs.start()
+        self._heartbeats = asyncio.create_task(self.replicas.keep_alive(self.log))
         if self.preload:
             self._preload_task = asyncio.create_task(self._preload(catalog))
 
@@ -122,6 +146,13 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
     async def stop(self) -> None:
         if self._preload_task is not None:
             self._preload_task.cancel()
+        if self._heartbeats is not None:
+            self._heartbeats.cancel()
+            try:
+                await asyncio.to_thread(self.replicas.deregister)
+            except BoothStudioError as err:
+                self.log.warning("could not deregister this replica: %s", err)
+        await self.forwarder.close()
         await self.jobs.stop()
         for a in self.adapters.values():
             a.close()
@@ -158,6 +189,9 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
         for w in warnings:
             job.events.put_nowait(generator_pb2.GenerateResponse(job_id=job.id, warning=w))
         try:
+            # queued first (its place in the queue is its arrival), recorded before the client
+            # learns the job id from the first event
+            await self._record_job(job_id)
             while True:
                 try:
                     event = await asyncio.wait_for(job.events.get(), self.keepalive)
@@ -174,11 +208,24 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
                 # the client went away (or the server is stopping): stop the work
                 self.jobs.cancel(job.id, "CLIENT_GONE")
 
+    async def _record_job(self, job_id: str) -> None:
+        try:
+            await asyncio.to_thread(self.replicas.record_job, job_id)
+        except BoothStudioError as err:
+            # the job still runs; only CancelGeneration through another replica cannot find it
+            self.log.warning("job %s not recorded for the other replicas: %s", job_id, err)
+
     async def CancelGeneration(
         self, request: generator_pb2.CancelGenerationRequest, context: RpcContext
     ) -> generator_pb2.CancelGenerationResponse:
-        check_id("job_id", request.job_id, required=True)
-        return generator_pb2.CancelGenerationResponse(cancelled=self.jobs.cancel(request.job_id))
+        """Cancels the job here, or on the replica running it (see replicas.py)."""
+        job_id = request.job_id
+        check_id("job_id", job_id, required=True)
+        if not self.jobs.known(job_id) and not is_forwarded(context.invocation_metadata()):
+            owner = await asyncio.to_thread(self.replicas.owner_of, job_id)
+            if owner is not None and owner.replica_id != self.replicas.replica_id:
+                return await self.forwarder.cancel(owner, job_id)
+        return generator_pb2.CancelGenerationResponse(cancelled=self.jobs.cancel(job_id))
 
     # ------------------------------------------------------------------ gallery
 
