@@ -3,7 +3,10 @@ PostgreSQL server (tests/stores/postgres.py), SQLite files of today's and yester
 
 - two Catalog processes on one PostgreSQL database see each other's models;
 - a catalog.sqlite3 of the pre-Alembic layout (PRAGMA user_version 1) is migrated, rows kept;
-- a wrong database_url stops the service at start-up with one line naming the key;
+- a wrong database_url or storage_url stops the service at start-up with one line naming the key;
+- two replicas starting at once on one database and one bucket: a model imported through one is
+  got, listed and deleted through the other, and its objects leave the bucket;
+- scaled out, a delete while no Trainer answers is refused (UNAVAILABLE), on one host not;
 - replicas migrating one database at once all succeed, and the schema is migrated once;
 - a database that goes away while serving answers UNAVAILABLE with retry information, and the
   service recovers by itself when it is back.
@@ -20,6 +23,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +33,14 @@ import sqlalchemy as sa
 
 from boothstudio.services.catalog.registry import LEGACY_REVISIONS
 from boothstudio.services.diffusion.loading import EMBEDDED_MODEL_DIR
+from boothstudio.shared.artifact_store import MANIFEST
 from boothstudio.shared.metadata_store import MIGRATION_LOCK_ID
 from boothstudio.v1 import catalog_pb2 as pb
 from boothstudio.v1 import catalog_pb2_grpc
 from tests.helpers import ROOT, ServiceProcess, free_port, service_env
 from tests.stores.helpers import isolated_env, rpc_error
 from tests.stores.postgres import PostgresServer
+from tests.stores.s3 import S3Target
 
 EMBEDDED = "boothstudio-tiny"
 HEAD = "0001"
@@ -168,6 +174,77 @@ def test_a_wrong_database_url_stops_the_start_with_one_line_naming_the_key(
     errors = [line["msg"] for line in lines if line.get("level") == "ERROR"]
     assert len(errors) == 1, text
     assert errors[0].startswith("cannot start: database_url: ") and says in errors[0], errors
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("nosuchproto://bucket/boothstudio", "cannot use 'nosuchproto://bucket/boothstudio'"),
+        ("s3://no-such-bucket/boothstudio", "bucket 'no-such-bucket' not found"),
+    ],
+)
+def test_a_wrong_storage_url_stops_the_start_with_one_line_naming_the_key(
+    start_service: Any, s3_bucket: S3Target, url: str, says: str
+) -> None:
+    env = isolated_env(**{**s3_bucket.env, "BOOTHSTUDIO_STORAGE_URL": url})
+    with pytest.raises(RuntimeError) as info:
+        start_service("catalog", env=env, timeout=60)
+    text = str(info.value)
+    assert "exited with code 2" in text, text
+    assert "Traceback" not in text and s3_bucket.env["AWS_SECRET_ACCESS_KEY"] not in text, text
+    lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    errors = [line["msg"] for line in lines if line.get("level") == "ERROR"]
+    assert len(errors) == 1, text
+    assert errors[0].startswith("cannot start: storage_url: ") and says in errors[0], errors
+
+
+def test_two_replicas_starting_at_once_on_one_database_and_bucket_share_models_and_files(
+    start_service: Any, database_url: str, s3_bucket: S3Target
+) -> None:
+    """Replicas behind one address: both register the embedded model at start at once (one
+    upsert each, no clash); a model imported through A is got, listed and deleted through B,
+    and its objects leave the bucket."""
+    # a real Trainer to ask whether a job uses the model (scaled out, no answer is a refusal)
+    trainer = start_service("trainer", env=isolated_env(database_url, **s3_bucket.env))
+    env = {**isolated_env(database_url, **s3_bucket.env),
+           "BOOTHSTUDIO_TRAINER_ADDRESS": trainer.address}
+    with ThreadPoolExecutor(2) as pool:
+        a, b = (stub(svc) for svc in pool.map(lambda _: start_service("catalog", env=env), "ab"))
+    assert ids(a) == ids(b) == [EMBEDDED]
+
+    made = a.ImportModel(pb.ImportModelRequest(
+        diffusers_path=str(EMBEDDED_MODEL_DIR), model_id="replicated", copy_files=True)).model
+    assert made.source_path == f"{s3_bucket.url}/catalog/models/replicated/embedded_model"
+    assert f"catalog/models/replicated/embedded_model/{MANIFEST}" in s3_bucket.keys(
+        "catalog/models")
+    got = b.GetModel(pb.GetModelRequest(model_id="replicated")).model
+    assert (got.source_path, got.size_bytes) == (made.source_path, made.size_bytes)
+    assert set(ids(b)) == {EMBEDDED, "replicated"}
+    freed = b.DeleteModel(pb.DeleteModelRequest(model_id="replicated", delete_files=True))
+    assert freed.freed_bytes == made.size_bytes > 0
+    assert s3_bucket.keys("catalog/models") == []
+    err = rpc_error(lambda: a.GetModel(pb.GetModelRequest(model_id="replicated")))
+    assert err.code == grpc.StatusCode.NOT_FOUND
+    assert ids(a) == [EMBEDDED]
+
+
+@pytest.mark.parametrize("scaled_out", [False, True], ids=["single-host", "database_url"])
+def test_a_delete_while_no_trainer_answers_is_refused_only_when_scaled_out(
+    start_service: Any, new_database: Callable[[], str], scaled_out: bool
+) -> None:
+    """One host: no Trainer answering means none runs, so nothing trains on the model. Scaled
+    out, Trainer replicas may be running jobs on it: UNAVAILABLE, to retry, not deleted."""
+    s = stub(start_service("catalog", env=isolated_env(new_database() if scaled_out else "")))
+    s.ImportModel(pb.ImportModelRequest(diffusers_path=str(EMBEDDED_MODEL_DIR), model_id="m"))
+    delete = pb.DeleteModelRequest(model_id="m", delete_files=True)
+    if not scaled_out:
+        s.DeleteModel(delete)
+        assert ids(s) == [EMBEDDED]
+        return
+    err = rpc_error(lambda: s.DeleteModel(delete))
+    assert err.code == grpc.StatusCode.UNAVAILABLE and err.reason == "TRAINER_UNREACHABLE", err
+    assert err.retry_after and err.retry_after > 0
+    assert set(ids(s)) == {EMBEDDED, "m"}
 
 
 MIGRATE = textwrap.dedent("""
