@@ -51,6 +51,7 @@ from boothstudio.clients.sdk.types import (
     LogMessage,
     MaskFill,
     Model,
+    ModelDownload,
     ModelFormat,
     ModelKind,
     OptionScalar,
@@ -470,6 +471,9 @@ def generate_event(resp: generator_pb2.GenerateResponse) -> GenerateEvent | None
             images_total=p.images_total,
             steps_per_second=p.steps_per_second,
         )
+    if kind == "model_download":
+        d = resp.model_download
+        return ModelDownload(job, d.model_id, d.bytes_done, d.bytes_total)
     if kind == "image":
         return ImageReady(job, generated_image_from_pb(resp.image, job))
     if kind == "finished":

@@ -481,6 +481,21 @@ class Progress:
 
 
 @dataclass
+class ModelDownload:
+    """The model is being copied from the server's artifact store to the replica that runs the
+    job (its first use there); denoising progress follows."""
+
+    job_id: str
+    model_id: str
+    bytes_done: int
+    bytes_total: int
+
+    @property
+    def fraction(self) -> float:
+        return self.bytes_done / self.bytes_total if self.bytes_total else 0.0
+
+
+@dataclass
 class ImageReady:
     job_id: str
     image: GeneratedImage
@@ -505,7 +520,9 @@ class WarningEvent:
     warning: ServerWarning
 
 
-GenerateEvent: TypeAlias = Queued | Started | Progress | ImageReady | Finished | WarningEvent
+GenerateEvent: TypeAlias = (
+    Queued | Started | ModelDownload | Progress | ImageReady | Finished | WarningEvent
+)
 
 
 # ------------------------------------------------------------------------------------ gallery

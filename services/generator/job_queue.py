@@ -11,6 +11,9 @@
   job is finished as CANCELLED at once, its rows are no longer decoded or saved, and when every
   job of the batch is cancelled the loop stops before its next denoising step. Images a cancelled
   job had already saved are removed, so nothing is left half-written.
+- The first use of a model kept in a remote artifact store pulls it into the replica's model
+  cache inside the run; the batch's jobs see ModelDownload events (at most every
+  DOWNLOAD_EVENT_INTERVAL seconds, the last at 100%) before their first step.
 """
 
 from __future__ import annotations
@@ -54,6 +57,8 @@ FINISHED_REMEMBERED = 2000
 #: Anyone may send CancelGeneration with made-up ids, so this memory must stay bounded.
 PRECANCELLED_REMEMBERED = 1000
 PRECANCEL_SECONDS = 300.0
+#: A model download's events: at most one per this many seconds (and always the last, at 100%).
+DOWNLOAD_EVENT_INTERVAL = 0.25
 
 
 @dataclass
@@ -399,6 +404,19 @@ class JobQueue:
                 image_id=image_id, width=s.width, height=s.height,
             ))  # fmt: skip
 
+        download_sent = [0.0]
+
+        def on_download(model_id: str, done: int, total: int) -> None:
+            now = time.monotonic()
+            if done < total and now - download_sent[0] < DOWNLOAD_EVENT_INTERVAL:
+                return
+            download_sent[0] = now
+            event = generator_pb2.ModelDownload(
+                model_id=model_id, bytes_done=done, bytes_total=total)
+            for job in batch:
+                if not job.cancelled.is_set():
+                    self._threadsafe(self._emit, job, model_download=event)
+
         def on_warning(k: int, reason: str, message: str, field_: str) -> None:
             self._threadsafe(
                 self._emit,
@@ -412,6 +430,7 @@ class JobQueue:
             is_cancelled=lambda k: batch[k].cancelled.is_set(),
             on_image=on_image,
             on_warning=on_warning,
+            on_download=on_download,
         )
         failure: tuple[str, str] | None = None
         try:

@@ -9,12 +9,13 @@ from typing import Any
 
 from boothstudio.clients.sdk.cli.arguments import Commands, key_values
 from boothstudio.clients.sdk.cli.exits import EXIT_OK
-from boothstudio.clients.sdk.cli.output import Output, bar, fmt_seconds, to_jsonable
+from boothstudio.clients.sdk.cli.output import Output, bar, fmt_bytes, fmt_seconds, to_jsonable
 from boothstudio.clients.sdk.client import BoothStudio
 from boothstudio.clients.sdk.types import (
     Finished,
     GenerateEvent,
     ImageReady,
+    ModelDownload,
     Progress,
     Queued,
     Started,
@@ -127,6 +128,11 @@ def show_generate_event(event: GenerateEvent, out: Output) -> None:
         out.status(
             f"started: {event.model_id} {event.sampler} {event.width}x{event.height} "
             f"{event.steps} steps, seeds {event.seeds}"
+        )
+    elif isinstance(event, ModelDownload):
+        out.status(
+            f"{bar(event.fraction)} downloading model {event.fraction:.0%} "
+            f"({fmt_bytes(event.bytes_done)} of {fmt_bytes(event.bytes_total)})"
         )
     elif isinstance(event, Progress):
         imgs = (

@@ -121,6 +121,16 @@ def bar(fraction: float, width: int = 24) -> str:
     return "[" + "#" * filled + "." * (width - filled) + "]"
 
 
+def fmt_bytes(size: float) -> str:
+    if size < 1000:
+        return f"{size:.0f} B"
+    for unit in ("KB", "MB"):
+        size /= 1000
+        if size < 1000:
+            return f"{size:.1f} {unit}"
+    return f"{size / 1000:.1f} GB"
+
+
 def fmt_seconds(seconds: float) -> str:
     if seconds >= 3600:
         return f"{seconds / 3600:.1f}h"

@@ -28,6 +28,7 @@ from boothstudio.clients.sdk import (
     GenerationStatus,
     ImageReady,
     Model,
+    ModelDownload,
     Progress,
     SamplerList,
     Started,
@@ -383,6 +384,8 @@ class EditScreen(StudioScreen):
         progress = self.query_one(JobProgress)
         if isinstance(event, Started):
             progress.show(0, event.steps or 1, f"seed {', '.join(map(str, event.seeds))}")
+        elif isinstance(event, ModelDownload):
+            progress.download(event.bytes_done, event.bytes_total)
         elif isinstance(event, Progress):
             progress.show(
                 event.step, event.total, f"step {event.step}/{event.total} {eta_text(event.eta)}"

@@ -24,6 +24,7 @@ from boothstudio.clients.sdk import (
     GenerationStatus,
     ImageReady,
     Model,
+    ModelDownload,
     Progress,
     Queued,
     Sampler,
@@ -338,6 +339,8 @@ class GenerateScreen(StudioScreen):
             self.last_seed = event.seeds[0] if event.seeds else self.last_seed
             self.query_one("#seed-used", Static).update(f"Seed used: {seeds}")
             progress.show(0, event.steps or 1, f"started · {event.sampler} {event.schedule}")
+        elif isinstance(event, ModelDownload):
+            progress.download(event.bytes_done, event.bytes_total)
         elif isinstance(event, Progress):
             images = (
                 f" · image {event.images_done + 1}/{event.images_total}"

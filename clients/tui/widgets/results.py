@@ -43,6 +43,11 @@ class JobProgress(Horizontal):
         self.query_one(ProgressBar).update(total=max(total, 1), progress=done)
         self.query_one(".job-eta", Static).update(text)
 
+    def download(self, done: int, total: int) -> None:
+        """The model being copied to the server's replica (its first use there)."""
+        share = done / total if total else 0.0
+        self.show(done, total, f"downloading model {share:.0%} of {total / 1e6:.1f} MB")
+
     def finish(self, text: str) -> None:
         bar = self.query_one(ProgressBar)
         bar.update(total=bar.total or 1, progress=bar.total or 1)

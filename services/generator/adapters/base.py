@@ -89,6 +89,8 @@ class RunHooks:
     on_image: Callable[[int, int, Image.Image], None]
     #: (spec index, reason, message, field): a non-fatal remark (e.g. prompt truncated)
     on_warning: Callable[[int, str, str, str], None]
+    #: (model id, bytes done, bytes total): the model is being pulled from the artifact store
+    on_download: Callable[[str, int, int], None] = lambda model_id, done, total: None
 
 
 class Cancelled(Exception):

@@ -1,16 +1,23 @@
 """The local diffusers backend: pipelines in this process, an LRU cache of loaded models, our
-batched denoising loop (services.diffusion.pipelines) and the sampler table's schedulers."""
+batched denoising loop (services.diffusion.pipelines) and the sampler table's schedulers.
+
+Models (and LoRAs, and a single file's config folder) recorded at a location in a remote
+artifact store are pulled into the replica's ModelCache on a pipeline miss, reported through
+`on_download(model_id, bytes_done, bytes_total)`; the files stay pinned only while they load.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from boothstudio.services.diffusion import samplers as sampler_table
+from boothstudio.services.diffusion.model_cache import ModelCache
 from boothstudio.services.generator import metrics
 from boothstudio.services.generator.adapters.base import (
     Adapter,
@@ -22,6 +29,8 @@ from boothstudio.services.generator.adapters.base import (
 )
 
 MASK_FILLS = ("original", "fill", "latent_noise", "latent_nothing")
+#: (model id, bytes done, bytes total) while a model is pulled from the artifact store
+OnDownload = Callable[[str, int, int], None]
 
 
 @dataclass
@@ -45,8 +54,11 @@ class DiffusersAdapter(Adapter):
     id = "diffusers"
     kind = "diffusers"
 
-    def __init__(self, device: str = "cpu", cache_size: int = 2, threads: int = 0) -> None:
+    def __init__(self, device: str = "cpu", cache_size: int = 2, threads: int = 0,
+                 model_cache: ModelCache | None = None) -> None:
         self.device = device
+        #: where remote models are pulled to (None: every location is used as a local path)
+        self.model_cache = model_cache
         self.cache_size = max(1, cache_size)
         self.threads = threads
         self._cache: OrderedDict[tuple[str, str], Any] = OrderedDict()
@@ -128,15 +140,27 @@ class DiffusersAdapter(Adapter):
             if torch.get_num_threads() != self.threads:
                 torch.set_num_threads(self.threads)
 
-    def pipeline(self, model: ModelRef) -> Any:
+    @contextlib.contextmanager
+    def _local(self, model: ModelRef, location: str,
+               on_download: OnDownload | None) -> Iterator[str]:
+        """A local path for a recorded location (pulled into the model cache when remote)."""
+        if self.model_cache is None:
+            yield location
+            return
+        progress = None if on_download is None else (
+            lambda done, total: on_download(model.id, done, total))
+        with self.model_cache.local(location, progress) as path:
+            yield str(path)
+
+    def pipeline(self, model: ModelRef, on_download: OnDownload | None = None) -> Any:
         """The loaded pipeline for a model (LRU cache; loads on a miss).
 
         A LoRA model shares its base model's pipeline: the adapter is loaded into it once,
         under its own name, and switched on only for that LoRA's runs (see `_activate`).
         """
         if model.base is not None:
-            pipe = self.pipeline(model.base)
-            self._attach_lora(pipe, model)
+            pipe = self.pipeline(model.base, on_download)
+            self._attach_lora(pipe, model, on_download)
             return pipe
         key = (model.id, model.source_path)
         with self._lock:
@@ -148,12 +172,16 @@ class DiffusersAdapter(Adapter):
         self._set_threads()
         start = time.perf_counter()
         fmt = model.format or "diffusers"
-        pipe, _ = load_pipeline(
-            model.source_path,
-            source_format=fmt,
-            config=model.config_path or None,
-            device=self.device,
-        )
+        with contextlib.ExitStack() as pins:
+            source = pins.enter_context(self._local(model, model.source_path, on_download))
+            config = model.config_path and pins.enter_context(
+                self._local(model, model.config_path, on_download))
+            pipe, _ = load_pipeline(
+                source,
+                source_format=fmt,
+                config=config or None,
+                device=self.device,
+            )
         pipe.set_progress_bar_config(disable=True)
         metrics.MODEL_LOAD_SECONDS.observe(time.perf_counter() - start)
         with self._lock:
@@ -172,7 +200,7 @@ class DiffusersAdapter(Adapter):
         digest = hashlib.sha1(model.source_path.encode()).hexdigest()[:8]
         return f"{model.id.replace('.', '_')}_{digest}"
 
-    def _attach_lora(self, pipe: Any, model: ModelRef) -> None:
+    def _attach_lora(self, pipe: Any, model: ModelRef, on_download: OnDownload | None) -> None:
         assert model.base is not None
         key = (model.base.id, model.base.source_path)
         name = self._lora_name(model)
@@ -180,7 +208,8 @@ class DiffusersAdapter(Adapter):
             if name in self._loras.get(key, set()):
                 return
         start = time.perf_counter()
-        pipe.load_lora_weights(model.source_path, adapter_name=name)
+        with self._local(model, model.source_path, on_download) as source:
+            pipe.load_lora_weights(source, adapter_name=name)
         metrics.MODEL_LOAD_SECONDS.observe(time.perf_counter() - start)
         with self._lock:
             self._loras.setdefault(key, set()).add(name)
@@ -205,7 +234,7 @@ class DiffusersAdapter(Adapter):
         from boothstudio.services.diffusion import pipelines
 
         plan = self.translate(specs)
-        pipe = self.pipeline(specs[0].model)
+        pipe = self.pipeline(specs[0].model, hooks.on_download)
         self._activate(pipe, specs[0])
         self._set_threads()
 

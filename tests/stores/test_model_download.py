@@ -1,0 +1,91 @@
+"""A Generator whose model lives only in the S3 bucket: real Catalog and Generator processes, each
+with its own empty data dir, and a real S3 endpoint (tests/stores/s3.py).
+
+The first Generate pulls the model into the replica's model cache (<data_dir>/generator/
+model_cache) and its stream reports the download (ModelDownload events from 0 to 100%) before
+denoising progress and the image; the second finds it cached and reports none.
+
+The model row is written into the Catalog's registry directly (source_path = the model's s3://
+location), as an import from a bucket would leave it.
+Rerun: `.venv/bin/pytest tests/stores/test_model_download.py -v`
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from boothstudio.services.catalog.registry import Registry
+from boothstudio.services.diffusion.loading import EMBEDDED_MODEL_DIR, inspect_folder
+from boothstudio.shared.artifact_store import open_artifact_store
+from boothstudio.v1 import catalog_pb2, generator_pb2_grpc
+from boothstudio.v1 import generator_pb2 as pb
+from tests.stores.helpers import isolated_env
+from tests.stores.s3 import S3Target
+
+MODEL_ID = "tiny-in-the-bucket"
+NO_PRELOAD = ["--set", "preload=false", "--set", "torch_threads=1"]
+
+
+def register_remote_model(catalog_dir: Path, location: str) -> None:
+    info = inspect_folder(EMBEDDED_MODEL_DIR)
+    registry = Registry(catalog_dir / "catalog" / "catalog.sqlite3")
+    try:
+        registry.insert({
+            "id": MODEL_ID,
+            "display_name": "the embedded model, kept in S3",
+            "kind": catalog_pb2.MODEL_KIND_BASE,
+            "backend_id": "diffusers",
+            "architecture": info.architecture,
+            "native_resolution": info.native_resolution,
+            "prediction_type": catalog_pb2.PREDICTION_TYPE_EPSILON,
+            "source_path": location,
+            "format": catalog_pb2.MODEL_FORMAT_DIFFUSERS,
+        })
+    finally:
+        registry.close()
+
+
+def kinds(events: list[pb.GenerateResponse]) -> list[str]:
+    return [e.WhichOneof("event") or "keepalive" for e in events]
+
+
+def test_the_first_generation_on_a_replica_reports_the_model_download_then_images(
+    start_service: Any, s3_bucket: S3Target, tmp_path: Path
+) -> None:
+    store = open_artifact_store(s3_bucket.url, tmp_path / "uploader", s3_bucket.options)
+    manifest = store.put_tree(EMBEDDED_MODEL_DIR, f"catalog/models/{MODEL_ID}")
+    register_remote_model(tmp_path / "catalog", store.url_of(f"catalog/models/{MODEL_ID}"))
+    catalog = start_service("catalog", env=isolated_env(**s3_bucket.env),
+                            data_dir=tmp_path / "catalog")
+    gen = start_service(
+        "generator", NO_PRELOAD,
+        env=isolated_env(BOOTHSTUDIO_CATALOG_ADDRESS=catalog.address, **s3_bucket.env),
+        data_dir=tmp_path / "generator", timeout=180,
+    )
+    stub = generator_pb2_grpc.GeneratorServiceStub(gen.channel())
+    request = pb.GenerateRequest(prompt="a red circle", steps=2, width=64, height=64, seed=7,
+                                 model_id=MODEL_ID, skip_gallery=True)
+
+    first = list(stub.Generate(request, timeout=300))
+    assert first[-1].finished.status == pb.GENERATION_STATUS_SUCCEEDED, first[-1]
+    order = kinds(first)
+    downloads = [e.model_download for e in first if e.HasField("model_download")]
+    assert downloads, order
+    assert {(d.model_id, d.bytes_total) for d in downloads} == {(MODEL_ID, manifest.size)}
+    assert downloads[0].bytes_done == 0 and downloads[-1].bytes_done == manifest.size
+    done = [d.bytes_done for d in downloads]
+    assert done == sorted(done)
+    # the download comes after the start and before any denoising step or image
+    last_download = len(order) - 1 - order[::-1].index("model_download")
+    assert order.index("started") < order.index("model_download")
+    assert last_download < order.index("progress") < order.index("image")
+    cached = tmp_path / "generator" / "generator" / "model_cache" / manifest.digest
+    assert (cached / "model_index.json").exists()
+
+    # cached on this replica now: no download the second time
+    second = list(stub.Generate(pb.GenerateRequest(
+        prompt="a blue square", steps=2, width=64, height=64, seed=8, model_id=MODEL_ID,
+        skip_gallery=True), timeout=300))
+    assert second[-1].finished.status == pb.GENERATION_STATUS_SUCCEEDED
+    assert "model_download" not in kinds(second) and "image" in kinds(second)
