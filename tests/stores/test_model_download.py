@@ -5,8 +5,9 @@ The first Generate pulls the model into the replica's model cache (<data_dir>/ge
 model_cache) and its stream reports the download (ModelDownload events from 0 to 100%) before
 denoising progress and the image; the second finds it cached and reports none.
 
-The model row is written into the Catalog's registry directly (source_path = the model's s3://
-location), as an import from a bucket would leave it.
+The model is registered twice over: a row written into the Catalog's registry directly
+(source_path = the model's s3:// location), and an ImportModel of a folder in the bucket
+(copy_files: copied inside the bucket by the Catalog).
 Rerun: `.venv/bin/pytest tests/stores/test_model_download.py -v`
 """
 
@@ -18,7 +19,7 @@ from typing import Any
 from boothstudio.services.catalog.registry import Registry
 from boothstudio.services.diffusion.loading import EMBEDDED_MODEL_DIR, inspect_folder
 from boothstudio.shared.artifact_store import open_artifact_store
-from boothstudio.v1 import catalog_pb2, generator_pb2_grpc
+from boothstudio.v1 import catalog_pb2, catalog_pb2_grpc, generator_pb2_grpc
 from boothstudio.v1 import generator_pb2 as pb
 from tests.stores.helpers import isolated_env
 from tests.stores.s3 import S3Target
@@ -89,3 +90,30 @@ def test_the_first_generation_on_a_replica_reports_the_model_download_then_image
         skip_gallery=True), timeout=300))
     assert second[-1].finished.status == pb.GENERATION_STATUS_SUCCEEDED
     assert "model_download" not in kinds(second) and "image" in kinds(second)
+
+
+def test_a_model_imported_from_the_bucket_through_the_catalog_is_pulled_by_the_generator(
+    start_service: Any, s3_bucket: S3Target, tmp_path: Path
+) -> None:
+    store = open_artifact_store(s3_bucket.url, tmp_path / "uploader", s3_bucket.options)
+    store.put_tree(EMBEDDED_MODEL_DIR, "uploads/tiny")
+    catalog = start_service("catalog", env=isolated_env(**s3_bucket.env))
+    imported = catalog_pb2_grpc.CatalogServiceStub(catalog.channel()).ImportModel(
+        catalog_pb2.ImportModelRequest(diffusers_path=store.url_of("uploads/tiny"),
+                                       model_id=MODEL_ID, copy_files=True), timeout=120).model
+    assert imported.source_path.startswith(s3_bucket.url)
+    stored = store.locate(imported.source_path)
+    assert stored is not None
+    gen = start_service(
+        "generator", NO_PRELOAD,
+        env=isolated_env(BOOTHSTUDIO_CATALOG_ADDRESS=catalog.address, **s3_bucket.env),
+        timeout=180,
+    )
+    events = list(generator_pb2_grpc.GeneratorServiceStub(gen.channel()).Generate(
+        pb.GenerateRequest(prompt="a red circle", steps=2, width=64, height=64, seed=7,
+                           model_id=MODEL_ID, skip_gallery=True), timeout=300))
+    assert events[-1].finished.status == pb.GENERATION_STATUS_SUCCEEDED, events[-1]
+    downloads = [e.model_download for e in events if e.HasField("model_download")]
+    assert downloads and downloads[-1].bytes_done == downloads[-1].bytes_total == (
+        stored.manifest.size)
+    assert (gen.data_dir / "generator" / "model_cache" / stored.manifest.digest).is_dir()
