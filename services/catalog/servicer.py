@@ -10,9 +10,10 @@ reachability.
   (samplers.py, backends.py); the Catalog never imports the Generator.
 
 Modules: registry.py (rows in the metadata store: SQLite by default, PostgreSQL when
-`database_url` is set; schema in migrations/), imports.py (ImportModel), deletion.py
-(DeleteModel's checks), mapping.py (rows and tables as messages), backend_health.py (configured
-backends, reachability).
+`database_url` is set; schema in migrations/), imports.py (ImportModel), model_files.py (model
+files in the artifact store: copies under catalog/models/<id>/, locations read in the store),
+deletion.py (DeleteModel's checks), mapping.py (rows and tables as messages), backend_health.py
+(configured backends, reachability).
 Settings: services/catalog/settings.py (CatalogSettings).
 """
 
