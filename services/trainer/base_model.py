@@ -6,12 +6,14 @@ or a single file with a config folder; the job keeps a plain dict of what the wo
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import grpc
 
 from boothstudio.services.trainer.identifiers import Vocabulary
+from boothstudio.shared.artifact_store import ArtifactMissing, ArtifactStore
 from boothstudio.shared.errors import FieldViolation, Unavailable
 from boothstudio.v1 import catalog_pb2, catalog_pb2_grpc
 
@@ -57,10 +59,21 @@ async def look_up(catalog: catalog_pb2_grpc.CatalogServiceStub, catalog_address:
             "architecture": m.architecture}, None, False
 
 
-def vocabulary(base: dict[str, Any] | None) -> Vocabulary | None:
-    """The base model's tokenizer vocabulary, where its folder is local (for picking a rare
-    identifier); None for a cached HF model or no model."""
+def vocabulary(base: dict[str, Any] | None,
+               artifacts: ArtifactStore | None = None) -> Vocabulary | None:
+    """The base model's tokenizer vocabulary (for picking a rare identifier), from its local
+    folder or from the artifact store; None for a cached HF model or no model. Blocking."""
     if not base or base["format"] not in ("diffusers", "single_file"):
         return None
     folder = base["source_path"] if base["format"] == "diffusers" else base["config_path"]
+    if artifacts is not None and artifacts.is_remote_location(folder):
+        key = artifacts.key_of(folder)
+        for name in ("vocab.json", "tokenizer.json"):
+            try:
+                data = json.loads(artifacts.get_bytes(f"{key}/tokenizer/{name}"))
+            except (ArtifactMissing, ValueError):
+                continue
+            tokens = data if name == "vocab.json" else data.get("model", {}).get("vocab", {})
+            return Vocabulary(set(tokens)) if isinstance(tokens, dict) else None
+        return None
     return Vocabulary.from_model_dir(Path(folder))

@@ -37,10 +37,11 @@ async def check_config(
     dataset = (await asyncio.to_thread(uploads.dataset_images, store, datasets_dir,
                                        config.dataset_id, artifacts)
                if config.dataset_id and not config.instance_images else None)
+    vocab = await asyncio.to_thread(base_model.vocabulary, base, artifacts)
     try:
         resolved = await asyncio.to_thread(
             resolve, config, base_model=base or {}, limits=limits,
-            vocab=base_model.vocabulary(base), dataset_images=dataset)
+            vocab=vocab, dataset_images=dataset)
     except InvalidArgument as exc:
         if model_violation is not None:
             exc.violations.insert(0, model_violation)

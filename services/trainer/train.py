@@ -36,7 +36,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
@@ -76,6 +76,9 @@ from boothstudio.services.trainer.module import (
 from boothstudio.shared.artifact_store import MANIFEST, ArtifactStore
 from boothstudio.shared.storage import fsync_dir
 from boothstudio.v1 import trainer_pb2
+
+if TYPE_CHECKING:
+    from boothstudio.services.diffusion.model_cache import ModelCache
 
 log = logging.getLogger("boothstudio.trainer.job")
 JobState = trainer_pb2.TrainingJobState
@@ -121,6 +124,8 @@ class JobSpec:
     extra_callbacks: list[Callback] = field(default_factory=list)
     #: where the job's files live beyond this host (None: the job folder only)
     store: ArtifactStore | None = None
+    #: where a base model kept in a remote store is pulled to (None: base models are local)
+    model_cache: ModelCache | None = None
 
 
 @dataclass
@@ -145,14 +150,38 @@ def _observe_peak_memory(reporter: Reporter) -> None:
     reporter.observe(PEAK_MEMORY, peak_memory_bytes(), device)
 
 
-def load_base(base_model: dict[str, Any]) -> Any:
+def _is_remote(model_cache: ModelCache | None, location: str) -> bool:
+    return bool(location) and model_cache is not None and model_cache.store.is_remote_location(
+        location)
+
+
+def load_base(base_model: dict[str, Any], model_cache: ModelCache | None = None) -> Any:
+    """The base pipeline; weights (and a single file's config folder) kept in a remote store
+    are pulled into the model cache first, and pinned there while they load."""
     from boothstudio.services.diffusion.loading import load_pipeline
 
-    pipe, _info = load_pipeline(base_model["source_path"],
-                                source_format=base_model.get("format") or None,
-                                config=base_model.get("config_path") or None,
-                                dtype=torch.float32)
+    source, config = base_model["source_path"], base_model.get("config_path") or None
+    with contextlib.ExitStack() as pins:
+        if model_cache is not None and _is_remote(model_cache, source):
+            source = str(pins.enter_context(model_cache.local(source)))
+        if model_cache is not None and config and _is_remote(model_cache, config):
+            config = str(pins.enter_context(model_cache.local(config)))
+        pipe, _info = load_pipeline(source, source_format=base_model.get("format") or None,
+                                    config=config, dtype=torch.float32)
     return pipe
+
+
+def base_model_hash(spec: JobSpec) -> str:
+    """What identifies the base model's weights in class-image keys: the content hash of a
+    local model, the manifest digest of one kept in the store (the same on every host)."""
+    location = str(spec.base_model["source_path"])
+    if spec.model_cache is not None and _is_remote(spec.model_cache, location):
+        folder = spec.model_cache.store.locate(location)
+        if folder is not None:
+            return f"store:{folder.manifest.digest}:{folder.inner}"
+    source = Path(location)
+    return (model_content_hash(source, spec.model_hash_memo) if source.exists()
+            else f"id:{spec.base_model.get('id')}")
 
 
 def make_pipeline(components: dict[str, Any]) -> Any:
@@ -517,9 +546,7 @@ def prepare_class_images(spec: JobSpec, pipe: Any, reporter: Reporter, prompts: 
     from boothstudio.services.diffusion import samplers
 
     sampler_spec, schedule = samplers.resolve(gen.sampler, gen.schedule)
-    source = Path(spec.base_model["source_path"])
-    model_hash = (model_content_hash(source, spec.model_hash_memo) if source.exists()
-                  else f"id:{spec.base_model.get('id')}")
+    model_hash = base_model_hash(spec)
     cache = ClassImageCache(spec.cache_dir, spec.store)
     total = c.prior_preservation.class_image_count
     share, extra = divmod(total, len(prompts))
@@ -570,7 +597,7 @@ def run_job(spec: JobSpec, reporter: Reporter) -> JobResult:
     if spec.store is not None:  # a job created, or last run, on another host
         pull_inputs(spec.store, spec.job_id, spec.job_dir)
     torch.manual_seed(c.seed)
-    pipe = load_base(spec.base_model)
+    pipe = load_base(spec.base_model, spec.model_cache)
     masked = c.HasField("masked_loss_background_weight")
     images, _names, captions = _instance_images(spec.job_dir, keep_alpha=masked)
     class_paths: list[tuple[Path, str]] = []

@@ -32,6 +32,7 @@ from boothstudio.shared.config import ServiceConfig
 from boothstudio.v1 import catalog_pb2, catalog_pb2_grpc, trainer_pb2
 
 if TYPE_CHECKING:
+    from boothstudio.services.diffusion.model_cache import ModelCache
     from boothstudio.services.trainer.train import JobResult
 
 JobState = trainer_pb2.TrainingJobState
@@ -45,10 +46,15 @@ WORKER_STORAGE_ENV = "BOOTHSTUDIO_TRAINER_WORKER_STORAGE"
 
 
 def worker_storage_env(config: ServiceConfig) -> dict[str, str]:
-    """What a worker needs to open the same artifact store as its service."""
+    """What a worker needs to open the same artifact store as its service, and the size of
+    its model cache."""
+    from boothstudio.services.settings import load_settings
+    from boothstudio.services.trainer.settings import TrainerSettings
+
     return {WORKER_STORAGE_ENV: json.dumps({
         "url": config.storage_url, "options": config.storage_options,
-        "data_dir": str(Path(config.data_dir).resolve())})}
+        "data_dir": str(Path(config.data_dir).resolve()),
+        "model_cache_bytes": load_settings(TrainerSettings, config).model_cache_bytes})}
 
 
 def open_worker_store() -> ArtifactStore:
@@ -56,6 +62,17 @@ def open_worker_store() -> ArtifactStore:
     given = json.loads(os.environ.get(WORKER_STORAGE_ENV) or "{}")
     return open_artifact_store(given.get("url", ""), Path(given.get("data_dir", "data")),
                                given.get("options") or {}, check=False)
+
+
+def open_worker_model_cache(store: ArtifactStore, service_dir: Path) -> ModelCache:
+    """The service's cache of base models pulled from a remote store (shared by its workers)."""
+    from boothstudio.services.diffusion.model_cache import CACHE_DIR_NAME, ModelCache
+    from boothstudio.services.trainer.settings import TrainerSettings
+
+    given = json.loads(os.environ.get(WORKER_STORAGE_ENV) or "{}")
+    max_bytes = given.get("model_cache_bytes",
+                          TrainerSettings.model_fields["model_cache_bytes"].default)
+    return ModelCache(store, service_dir / CACHE_DIR_NAME, int(max_bytes))
 
 
 def die_with_parent() -> None:
@@ -303,9 +320,11 @@ def main(argv: list[str] | None = None) -> int:
         log.error("no job %s", args.job_id)
         return 2
     reporter = StoreReporter(store, job.id, job.job_dir) if rank == 0 else Reporter()
+    artifacts = open_worker_store()
     spec = JobSpec(job.id, job.job_dir, job.config, job.base_model,
                    args.service_dir / "class_images", args.service_dir / "model_hashes.json",
-                   sample_steps=args.sample_steps, store=open_worker_store())
+                   sample_steps=args.sample_steps, store=artifacts,
+                   model_cache=open_worker_model_cache(artifacts, args.service_dir))
     try:
         result = run_job(spec, reporter)  # type: ignore[arg-type]
     except BaseException as exc:

@@ -1,6 +1,8 @@
 """A training job's files in a real S3 bucket (moto, through s3fs): a job runs or resumes on any
 Trainer host because everything it needs is in the store, its local folder only a scratch copy.
 
+- the base model is kept in the bucket too: each host pulls it into its model cache, and its
+  vocabulary is read from there when the job is made;
 - a job made on host A (inputs stored before its row), trained with checkpoint_every_steps and
   stopped: the bucket holds its inputs, committed checkpoints (object + .sha256 marker), exports
   and its class-image set;
@@ -22,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from boothstudio.services.trainer.base_model import vocabulary
 from boothstudio.services.trainer.job_files import committed_checkpoints, job_key
 from boothstudio.shared.artifact_store import ArtifactCorrupt, ArtifactStore, open_artifact_store
 from boothstudio.v1 import trainer_pb2
@@ -64,14 +67,14 @@ def _config(pngs: list[bytes]) -> trainer_pb2.DreamBoothConfig:
     return cfg
 
 
-def _new_job(job_id: str, jobs_dir: Path, model: Path, pngs: list[bytes],
+def _new_job(job_id: str, jobs_dir: Path, model: str, pngs: list[bytes],
              store: ArtifactStore | None) -> Any:
     """The job's row and folder as CreateTrainingJob makes them (inputs into the store)."""
     from boothstudio.services.trainer.job_creation import new_job
     from boothstudio.services.trainer.options import Limits, resolve
     from boothstudio.services.trainer.uploads import write_job_dir
 
-    base = {"id": "untrained", "source_path": str(model), "format": "diffusers",
+    base = {"id": "untrained", "source_path": model, "format": "diffusers",
             "native_resolution": 64}
     resolved = resolve(_config(pngs), base_model=base, limits=Limits())
     job = new_job(job_id, "", base, resolved, jobs_dir)
@@ -80,11 +83,13 @@ def _new_job(job_id: str, jobs_dir: Path, model: Path, pngs: list[bytes],
 
 
 def _spec(job: Any, host: Path, store: ArtifactStore | None, **kw: Any) -> Any:
+    from boothstudio.services.diffusion.model_cache import ModelCache
     from boothstudio.services.trainer.train import JobSpec
 
+    cache = ModelCache(store, host / "trainer" / "model_cache", 1 << 30) if store else None
     return JobSpec(job.id, host / "trainer" / "jobs" / job.id, job.config, job.base_model,
                    host / "trainer" / "class_images", host / "trainer" / "model_hashes.json",
-                   sample_steps=2, store=store, **kw)
+                   sample_steps=2, store=store, model_cache=cache, **kw)
 
 
 def _weights(ckpt: Path) -> dict[str, Any]:
@@ -105,11 +110,17 @@ def test_job_moves_to_another_host_through_the_store(tmp_path, s3_bucket, untrai
     store_b = open_artifact_store(s3_bucket.url, host_b, s3_bucket.options)
 
     # an uninterrupted run, on a host of its own without a store
-    whole = _new_job("whole", alone / "trainer" / "jobs", untrained_model, subject_pngs, None)
+    whole = _new_job("whole", alone / "trainer" / "jobs", str(untrained_model), subject_pngs,
+                     None)
     full = run_job(_spec(whole, alone, None), Reporter())
     assert full.outcome == "succeeded" and full.step == STEPS
 
-    job = _new_job("moved", host_a / "trainer" / "jobs", untrained_model, subject_pngs, store_a)
+    # the same base model, kept in the bucket (as the Catalog keeps one when scaled out)
+    store_a.put_tree(untrained_model, "catalog/models/untrained")
+    stored_model = store_a.url_of("catalog/models/untrained")
+    base = {"format": "diffusers", "source_path": stored_model}
+    assert vocabulary(base, store_a) is not None and vocabulary(base, None) is None
+    job = _new_job("moved", host_a / "trainer" / "jobs", stored_model, subject_pngs, store_a)
     inputs = s3_bucket.keys(job_key(job.id))
     assert {"trainer/jobs/moved/instance/MANIFEST.json", "trainer/jobs/moved/config.yaml",
             "trainer/jobs/moved/instance/0.png"} <= set(inputs)
@@ -139,6 +150,7 @@ def test_job_moves_to_another_host_through_the_store(tmp_path, s3_bucket, untrai
     assert "resuming from step-000002.ckpt" in reporter.messages
     assert second.class_images_cached == 2 and second.class_images_generated == 0
     assert not reporter.warnings
+    assert [e.name for e in _spec(job, host_b, store_b).model_cache.entries()]  # pulled there
 
     a = _weights(alone / "trainer" / "jobs" / "whole" / "checkpoints" / "step-000004.ckpt")
     b = _weights(host_b / "trainer" / "jobs" / "moved" / "checkpoints" / "step-000004.ckpt")
