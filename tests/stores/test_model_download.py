@@ -7,7 +7,8 @@ denoising progress and the image; the second finds it cached and reports none.
 
 The model is registered twice over: a row written into the Catalog's registry directly
 (source_path = the model's s3:// location), and an ImportModel of a folder in the bucket
-(copy_files: copied inside the bucket by the Catalog).
+(copy_files: copied inside the bucket by the Catalog). And in process, the diffusers adapter
+with a LoRA (a file of a stored folder) on a base model, both only in the bucket.
 Rerun: `.venv/bin/pytest tests/stores/test_model_download.py -v`
 """
 
@@ -117,3 +118,50 @@ def test_a_model_imported_from_the_bucket_through_the_catalog_is_pulled_by_the_g
     assert downloads and downloads[-1].bytes_done == downloads[-1].bytes_total == (
         stored.manifest.size)
     assert (gen.data_dir / "generator" / "model_cache" / stored.manifest.digest).is_dir()
+
+
+def test_a_lora_and_its_base_model_in_the_bucket_are_both_pulled_in_process(
+    s3_bucket: S3Target, tmp_path: Path
+) -> None:
+    """The diffusers adapter itself: a LoRA (one file of a stored folder) on a base model, both
+    only in the bucket; each is pulled once, with its own download reports, and the LoRA's
+    picture differs from the base model's."""
+    import numpy as np
+
+    from boothstudio.services.diffusion.model_cache import ModelCache
+    from boothstudio.services.generator.adapters.base import GenerationSpec, ModelRef, RunHooks
+    from boothstudio.services.generator.adapters.diffusers import DiffusersAdapter
+    from tests.generator.fixtures import build_lora
+
+    store = open_artifact_store(s3_bucket.url, tmp_path / "data", s3_bucket.options)
+    store.put_tree(EMBEDDED_MODEL_DIR, "catalog/models/base")
+    lora_file = build_lora(EMBEDDED_MODEL_DIR, tmp_path / "lora")
+    store.put_tree(lora_file.parent, "catalog/models/lora")
+    base = ModelRef("base", "diffusers", store.url_of("catalog/models/base"), "diffusers",
+                    native_resolution=64)
+    lora = ModelRef("lora", "diffusers", store.url_of(f"catalog/models/lora/{lora_file.name}"),
+                    "lora", base=base, native_resolution=64)
+    adapter = DiffusersAdapter(model_cache=ModelCache(store, tmp_path / "cache", 10**9))
+    reports: list[tuple[str, int, int]] = []
+
+    def generate(model: ModelRef) -> np.ndarray:
+        out: list[Any] = []
+        adapter.run([GenerationSpec(prompt="a red circle", negative_prompt="", model=model,
+                                    sampler="euler", schedule="normal", steps=2, cfg_scale=7.0,
+                                    width=64, height=64, seeds=[11])],
+                    RunHooks(on_step=lambda p: None, should_stop=lambda: False,
+                             is_cancelled=lambda k: False,
+                             on_image=lambda k, i, im: out.append(im),
+                             on_warning=lambda *a: None,
+                             on_download=lambda *r: reports.append(r)))
+        return np.asarray(out[0], np.int16)
+
+    plain = generate(base)
+    assert {r[0] for r in reports} == {"base"} and reports[-1][1] == reports[-1][2]
+    reports.clear()
+    with_lora = generate(lora)
+    assert {r[0] for r in reports} == {"lora"} and reports[-1][1] == reports[-1][2]
+    assert np.abs(with_lora - plain).mean() > 2.0
+    reports.clear()
+    generate(lora)
+    assert reports == []  # loaded: nothing pulled again
