@@ -193,8 +193,8 @@ def test_names_of_things_are_checked_up_front(stack, subject_pngs):
 
 
 @pytest.mark.parametrize("name", ["../../escape.png", "a/b.png", "a\\b.png", ".hidden.png",
-                                  "..", "captions.json", "x" * 252 + ".png", "nul\0.png",
-                                  "é" * 130 + ".png"])
+                                  "..", "captions.json", "MANIFEST.json", "x" * 252 + ".png",
+                                  "nul\0.png", "é" * 130 + ".png"])
 def test_bad_file_names_are_refused_before_any_write(stack, subject_pngs, name):
     jobs_before = folders(trainer_dir(stack) / "jobs")
     cfg = job_config(stack.base_model_id, subject_pngs[:2])
