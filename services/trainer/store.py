@@ -5,8 +5,18 @@ default, PostgreSQL when `database_url` is set; the schema is migrated by Alembi
 Shared by the service process (queue, RPCs) and the worker processes (progress, events), and by
 several Trainer replicas on one database: each write is a short transaction; state changes are
 compare-and-set under the job's row lock; queued jobs are claimed FOR UPDATE SKIP LOCKED
-(claim_queued). Events carry a per-job monotonic sequence number so that watchers can follow a
-job by polling `events_after`. A database that goes away while serving is
+(claim_queued).
+
+Leases: the replica that claims a job holds it (lease_owner = its replica_id, the claim's
+attempt number as fencing token) until lease_expires, which it renews while the job runs
+(hold_leases). Lease times are the DATABASE's clock (`_db_now`, UTC seconds), never a replica's,
+so replicas' clocks need not agree. A job whose lease expired (its replica died) is claimed again
+like a queued one and re-run from its last checkpoint. A worker process writes under its
+replica's lease (WORKER_LEASE_ENV, set by the supervisor): once another claim took the job, its
+writes raise LeaseLost instead of overwriting the new runner's state.
+
+Events carry a per-job monotonic sequence number so that watchers (on any replica) follow a job
+by polling `events_after`. A database that goes away while serving is
 errors.Unavailable (DATABASE_UNAVAILABLE, retry_after). No torch here: the service imports this
 module.
 """
@@ -14,8 +24,9 @@ module.
 from __future__ import annotations
 
 import json
+import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +76,9 @@ jobs = sa.Table(
     sa.Column("instance_image_count", sa.Integer()),
     sa.Column("job_dir", sa.Text()),
     sa.Column("worker_pid", sa.Integer()),
+    sa.Column("lease_owner", sa.Text()),
+    sa.Column("lease_expires", sa.Float()),
+    sa.Column("crashes", sa.Integer()),
 )
 events = sa.Table(
     "events", metadata,
@@ -123,6 +137,40 @@ class DuplicateRow(Exception):
     """A row with that key exists already (a concurrent call may have written it)."""
 
 
+class LeaseLost(Exception):
+    """A fenced write (a worker's) to a job that another claim has taken since, or that is gone:
+    the writer must stop; nothing was written."""
+
+
+#: the lease a worker process writes under ("<attempt> <owner>"), set by the supervisor
+WORKER_LEASE_ENV = "BOOTHSTUDIO_TRAINER_WORKER_LEASE"
+
+
+@dataclass(frozen=True)
+class Lease:
+    """Who runs a job: the replica (`owner`) and which of its claims (`attempt`, the job's
+    attempts counter at that claim). The attempt makes the token unique even when a job goes
+    back to a replica that ran it before."""
+
+    owner: str
+    attempt: int
+
+    def to_env(self) -> str:
+        return f"{self.attempt} {self.owner}"
+
+    @classmethod
+    def from_env(cls) -> Lease | None:
+        given = os.environ.get(WORKER_LEASE_ENV, "")
+        if not given:
+            return None
+        attempt, _, owner = given.partition(" ")
+        return cls(owner, int(attempt))
+
+    def holds(self) -> sa.ColumnElement[bool]:
+        """SQL condition: the job is still under this lease."""
+        return sa.and_(jobs.c.lease_owner == self.owner, jobs.c.attempts == self.attempt)
+
+
 @dataclass
 class JobRow:
     id: str
@@ -147,6 +195,15 @@ class JobRow:
     instance_image_count: int
     job_dir: Path
     worker_pid: int
+    lease_owner: str = ""
+    lease_expires: float | None = None
+    crashes: int = 0
+    #: set by claim_queued only: claimed from a replica whose lease had expired
+    taken_over: bool = False
+
+    @property
+    def lease(self) -> Lease:
+        return Lease(self.lease_owner, self.attempts)
 
     @classmethod
     def from_row(cls, r: RowMapping) -> JobRow:
@@ -158,7 +215,8 @@ class JobRow:
                    r["create_time"], r["start_time"], r["end_time"], r["update_time"],
                    r["queued_at"], r["output_model_id"], r["trigger_phrase"], metrics,
                    json.loads(r["warnings"]), r["attempts"], r["instance_image_count"],
-                   Path(r["job_dir"]), r["worker_pid"])
+                   Path(r["job_dir"]), r["worker_pid"], r["lease_owner"] or "",
+                   r["lease_expires"], r["crashes"] or 0)
 
     @property
     def terminal(self) -> bool:
@@ -187,14 +245,34 @@ class _RawSQL:
 class JobStore:
     """Typed access to the trainer's tables (one per process: the service and each worker)."""
 
-    def __init__(self, path: Path, database_url: str = "") -> None:
+    def __init__(self, path: Path, database_url: str = "", *,
+                 fence: Lease | None = None) -> None:
         """The store in `database_url`, or in the SQLite file `path` when it is empty;
-        migrated to the newest schema (ConfigError naming database_url when unreachable)."""
+        migrated to the newest schema (ConfigError naming database_url when unreachable).
+
+        `fence`: the lease this process writes under (default: WORKER_LEASE_ENV, which the
+        supervisor sets for its workers; the service itself has none). With a fence, every
+        write to a job (state, progress, events, warnings, checkpoints) happens only while the
+        job is still under that lease, else LeaseLost."""
         self.engine = mstore.open_database(database_url, path)
         mstore.migrate(self.engine, MIGRATIONS_DIR, service=SERVICE,
                        legacy_revisions=LEGACY_REVISIONS, legacy_table="jobs")
         self.postgres = self.engine.dialect.name == "postgresql"
         self.db = _RawSQL(self.engine)
+        self.fence = fence if fence is not None else Lease.from_env()
+
+    def _db_now(self) -> sa.ColumnElement[float]:
+        """The database's clock in UTC seconds: every lease time is read and written by it."""
+        if self.postgres:
+            return sa.cast(sa.extract("epoch", sa.func.clock_timestamp()), sa.Float)
+        return (sa.func.julianday("now") - 2440587.5) * 86400.0
+
+    def _fenced(self, tx: sa.Connection, job_id: str) -> None:
+        """Lock the job's row; LeaseLost when this process writes under a lease it lost."""
+        row = tx.execute(sa.select(jobs.c.lease_owner, jobs.c.attempts)
+                         .where(jobs.c.id == job_id).with_for_update()).first()
+        if self.fence is not None and (row is None or Lease(row[0], row[1]) != self.fence):
+            raise LeaseLost(f"job {job_id} is no longer under lease {self.fence}")
 
     def close(self) -> None:
         self.engine.dispose()
@@ -246,17 +324,25 @@ class JobStore:
         with mstore.reading(self.engine) as conn:
             return [JobRow.from_row(r) for r in conn.execute(stmt).mappings()]
 
-    def claim_queued(self, limit: int, exclude: Iterable[str] = ()) -> list[JobRow]:
-        """Take up to `limit` queued jobs, oldest first, and move each to PREPARING (STARTED,
-        attempt N; start_time on its first start) with its state_changed event, in one
-        transaction. Several Trainer replicas may share the queue: on PostgreSQL the rows are
-        locked FOR UPDATE SKIP LOCKED (another replica's claim in progress is skipped, not
+    def claim_queued(self, limit: int, exclude: Iterable[str] = (), *, owner: str = "",
+                     lease_seconds: float = 30.0) -> list[JobRow]:
+        """Take up to `limit` jobs, oldest first, for the replica `owner`: queued ones (but not
+        those reserved for another replica: `reserve`), and active ones whose lease expired
+        (their replica died; `taken_over` is set on those).
+        Each moves to PREPARING (STARTED or TAKEN_OVER, attempt N; start_time on its first
+        start) under a lease of `lease_seconds` with its state_changed event, in one
+        transaction. An expired job that was being cancelled is CANCELLED instead (nobody is
+        left to stop). Several Trainer replicas may share the queue: on PostgreSQL the rows
+        are locked FOR UPDATE SKIP LOCKED (another replica's claim in progress is skipped, not
         waited for), on SQLite the write lock serializes claims; either way a job is claimed
         by exactly one caller. `exclude`: ids not to take (jobs this process still runs)."""
         if limit <= 0:
             return []
         exclude = [*exclude]
-        stmt = sa.select(jobs).where(jobs.c.state == JobState.TRAINING_JOB_STATE_QUEUED)
+        unleased = sa.or_(jobs.c.lease_expires.is_(None), jobs.c.lease_expires < self._db_now())
+        queued = sa.and_(jobs.c.state == JobState.TRAINING_JOB_STATE_QUEUED,
+                         sa.or_(unleased, jobs.c.lease_owner == owner))  # or reserved for us
+        stmt = sa.select(jobs).where(sa.or_(queued, sa.and_(jobs.c.state.in_(ACTIVE), unleased)))
         if exclude:
             stmt = stmt.where(jobs.c.id.not_in(exclude))
         stmt = stmt.order_by(jobs.c.queued_at, jobs.c.id).limit(limit)
@@ -267,22 +353,80 @@ class JobStore:
         claimed = []
         with mstore.writing(self.engine) as tx:
             for job in [JobRow.from_row(r) for r in tx.execute(stmt).mappings().all()]:
-                now = time.time()
+                if job.state == JobState.TRAINING_JOB_STATE_CANCELLING:
+                    self._change(tx, job, JobState.TRAINING_JOB_STATE_CANCELLED, "CANCELLED",
+                                 f"replica {job.lease_owner or '?'} stopped while cancelling",
+                                 {"end_time": time.time(), "update_time": time.time()})
+                    continue
+                taken_over = job.state != JobState.TRAINING_JOB_STATE_QUEUED
                 fields: dict[str, Any] = {
                     "state": JobState.TRAINING_JOB_STATE_PREPARING, "attempts": job.attempts + 1,
-                    "failure_reason": "", "failure_message": "", "update_time": now}
+                    "failure_reason": "", "failure_message": "", "update_time": time.time(),
+                    "lease_owner": owner, "lease_expires": self._db_now() + lease_seconds}
                 if not job.start_time:  # first start only
-                    fields["start_time"] = now
-                tx.execute(jobs.update().where(jobs.c.id == job.id).values(fields))
-                self._append_event(tx, job.id, now, lock=False,
-                                   state_changed=trainer_pb2.TrainingStateChanged(
-                                       previous_state=job.state,  # type: ignore[arg-type]
-                                       state=JobState.TRAINING_JOB_STATE_PREPARING,
-                                       reason="STARTED", message=f"attempt {job.attempts + 1}"))
+                    fields["start_time"] = fields["update_time"]
+                if taken_over:
+                    message = (f"replica {job.lease_owner or '?'} stopped renewing its lease; "
+                               f"attempt {job.attempts + 1} resumes from the last checkpoint")
+                    self._change(tx, job, JobState.TRAINING_JOB_STATE_PREPARING, "TAKEN_OVER",
+                                 message, fields)
+                    self._add_warning(tx, job.id, "TAKEN_OVER", message)
+                else:
+                    self._change(tx, job, JobState.TRAINING_JOB_STATE_PREPARING, "STARTED",
+                                 f"attempt {job.attempts + 1}", fields)
+                fields.pop("lease_expires")  # an SQL expression; not needed by the caller
                 for k, v in fields.items():
                     setattr(job, k, v)
+                job.taken_over = taken_over
                 claimed.append(job)
         return claimed
+
+    def _change(self, tx: sa.Connection, job: JobRow, state: int, reason: str, message: str,
+                fields: dict[str, Any]) -> None:
+        """Move a job the caller holds locked (read in this transaction) and log the event."""
+        tx.execute(jobs.update().where(jobs.c.id == job.id).values(dict(fields, state=state)))
+        self._append_event(tx, job.id, time.time(), lock=False,
+                           state_changed=trainer_pb2.TrainingStateChanged(
+                               previous_state=job.state,  # type: ignore[arg-type]
+                               state=state, reason=reason, message=message))  # type: ignore[arg-type]
+
+    def hold_leases(self, leases: Mapping[str, Lease], *,
+                    renew_seconds: float | None = None) -> dict[str, int]:
+        """Of the jobs a replica runs (job id -> the lease it claimed it under), those still
+        active under that lease -> their state; with `renew_seconds`, their leases are
+        extended to that long from now, in one UPDATE (a compare-and-set on the lease: one
+        another replica took over is never renewed back). A job missing from the answer was
+        taken over, ended or deleted: its worker must stop."""
+        if not leases:
+            return {}
+        held = sa.or_(*(sa.and_(jobs.c.id == job_id, lease.holds())
+                        for job_id, lease in leases.items()))
+        active = jobs.c.state.in_(ACTIVE)
+        if renew_seconds is None:
+            with mstore.reading(self.engine) as conn:
+                rows = conn.execute(sa.select(jobs.c.id, jobs.c.state).where(held, active))
+                return {r[0]: int(r[1]) for r in rows}
+        with mstore.writing(self.engine) as tx:
+            rows = tx.execute(jobs.update().where(held, active)
+                              .values(lease_expires=self._db_now() + renew_seconds)
+                              .returning(jobs.c.id, jobs.c.state))
+            return {r[0]: int(r[1]) for r in rows}
+
+    def reserve(self, job_id: str, lease: Lease, owner: str, reason: str, message: str,
+                lease_seconds: float) -> int | None:
+        """Queue an active job still under `lease` again, for the replica `owner` only, for
+        `lease_seconds` (a restarted replica taking its jobs back: no other replica claims
+        them meanwhile); the previous state, or None when the job left that lease."""
+        return self.set_state(job_id, JobState.TRAINING_JOB_STATE_QUEUED, reason, message,
+                              expect=ACTIVE, lease=lease, lease_owner=owner,
+                              lease_expires=self._db_now() + lease_seconds)
+
+    def lease_is_live(self, job_id: str) -> bool:
+        """Whether a replica holds the job's lease now (it runs the job, or is starting it)."""
+        stmt = sa.select(jobs.c.id).where(jobs.c.id == job_id, jobs.c.state.in_(ACTIVE),
+                                          jobs.c.lease_expires >= self._db_now())
+        with mstore.reading(self.engine) as conn:
+            return conn.execute(stmt).first() is not None
 
     @staticmethod
     def _values(fields: dict[str, Any]) -> dict[str, Any]:
@@ -303,37 +447,52 @@ class JobStore:
         if not fields:
             return
         fields.setdefault("update_time", time.time())
+        stmt = jobs.update().where(jobs.c.id == job_id).values(self._values(fields))
+        if self.fence is not None:
+            stmt = stmt.where(self.fence.holds())
         with mstore.writing(self.engine) as tx:
-            tx.execute(jobs.update().where(jobs.c.id == job_id).values(self._values(fields)))
+            if tx.execute(stmt).rowcount != 1 and self.fence is not None:
+                raise LeaseLost(f"job {job_id} is no longer under lease {self.fence}")
 
     def add_warning(self, job_id: str, reason: str, message: str, field: str = "") -> None:
         """Append a warning to the job's list and its event, in one transaction."""
-        warning = {"reason": reason, "message": message, "field": field}
         with mstore.writing(self.engine) as tx:
-            row = tx.execute(self._locked(jobs.c.warnings, job_id)).first()
-            if row is None:
-                return
-            tx.execute(jobs.update().where(jobs.c.id == job_id).values(
-                warnings=json.dumps([*json.loads(row[0]), warning]), update_time=time.time()))
-            self._append_event(tx, job_id, time.time(), lock=False,
-                               warning=common_pb2.Warning(**warning))
+            self._fenced(tx, job_id)
+            self._add_warning(tx, job_id, reason, message, field)
+
+    def _add_warning(self, tx: sa.Connection, job_id: str, reason: str, message: str,
+                     field: str = "") -> None:
+        """add_warning inside the caller's transaction (which may hold the row lock)."""
+        warning = {"reason": reason, "message": message, "field": field}
+        row = tx.execute(self._locked(job_id, jobs.c.warnings)).first()
+        if row is None:
+            return
+        tx.execute(jobs.update().where(jobs.c.id == job_id).values(
+            warnings=json.dumps([*json.loads(row[0]), warning]), update_time=time.time()))
+        self._append_event(tx, job_id, time.time(), lock=False,
+                           warning=common_pb2.Warning(**warning))
 
     @staticmethod
-    def _locked(column: sa.ColumnElement[Any], job_id: str) -> sa.Select[Any]:
-        """Read a job's column and lock its row until the transaction ends (PostgreSQL; on
+    def _locked(job_id: str, *columns: sa.ColumnElement[Any]) -> sa.Select[Any]:
+        """Read a job's columns and lock its row until the transaction ends (PostgreSQL; on
         SQLite the transaction holds the write lock already)."""
-        return sa.select(column).where(jobs.c.id == job_id).with_for_update()
+        return sa.select(*columns).where(jobs.c.id == job_id).with_for_update()
 
     def set_state(self, job_id: str, state: int, reason: str = "", message: str = "",
-                  *, expect: Iterable[int] | None = None, **fields: Any) -> int | None:
+                  *, expect: Iterable[int] | None = None, lease: Lease | None = None,
+                  **fields: Any) -> int | None:
         """Change the state (and any columns) and append its state_changed event, atomically.
 
         With `expect`, a compare-and-set: the change happens only while the job is in one of
         those states (the service and a worker both change states; neither may overwrite a
-        change it has not seen). Returns the previous state, or None when the job does not
-        exist or was not in `expect`.
+        change it has not seen). With `lease`, likewise only while the job is under that lease
+        (a replica changing a job it runs). Returns the previous state, or None when the job
+        does not exist, was not in `expect` or not under `lease`. A fenced store (a worker's)
+        raises LeaseLost instead when the job left its lease.
         """
         now = time.time()
+        if state == JobState.TRAINING_JOB_STATE_QUEUED:
+            fields.setdefault("lease_expires", None)  # for any replica, unless `reserve`d
         if state in TERMINAL:
             fields.setdefault("end_time", now)
         if state == JobState.TRAINING_JOB_STATE_FAILED:
@@ -342,11 +501,15 @@ class JobStore:
         fields.setdefault("update_time", now)
         values = self._values(dict(fields, state=state))
         with mstore.writing(self.engine) as tx:
-            row = tx.execute(self._locked(jobs.c.state, job_id)).first()
+            self._fenced(tx, job_id)
+            row = tx.execute(self._locked(job_id, jobs.c.state, jobs.c.lease_owner,
+                                          jobs.c.attempts)).first()
             if row is None:
                 return None
             previous = int(row[0])
             if expect is not None and previous not in set(expect):
+                return None
+            if lease is not None and Lease(row[1], row[2]) != lease:
                 return None
             # the row is locked (or the database is): the WHERE re-checks what was read
             if tx.execute(jobs.update()
@@ -376,14 +539,13 @@ class JobStore:
         with mstore.writing(self.engine) as tx:
             return self._append_event(tx, job_id, time.time(), **event)
 
-    @staticmethod
-    def _append_event(tx: sa.Connection, job_id: str, now: float, *, lock: bool = True,
+    def _append_event(self, tx: sa.Connection, job_id: str, now: float, *, lock: bool = True,
                       **event: Any) -> int:
         """Insert the job's next event. The next sequence number is read under the job's row
-        lock (taken here unless the caller holds it: `lock=False`), so two processes appending
-        to one job never pick the same number."""
+        lock (taken here, fenced, unless the caller holds it: `lock=False`), so two processes
+        appending to one job never pick the same number."""
         if lock:
-            tx.execute(sa.select(jobs.c.id).where(jobs.c.id == job_id).with_for_update())
+            self._fenced(tx, job_id)
         msg = trainer_pb2.WatchTrainingJobResponse(job_id=job_id, time=timestamp(now), **event)
         kind = next(iter(event))
         seq = int(tx.execute(sa.select(sa.func.coalesce(sa.func.max(events.c.seq), 0) + 1)
@@ -427,6 +589,7 @@ class JobStore:
                "step": ckpt.step, "path": ckpt.path, "size_bytes": ckpt.size_bytes,
                "create_time": ckpt.create_time.ToNanoseconds() / 1e9}
         with mstore.writing(self.engine) as tx:
+            self._fenced(tx, job_id)
             insert = (postgresql if self.postgres else sqlite).insert(checkpoints).values(row)
             tx.execute(insert.on_conflict_do_update(
                 index_elements=[checkpoints.c.job_id, checkpoints.c.checkpoint_id,
@@ -435,6 +598,7 @@ class JobStore:
 
     def remove_checkpoint(self, job_id: str, checkpoint_id: str, kind: int) -> None:
         with mstore.writing(self.engine) as tx:
+            self._fenced(tx, job_id)
             tx.execute(checkpoints.delete().where(checkpoints.c.job_id == job_id,
                                                   checkpoints.c.checkpoint_id == checkpoint_id,
                                                   checkpoints.c.kind == kind))

@@ -24,9 +24,16 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 import sqlalchemy as sa
 
-from boothstudio.services.trainer.store import LEGACY_REVISIONS, JobRow, JobStore
+from boothstudio.services.trainer.store import (
+    LEGACY_REVISIONS,
+    JobRow,
+    JobStore,
+    Lease,
+    LeaseLost,
+)
 from boothstudio.v1 import catalog_pb2, trainer_pb2
 from tests.helpers import ServiceProcess
 from tests.stores.helpers import rpc_error
@@ -44,7 +51,7 @@ from tests.trainer.helpers import (
     worker_log,
 )
 
-HEAD = "0002"
+HEAD = "0003"
 TERMINAL = {JobState.TRAINING_JOB_STATE_SUCCEEDED, JobState.TRAINING_JOB_STATE_FAILED,
             JobState.TRAINING_JOB_STATE_CANCELLED}
 
@@ -263,6 +270,66 @@ def test_claims_skip_locked_rows_and_never_hand_out_a_job_twice(
     finally:
         for s in stores:
             s.close()
+
+
+def test_leases_are_claimed_renewed_taken_over_when_expired_and_fence_the_old_runner(
+    database_url: str, tmp_path: Path
+) -> None:
+    a, b = (JobStore(tmp_path / "unused.sqlite3", database_url) for _ in range(2))
+    try:
+        a.insert_job(queued_job("leased", tmp_path, 1000.0))
+        (job,) = a.claim_queued(1, owner="replica-a", lease_seconds=3)
+        assert (job.lease_owner, job.attempts, job.taken_over) == ("replica-a", 1, False)
+        # a live lease is left alone by another replica; renewals are compare-and-set on it
+        assert b.claim_queued(1, owner="replica-b", lease_seconds=3) == []
+        assert a.lease_is_live("leased")
+        first = Lease("replica-a", 1)
+        assert a.hold_leases({"leased": first}, renew_seconds=3) == {
+            "leased": JobState.TRAINING_JOB_STATE_PREPARING}
+        worker_a = JobStore(tmp_path / "unused.sqlite3", database_url, fence=first)
+        try:
+            worker_a.set_state("leased", JobState.TRAINING_JOB_STATE_RUNNING)
+            worker_a.update("leased", step=1)
+            # replica A stops renewing: after the lease, B takes the job over (attempt 2)
+            deadline = time.monotonic() + 30
+            while not (taken := b.claim_queued(1, owner="replica-b", lease_seconds=30)):
+                assert time.monotonic() < deadline, "the expired lease was never taken over"
+                time.sleep(0.2)
+            assert [(j.id, j.lease_owner, j.attempts, j.taken_over, j.state)
+                    for j in taken] == [("leased", "replica-b", 2, True,
+                                         JobState.TRAINING_JOB_STATE_PREPARING)]
+            # A's renewal, state changes and its worker's writes no longer reach the job
+            assert a.hold_leases({"leased": first}, renew_seconds=3) == {}
+            assert a.set_state("leased", JobState.TRAINING_JOB_STATE_QUEUED,
+                               lease=first) is None
+            for write in (lambda: worker_a.update("leased", step=9),
+                          lambda: worker_a.event("leased", checkpoint_saved=(
+                              trainer_pb2.CheckpointSaved())),
+                          lambda: worker_a.add_warning("leased", "LATE", "from A"),
+                          lambda: worker_a.set_state("leased",
+                                                     JobState.TRAINING_JOB_STATE_SUCCEEDED)):
+                with pytest.raises(LeaseLost):
+                    write()
+        finally:
+            worker_a.close()
+        job = b.get("leased")
+        assert job is not None and job.step == 1
+        assert job.state == JobState.TRAINING_JOB_STATE_PREPARING
+        assert b.hold_leases({"leased": Lease("replica-b", 2)}) == {
+            "leased": JobState.TRAINING_JOB_STATE_PREPARING}
+        changes = [e.state_changed for e in b.events_after("leased", 0)
+                   if e.WhichOneof("event") == "state_changed"]
+        assert [c.reason for c in changes] == ["CREATED", "STARTED", "", "TAKEN_OVER"]
+        assert [w["reason"] for w in job.warnings] == ["TAKEN_OVER"]
+        # an expired job that was being cancelled ends CANCELLED: nobody is left to stop
+        b.set_state("leased", JobState.TRAINING_JOB_STATE_CANCELLING, lease=Lease("replica-b", 2),
+                    lease_expires=0.0)
+        assert not b.lease_is_live("leased")
+        assert a.claim_queued(1, owner="replica-a") == []
+        assert a.get("leased").state == JobState.TRAINING_JOB_STATE_CANCELLED  # type: ignore[union-attr]
+    finally:
+        a.close()
+        b.close()
 
 
 def legacy_file(path: Path, version: int) -> None:
