@@ -1,6 +1,8 @@
 """WatchTrainingJob's stream: a job's stored events as they come, until it ends.
 
-The store is polled (an indexed read, well under 1 ms) every POLL_SECONDS; a quiet stream gets
+Events are read from the database only (no in-process notification), so a watcher on any
+replica sees the events of a job another replica runs as soon as they are written. The store is
+polled (an indexed read, well under 1 ms) every POLL_SECONDS; a quiet stream gets
 an empty event every KEEPALIVE_SECONDS so proxies keep it open.
 """
 

@@ -15,9 +15,8 @@ from boothstudio.services.trainer.mapping import state_name
 from boothstudio.services.trainer.options import MAX_STEPS
 from boothstudio.services.trainer.store import TERMINAL, JobRow, JobStore
 from boothstudio.services.trainer.supervision import Supervisor
-from boothstudio.services.trainer.worker import STOP_FILE
 from boothstudio.shared.errors import FailedPrecondition, InvalidArgument
-from boothstudio.shared.storage import atomic_write_text, folder_size
+from boothstudio.shared.storage import folder_size
 from boothstudio.v1 import trainer_pb2
 
 JobState = trainer_pb2.TrainingJobState
@@ -33,7 +32,9 @@ class JobControl:
 
         Queued: CANCELLED at once. Preparing, running or exporting: CANCELLING, and the worker
         stops at the next step (or before registering its export) and ends CANCELLED with a
-        checkpoint, resumable. Every change is a compare-and-set against the state the decision
+        checkpoint, resumable; wherever it runs: the replica holding the job's lease sees the
+        CANCELLING in the database. Active but held by no live lease (its replica died):
+        CANCELLED at once. Every change is a compare-and-set against the state the decision
         was made on, so a worker moving on at the same moment (RUNNING -> EXPORTING ->
         SUCCEEDED) cannot silently undo it: the decision is made again on the new state.
         """
@@ -49,16 +50,19 @@ class JobControl:
                 done = self.store.set_state(job.id, JobState.TRAINING_JOB_STATE_CANCELLED,
                                             "CANCELLED", "cancelled while queued",
                                             expect={job.state})
-            else:
-                # the STOP file reaches a worker that runs, or is just starting, at its next check
-                await asyncio.to_thread(atomic_write_text, job.job_dir / STOP_FILE, "cancel")
+            elif self.supervisor.has_worker(job.id) or await asyncio.to_thread(
+                    self.store.lease_is_live, job.id):
                 if self.supervisor.has_worker(job.id):
-                    done = self.store.set_state(
-                        job.id, JobState.TRAINING_JOB_STATE_CANCELLING, "CANCEL_REQUESTED",
-                        "stopping after the current step with a checkpoint", expect={job.state})
-                else:  # no worker of ours (exiting, or not yet started): nothing to wait for
-                    done = self.store.set_state(job.id, JobState.TRAINING_JOB_STATE_CANCELLED,
-                                                "CANCELLED", "", expect={job.state})
+                    # the STOP file reaches our worker at its next check
+                    await asyncio.to_thread(self.supervisor.request_stop, job.id, "cancel")
+                # else another replica runs it (or is starting it): its supervisor sees
+                # CANCELLING within a second and passes the STOP to its worker
+                done = self.store.set_state(
+                    job.id, JobState.TRAINING_JOB_STATE_CANCELLING, "CANCEL_REQUESTED",
+                    "stopping after the current step with a checkpoint", expect={job.state})
+            else:  # nobody holds it (its replica died, or it is between two claims)
+                done = self.store.set_state(job.id, JobState.TRAINING_JOB_STATE_CANCELLED,
+                                            "CANCELLED", "", expect={job.state})
             if done is not None:
                 break
             fresh = self.store.get(job.id)
@@ -82,7 +86,8 @@ class JobControl:
             raise FailedPrecondition(f"job is {state_name(job.state)}; only cancelled, "
                                      "failed or succeeded jobs resume",
                                      reason="JOB_NOT_RESUMABLE")
-        fields: dict[str, Any] = {"queued_at": time.time(), "end_time": None,
+        # a resumed job gets `max_attempts` worker starts again
+        fields: dict[str, Any] = {"queued_at": time.time(), "end_time": None, "crashes": 0,
                                   "failure_reason": "", "failure_message": ""}
         if new_total:
             cfg = trainer_pb2.DreamBoothConfig()
@@ -91,7 +96,6 @@ class JobControl:
             fields.update(config=cfg, total_steps=new_total)
         if job.state == JobState.TRAINING_JOB_STATE_SUCCEEDED:
             fields["output_model_id"] = ""
-        self.supervisor.forget_crashes(job.id)
         ckpt = self.store.latest_full_checkpoint(job.id)
         if self.store.set_state(job.id, JobState.TRAINING_JOB_STATE_QUEUED, "RESUMED",
                                 f"from step {ckpt.step}" if ckpt else "from the start",
@@ -101,7 +105,8 @@ class JobControl:
         self.supervisor.wake()
 
     async def delete(self, job: JobRow, force: bool) -> int:
-        """Remove a job, its folder and rows (an active one only with `force`); bytes freed."""
+        """Remove a job, its folder and rows (an active one only with `force`); bytes freed.
+        A worker on another replica is stopped by its supervisor, which finds the job gone."""
         if job.state not in TERMINAL:
             if not force:
                 raise FailedPrecondition(f"job is {state_name(job.state)}; cancel it first or "

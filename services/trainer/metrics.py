@@ -1,7 +1,7 @@
 """The Trainer's domain metrics, served by the service process's /metrics.
 
 Training happens in worker processes, which Prometheus never scrapes: they write what happened
-to the job store (SQLite) and the service reads it when it is scraped. Two kinds of source:
+to the job store and the service reads it when it is scraped. Two kinds of source:
 
 - state the store already holds is read as it is at scrape time (jobs by state, the latest
   losses of running jobs), so a gauge can never drift from what GetTrainingJob says;
@@ -67,11 +67,11 @@ class TrainerMetrics(Collector):
             registry=None)
         self.restarts = Counter(
             f"{PREFIX}_worker_restarts", "Training workers started again for a job: after a "
-            "worker crash, or for jobs the service found running when it started.", ["reason"],
-            registry=None)
+            "worker crash, for jobs the service found running when it started, or for jobs "
+            "taken over from a replica whose lease expired.", ["reason"], registry=None)
         for source in ("generated", "cached"):
             self.class_images.labels(source)
-        for reason in ("crash", "service_restart"):
+        for reason in ("crash", "service_restart", "takeover"):
             self.restarts.labels(reason)
 
     def register(self, registry: CollectorRegistry = REGISTRY) -> None:

@@ -14,7 +14,13 @@ Domain metrics (services/trainer/metrics.py) are read from the store when /metri
 Modules: store.py (jobs, events, datasets), job_creation.py (base model and config checked and
 completed: options.py, base_model.py), uploads.py (pictures onto disk), job_control.py (cancel,
 resume, delete), supervision.py (worker processes: start, reap, crash restarts, recovery,
-drain), events.py (the watch stream), mapping.py (rows as messages).
+drain, job leases between replicas), events.py (the watch stream), mapping.py (rows as
+messages).
+
+Replicas: several Trainers may share one database (database_url). Each job is run by one of
+them at a time under a lease (supervision.py, store.py); any replica answers every RPC: Watch
+reads the job's events from the database, a cancel or delete reaches the replica running it
+through the job's row.
 
 Settings: services/trainer/settings.py (TrainerSettings).
 """
@@ -24,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -78,8 +85,10 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         self._catalog: catalog_pb2_grpc.CatalogServiceStub | None = None
         self._channel: grpc.aio.Channel | None = None
         self.metrics = TrainerMetrics(self.store)
+        # stable across restarts of this service on this host: a restart takes its jobs back
+        self.replica_id = settings.replica_id or f"{socket.gethostname()}:{cfg.port}"
         self.supervisor = Supervisor(ctx, self.store, self.metrics, settings,
-                                     self.catalog_address)
+                                     self.catalog_address, self.replica_id)
         self.control = JobControl(self.store, self.supervisor)
 
     # ------------------------------------------------------------------ lifecycle
@@ -93,6 +102,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         return self._catalog
 
     async def start(self) -> None:
+        self.ctx.logger.info("trainer replica", extra={"replica_id": self.replica_id})
         await asyncio.to_thread(self.supervisor.recover)
         await asyncio.to_thread(self.metrics.prune)
         self.metrics.register()

@@ -3,14 +3,27 @@
 - At most `max_running` workers; the queue is read again whenever something may have changed
   (wake) and at least once a second.
 - A worker that dies (kill -9, OOM, segfault) is restarted from the job's last checkpoint up to
-  `max_attempts` times; then the job is FAILED and ResumeTrainingJob continues it.
-- At start, jobs left active by a killed service are re-queued (their stale workers killed).
+  `max_attempts` times (counted in the job's row, so across replicas); then the job is FAILED
+  and ResumeTrainingJob continues it.
+- Several Trainer replicas share one queue under leases (store.py): claiming a job leases it to
+  this replica (`replica_id`); the supervisor renews the leases of the jobs it runs every third
+  of `lease_seconds` in one UPDATE, and reads their states every second. A job whose lease is
+  gone (another replica took it over after this one stalled longer than the lease), that was
+  deleted, or that ended has its local worker killed (fencing; the worker's own writes are
+  fenced in the store too); a job another replica moved to CANCELLING gets its STOP file here,
+  on the disk its worker reads. A replica that dies leaves its jobs to the others once their
+  leases expire; they resume them from their last checkpoints.
+- At start, the jobs this replica id still holds (a restart of the same replica; jobs from
+  before leases have no owner) are re-queued at once, reserved for this replica for one lease
+  (so it, not another replica, takes them back), their stale workers killed; other replicas'
+  jobs are left alone. `replica_id` defaults to host name + ':' + port, stable across
+  restarts of the same service on the same host (set it where those change, e.g. a pod name).
 - SIGTERM (drain) asks running workers to checkpoint and stop; their jobs are re-queued for the
-  next start.
+  next start (leases are renewed until they are out).
 
-Every state change is a compare-and-set in the job store, so a cancel or delete that lands
-first is never overwritten. Queued jobs are claimed with a row lock that other replicas skip
-(JobStore.claim_queued), so Trainer replicas sharing one database never start the same job.
+Every state change is a compare-and-set in the job store (on the state, and on this replica's
+lease where another replica may have taken the job), so a cancel or delete that lands first is
+never overwritten, and a replica that lost a job never changes it.
 """
 
 from __future__ import annotations
@@ -26,7 +39,7 @@ from typing import Any
 
 from boothstudio.services.trainer.metrics import TrainerMetrics
 from boothstudio.services.trainer.settings import TrainerSettings
-from boothstudio.services.trainer.store import ACTIVE, JobRow, JobStore
+from boothstudio.services.trainer.store import ACTIVE, WORKER_LEASE_ENV, JobRow, JobStore, Lease
 from boothstudio.services.trainer.worker import (
     STOP_FILE,
     WORKER_DATABASE_URL_ENV,
@@ -39,18 +52,22 @@ from boothstudio.v1 import trainer_pb2
 
 class Supervisor:
     def __init__(self, ctx: ServiceContext, store: JobStore, metrics: TrainerMetrics,
-                 settings: TrainerSettings, catalog_address: str) -> None:
+                 settings: TrainerSettings, catalog_address: str, replica_id: str) -> None:
         self.ctx = ctx
         self.store = store
         self.metrics = metrics
         self.service_dir = ctx.config.service_dir
         self.catalog_address = catalog_address
+        self.replica_id = replica_id
+        self.lease_seconds = settings.lease_seconds
         self.max_running = settings.max_running
         self.max_attempts = settings.max_attempts
         self.worker_threads = settings.worker_threads
         self.sample_steps = settings.sample_steps
         self.workers: dict[str, asyncio.subprocess.Process] = {}
-        self.crashes: dict[str, int] = {}
+        self.leases: dict[str, Lease] = {}  # job id -> the lease its worker runs under
+        self._stops_sent: set[str] = set()  # jobs whose worker got a STOP for a remote cancel
+        self._renewed_at = time.monotonic()
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._reapers: set[asyncio.Task[Any]] = set()
@@ -58,17 +75,25 @@ class Supervisor:
     # ------------------------------------------------------------------ lifecycle
 
     def recover(self) -> None:
-        """Jobs left active by a killed service: re-queue them (or finish a pending cancel)."""
+        """Jobs this replica held when it was killed: re-queue them at once (or finish a pending
+        cancel). Jobs of other replicas are theirs until their leases expire."""
         for job in self.store.list(states=ACTIVE):
+            if job.lease_owner not in (self.replica_id, ""):  # "": active before leases
+                continue
             self._kill_stale_worker(job)
             if job.state == trainer_pb2.TRAINING_JOB_STATE_CANCELLING:
                 self.store.set_state(job.id, trainer_pb2.TRAINING_JOB_STATE_CANCELLED,
-                                     "CANCELLED", "cancelled while the service was down")
+                                     "CANCELLED", "cancelled while the service was down",
+                                     expect={job.state}, lease=job.lease)
                 continue
             ckpt = self.store.latest_full_checkpoint(job.id)
             where = f"step {ckpt.step}" if ckpt else "the start"
-            self.store.set_state(job.id, trainer_pb2.TRAINING_JOB_STATE_QUEUED, "RECOVERED",
-                                 f"service restarted; resuming from {where}")
+            # queued for this replica only: its scheduler claims it at once, no other replica
+            # does before the reservation (one lease long) expires
+            if self.store.reserve(job.id, job.lease, self.replica_id, "RECOVERED",
+                                  f"service restarted; resuming from {where}",
+                                  self.lease_seconds) is None:
+                continue  # taken over meanwhile
             self.metrics.restarts.labels("service_restart").inc()
             self.store.add_warning(job.id, "RECOVERED",
                                    f"the service stopped while the job ran; resumed from {where}")
@@ -93,13 +118,22 @@ class Supervisor:
         """Read the queue again now (a job was queued, or a worker exited)."""
         self._wake.set()
 
+    def job_dir(self, job_id: str) -> Path:
+        """The job's folder on this host: its worker's log and STOP file live there."""
+        return self.service_dir / "jobs" / job_id
+
+    def request_stop(self, job_id: str, why: str) -> None:
+        """Ask the job's worker here to checkpoint and stop at its next step ("cancel" or
+        "drain")."""
+        atomic_write_text(self.job_dir(job_id) / STOP_FILE, why)
+
     async def drain(self, grace: float) -> None:
         """SIGTERM: ask running workers to checkpoint and stop; they re-queue their jobs."""
         for job_id in list(self.workers):
             job = self.store.get(job_id)
             if job is not None and job.state != trainer_pb2.TRAINING_JOB_STATE_CANCELLING:
                 with contextlib.suppress(OSError):
-                    atomic_write_text(job.job_dir / STOP_FILE, "drain")
+                    self.request_stop(job_id, "drain")
         deadline = time.monotonic() + max(0.0, grace - 0.5)
         while self.workers and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
@@ -118,10 +152,6 @@ class Supervisor:
     def has_worker(self, job_id: str) -> bool:
         return job_id in self.workers
 
-    def forget_crashes(self, job_id: str) -> None:
-        """A resumed job gets `max_attempts` starts again."""
-        self.crashes.pop(job_id, None)
-
     async def kill(self, job_id: str) -> None:
         """Kill the job's worker, if it has one, and wait (10 s at most) for it to exit."""
         proc = self.workers.get(job_id)
@@ -139,23 +169,57 @@ class Supervisor:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), 1.0)
             self._wake.clear()
-            if self.ctx.draining.is_set():
-                continue
             try:
-                # Claim jobs first (QUEUED -> PREPARING, row-locked, skipping rows another
-                # replica is claiming): a cancel or delete that came first wins, and two
-                # replicas on one database never start the same job.
+                # leases are held while draining too: the workers are still checkpointing
+                await self._tend_leases()
+                if self.ctx.draining.is_set():
+                    continue
+                # Claim jobs first (QUEUED -> PREPARING, or a dead replica's job, row-locked,
+                # skipping rows another replica is claiming): a cancel or delete that came
+                # first wins, and two replicas on one database never start the same job.
                 claimed = await asyncio.to_thread(
                     self.store.claim_queued, self.max_running - len(self.workers),
-                    list(self.workers))
+                    list(self.workers), owner=self.replica_id,
+                    lease_seconds=self.lease_seconds)
                 for job in claimed:
+                    if job.taken_over:
+                        self.metrics.restarts.labels("takeover").inc()
                     await self._start_worker(job)
             except Exception:
                 self.ctx.logger.exception("scheduler error")
 
+    async def _tend_leases(self) -> None:
+        """Renew the running jobs' leases when a third of the lease has passed, else read their
+        states (a second at most behind the database): stop the workers of jobs no longer ours,
+        and pass a cancel made on another replica to our worker."""
+        now = time.monotonic()
+        renew = now - self._renewed_at >= self.lease_seconds / 3
+        if not self.leases:
+            self._renewed_at = now
+            return
+        leases = dict(self.leases)
+        held = await asyncio.to_thread(self.store.hold_leases, leases,
+                                       renew_seconds=self.lease_seconds if renew else None)
+        if renew:
+            self._renewed_at = now
+        for job_id, lease in leases.items():
+            state = held.get(job_id)
+            if self.leases.get(job_id) != lease:
+                continue  # its worker exited meanwhile
+            if state is None:
+                # Taken over (this replica stalled past its lease), deleted, or ended by its
+                # worker (which is exiting anyway): fence it off.
+                self.ctx.logger.warning("job no longer held; stopping its worker",
+                                        extra={"job_id": job_id})
+                await self.kill(job_id)
+            elif (state == trainer_pb2.TRAINING_JOB_STATE_CANCELLING
+                  and job_id not in self._stops_sent):
+                self._stops_sent.add(job_id)
+                await asyncio.to_thread(self.request_stop, job_id, "cancel")
+
     async def _start_worker(self, job: JobRow) -> None:
         """Start the worker of a job this replica claimed (store.claim_queued)."""
-        (job.job_dir / STOP_FILE).unlink(missing_ok=True)
+        job_dir = self.job_dir(job.id)
         env = dict(os.environ)
         if self.ctx.config.service_api_key:
             env["BOOTHSTUDIO_SERVICE_API_KEY"] = self.ctx.config.service_api_key
@@ -163,6 +227,7 @@ class Supervisor:
         # --service-dir); in the environment, not the command line, where a password would show
         env[WORKER_DATABASE_URL_ENV] = self.ctx.config.database_url
         env.update(worker_storage_env(self.ctx.config))
+        env[WORKER_LEASE_ENV] = job.lease.to_env()  # its writes are fenced on our lease
         args = [sys.executable, "-m", "boothstudio.services.trainer.worker",
                 "--service-dir", str(self.service_dir),
                 "--job-id", job.id, "--catalog", self.catalog_address,
@@ -170,7 +235,9 @@ class Supervisor:
         if self.worker_threads:
             args += ["--threads", str(self.worker_threads)]
         try:
-            log = open(job.job_dir / "worker.log", "ab")  # noqa: SIM115 - handed to the child
+            job_dir.mkdir(parents=True, exist_ok=True)  # a job created on another host
+            (job_dir / STOP_FILE).unlink(missing_ok=True)
+            log = open(job_dir / "worker.log", "ab")  # noqa: SIM115 - handed to the child
             try:
                 proc = await asyncio.create_subprocess_exec(
                     *args, stdout=log, stderr=log, env=env, start_new_session=True)
@@ -179,11 +246,15 @@ class Supervisor:
         except OSError as exc:
             self.store.set_state(job.id, trainer_pb2.TRAINING_JOB_STATE_FAILED,
                                  "WORKER_START_FAILED", f"could not start a worker: {exc}",
-                                 expect={trainer_pb2.TRAINING_JOB_STATE_PREPARING})
+                                 expect={trainer_pb2.TRAINING_JOB_STATE_PREPARING},
+                                 lease=job.lease)
             return
         self.workers[job.id] = proc
+        self.leases[job.id] = job.lease
+        self._stops_sent.discard(job.id)
         self.store.update(job.id, worker_pid=proc.pid)
-        self.ctx.logger.info("worker started", extra={"job_id": job.id, "pid": proc.pid})
+        self.ctx.logger.info("worker started", extra={"job_id": job.id, "pid": proc.pid,
+                                                      "attempt": job.attempts})
         task = asyncio.create_task(self._reap(job.id, proc))
         self._reapers.add(task)
         task.add_done_callback(self._reapers.discard)
@@ -191,31 +262,35 @@ class Supervisor:
     async def _reap(self, job_id: str, proc: asyncio.subprocess.Process) -> None:
         rc = await proc.wait()
         self.workers.pop(job_id, None)
+        lease = self.leases.pop(job_id)
         self.ctx.logger.info("worker exited", extra={"job_id": job_id, "returncode": rc})
         # Each change is a compare-and-set on the state read just before; when a cancel or
         # delete lands in between, read again and decide on what is there now.
         for _ in range(5):
-            job = self.store.get(job_id)
-            if job is None or self._settle(job, rc):
+            job = await asyncio.to_thread(self.store.get, job_id)
+            if job is None or await asyncio.to_thread(self._settle, job, lease, rc):
                 break
         self._wake.set()
 
-    def _settle(self, job: JobRow, rc: int) -> bool:
+    def _settle(self, job: JobRow, lease: Lease, rc: int) -> bool:
         """The job's state after its worker exited with `rc`; False when it changed under us."""
+        if job.lease != lease:
+            return True  # another replica (or a later claim of ours) runs it now
         if job.state == trainer_pb2.TRAINING_JOB_STATE_CANCELLING:
             return self.store.set_state(job.id, trainer_pb2.TRAINING_JOB_STATE_CANCELLED,
                                         "CANCELLED", f"worker exited with code {rc}",
-                                        expect={job.state}) is not None
+                                        expect={job.state}, lease=lease) is not None
         if job.state not in ACTIVE or self.ctx.draining.is_set():
             return True
-        crashes = self.crashes.get(job.id, 0) + 1
+        crashes = job.crashes + 1
         ckpt = self.store.latest_full_checkpoint(job.id)
         where = f"step {ckpt.step}" if ckpt else "the start"
         if crashes < self.max_attempts:
             if self.store.set_state(job.id, trainer_pb2.TRAINING_JOB_STATE_QUEUED,
                                     "WORKER_CRASHED",
                                     f"worker exited with code {rc}; restarting from {where}",
-                                    expect={job.state}, queued_at=0.0) is None:
+                                    expect={job.state}, lease=lease, queued_at=0.0,
+                                    crashes=crashes) is None:
                 return False
             self.metrics.restarts.labels("crash").inc()
             self.store.add_warning(job.id, "WORKER_CRASHED",
@@ -224,7 +299,6 @@ class Supervisor:
                                   "WORKER_CRASHED",
                                   f"worker exited with code {rc} {crashes} times; "
                                   f"ResumeTrainingJob continues from {where}",
-                                  expect={job.state}) is None:
+                                  expect={job.state}, lease=lease, crashes=crashes) is None:
             return False
-        self.crashes[job.id] = crashes
         return True

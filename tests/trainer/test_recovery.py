@@ -32,7 +32,9 @@ def _checkpoint_at_least(step: int):
 
 def test_kill9_worker_then_service(start_service, untrained_model, subject_pngs, tmp_path):
     data_dir = tmp_path / "trainer-data"
-    stack = start_stack(start_service, untrained_model, trainer_data_dir=data_dir)
+    # the same replica restarts (on another free port): it takes its job back at once
+    same_replica = ["--set", "replica_id=trainer-1"]
+    stack = start_stack(start_service, untrained_model, same_replica, trainer_data_dir=data_dir)
     cfg = job_config(stack.base_model_id, subject_pngs[:2], steps=8, checkpoint_every_steps=1)
     job = create(stack, cfg)
 
@@ -51,7 +53,7 @@ def test_kill9_worker_then_service(start_service, untrained_model, subject_pngs,
             break
         time.sleep(0.2)
     assert not worker_pids(job.job_id), "the worker outlived its service"
-    stack.trainer = start_trainer(start_service, stack.catalog, data_dir=data_dir)
+    stack.trainer = start_trainer(start_service, stack.catalog, same_replica, data_dir=data_dir)
     job = wait_state(stack, job.job_id, {JobState.TRAINING_JOB_STATE_SUCCEEDED,
                                          JobState.TRAINING_JOB_STATE_FAILED}, timeout=300)
     assert job.state == JobState.TRAINING_JOB_STATE_SUCCEEDED, worker_log(stack, job)
