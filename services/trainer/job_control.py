@@ -11,10 +11,12 @@ import shutil
 import time
 from typing import Any
 
+from boothstudio.services.trainer.job_files import delete_job_files
 from boothstudio.services.trainer.mapping import state_name
 from boothstudio.services.trainer.options import MAX_STEPS
 from boothstudio.services.trainer.store import TERMINAL, JobRow, JobStore
 from boothstudio.services.trainer.supervision import Supervisor
+from boothstudio.shared.artifact_store import ArtifactStore
 from boothstudio.shared.errors import FailedPrecondition, InvalidArgument
 from boothstudio.shared.storage import folder_size
 from boothstudio.v1 import trainer_pb2
@@ -23,9 +25,11 @@ JobState = trainer_pb2.TrainingJobState
 
 
 class JobControl:
-    def __init__(self, store: JobStore, supervisor: Supervisor) -> None:
+    def __init__(self, store: JobStore, supervisor: Supervisor,
+                 artifacts: ArtifactStore) -> None:
         self.store = store
         self.supervisor = supervisor
+        self.artifacts = artifacts
 
     async def cancel(self, job: JobRow) -> None:
         """Stop a job; an acknowledged cancel is always honoured.
@@ -115,5 +119,7 @@ class JobControl:
             await self.supervisor.kill(job.id)
         freed = await asyncio.to_thread(folder_size, job.job_dir)
         await asyncio.to_thread(shutil.rmtree, job.job_dir, True)
+        # the row goes last: a delete cut short is retried and finds what is left
+        await asyncio.to_thread(delete_job_files, self.artifacts, job.id)
         self.store.delete_job(job.id)
         return freed

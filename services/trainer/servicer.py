@@ -89,7 +89,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         self.replica_id = settings.replica_id or f"{socket.gethostname()}:{cfg.port}"
         self.supervisor = Supervisor(ctx, self.store, self.metrics, settings,
                                      self.catalog_address, self.replica_id)
-        self.control = JobControl(self.store, self.supervisor)
+        self.control = JobControl(self.store, self.supervisor, self.artifacts)
 
     # ------------------------------------------------------------------ lifecycle
 

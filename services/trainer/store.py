@@ -206,7 +206,9 @@ class JobRow:
         return Lease(self.lease_owner, self.attempts)
 
     @classmethod
-    def from_row(cls, r: RowMapping) -> JobRow:
+    def from_row(cls, r: RowMapping, jobs_dir: Path) -> JobRow:
+        """A row as this host sees it: the job's folder is this host's `jobs_dir`/<id> (a job
+        created on another host runs here from the artifact store), not the path recorded."""
         cfg = trainer_pb2.DreamBoothConfig.FromString(r["config"])
         metrics = (trainer_pb2.TrainingMetrics.FromString(r["last_metrics"])
                    if r["last_metrics"] else None)
@@ -215,7 +217,7 @@ class JobRow:
                    r["create_time"], r["start_time"], r["end_time"], r["update_time"],
                    r["queued_at"], r["output_model_id"], r["trigger_phrase"], metrics,
                    json.loads(r["warnings"]), r["attempts"], r["instance_image_count"],
-                   Path(r["job_dir"]), r["worker_pid"], r["lease_owner"] or "",
+                   jobs_dir / r["id"], r["worker_pid"], r["lease_owner"] or "",
                    r["lease_expires"], r["crashes"] or 0)
 
     @property
@@ -255,6 +257,8 @@ class JobStore:
         write to a job (state, progress, events, warnings, checkpoints) happens only while the
         job is still under that lease, else LeaseLost."""
         self.engine = mstore.open_database(database_url, path)
+        #: this host's job folders: the SQLite file's folder is the service dir
+        self.jobs_dir = Path(path).parent / "jobs"
         mstore.migrate(self.engine, MIGRATIONS_DIR, service=SERVICE,
                        legacy_revisions=LEGACY_REVISIONS, legacy_table="jobs")
         self.postgres = self.engine.dialect.name == "postgresql"
@@ -300,7 +304,7 @@ class JobStore:
     def get(self, job_id: str) -> JobRow | None:
         with mstore.reading(self.engine) as conn:
             row = conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).mappings().first()
-        return JobRow.from_row(row) if row else None
+        return JobRow.from_row(row, self.jobs_dir) if row else None
 
     def _base_model_id(self) -> sa.ColumnElement[Any]:
         if self.postgres:
@@ -316,13 +320,13 @@ class JobStore:
             stmt = stmt.where(self._base_model_id() == base_model_id)
         stmt = stmt.order_by(jobs.c.create_time.desc(), jobs.c.id.desc())
         with mstore.reading(self.engine) as conn:
-            return [JobRow.from_row(r) for r in conn.execute(stmt).mappings()]
+            return [JobRow.from_row(r, self.jobs_dir) for r in conn.execute(stmt).mappings()]
 
     def queued(self) -> list[JobRow]:
         stmt = (sa.select(jobs).where(jobs.c.state == JobState.TRAINING_JOB_STATE_QUEUED)
                 .order_by(jobs.c.queued_at, jobs.c.id))
         with mstore.reading(self.engine) as conn:
-            return [JobRow.from_row(r) for r in conn.execute(stmt).mappings()]
+            return [JobRow.from_row(r, self.jobs_dir) for r in conn.execute(stmt).mappings()]
 
     def claim_queued(self, limit: int, exclude: Iterable[str] = (), *, owner: str = "",
                      lease_seconds: float = 30.0) -> list[JobRow]:
@@ -352,7 +356,8 @@ class JobStore:
         stmt = stmt.with_for_update(skip_locked=True)
         claimed = []
         with mstore.writing(self.engine) as tx:
-            for job in [JobRow.from_row(r) for r in tx.execute(stmt).mappings().all()]:
+            rows = tx.execute(stmt).mappings().all()
+            for job in [JobRow.from_row(r, self.jobs_dir) for r in rows]:
                 if job.state == JobState.TRAINING_JOB_STATE_CANCELLING:
                     self._change(tx, job, JobState.TRAINING_JOB_STATE_CANCELLED, "CANCELLED",
                                  f"replica {job.lease_owner or '?'} stopped while cancelling",
