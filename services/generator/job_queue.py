@@ -453,9 +453,15 @@ class JobQueue:
             metrics.STEPS.inc(last_step[0])
             metrics.STEPS_PER_SECOND.set(last_step[0] / elapsed if elapsed > 0 else 0.0)
         # Nothing half-written: a job cancelled meanwhile (or failed) loses what it saved.
+        # The job ends either way: a clean-up that cannot reach the database leaves rows that
+        # a later delete removes, never a stream that does not finish.
         for k, job in enumerate(batch):
             if saved[k] and (job.cancelled.is_set() or failure is not None):
-                self.gallery.delete(saved[k])
+                try:
+                    self.gallery.delete(saved[k])
+                except Exception:
+                    if self.log is not None:
+                        self.log.exception("could not remove the images of an unfinished job")
         self._threadsafe(self._complete, batch, failure)
 
     def _deliver(self, job: Job, image_id: str, image: generator_pb2.GeneratedImage) -> None:
