@@ -184,6 +184,8 @@ class GenerateRequest(_message.Message):
     PREVIEW_INTERVAL_FIELD_NUMBER: _builtins.int
     SKIP_GALLERY_FIELD_NUMBER: _builtins.int
     JOB_ID_FIELD_NUMBER: _builtins.int
+    HIRES_FIELD_NUMBER: _builtins.int
+    OUTPAINT_FIELD_NUMBER: _builtins.int
     prompt: _builtins.str
     """What to draw."""
     negative_prompt: _builtins.str
@@ -234,6 +236,18 @@ class GenerateRequest(_message.Message):
     def backend_options(self) -> _containers.MessageMap[_builtins.str, _common_pb2.OptionValue]:
         """Backend-specific options, keyed by names the backend documents (e.g. "clip_skip")."""
 
+    @_builtins.property
+    def hires(self) -> Global___HiresFix:
+        """Hires fix (txt2img only): a first pass at a smaller size, upscaled, then a second denoising
+        pass at width x height. Set (even empty) = on; width/height stay the output size.
+        """
+
+    @_builtins.property
+    def outpaint(self) -> Global___Outpaint:
+        """Outpainting (with init_image, without mask_image): extend the canvas by the given pixels
+        and paint the new area. The output size is the extended canvas (width/height must be unset).
+        """
+
     def __init__(
         self,
         *,
@@ -260,10 +274,12 @@ class GenerateRequest(_message.Message):
         preview_interval: _builtins.int | None = ...,
         skip_gallery: _builtins.bool = ...,
         job_id: _builtins.str = ...,
+        hires: Global___HiresFix | None = ...,
+        outpaint: Global___Outpaint | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_cfg_scale", b"_cfg_scale", "_count", b"_count", "_height", b"_height", "_mask_blur", b"_mask_blur", "_preview_interval", b"_preview_interval", "_seed", b"_seed", "_steps", b"_steps", "_strength", b"_strength", "_width", b"_width", "cfg_scale", b"cfg_scale", "count", b"count", "height", b"height", "mask_blur", b"mask_blur", "preview_interval", b"preview_interval", "seed", b"seed", "steps", b"steps", "strength", b"strength", "width", b"width"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cfg_scale", b"_cfg_scale", "_count", b"_count", "_height", b"_height", "_mask_blur", b"_mask_blur", "_preview_interval", b"_preview_interval", "_seed", b"_seed", "_steps", b"_steps", "_strength", b"_strength", "_width", b"_width", "cfg_scale", b"cfg_scale", "count", b"count", "height", b"height", "hires", b"hires", "mask_blur", b"mask_blur", "outpaint", b"outpaint", "preview_interval", b"preview_interval", "seed", b"seed", "steps", b"steps", "strength", b"strength", "width", b"width"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cfg_scale", b"_cfg_scale", "_count", b"_count", "_height", b"_height", "_mask_blur", b"_mask_blur", "_preview_interval", b"_preview_interval", "_seed", b"_seed", "_steps", b"_steps", "_strength", b"_strength", "_width", b"_width", "backend_id", b"backend_id", "backend_options", b"backend_options", "cfg_scale", b"cfg_scale", "count", b"count", "height", b"height", "init_image", b"init_image", "invert_mask", b"invert_mask", "job_id", b"job_id", "mask_blur", b"mask_blur", "mask_fill", b"mask_fill", "mask_image", b"mask_image", "model_id", b"model_id", "negative_prompt", b"negative_prompt", "preview_interval", b"preview_interval", "prompt", b"prompt", "sampler", b"sampler", "sampler_options", b"sampler_options", "schedule", b"schedule", "seed", b"seed", "skip_gallery", b"skip_gallery", "steps", b"steps", "strength", b"strength", "width", b"width"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cfg_scale", b"_cfg_scale", "_count", b"_count", "_height", b"_height", "_mask_blur", b"_mask_blur", "_preview_interval", b"_preview_interval", "_seed", b"_seed", "_steps", b"_steps", "_strength", b"_strength", "_width", b"_width", "backend_id", b"backend_id", "backend_options", b"backend_options", "cfg_scale", b"cfg_scale", "count", b"count", "height", b"height", "hires", b"hires", "init_image", b"init_image", "invert_mask", b"invert_mask", "job_id", b"job_id", "mask_blur", b"mask_blur", "mask_fill", b"mask_fill", "mask_image", b"mask_image", "model_id", b"model_id", "negative_prompt", b"negative_prompt", "outpaint", b"outpaint", "preview_interval", b"preview_interval", "prompt", b"prompt", "sampler", b"sampler", "sampler_options", b"sampler_options", "schedule", b"schedule", "seed", b"seed", "skip_gallery", b"skip_gallery", "steps", b"steps", "strength", b"strength", "width", b"width"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cfg_scale: _TypeAlias = _typing.Literal["cfg_scale"]  # noqa: Y015
     _WhichOneofArgType__cfg_scale: _TypeAlias = _typing.Literal["_cfg_scale", b"_cfg_scale"]  # noqa: Y015
@@ -303,6 +319,114 @@ class GenerateRequest(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__width) -> _WhichOneofReturnType__width | None: ...
 
 Global___GenerateRequest: _TypeAlias = GenerateRequest  # noqa: Y015
+
+@_typing.final
+class HiresFix(_message.Message):
+    """Hires fix, as AUTOMATIC1111 does it: the first pass at a size the model knows, an upscale,
+    then img2img at the output size. Progress counts both passes; previews come from both.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FIRST_PASS_WIDTH_FIELD_NUMBER: _builtins.int
+    FIRST_PASS_HEIGHT_FIELD_NUMBER: _builtins.int
+    UPSCALER_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    DENOISING_STRENGTH_FIELD_NUMBER: _builtins.int
+    first_pass_width: _builtins.int
+    """First pass width, multiple of 8, 64..width (unset = the output scaled down to the model's
+    native resolution, keeping its aspect).
+    """
+    first_pass_height: _builtins.int
+    """First pass height, multiple of 8, 64..height (unset: as first_pass_width)."""
+    upscaler: _builtins.str
+    """How the first pass is enlarged: "latent" (bilinear on the latents, the default),
+    "latent_nearest", "lanczos" or "nearest" (decoded, resized in pixels, encoded again).
+    """
+    steps: _builtins.int
+    """Steps of the second pass, 0..150 (unset or 0 = the same as steps); it runs about
+    denoising_strength x hires_steps of them, as img2img does.
+    """
+    denoising_strength: _builtins.float
+    """How much the second pass changes the upscaled image, 0..1 (unset = 0.5)."""
+    def __init__(
+        self,
+        *,
+        first_pass_width: _builtins.int | None = ...,
+        first_pass_height: _builtins.int | None = ...,
+        upscaler: _builtins.str = ...,
+        steps: _builtins.int | None = ...,
+        denoising_strength: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_denoising_strength", b"_denoising_strength", "_first_pass_height", b"_first_pass_height", "_first_pass_width", b"_first_pass_width", "_steps", b"_steps", "denoising_strength", b"denoising_strength", "first_pass_height", b"first_pass_height", "first_pass_width", b"first_pass_width", "steps", b"steps"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_denoising_strength", b"_denoising_strength", "_first_pass_height", b"_first_pass_height", "_first_pass_width", b"_first_pass_width", "_steps", b"_steps", "denoising_strength", b"denoising_strength", "first_pass_height", b"first_pass_height", "first_pass_width", b"first_pass_width", "steps", b"steps", "upscaler", b"upscaler"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__denoising_strength: _TypeAlias = _typing.Literal["denoising_strength"]  # noqa: Y015
+    _WhichOneofArgType__denoising_strength: _TypeAlias = _typing.Literal["_denoising_strength", b"_denoising_strength"]  # noqa: Y015
+    _WhichOneofReturnType__first_pass_height: _TypeAlias = _typing.Literal["first_pass_height"]  # noqa: Y015
+    _WhichOneofArgType__first_pass_height: _TypeAlias = _typing.Literal["_first_pass_height", b"_first_pass_height"]  # noqa: Y015
+    _WhichOneofReturnType__first_pass_width: _TypeAlias = _typing.Literal["first_pass_width"]  # noqa: Y015
+    _WhichOneofArgType__first_pass_width: _TypeAlias = _typing.Literal["_first_pass_width", b"_first_pass_width"]  # noqa: Y015
+    _WhichOneofReturnType__steps: _TypeAlias = _typing.Literal["steps"]  # noqa: Y015
+    _WhichOneofArgType__steps: _TypeAlias = _typing.Literal["_steps", b"_steps"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__denoising_strength) -> _WhichOneofReturnType__denoising_strength | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__first_pass_height) -> _WhichOneofReturnType__first_pass_height | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__first_pass_width) -> _WhichOneofReturnType__first_pass_width | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__steps) -> _WhichOneofReturnType__steps | None: ...
+
+Global___HiresFix: _TypeAlias = HiresFix  # noqa: Y015
+
+@_typing.final
+class Outpaint(_message.Message):
+    """Outpainting: pixels added on each side of init_image. The new area starts filled with the
+    stretched edge colours, then mask_fill applies (unset = FILL); the repainted mask reaches
+    `feather` pixels into the original with a soft ramp, so the seam blends. A canvas side that is
+    not a multiple of 8 is rounded up (the extra pixels go to the extended side, right/bottom
+    first) and a warning OUTPAINT_ROUNDED says so.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEFT_FIELD_NUMBER: _builtins.int
+    RIGHT_FIELD_NUMBER: _builtins.int
+    TOP_FIELD_NUMBER: _builtins.int
+    BOTTOM_FIELD_NUMBER: _builtins.int
+    FEATHER_FIELD_NUMBER: _builtins.int
+    left: _builtins.int
+    """Pixels added on the left, 0..2048."""
+    right: _builtins.int
+    """Pixels added on the right, 0..2048."""
+    top: _builtins.int
+    """Pixels added at the top, 0..2048."""
+    bottom: _builtins.int
+    """Pixels added at the bottom, 0..2048."""
+    feather: _builtins.int
+    """Pixels of the original the repainted area overlaps, ramping from repaint to keep, 0..256
+    (unset = 16; at most the original's side).
+    """
+    def __init__(
+        self,
+        *,
+        left: _builtins.int = ...,
+        right: _builtins.int = ...,
+        top: _builtins.int = ...,
+        bottom: _builtins.int = ...,
+        feather: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_feather", b"_feather", "feather", b"feather"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_feather", b"_feather", "bottom", b"bottom", "feather", b"feather", "left", b"left", "right", b"right", "top", b"top"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__feather: _TypeAlias = _typing.Literal["feather"]  # noqa: Y015
+    _WhichOneofArgType__feather: _TypeAlias = _typing.Literal["_feather", b"_feather"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__feather) -> _WhichOneofReturnType__feather | None: ...
+
+Global___Outpaint: _TypeAlias = Outpaint  # noqa: Y015
 
 @_typing.final
 class GenerationQueued(_message.Message):
