@@ -35,6 +35,10 @@ class _ModelKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ModelKind.V
     """A full fine-tune (e.g. a DreamBooth output) of a base model."""
     MODEL_KIND_LORA: _ModelKind.ValueType  # 3
     """A LoRA adapter applied on top of its base model."""
+    MODEL_KIND_EMBEDDING: _ModelKind.ValueType  # 4
+    """A textual-inversion embedding: learned token vectors, used by writing the model id as a word
+    in a prompt or negative prompt of any model of its architecture (AUTOMATIC1111's way).
+    """
 
 class ModelKind(_ModelKind, metaclass=_ModelKindEnumTypeWrapper):
     """What a model is."""
@@ -47,6 +51,10 @@ MODEL_KIND_FINE_TUNED: ModelKind.ValueType  # 2
 """A full fine-tune (e.g. a DreamBooth output) of a base model."""
 MODEL_KIND_LORA: ModelKind.ValueType  # 3
 """A LoRA adapter applied on top of its base model."""
+MODEL_KIND_EMBEDDING: ModelKind.ValueType  # 4
+"""A textual-inversion embedding: learned token vectors, used by writing the model id as a word
+in a prompt or negative prompt of any model of its architecture (AUTOMATIC1111's way).
+"""
 Global___ModelKind: _TypeAlias = ModelKind  # noqa: Y015
 
 class _PredictionType:
@@ -93,6 +101,10 @@ class _ModelFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ModelForm
     """A snapshot in the local Hugging Face cache (read offline)."""
     MODEL_FORMAT_LORA: _ModelFormat.ValueType  # 4
     """A LoRA adapter file (safetensors)."""
+    MODEL_FORMAT_EMBEDDING: _ModelFormat.ValueType  # 5
+    """A textual-inversion embedding file: A1111's .pt (`string_to_param`, read weights-only) or
+    .safetensors (`emb_params`; SDXL's `clip_l` + `clip_g`), or diffusers' `learned_embeds`.
+    """
 
 class ModelFormat(_ModelFormat, metaclass=_ModelFormatEnumTypeWrapper):
     """How a model's weights are stored."""
@@ -107,6 +119,10 @@ MODEL_FORMAT_HF_CACHE: ModelFormat.ValueType  # 3
 """A snapshot in the local Hugging Face cache (read offline)."""
 MODEL_FORMAT_LORA: ModelFormat.ValueType  # 4
 """A LoRA adapter file (safetensors)."""
+MODEL_FORMAT_EMBEDDING: ModelFormat.ValueType  # 5
+"""A textual-inversion embedding file: A1111's .pt (`string_to_param`, read weights-only) or
+.safetensors (`emb_params`; SDXL's `clip_l` + `clip_g`), or diffusers' `learned_embeds`.
+"""
 Global___ModelFormat: _TypeAlias = ModelFormat  # noqa: Y015
 
 class _ParameterType:
@@ -174,6 +190,41 @@ BACKEND_KIND_HOSTED: BackendKind.ValueType  # 3
 Global___BackendKind: _TypeAlias = BackendKind  # noqa: Y015
 
 @_typing.final
+class EmbeddingInfo(_message.Message):
+    """What a textual-inversion embedding holds."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VECTORS_FIELD_NUMBER: _builtins.int
+    WIDTHS_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    vectors: _builtins.int
+    """Vectors the embedding's name stands for: the prompt tokens it takes (of 75 per chunk)."""
+    sha256: _builtins.str
+    """SHA-256 of the file (hex); A1111's "TI hashes" infotext field holds its first 12 digits."""
+    @_builtins.property
+    def widths(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Width of the vectors for each text encoder: [768] for SD 1.x, [1024] for SD 2.x,
+        [768, 1280] (clip_l, clip_g) for SDXL; it must match the text encoders of the models it is
+        used with.
+        """
+
+    def __init__(
+        self,
+        *,
+        vectors: _builtins.int = ...,
+        widths: _abc.Iterable[_builtins.int] | None = ...,
+        sha256: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sha256", b"sha256", "vectors", b"vectors", "widths", b"widths"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EmbeddingInfo: _TypeAlias = EmbeddingInfo  # noqa: Y015
+
+@_typing.final
 class ModelOrigin(_message.Message):
     """Where a model came from."""
 
@@ -222,6 +273,7 @@ class Model(_message.Message):
     INPAINTING_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     CONFIG_PATH_FIELD_NUMBER: _builtins.int
+    EMBEDDING_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Stable id used in requests, e.g. "tiny-sd" or "ft-1a2b3c"."""
     display_name: _builtins.str
@@ -260,6 +312,10 @@ class Model(_message.Message):
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the model was registered."""
 
+    @_builtins.property
+    def embedding(self) -> Global___EmbeddingInfo:
+        """Embeddings (kind EMBEDDING) only: their vectors, widths and file hash."""
+
     def __init__(
         self,
         *,
@@ -280,10 +336,11 @@ class Model(_message.Message):
         inpainting: _builtins.bool = ...,
         description: _builtins.str = ...,
         config_path: _builtins.str = ...,
+        embedding: Global___EmbeddingInfo | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "origin", b"origin"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "embedding", b"embedding", "origin", b"origin"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "backend_id", b"backend_id", "builtin", b"builtin", "config_path", b"config_path", "create_time", b"create_time", "description", b"description", "display_name", b"display_name", "format", b"format", "id", b"id", "inpainting", b"inpainting", "kind", b"kind", "native_resolution", b"native_resolution", "origin", b"origin", "prediction_type", b"prediction_type", "size_bytes", b"size_bytes", "source_path", b"source_path", "trigger_phrase", b"trigger_phrase"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "backend_id", b"backend_id", "builtin", b"builtin", "config_path", b"config_path", "create_time", b"create_time", "description", b"description", "display_name", b"display_name", "embedding", b"embedding", "format", b"format", "id", b"id", "inpainting", b"inpainting", "kind", b"kind", "native_resolution", b"native_resolution", "origin", b"origin", "prediction_type", b"prediction_type", "size_bytes", b"size_bytes", "source_path", b"source_path", "trigger_phrase", b"trigger_phrase"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -300,6 +357,7 @@ class ListModelsRequest(_message.Message):
     KIND_FIELD_NUMBER: _builtins.int
     BACKEND_ID_FIELD_NUMBER: _builtins.int
     BASE_MODEL_ID_FIELD_NUMBER: _builtins.int
+    ARCHITECTURE_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Maximum number of models to return: 0 = server default (50), at most 1000."""
     page_token: _builtins.str
@@ -310,6 +368,8 @@ class ListModelsRequest(_message.Message):
     """Only models served by this backend (empty = all backends)."""
     base_model_id: _builtins.str
     """Only models derived from this base model (empty = no filter)."""
+    architecture: _builtins.str
+    """Only models of this architecture, e.g. "sd1" (empty = no filter)."""
     def __init__(
         self,
         *,
@@ -318,10 +378,11 @@ class ListModelsRequest(_message.Message):
         kind: Global___ModelKind.ValueType = ...,
         backend_id: _builtins.str = ...,
         base_model_id: _builtins.str = ...,
+        architecture: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend_id", b"backend_id", "base_model_id", b"base_model_id", "kind", b"kind", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "backend_id", b"backend_id", "base_model_id", b"base_model_id", "kind", b"kind", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -431,7 +492,9 @@ class ImportModelRequest(_message.Message):
     hf_cache_id: _builtins.str
     """A Hugging Face repo id already in the local cache, e.g. "runwayml/stable-diffusion-v1-5"."""
     single_file_path: _builtins.str
-    """A single .safetensors or .ckpt file (original SD layout, or a LoRA when kind is LORA)."""
+    """A single .safetensors or .ckpt file (original SD layout, or a LoRA when kind is LORA), or
+    a textual-inversion embedding (.pt, .bin or .safetensors) when kind is EMBEDDING.
+    """
     hf_revision: _builtins.str
     """Revision of the HF cache snapshot (empty = the cached "main")."""
     config_path: _builtins.str
@@ -441,9 +504,14 @@ class ImportModelRequest(_message.Message):
     display_name: _builtins.str
     """Human-friendly name (empty = derived from the source)."""
     kind: Global___ModelKind.ValueType
-    """Base, fine-tuned or LoRA (UNSPECIFIED = BASE, or FINE_TUNED when base_model_id is set)."""
+    """Base, fine-tuned, LoRA or embedding (UNSPECIFIED = BASE, or FINE_TUNED when base_model_id is
+    set).
+    """
     architecture: _builtins.str
-    """Architecture hint, e.g. "sd15" (empty = detect)."""
+    """Architecture hint, e.g. "sd15" (empty = detect). An embedding's vectors must have the width
+    of this architecture's text encoders (of origin.base_model_id's when that is set; detected
+    from the width when neither is set).
+    """
     backend_id: _builtins.str
     """Backend that will serve it (empty = "diffusers")."""
     prediction_type: Global___PredictionType.ValueType

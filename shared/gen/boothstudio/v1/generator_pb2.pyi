@@ -53,6 +53,33 @@ MASK_FILL_LATENT_NOTHING: MaskFill.ValueType  # 4
 """Start from zero latents."""
 Global___MaskFill: _TypeAlias = MaskFill  # noqa: Y015
 
+class _Priority:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PriorityEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Priority.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PRIORITY_UNSPECIFIED: _Priority.ValueType  # 0
+    """Not set: INTERACTIVE."""
+    PRIORITY_INTERACTIVE: _Priority.ValueType  # 1
+    """A person waiting for the image (the default)."""
+    PRIORITY_BATCH: _Priority.ValueType  # 2
+    """Bulk work (scripts, grids): runs when no interactive job waits."""
+
+class Priority(_Priority, metaclass=_PriorityEnumTypeWrapper):
+    """Where a job goes in the Generator's queue. Jobs of a higher priority run first; within one
+    priority they run in arrival order, and a micro-batch only takes jobs of its first job's
+    priority. A BATCH job waits as long as INTERACTIVE jobs keep arriving (no aging).
+    """
+
+PRIORITY_UNSPECIFIED: Priority.ValueType  # 0
+"""Not set: INTERACTIVE."""
+PRIORITY_INTERACTIVE: Priority.ValueType  # 1
+"""A person waiting for the image (the default)."""
+PRIORITY_BATCH: Priority.ValueType  # 2
+"""Bulk work (scripts, grids): runs when no interactive job waits."""
+Global___Priority: _TypeAlias = Priority  # noqa: Y015
+
 class _FinishReason:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -186,6 +213,7 @@ class GenerateRequest(_message.Message):
     JOB_ID_FIELD_NUMBER: _builtins.int
     HIRES_FIELD_NUMBER: _builtins.int
     OUTPAINT_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
     prompt: _builtins.str
     """What to draw."""
     negative_prompt: _builtins.str
@@ -228,6 +256,10 @@ class GenerateRequest(_message.Message):
     """Do not store the images in the gallery (image_id stays empty)."""
     job_id: _builtins.str
     """Caller-chosen job id for idempotency and early cancellation (empty = server assigns)."""
+    priority: Global___Priority.ValueType
+    """Queue priority: INTERACTIVE jobs (the default) run before BATCH jobs; first come, first
+    served within a priority.
+    """
     @_builtins.property
     def sampler_options(self) -> _containers.MessageMap[_builtins.str, _common_pb2.OptionValue]:
         """Options of the chosen sampler, keyed by Parameter.name from ListSamplers (e.g. "eta")."""
@@ -276,10 +308,11 @@ class GenerateRequest(_message.Message):
         job_id: _builtins.str = ...,
         hires: Global___HiresFix | None = ...,
         outpaint: Global___Outpaint | None = ...,
+        priority: Global___Priority.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_cfg_scale", b"_cfg_scale", "_count", b"_count", "_height", b"_height", "_mask_blur", b"_mask_blur", "_preview_interval", b"_preview_interval", "_seed", b"_seed", "_steps", b"_steps", "_strength", b"_strength", "_width", b"_width", "cfg_scale", b"cfg_scale", "count", b"count", "height", b"height", "hires", b"hires", "mask_blur", b"mask_blur", "outpaint", b"outpaint", "preview_interval", b"preview_interval", "seed", b"seed", "steps", b"steps", "strength", b"strength", "width", b"width"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cfg_scale", b"_cfg_scale", "_count", b"_count", "_height", b"_height", "_mask_blur", b"_mask_blur", "_preview_interval", b"_preview_interval", "_seed", b"_seed", "_steps", b"_steps", "_strength", b"_strength", "_width", b"_width", "backend_id", b"backend_id", "backend_options", b"backend_options", "cfg_scale", b"cfg_scale", "count", b"count", "height", b"height", "hires", b"hires", "init_image", b"init_image", "invert_mask", b"invert_mask", "job_id", b"job_id", "mask_blur", b"mask_blur", "mask_fill", b"mask_fill", "mask_image", b"mask_image", "model_id", b"model_id", "negative_prompt", b"negative_prompt", "outpaint", b"outpaint", "preview_interval", b"preview_interval", "prompt", b"prompt", "sampler", b"sampler", "sampler_options", b"sampler_options", "schedule", b"schedule", "seed", b"seed", "skip_gallery", b"skip_gallery", "steps", b"steps", "strength", b"strength", "width", b"width"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cfg_scale", b"_cfg_scale", "_count", b"_count", "_height", b"_height", "_mask_blur", b"_mask_blur", "_preview_interval", b"_preview_interval", "_seed", b"_seed", "_steps", b"_steps", "_strength", b"_strength", "_width", b"_width", "backend_id", b"backend_id", "backend_options", b"backend_options", "cfg_scale", b"cfg_scale", "count", b"count", "height", b"height", "hires", b"hires", "init_image", b"init_image", "invert_mask", b"invert_mask", "job_id", b"job_id", "mask_blur", b"mask_blur", "mask_fill", b"mask_fill", "mask_image", b"mask_image", "model_id", b"model_id", "negative_prompt", b"negative_prompt", "outpaint", b"outpaint", "preview_interval", b"preview_interval", "priority", b"priority", "prompt", b"prompt", "sampler", b"sampler", "sampler_options", b"sampler_options", "schedule", b"schedule", "seed", b"seed", "skip_gallery", b"skip_gallery", "steps", b"steps", "strength", b"strength", "width", b"width"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cfg_scale: _TypeAlias = _typing.Literal["cfg_scale"]  # noqa: Y015
     _WhichOneofArgType__cfg_scale: _TypeAlias = _typing.Literal["_cfg_scale", b"_cfg_scale"]  # noqa: Y015

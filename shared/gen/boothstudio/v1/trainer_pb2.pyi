@@ -400,6 +400,11 @@ class DreamBoothConfig(_message.Message):
     IDENTIFIER_LEARNING_RATE_FIELD_NUMBER: _builtins.int
     RANDOM_CROP_SCALE_FIELD_NUMBER: _builtins.int
     MASKED_LOSS_BACKGROUND_WEIGHT_FIELD_NUMBER: _builtins.int
+    MIN_SNR_GAMMA_FIELD_NUMBER: _builtins.int
+    OFFSET_NOISE_FIELD_NUMBER: _builtins.int
+    ASPECT_BUCKETS_FIELD_NUMBER: _builtins.int
+    VALIDATION_SCORER_FIELD_NUMBER: _builtins.int
+    EXPORT_BEST_CHECKPOINT_FIELD_NUMBER: _builtins.int
     base_model_id: _builtins.str
     """Model id from Catalog to fine-tune."""
     dataset_id: _builtins.str
@@ -494,6 +499,36 @@ class DreamBoothConfig(_message.Message):
     context), so the fine-tune learns the subject rather than memorising its few backgrounds.
     Unset = off (alpha ignored). Images without alpha count whole; class images always do.
     """
+    min_snr_gamma: _builtins.float
+    """Min-SNR-gamma loss weighting (0 = off, e.g. 5.0; at most 100): each sample's loss is
+    weighed by min(SNR, gamma) / SNR (epsilon models; / (SNR + 1) for v-prediction), SNR being
+    its timestep's signal-to-noise ratio, so the many nearly noise-free timesteps stop
+    dominating the gradient. Applies to the instance and the prior loss alike.
+    """
+    offset_noise: _builtins.float
+    """Offset noise (0 = off, e.g. 0.05-0.1; at most 1): a per-image, per-channel constant times
+    this is added to the training noise, so the model learns to change an image's overall
+    brightness and can draw very dark or very bright pictures.
+    """
+    aspect_buckets: _builtins.bool
+    """Aspect-ratio bucketing: each instance picture trains at (about) its own aspect ratio in one
+    of a few buckets of about resolution^2 pixels (sides a multiple of the model's latent
+    size, long side at most twice the short one) instead of centre- or random-cropped to a
+    square; every micro-batch comes from one bucket, and its class images are resized and
+    cropped to that bucket. Off: square crops.
+    """
+    validation_scorer: _builtins.str
+    """Scores each checkpoint on the validation prompts: the Python path ("package.module:name")
+    of a scorer installed on the trainer hosts, a callable marked with
+    boothstudio.services.trainer.scoring.validation_scorer that takes the images of each
+    validation prompt (one per validation seed) and the prompts and returns one score per
+    prompt, higher is better (empty = no scoring). The scores come with the checkpoint
+    (Checkpoint.validation_scores) in the Watch stream and the job.
+    """
+    export_best_checkpoint: _builtins.bool
+    """Export the checkpoint with the best mean validation score as the job's model instead of
+    the last one (needs validation_scorer; checkpoints saved by a cancel are not scored).
+    """
     @_builtins.property
     def instance_images(self) -> _containers.RepeatedCompositeFieldContainer[Global___InstanceImage]:
         """Instance images inline (small sets); use dataset_id for larger ones."""
@@ -559,10 +594,15 @@ class DreamBoothConfig(_message.Message):
         identifier_learning_rate: _builtins.float = ...,
         random_crop_scale: _builtins.float = ...,
         masked_loss_background_weight: _builtins.float | None = ...,
+        min_snr_gamma: _builtins.float = ...,
+        offset_noise: _builtins.float = ...,
+        aspect_buckets: _builtins.bool = ...,
+        validation_scorer: _builtins.str = ...,
+        export_best_checkpoint: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_masked_loss_background_weight", b"_masked_loss_background_weight", "_max_train_steps", b"_max_train_steps", "_seed", b"_seed", "_text_encoder_learning_rate", b"_text_encoder_learning_rate", "_weight_decay", b"_weight_decay", "lora", b"lora", "masked_loss_background_weight", b"masked_loss_background_weight", "max_train_steps", b"max_train_steps", "prior_preservation", b"prior_preservation", "seed", b"seed", "text_encoder_learning_rate", b"text_encoder_learning_rate", "weight_decay", b"weight_decay"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_masked_loss_background_weight", b"_masked_loss_background_weight", "_max_train_steps", b"_max_train_steps", "_seed", b"_seed", "_text_encoder_learning_rate", b"_text_encoder_learning_rate", "_weight_decay", b"_weight_decay", "accelerator", b"accelerator", "base_model_id", b"base_model_id", "batch_size", b"batch_size", "caption_dropout", b"caption_dropout", "center_crop", b"center_crop", "checkpoint_every_steps", b"checkpoint_every_steps", "checkpoints_to_keep", b"checkpoints_to_keep", "class_noun", b"class_noun", "class_prompt", b"class_prompt", "dataset_id", b"dataset_id", "devices", b"devices", "ema_decay", b"ema_decay", "gradient_accumulation_steps", b"gradient_accumulation_steps", "gradient_checkpointing", b"gradient_checkpointing", "identifier", b"identifier", "identifier_learning_rate", b"identifier_learning_rate", "instance_images", b"instance_images", "instance_prompt", b"instance_prompt", "learning_rate", b"learning_rate", "lora", b"lora", "lr_scheduler", b"lr_scheduler", "lr_warmup_steps", b"lr_warmup_steps", "masked_loss_background_weight", b"masked_loss_background_weight", "max_grad_norm", b"max_grad_norm", "max_train_steps", b"max_train_steps", "method", b"method", "num_nodes", b"num_nodes", "output_model_name", b"output_model_name", "precision", b"precision", "prior_preservation", b"prior_preservation", "random_crop_scale", b"random_crop_scale", "random_flip", b"random_flip", "resolution", b"resolution", "sample_every_steps", b"sample_every_steps", "seed", b"seed", "strategy", b"strategy", "text_encoder_learning_rate", b"text_encoder_learning_rate", "train_text_encoder", b"train_text_encoder", "use_8bit_adam", b"use_8bit_adam", "validation_prompts", b"validation_prompts", "validation_seeds", b"validation_seeds", "weight_decay", b"weight_decay"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_masked_loss_background_weight", b"_masked_loss_background_weight", "_max_train_steps", b"_max_train_steps", "_seed", b"_seed", "_text_encoder_learning_rate", b"_text_encoder_learning_rate", "_weight_decay", b"_weight_decay", "accelerator", b"accelerator", "aspect_buckets", b"aspect_buckets", "base_model_id", b"base_model_id", "batch_size", b"batch_size", "caption_dropout", b"caption_dropout", "center_crop", b"center_crop", "checkpoint_every_steps", b"checkpoint_every_steps", "checkpoints_to_keep", b"checkpoints_to_keep", "class_noun", b"class_noun", "class_prompt", b"class_prompt", "dataset_id", b"dataset_id", "devices", b"devices", "ema_decay", b"ema_decay", "export_best_checkpoint", b"export_best_checkpoint", "gradient_accumulation_steps", b"gradient_accumulation_steps", "gradient_checkpointing", b"gradient_checkpointing", "identifier", b"identifier", "identifier_learning_rate", b"identifier_learning_rate", "instance_images", b"instance_images", "instance_prompt", b"instance_prompt", "learning_rate", b"learning_rate", "lora", b"lora", "lr_scheduler", b"lr_scheduler", "lr_warmup_steps", b"lr_warmup_steps", "masked_loss_background_weight", b"masked_loss_background_weight", "max_grad_norm", b"max_grad_norm", "max_train_steps", b"max_train_steps", "method", b"method", "min_snr_gamma", b"min_snr_gamma", "num_nodes", b"num_nodes", "offset_noise", b"offset_noise", "output_model_name", b"output_model_name", "precision", b"precision", "prior_preservation", b"prior_preservation", "random_crop_scale", b"random_crop_scale", "random_flip", b"random_flip", "resolution", b"resolution", "sample_every_steps", b"sample_every_steps", "seed", b"seed", "strategy", b"strategy", "text_encoder_learning_rate", b"text_encoder_learning_rate", "train_text_encoder", b"train_text_encoder", "use_8bit_adam", b"use_8bit_adam", "validation_prompts", b"validation_prompts", "validation_scorer", b"validation_scorer", "validation_seeds", b"validation_seeds", "weight_decay", b"weight_decay"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__masked_loss_background_weight: _TypeAlias = _typing.Literal["masked_loss_background_weight"]  # noqa: Y015
     _WhichOneofArgType__masked_loss_background_weight: _TypeAlias = _typing.Literal["_masked_loss_background_weight", b"_masked_loss_background_weight"]  # noqa: Y015
@@ -663,6 +703,8 @@ class Checkpoint(_message.Message):
     PATH_FIELD_NUMBER: _builtins.int
     SIZE_BYTES_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    VALIDATION_SCORES_FIELD_NUMBER: _builtins.int
+    VALIDATION_SCORE_FIELD_NUMBER: _builtins.int
     checkpoint_id: _builtins.str
     """Checkpoint id within the job, e.g. "step-000500"."""
     step: _builtins.int
@@ -673,9 +715,17 @@ class Checkpoint(_message.Message):
     """Path on the trainer host."""
     size_bytes: _builtins.int
     """Size on disk in bytes."""
+    validation_score: _builtins.float
+    """The mean of validation_scores (unset when the checkpoint was not scored)."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When it was written."""
+
+    @_builtins.property
+    def validation_scores(self) -> _containers.RepeatedCompositeFieldContainer[Global___ValidationScore]:
+        """Its score on each validation prompt (with DreamBoothConfig.validation_scorer), in the
+        order of the job's validation prompts.
+        """
 
     def __init__(
         self,
@@ -686,14 +736,44 @@ class Checkpoint(_message.Message):
         path: _builtins.str = ...,
         size_bytes: _builtins.int = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        validation_scores: _abc.Iterable[Global___ValidationScore] | None = ...,
+        validation_score: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_validation_score", b"_validation_score", "create_time", b"create_time", "validation_score", b"validation_score"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_id", b"checkpoint_id", "create_time", b"create_time", "kind", b"kind", "path", b"path", "size_bytes", b"size_bytes", "step", b"step"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_validation_score", b"_validation_score", "checkpoint_id", b"checkpoint_id", "create_time", b"create_time", "kind", b"kind", "path", b"path", "size_bytes", b"size_bytes", "step", b"step", "validation_score", b"validation_score", "validation_scores", b"validation_scores"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__validation_score: _TypeAlias = _typing.Literal["validation_score"]  # noqa: Y015
+    _WhichOneofArgType__validation_score: _TypeAlias = _typing.Literal["_validation_score", b"_validation_score"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__validation_score) -> _WhichOneofReturnType__validation_score | None: ...
+
+Global___Checkpoint: _TypeAlias = Checkpoint  # noqa: Y015
+
+@_typing.final
+class ValidationScore(_message.Message):
+    """A checkpoint's score on one validation prompt."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROMPT_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    prompt: _builtins.str
+    """The prompt (identifier substituted)."""
+    score: _builtins.float
+    """The scorer's value for the prompt's images (higher is better)."""
+    def __init__(
+        self,
+        *,
+        prompt: _builtins.str = ...,
+        score: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["prompt", b"prompt", "score", b"score"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___Checkpoint: _TypeAlias = Checkpoint  # noqa: Y015
+Global___ValidationScore: _TypeAlias = ValidationScore  # noqa: Y015
 
 @_typing.final
 class TrainingSample(_message.Message):
