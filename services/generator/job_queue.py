@@ -2,11 +2,19 @@
 
 (Named a job queue, not a scheduler: in this field a scheduler is the noise scheduler.)
 
-- `submit` refuses work when `queue_size` jobs are waiting (RESOURCE_EXHAUSTED, QUEUE_FULL).
-- One worker per device runs one batch at a time in its own thread. It takes the oldest job and
-  every other queued job its adapter says is compatible (equal `batch_key`: same model, size,
-  sampler, schedule, steps, mode...) up to `max_batch_images` images; each job keeps its own
-  stream, seeds and gallery entries.
+- `submit` refuses work when `queue_size` jobs are waiting (RESOURCE_EXHAUSTED, QUEUE_FULL), or
+  when the caller already has `max_queued_per_key` jobs waiting (QUEUE_LIMIT_PER_KEY), so one
+  client cannot fill the queue for everyone. The caller (`Job.owner`) is the API key's
+  fingerprint; with auth off, the peer's address without its port (one bucket per client host:
+  reconnecting does not make a new one). Running jobs do not count.
+- Priorities: the queue is kept in priority order (interactive before batch) and in arrival order
+  within a priority. There is no aging: a batch job waits as long as interactive jobs keep coming
+  (bounded in practice by queue_size and the per-key limit of those who send them).
+- One worker per device runs one batch at a time in its own thread. It takes the first job and
+  every other queued job of the same priority its adapter says is compatible (equal `batch_key`:
+  same model, size, sampler, schedule, steps, mode...) up to `max_batch_images` images, so a batch
+  job never rides ahead of a waiting interactive one; each job keeps its own stream, seeds and
+  gallery entries.
 - Cancellation (CancelGeneration or the client leaving): a queued job leaves the queue; a running
   job is finished as CANCELLED at once, its rows are no longer decoded or saved, and when every
   job of the batch is cancelled the loop stops before its next denoising step. Images a cancelled
@@ -42,6 +50,7 @@ from boothstudio.services.generator.adapters.base import (
     StepProgress,
 )
 from boothstudio.services.generator.gallery import Gallery, GalleryEntry, png_bytes
+from boothstudio.shared.auth import ANONYMOUS_ADMIN, Principal
 from boothstudio.shared.errors import ResourceExhausted
 from boothstudio.shared.ids import new_id
 from boothstudio.v1 import common_pb2, generator_pb2
@@ -59,6 +68,24 @@ PRECANCELLED_REMEMBERED = 1000
 PRECANCEL_SECONDS = 300.0
 #: A model download's events: at most one per this many seconds (and always the last, at 100%).
 DOWNLOAD_EVENT_INTERVAL = 0.25
+#: Job.priority ranks (lower runs first), named as in metrics
+INTERACTIVE, BATCH = 0, 1
+PRIORITY_LABELS = {INTERACTIVE: "interactive", BATCH: "batch"}
+
+
+def queue_owner(principal: Principal | None, peer: str) -> str:
+    """Job.owner: the caller's API key (its fingerprint), or with auth off the peer's address
+    without the port ("ipv4:10.0.0.5:51234" -> "ipv4:10.0.0.5")."""
+    if principal is not None and principal is not ANONYMOUS_ADMIN:
+        return f"key:{principal.key_id}"
+    if peer.startswith(("ipv4:", "ipv6:")):
+        peer = peer.rsplit(":", 1)[0]
+    return f"peer:{peer}"
+
+
+def priority_rank(priority: int) -> int:
+    """The queue rank of a GenerateRequest.priority (unset = interactive)."""
+    return BATCH if priority == generator_pb2.PRIORITY_BATCH else INTERACTIVE
 
 
 @dataclass
@@ -76,6 +103,10 @@ class Job:
     image_ids: list[str] = field(default_factory=list)
     images_done: int = 0
     key: Any = None
+    #: INTERACTIVE or BATCH
+    priority: int = INTERACTIVE
+    #: who sent it, for max_queued_per_key (see the module doc)
+    owner: str = ""
 
     @property
     def done(self) -> bool:
@@ -111,10 +142,13 @@ class JobQueue:
         max_batch_images: int = 8,
         batching: bool = True,
         batch_window: float = 0.0,
+        max_queued_per_key: int = 0,
         log: Any = None,
     ) -> None:
         self.gallery = gallery
         self.queue_size = queue_size
+        #: 0 = no limit per caller (only queue_size)
+        self.max_queued_per_key = max_queued_per_key
         self.max_batch_images = max_batch_images
         self.batching = batching
         self.batch_window = batch_window
@@ -153,7 +187,7 @@ class JobQueue:
             job.cancelled.set()
             self._finish(job, GENERATION_STATUS_CANCELLED, "SHUTDOWN", "server shutting down")
         self.queue.clear()
-        metrics.QUEUE_DEPTH.set(0)
+        self._queue_changed()
         deadline = time.monotonic() + grace
         while self.running and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -174,7 +208,18 @@ class JobQueue:
         return job_id in self.jobs or job_id in self.finished
 
     def submit(self, job: Job) -> int:
-        """Enqueue; returns the position (0 = next). Raises ResourceExhausted when full."""
+        """Enqueue by priority; returns the position (0 = next). Raises ResourceExhausted when
+        the caller has max_queued_per_key jobs waiting, or the queue is full."""
+        limit = self.max_queued_per_key
+        if limit and sum(1 for j in self.queue if j.owner == job.owner) >= limit:
+            metrics.REQUESTS.labels("rejected").inc()
+            raise ResourceExhausted(
+                f"you already have {limit} generation jobs waiting (max_queued_per_key); "
+                "retry when one has started",
+                reason="QUEUE_LIMIT_PER_KEY",
+                retry_after=1.0,
+                metadata={"max_queued_per_key": limit},
+            )
         if len(self.queue) >= self.queue_size:
             metrics.REQUESTS.labels("rejected").inc()
             raise ResourceExhausted(
@@ -185,9 +230,11 @@ class JobQueue:
             )
         job.key = job.adapter.batch_key(job.spec) if self.batching else None
         self.jobs[job.id] = job
-        self.queue.append(job)
-        metrics.QUEUE_DEPTH.set(len(self.queue))
-        position = len(self.queue) - 1 + (1 if self.running else 0)
+        # behind every job of its priority or a higher one (FIFO within a priority)
+        index = sum(1 for j in self.queue if j.priority <= job.priority)
+        self.queue.insert(index, job)
+        self._queue_changed()
+        position = index + (1 if self.running else 0)
         self._emit(
             job,
             queued=generator_pb2.GenerationQueued(position=position, queue_depth=len(self.queue)),
@@ -211,10 +258,16 @@ class JobQueue:
         job.cancelled.set()
         if job in self.queue:
             self.queue.remove(job)
-            metrics.QUEUE_DEPTH.set(len(self.queue))
+            self._queue_changed()
         message = "cancelled by the user" if reason == "CANCELLED_BY_USER" else reason.lower()
         self._finish(job, GENERATION_STATUS_CANCELLED, reason, message)
         return True
+
+    def _queue_changed(self) -> None:
+        metrics.QUEUE_DEPTH.set(len(self.queue))
+        for rank, label in PRIORITY_LABELS.items():
+            waiting = sum(1 for j in self.queue if j.priority == rank)
+            metrics.QUEUE_DEPTH_BY_PRIORITY.labels(label).set(waiting)
 
     # ------------------------------------------------------------------ events
 
@@ -275,13 +328,14 @@ class JobQueue:
         if head.key is not None:
             for job in list(self.queue):
                 n = len(job.spec.seeds)
-                if job.adapter is head.adapter and job.key == head.key:
+                compatible = job.adapter is head.adapter and job.key == head.key
+                if compatible and job.priority == head.priority:
                     if images + n > self.max_batch_images:
                         continue
                     batch.append(job)
                     images += n
                     self.queue.remove(job)
-        metrics.QUEUE_DEPTH.set(len(self.queue))
+        self._queue_changed()
         return batch
 
     async def _worker(self) -> None:

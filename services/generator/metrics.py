@@ -17,6 +17,11 @@ REQUESTS = Counter(
     ("outcome",),
 )
 QUEUE_DEPTH = Gauge("boothstudio_generator_queue_depth", "Jobs waiting in the queue.")
+QUEUE_DEPTH_BY_PRIORITY = Gauge(
+    "boothstudio_generator_queue_depth_by_priority",
+    "Jobs waiting in the queue, by priority (interactive, batch).",
+    ("priority",),
+)
 QUEUE_WAIT = Histogram(
     "boothstudio_generator_queue_wait_seconds",
     "Seconds a job waited in the queue before it started.",

@@ -21,7 +21,13 @@ from boothstudio.services.generator import metrics
 from boothstudio.services.generator.adapters.base import Adapter
 from boothstudio.services.generator.adapters.diffusers import DiffusersAdapter
 from boothstudio.services.generator.gallery import Gallery
-from boothstudio.services.generator.job_queue import Job, JobQueue, now_timestamp
+from boothstudio.services.generator.job_queue import (
+    Job,
+    JobQueue,
+    now_timestamp,
+    priority_rank,
+    queue_owner,
+)
 from boothstudio.services.generator.replicas import (
     Forwarder,
     ReplicaRegistry,
@@ -32,6 +38,7 @@ from boothstudio.services.generator.settings import GeneratorSettings
 from boothstudio.services.generator.validation import Validator, check_id_list, model_ref
 from boothstudio.services.settings import load_settings
 from boothstudio.shared.artifact_store import store_for
+from boothstudio.shared.auth import current_principal
 from boothstudio.shared.channels import aio_channel
 from boothstudio.shared.errors import (
     AlreadyExists,
@@ -92,6 +99,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
             max_batch_images=settings.max_batch_images,
             batching=settings.batching,
             batch_window=settings.batch_window,
+            max_queued_per_key=settings.max_queued_per_key,
             log=self.log,
         )
         self.preview_interval = settings.preview_interval
@@ -184,7 +192,9 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
             if request.HasField("preview_interval")
             else self.preview_interval
         )
-        job = Job(job_id, request, spec, adapter, interval)
+        job = Job(job_id, request, spec, adapter, interval,
+                  priority=priority_rank(request.priority),
+                  owner=queue_owner(current_principal(), context.peer()))
         self.jobs.submit(job)
         for w in warnings:
             job.events.put_nowait(generator_pb2.GenerateResponse(job_id=job.id, warning=w))

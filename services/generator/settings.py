@@ -13,6 +13,10 @@ class GeneratorSettings(RemoteBackendSettings):
     queue_size: int = Field(
         16, ge=1, description="jobs allowed to wait; more are answered RESOURCE_EXHAUSTED"
     )
+    max_queued_per_key: int = Field(
+        8, ge=0, description="jobs one caller (API key; with auth off, client address) may have "
+        "waiting; more are answered RESOURCE_EXHAUSTED (QUEUE_LIMIT_PER_KEY); 0 = no limit",
+    )
     max_batch_images: int = Field(8, ge=1, description="images per micro-batch")
     batching: bool = Field(True, description="micro-batch compatible queued requests")
     batch_window: float = Field(

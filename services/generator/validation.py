@@ -204,6 +204,8 @@ class Validator:
             p.append(("mask_blur", f"must be between 0 and 64, got {r.mask_blur}"))
         if r.mask_fill not in FILLS:
             p.append(("mask_fill", f"unknown mask fill {r.mask_fill}"))
+        if r.priority not in generator_pb2.Priority.values():
+            p.append(("priority", f"unknown priority {r.priority}"))
         if r.HasField("preview_interval") and r.preview_interval < 0:
             p.append(("preview_interval", "must be >= 0"))
         if r.job_id and not is_valid_id(r.job_id):

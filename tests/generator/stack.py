@@ -62,6 +62,7 @@ def start_stack(
     model: Path,
     generator_options: Iterable[str] = (),
     catalog_env: dict[str, str] | None = None,
+    generator_env: dict[str, str] | None = None,
 ) -> Stack:
     """Catalog and Generator wired to each other (stop them with stop_stack)."""
     catalog_port, generator_port = free_port(), free_port()
@@ -82,7 +83,7 @@ def start_stack(
             "generator",
             generator_port,
             sets,
-            env={"BOOTHSTUDIO_CATALOG_ADDRESS": catalog.address},
+            env={"BOOTHSTUDIO_CATALOG_ADDRESS": catalog.address, **(generator_env or {})},
         )
     except BaseException:
         catalog.stop()
