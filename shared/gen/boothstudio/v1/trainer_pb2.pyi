@@ -522,8 +522,8 @@ class DreamBoothConfig(_message.Message):
     of a scorer installed on the trainer hosts, a callable marked with
     boothstudio.services.trainer.scoring.validation_scorer that takes the images of each
     validation prompt (one per validation seed) and the prompts and returns one score per
-    prompt, higher is better (empty = no scoring). The scores come with the checkpoint
-    (Checkpoint.validation_scores) in the Watch stream and the job.
+    prompt, higher is better (empty = no scoring). The scores come with the checkpoint in the
+    Watch stream (CheckpointSaved.checkpoint.validation_scores).
     """
     export_best_checkpoint: _builtins.bool
     """Export the checkpoint with the best mean validation score as the job's model instead of
@@ -724,7 +724,8 @@ class Checkpoint(_message.Message):
     @_builtins.property
     def validation_scores(self) -> _containers.RepeatedCompositeFieldContainer[Global___ValidationScore]:
         """Its score on each validation prompt (with DreamBoothConfig.validation_scorer), in the
-        order of the job's validation prompts.
+        order of the job's validation prompts. Carried by CheckpointSaved events only (not by
+        TrainingJob.checkpoints).
         """
 
     def __init__(
