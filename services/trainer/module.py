@@ -2,14 +2,15 @@
 
 Training is deterministic from (seed, micro-batch index, rank): which instance and class images
 form micro-batch i, their crops and flips, the latent sample, the noise and the timesteps are
-all drawn from generators seeded by that triple. The data position is therefore the optimiser
-step itself, and resuming from a checkpoint at step k replays exactly what an uninterrupted run
-would have done from step k on.
+all drawn from generators seeded by that triple (so are a bucketed micro-batch's bucket and the
+offset noise). The data position is therefore the optimiser step itself, and resuming from a
+checkpoint at step k replays exactly what an uninterrupted run would have done from step k on.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -50,6 +51,54 @@ def image_tensor(img: Image.Image, resolution: int) -> torch.Tensor:
     return torch.cat([rgb, t[3:] / 255.0]) if bands == 4 else rgb
 
 
+MAX_BUCKET_RATIO = 2.0
+
+
+def latent_multiple(vae: Any, unet: Any) -> int:
+    """What a picture's sides must be a multiple of for this model: the VAE's downsampling
+    times the UNet's (its latents go through every down block whole)."""
+    vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    unet_factor = 2 ** (len(unet.config.down_block_types) - 1)
+    return int(vae_factor * unet_factor)
+
+
+def aspect_buckets(resolution: int, multiple: int,
+                   max_ratio: float = MAX_BUCKET_RATIO) -> list[tuple[int, int]]:
+    """(width, height) buckets: sides multiples of `multiple`, at most resolution^2 pixels,
+    each width with the tallest height that fits, long side at most `max_ratio` times the
+    short one; the square always included. Sorted by aspect ratio (width / height)."""
+    area = resolution * resolution
+    out = {(resolution, resolution)}
+    width = multiple
+    while width <= resolution * max_ratio:
+        height = area // width // multiple * multiple
+        if height >= multiple and max(width / height, height / width) <= max_ratio:
+            out.add((width, height))
+        width += multiple
+    return sorted(out, key=lambda wh: (wh[0] / wh[1], wh[0]))
+
+
+def nearest_bucket(width: int, height: int, buckets: Sequence[tuple[int, int]]
+                   ) -> tuple[int, int]:
+    """The bucket whose aspect ratio is closest to width / height (in log ratio; a tie goes to
+    the squarer bucket)."""
+    ratio = math.log(width / height)
+    return min(buckets, key=lambda wh: (abs(math.log(wh[0] / wh[1]) - ratio),
+                                        abs(math.log(wh[0] / wh[1]))))
+
+
+def cover(t: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """`t` [C, H, W] scaled (keeping its aspect ratio) so that it covers `size` (height,
+    width) with its shorter fit exact; not cropped yet."""
+    _, h, w = t.shape
+    scale = max(size[0] / h, size[1] / w)
+    target = (max(size[0], round(h * scale)), max(size[1], round(w * scale)))
+    if target == (h, w):
+        return t
+    return F.interpolate(t[None], size=target, mode="bilinear", antialias=True,
+                         align_corners=False)[0]
+
+
 @dataclass
 class DataSpec:
     seed: int
@@ -59,6 +108,8 @@ class DataSpec:
     random_flip: bool
     caption_dropout: float = 0.0
     random_crop_scale: float = 0.0  # 0 = off; else the smallest zoomed square's share of the side
+    # aspect-ratio buckets, sides a multiple of this (0 = off: square crops)
+    bucket_multiple: int = 0
 
 
 class StepBatches(Dataset):  # type: ignore[type-arg]
@@ -77,6 +128,17 @@ class StepBatches(Dataset):  # type: ignore[type-arg]
         self.empty_ids = empty_ids  # [L]: the empty prompt, for caption dropout
         self.rank = 0
         self.world_size = 1
+        # bucketing: each instance picture's bucket (height, width) and the picture scaled to
+        # cover it; the images of each bucket
+        self.buckets: list[tuple[int, int]] = []
+        self.members: dict[tuple[int, int], list[int]] = {}
+        if spec.bucket_multiple:
+            choices = aspect_buckets(spec.resolution, spec.bucket_multiple)
+            for k, t in enumerate(self.instance):
+                w, h = nearest_bucket(t.shape[2], t.shape[1], choices)
+                self.buckets.append((h, w))
+                self.members.setdefault((h, w), []).append(k)
+                self.instance[k] = cover(t, (h, w))
 
     def __len__(self) -> int:
         return self.total
@@ -87,36 +149,57 @@ class StepBatches(Dataset):  # type: ignore[type-arg]
         random.Random(self.spec.seed * SEED_STRIDE + salt * 7919 + epoch).shuffle(perm)
         return perm[k]
 
-    def _view(self, t: torch.Tensor, rng: random.Random) -> torch.Tensor:
-        res = self.spec.resolution
+    def _view(self, t: torch.Tensor, rng: random.Random,
+              size: tuple[int, int] | None = None) -> torch.Tensor:
+        """A crop of `size` (height, width; default the square resolution), zoomed and
+        flipped as the spec says."""
+        rh, rw = size or (self.spec.resolution, self.spec.resolution)
         _, h, w = t.shape
         if self.spec.center_crop:
-            top, left = (h - res) // 2, (w - res) // 2
+            top, left = (h - rh) // 2, (w - rw) // 2
         else:
-            top, left = rng.randint(0, h - res), rng.randint(0, w - res)
-        t = t[:, top:top + res, left:left + res]
+            top, left = rng.randint(0, h - rh), rng.randint(0, w - rw)
+        t = t[:, top:top + rh, left:left + rw]
         if 0 < self.spec.random_crop_scale < 1:
-            side = round(res * rng.uniform(self.spec.random_crop_scale, 1.0))
-            top, left = rng.randint(0, res - side), rng.randint(0, res - side)
-            t = F.interpolate(t[None, :, top:top + side, left:left + side], size=(res, res),
+            share = rng.uniform(self.spec.random_crop_scale, 1.0)
+            sh, sw = round(rh * share), round(rw * share)
+            top, left = rng.randint(0, rh - sh), rng.randint(0, rw - sw)
+            t = F.interpolate(t[None, :, top:top + sh, left:left + sw], size=(rh, rw),
                               mode="bilinear", antialias=True, align_corners=False)[0]
         if self.spec.random_flip and rng.random() < 0.5:
             t = t.flip(-1)
         return t
 
+    def _instance_indices(self, g: int) -> list[int]:
+        """Micro-batch g's instance pictures. Bucketed, the first comes from an epoch order
+        over all pictures (each leads once per epoch) and the rest from the shuffled order of
+        its bucket."""
+        bs = self.spec.batch_size
+        if not self.buckets:
+            return [self._order(len(self.instance), g * bs + j, 1) for j in range(bs)]
+        first = self._order(len(self.instance), g, 1)
+        bucket = self.buckets[first]
+        members = self.members[bucket]
+        salt = 100 + sorted(self.members).index(bucket)
+        return [first] + [members[self._order(len(members), g * (bs - 1) + j, salt)]
+                          for j in range(bs - 1)]
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         g = i * self.world_size + self.rank  # global micro-batch index across ranks
         rng = random.Random(self.spec.seed * SEED_STRIDE + g)
         bs = self.spec.batch_size
-        idx = [self._order(len(self.instance), g * bs + j, 1) for j in range(bs)]
+        idx = self._instance_indices(g)
+        size = self.buckets[idx[0]] if self.buckets else None
         # an instance picture's alpha (4th channel) goes through the same crop, zoom and flip
-        views = [self._view(self.instance[k], rng) for k in idx]
+        views = [self._view(self.instance[k], rng, size) for k in idx]
         pixels = [v[:3] for v in views]
         ids = [self.instance_ids[k] for k in idx]
         if self.class_images:
             assert self.class_ids is not None
             cidx = [self._order(len(self.class_images), g * bs + j, 2) for j in range(bs)]
-            pixels += [self._view(self.class_images[k], rng) for k in cidx]
+            # (square) class images are scaled and cropped to the micro-batch's bucket
+            pixels += [self._view(cover(self.class_images[k], size) if size else
+                                  self.class_images[k], rng, size) for k in cidx]
             ids += [self.class_ids[k] for k in cidx]
         if self.spec.caption_dropout > 0 and self.empty_ids is not None:
             ids = [self.empty_ids if rng.random() < self.spec.caption_dropout else t for t in ids]
@@ -129,14 +212,56 @@ class StepBatches(Dataset):  # type: ignore[type-arg]
 
 
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, masks: torch.Tensor,
-               background_weight: float) -> torch.Tensor:
+               background_weight: float,
+               sample_weights: torch.Tensor | None = None) -> torch.Tensor:
     """MSE weighted per latent cell by the highest alpha among its pixels (a cell with any of
     the subject counts whole: the VAE spreads an edge over the cell), `background_weight` where
-    the cell is all transparent. All-ones masks give the plain MSE."""
-    cover = F.adaptive_max_pool2d(masks, pred.shape[-2:])
-    weight = background_weight + (1 - background_weight) * cover
+    the cell is all transparent, and per sample by `sample_weights` [B]. All-ones masks give
+    the plain MSE."""
+    area = F.adaptive_max_pool2d(masks, pred.shape[-2:])
+    weight = background_weight + (1 - background_weight) * area
     err = (pred - target).pow(2).mean(dim=1, keepdim=True)
+    if sample_weights is not None:
+        err = err * sample_weights.view(-1, 1, 1, 1)
     return (err * weight).sum() / weight.sum().clamp_min(1e-8)
+
+
+def weighted_mse(pred: torch.Tensor, target: torch.Tensor,
+                 sample_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """MSE; with `sample_weights` [B], each sample's mean squared error weighed by its own."""
+    if sample_weights is None:
+        return F.mse_loss(pred, target)
+    per_sample = (pred - target).pow(2).flatten(1).mean(dim=1)
+    return (per_sample * sample_weights).mean()
+
+
+def min_snr_weights(alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float,
+                    prediction_type: str) -> torch.Tensor:
+    """Min-SNR-gamma loss weights [B] of timesteps `t`: SNR = a / (1 - a), the weight
+    min(SNR, gamma) / SNR for epsilon targets, min(SNR, gamma) / (SNR + 1) for velocity
+    targets and min(SNR, gamma) for sample (x0) targets: in each case the loss then weighs a
+    timestep like min(SNR, gamma) times the error of the predicted clean latents."""
+    a = alphas_cumprod[t].double()
+    snr = a / (1 - a)
+    clipped = snr.clamp(max=gamma)
+    if prediction_type == "epsilon":  # (a zero-SNR last timestep weighs 1, its limit)
+        w = torch.where(snr > 0, clipped / snr.clamp_min(1e-30), torch.ones_like(snr))
+    elif prediction_type == "v_prediction":
+        w = clipped / (snr + 1)
+    else:
+        w = clipped
+    return w.float()
+
+
+def training_noise(shape: torch.Size, generator: torch.Generator,
+                   offset: float = 0.0) -> torch.Tensor:
+    """Gaussian noise; with `offset`, plus `offset` times one Gaussian draw per image and
+    channel, the same over the whole image (offset noise). Without it the draws are exactly
+    the plain noise's."""
+    noise = torch.randn(shape, generator=generator)
+    if offset > 0:
+        noise = noise + offset * torch.randn(shape[0], shape[1], 1, 1, generator=generator)
+    return noise
 
 
 class ResumableSampler(Sampler[int]):
@@ -171,6 +296,9 @@ class OptimSpec:
     identifier_token_ids: tuple[int, ...] = ()
     # masked training: weight of the instance pictures' transparent part (None = off)
     masked_loss_background_weight: float | None = None
+    # min-SNR-gamma loss weighting (0 = off) and offset noise (0 = off)
+    min_snr_gamma: float = 0.0
+    offset_noise: float = 0.0
 
     @property
     def trains_text_encoder(self) -> bool:
@@ -182,8 +310,9 @@ class DreamBoothModule(L.LightningModule):
     """UNet (+ optional text encoder) trained, VAE frozen in eval mode.
 
     Loss = MSE(instance) + prior_loss_weight * MSE(class) (the instance MSE weighted by the
-    pictures' alpha in masked training); the target is the noise (epsilon
-    models) or the velocity (v-prediction models), as the base model's scheduler config says.
+    pictures' alpha in masked training, each sample's by its min-SNR-gamma weight when that
+    is on); the target is the noise (epsilon models) or the velocity (v-prediction models), as
+    the base model's scheduler config says.
     """
 
     def __init__(self, components: dict[str, Any], optim: OptimSpec,
@@ -282,7 +411,7 @@ class DreamBoothModule(L.LightningModule):
             dist = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist
             eps = torch.randn(dist.mean.shape, generator=gen).to(dist.mean)
             latents = (dist.mean + dist.std * eps).float() * self.vae.config.scaling_factor
-        noise = torch.randn(latents.shape, generator=gen).to(latents)
+        noise = training_noise(latents.shape, gen, self.optim.offset_noise).to(latents)
         steps = self.noise_scheduler.config.num_train_timesteps
         t = torch.randint(0, steps, (latents.shape[0],), generator=gen).to(self.device)
         a = self.alphas_cumprod[t].view(-1, 1, 1, 1)
@@ -295,12 +424,18 @@ class DreamBoothModule(L.LightningModule):
             target = noise
         else:
             target = latents
+        w = None
+        if self.optim.min_snr_gamma > 0:
+            w = min_snr_weights(self.alphas_cumprod, t, self.optim.min_snr_gamma,
+                                self.prediction_type).to(pred)
+        w_inst, w_prior = (None, None) if w is None else (w[:n_inst], w[n_inst:])
         if "masks" in batch and self.optim.masked_loss_background_weight is not None:
             inst = masked_mse(pred[:n_inst], target[:n_inst], batch["masks"].to(pred),
-                              self.optim.masked_loss_background_weight)
+                              self.optim.masked_loss_background_weight, w_inst)
         else:
-            inst = F.mse_loss(pred[:n_inst], target[:n_inst])
-        prior = F.mse_loss(pred[n_inst:], target[n_inst:]) if pred.shape[0] > n_inst else None
+            inst = weighted_mse(pred[:n_inst], target[:n_inst], w_inst)
+        prior = (weighted_mse(pred[n_inst:], target[n_inst:], w_prior)
+                 if pred.shape[0] > n_inst else None)
         loss = inst if prior is None else inst + self.optim.prior_loss_weight * prior
         return loss, inst, prior
 

@@ -27,6 +27,7 @@ from boothstudio.services.trainer.inputs import (
     filename_problem,
     image_limits,
 )
+from boothstudio.services.trainer.scoring import scorer_path_problem
 from boothstudio.services.trainer.settings import TrainerSettings
 from boothstudio.services.trainer.templates import MAX_PROMPT_CHARS, TemplateError, fill
 from boothstudio.shared.errors import FieldViolation, InvalidArgument, clip
@@ -42,6 +43,7 @@ MAX_GRAD_NORM = 1e4
 MAX_PRIOR_WEIGHT = 100.0
 MAX_LORA_ALPHA = 4096.0
 MAX_TARGET_MODULES = 64
+MAX_SNR_GAMMA = 100.0
 # a module path inside the UNet ("to_q", "attn1.to_out.0"): no slashes, globs or regexes
 MODULE_NAME_RE = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*")
 
@@ -260,6 +262,19 @@ def resolve(config: trainer_pb2.DreamBoothConfig, *, base_model: dict, limits: L
                   "adapter file carries no token embeddings")
     if not (math.isfinite(c.ema_decay) and 0 <= c.ema_decay < 1):
         violation("ema_decay", f"must be in [0, 1) (0 = off), got {c.ema_decay:g}")
+    if not (math.isfinite(c.min_snr_gamma) and 0 <= c.min_snr_gamma <= MAX_SNR_GAMMA):
+        violation("min_snr_gamma", f"must be in [0, {MAX_SNR_GAMMA:g}] (0 = off, e.g. 5), "
+                  f"got {c.min_snr_gamma:g}")
+    if not (math.isfinite(c.offset_noise) and 0 <= c.offset_noise <= 1):
+        violation("offset_noise", f"must be in [0, 1] (0 = off, e.g. 0.05), "
+                  f"got {c.offset_noise:g}")
+    if c.validation_scorer:
+        problem = scorer_path_problem(c.validation_scorer)
+        if problem:
+            violation("validation_scorer", problem)
+    elif c.export_best_checkpoint:
+        violation("export_best_checkpoint", "needs validation_scorer: the best checkpoint is "
+                  "the one with the best validation score")
     # Every float has a range (the request interceptor already refused NaN and infinity):
     # a weight decay of 1e30 or a clipping norm of -1 trains nothing useful and fails late.
     if c.HasField("weight_decay") and not 0 <= c.weight_decay <= 1:

@@ -52,6 +52,7 @@ from boothstudio.services.trainer.class_images import (
 )
 from boothstudio.services.trainer.inputs import has_alpha
 from boothstudio.services.trainer.job_files import (
+    MARKER_SUFFIX,
     CheckpointUploader,
     is_in_place,
     job_key,
@@ -72,7 +73,9 @@ from boothstudio.services.trainer.module import (
     OptimSpec,
     StepBatches,
     image_tensor,
+    latent_multiple,
 )
+from boothstudio.services.trainer.scoring import best_step, load_scorer, score
 from boothstudio.shared.artifact_store import MANIFEST, ArtifactStore
 from boothstudio.shared.storage import fsync_dir
 from boothstudio.v1 import trainer_pb2
@@ -265,6 +268,19 @@ class JobCallback(Callback):
         self.shares = spec.store is not None and not is_in_place(
             spec.store, job_key(spec.job_id), spec.job_dir)
         self.uploader: CheckpointUploader | None = None  # started with the first checkpoint
+        # validation scoring: the scorer, each scored step's mean (kept in full-state
+        # checkpoints, so a resumed job still knows its best), the last scored step's images
+        self.scorer = load_scorer(self.cfg.validation_scorer) if self.cfg.validation_scorer \
+            else None
+        self.scores: dict[int, float] = {}
+        self.validation_images: tuple[int, list[list[Image.Image]]] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"validation_scores": dict(self.scores)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.scores = {int(k): float(v) for k, v in state_dict.get("validation_scores",
+                                                                   {}).items()}
 
     # -- hooks
 
@@ -292,7 +308,10 @@ class JobCallback(Callback):
             reason = trainer.strategy.broadcast(reason, src=0)
         every = self.cfg.checkpoint_every_steps
         if reason or step >= total or (every and step % every == 0):
-            self.save(trainer, pl_module, step)
+            # scored before the save, so the checkpoint's state holds its own score; a cancel
+            # stops without scoring
+            scored = None if reason else self.validate(trainer, pl_module, step)
+            self.save(trainer, pl_module, step, scored)
         sample_every = self.cfg.sample_every_steps
         if not reason and (step >= total or (sample_every and step % sample_every == 0)):
             self.samples(trainer, pl_module, step)
@@ -321,7 +340,8 @@ class JobCallback(Callback):
             self.last_emit = now
             self.reporter.metrics(m)
 
-    def save(self, trainer: L.Trainer, module: DreamBoothModule, step: int) -> None:
+    def save(self, trainer: L.Trainer, module: DreamBoothModule, step: int,
+             scored: list[float] | None = None) -> None:
         from safetensors.torch import save_file
 
         started = time.monotonic()
@@ -362,10 +382,46 @@ class JobCallback(Callback):
         self._share(final, export)
         for path, kind in ((final, trainer_pb2.CHECKPOINT_KIND_FULL_STATE),
                            (export, trainer_pb2.CHECKPOINT_KIND_EXPORT)):
-            self.reporter.checkpoint(trainer_pb2.Checkpoint(
+            ckpt = trainer_pb2.Checkpoint(
                 checkpoint_id=name, step=step, kind=kind, path=str(path),
-                size_bytes=path.stat().st_size, create_time=_timestamp_now()),
-                removed if kind == trainer_pb2.CHECKPOINT_KIND_FULL_STATE else [])
+                size_bytes=path.stat().st_size, create_time=_timestamp_now())
+            if scored is not None:
+                ckpt.validation_scores.extend(
+                    trainer_pb2.ValidationScore(prompt=p, score=v)
+                    for p, v in zip(self.cfg.validation_prompts, scored, strict=True))
+                ckpt.validation_score = self.scores[step]
+            self.reporter.checkpoint(
+                ckpt, removed if kind == trainer_pb2.CHECKPOINT_KIND_FULL_STATE else [])
+
+    def validate(self, trainer: L.Trainer, module: DreamBoothModule,
+                 step: int) -> list[float] | None:
+        """This step's scores on the validation prompts (rank 0, with a scorer): one image per
+        validation seed, drawn as the samples are (and reused by them)."""
+        if self.scorer is None or not trainer.is_global_zero:
+            return None
+        prompts = list(self.cfg.validation_prompts)
+        seeds = [int(s) for s in self.cfg.validation_seeds]
+        was_training = module.training
+        module.eval()
+        try:
+            with module.averaged_weights():
+                pipe = make_pipeline(self.parts)
+                images = [generate(pipe, p, seeds, **self.sampling) for p in prompts]
+        finally:
+            module.train(was_training)
+        self.validation_images = (step, images)
+        values = score(self.scorer, images, prompts)
+        self.scores[step] = sum(values) / len(values)
+        return values
+
+    def best_export(self, step: int) -> Path:
+        """The export of `step` on this host (pulled from the store when only it has it)."""
+        path = self.spec.job_dir / "exports" / f"step-{step:06d}.safetensors"
+        if not path.exists() and self.spec.store is not None:
+            key = job_key(self.spec.job_id, "exports", path.name)
+            digest = self.spec.store.get_bytes(key + MARKER_SUFFIX).decode().strip()
+            self.spec.store.get_file(key, path, sha256=digest)
+        return path
 
     def _share(self, checkpoint: Path, export: Path) -> None:
         """Queue the new files for the store, then retention there (the uploader thread works
@@ -411,9 +467,11 @@ class JobCallback(Callback):
     def _write_samples(self, step: int, out_dir: Path) -> None:
         pipe = make_pipeline(self.parts)
         index = 0
+        scored = self.validation_images
         for p_i, prompt in enumerate(self.cfg.validation_prompts):
             seeds = [int(s) for s in self.cfg.validation_seeds]
-            images = generate(pipe, prompt, seeds, **self.sampling)
+            images = (scored[1][p_i] if scored and scored[0] == step
+                      else generate(pipe, prompt, seeds, **self.sampling))
             for seed, img in zip(seeds, images, strict=True):
                 path = out_dir / f"p{p_i:02d}-seed{seed}.png"
                 img.save(path)
@@ -625,7 +683,9 @@ def run_job(spec: JobSpec, reporter: Reporter) -> JobResult:
                 class_t.append(image_tensor(im, res))
         class_ids = tokenize(pipe.tokenizer, [prompt for _p, prompt in class_paths])
     data = StepBatches(DataSpec(c.seed, c.batch_size, res, c.center_crop, c.random_flip,
-                                c.caption_dropout, c.random_crop_scale),
+                                c.caption_dropout, c.random_crop_scale,
+                                latent_multiple(pipe.vae, pipe.unet) if c.aspect_buckets
+                                else 0),
                        inst_t, inst_ids, class_t, class_ids,
                        total=c.max_train_steps * c.gradient_accumulation_steps,
                        empty_ids=tokenize(pipe.tokenizer, [""])[0])
@@ -646,6 +706,7 @@ def run_job(spec: JobSpec, reporter: Reporter) -> JobResult:
         gradient_checkpointing=c.gradient_checkpointing, ema_decay=c.ema_decay,
         identifier_learning_rate=c.identifier_learning_rate,
         masked_loss_background_weight=c.masked_loss_background_weight if masked else None,
+        min_snr_gamma=c.min_snr_gamma, offset_noise=c.offset_noise,
         identifier_token_ids=tuple(pipe.tokenizer(c.identifier,
                                                   add_special_tokens=False).input_ids))
     parts = {"vae": pipe.vae, "text_encoder": pipe.text_encoder, "tokenizer": pipe.tokenizer,
@@ -681,22 +742,34 @@ def run_job(spec: JobSpec, reporter: Reporter) -> JobResult:
     if job_cb.stop_reason:
         return JobResult("stopped", job_cb.stop_reason, step, class_images_cached=cached,
                          class_images_generated=generated, seconds=timings)
-    if not reporter.state(JobState.TRAINING_JOB_STATE_EXPORTING):
+    best = best_step(job_cb.scores) if c.export_best_checkpoint else None
+    best_note: tuple[str, str] = ("", "")
+    if best is not None:
+        best_note = ("BEST_CHECKPOINT", f"exporting step-{best:06d}, the best mean validation "
+                     f"score ({job_cb.scores[best]:.4g}; the last, step-{step:06d}: "
+                     f"{job_cb.scores.get(step, float('nan')):.4g})")
+    if not reporter.state(JobState.TRAINING_JOB_STATE_EXPORTING, *best_note):
         # a cancel was acknowledged after the last step's check: honour it (the final
         # checkpoint is saved, so a resume only exports)
         return JobResult("stopped", "cancel", step, class_images_cached=cached,
                          class_images_generated=generated, seconds=timings)
     t = time.monotonic()
+    from safetensors.torch import load_file
+
+    best_weights = (load_file(str(job_cb.best_export(best)))
+                    if best is not None and best != step else None)
     with module.averaged_weights():
-        outputs = export(spec, module)
+        outputs = export(spec, module, best_weights)
     if spec.store is not None:
         outputs = store_output(spec.store, spec.job_id, spec.job_dir, outputs)
     timings["export"] = time.monotonic() - t
     return JobResult("succeeded", "", step, outputs, cached, generated, timings)
 
 
-def export(spec: JobSpec, module: DreamBoothModule) -> dict[str, str]:
-    """Write the final model: diffusers folder + original single file, or a LoRA file."""
+def export(spec: JobSpec, module: DreamBoothModule,
+           weights: dict[str, torch.Tensor] | None = None) -> dict[str, str]:
+    """Write the final model: diffusers folder + original single file, or a LoRA file; from
+    `weights` (a checkpoint's export, e.g. the best scored one) when given."""
     import shutil
 
 
@@ -712,12 +785,16 @@ def export(spec: JobSpec, module: DreamBoothModule) -> dict[str, str]:
         from diffusers import StableDiffusionPipeline
 
         lora_dir = out / "lora"
-        st = lora_state(module)
+        st = lora_state(module) if weights is None else _parts(weights)
         StableDiffusionPipeline.save_lora_weights(
             str(lora_dir), unet_lora_layers=st["unet"],
             text_encoder_lora_layers=st.get("text_encoder"), safe_serialization=True)
         make_readable(lora_dir)
         return {"lora": str(lora_dir / "pytorch_lora_weights.safetensors")}
+    if weights is not None:
+        with torch.no_grad():
+            for part, sd in _parts(weights).items():
+                getattr(module, part).load_state_dict(sd, strict=False)
     pipe = make_pipeline(parts)
     diffusers_dir = out / "diffusers"
     pipe.save_pretrained(str(diffusers_dir), safe_serialization=True)
@@ -725,3 +802,12 @@ def export(spec: JobSpec, module: DreamBoothModule) -> dict[str, str]:
     single = out / f"{spec.job_id}.safetensors"
     export_single_file(pipe, single, dtype=torch.float16)
     return {"diffusers": str(diffusers_dir), "single_file": str(single)}
+
+
+def _parts(weights: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """An export's weights by part ("unet", "text_encoder"), names without the part's prefix."""
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in weights.items():
+        part, _, name = key.partition(".")
+        out.setdefault(part, {})[name] = value
+    return out
