@@ -6,6 +6,7 @@ Rerun: `.venv/bin/pytest tests/deploy/test_compose.py -v`
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -150,6 +151,21 @@ def test_grafana_is_provisioned_with_the_dashboard_and_the_prometheus_source() -
     assert (GRAFANA / "dashboards" / home.removeprefix(dashboards_dir + "/")).is_file()
     sources = load_yaml(GRAFANA / "provisioning" / "datasources" / "prometheus.yml")
     assert sources["datasources"][0]["url"] == "http://prometheus:9090"
+
+
+def test_compose_file_follows_the_compose_specification() -> None:
+    """Parsed by the compose_spec crate (its Python binding), which refuses unknown keys and
+    malformed values (ports, durations, depends_on conditions); YAML anchors are resolved
+    first, and the x- extension blocks they come from are dropped."""
+    from compose_spec import PyCompose
+
+    document = {k: v for k, v in compose().items() if not k.startswith("x-")}
+    parsed = PyCompose.from_json(json.dumps(document))
+    assert set(parsed.service_names()) == set(document["services"])
+    broken = json.loads(json.dumps(document))
+    broken["services"]["catalog-1"]["stop_grace_period"] = "half a minute"
+    with pytest.raises(ValueError, match="duration"):
+        PyCompose.from_json(json.dumps(broken))
 
 
 def test_docker_compose_accepts_the_file() -> None:
