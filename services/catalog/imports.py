@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from boothstudio.services.catalog import model_files
+from boothstudio.services.catalog import embeddings, model_files
 from boothstudio.services.catalog.backend_health import DEFAULT_BACKEND
 from boothstudio.services.catalog.mapping import FORMATS, PREDICTION
 from boothstudio.services.catalog.registry import Registry
@@ -119,6 +119,10 @@ async def inspect_source(
     store), copied into the store as the model's own when asked, and warnings; a source that is
     missing or cannot be loaded is an error on its field."""
     warnings: list[common_pb2.Warning] = []
+    if kind == catalog_pb2.MODEL_KIND_EMBEDDING and backend_id != DEFAULT_BACKEND:
+        raise InvalidArgument.for_field(
+            "backend_id", "embeddings are loaded by the diffusers backend (a webui reads those "
+            "in its own embeddings folder)")
     if backend_id != DEFAULT_BACKEND:
         # A remote backend's model: its name there; nothing to inspect locally.
         return {"source_path": source, "format": 0, "architecture": request.architecture}, []
@@ -138,7 +142,10 @@ async def inspect_source(
         if stored is not None and source_field == "diffusers_path" and stored.inner:
             raise InvalidArgument.for_field(source_field, "a file in the store, not a folder")
         local_config = None
-        if kind == catalog_pb2.MODEL_KIND_LORA:
+        if kind == catalog_pb2.MODEL_KIND_EMBEDDING:
+            values, path_str = embeddings.inspect(
+                request, source_field, source, base, store, stored, scratch)
+        elif kind == catalog_pb2.MODEL_KIND_LORA:
             path = Path(source)
             if source_field != "single_file_path" or path.suffix != ".safetensors":
                 raise InvalidArgument.for_field(
@@ -313,7 +320,9 @@ def add_request_values(
         backend_id=backend_id,
         base_model_id=request.origin.base_model_id,
         training_job_id=request.origin.training_job_id,
-        trigger_phrase=request.trigger_phrase,
+        # an embedding is called up by its name, nothing else
+        trigger_phrase=model_id if kind == catalog_pb2.MODEL_KIND_EMBEDDING
+        else request.trigger_phrase,
         description=request.description,
         created=time.time(),
     )

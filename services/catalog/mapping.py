@@ -26,6 +26,7 @@ FORMATS = {
     "single_file": catalog_pb2.MODEL_FORMAT_SINGLE_FILE,
     "hf_cache": catalog_pb2.MODEL_FORMAT_HF_CACHE,
     "lora": catalog_pb2.MODEL_FORMAT_LORA,
+    "embedding": catalog_pb2.MODEL_FORMAT_EMBEDDING,
 }
 BACKEND_PROTO_KIND = {
     "diffusers": catalog_pb2.BACKEND_KIND_DIFFUSERS,
@@ -66,6 +67,16 @@ def to_proto(row: Mapping[str, Any]) -> catalog_pb2.Model:
         inpainting=bool(r["inpainting"]),
         description=r["description"],
         config_path=r["config_path"],
+        embedding=embedding_info(r),
+    )
+
+
+def embedding_info(r: Mapping[str, Any]) -> catalog_pb2.EmbeddingInfo | None:
+    if r["kind"] != catalog_pb2.MODEL_KIND_EMBEDDING:
+        return None
+    widths = [int(w) for w in r["embedding_widths"].split(",") if w]
+    return catalog_pb2.EmbeddingInfo(
+        vectors=r["embedding_vectors"], widths=widths, sha256=r["sha256"]
     )
 
 

@@ -43,9 +43,12 @@ COLUMNS = [
     "inpainting",
     "description",
     "owned_path",
+    "embedding_vectors",
+    "embedding_widths",
+    "sha256",
 ]
 _NUMBERS = {"kind", "native_resolution", "prediction_type", "format", "size_bytes", "builtin",
-            "inpainting"}
+            "inpainting", "embedding_vectors"}
 
 # The table as the code reads it (the schema itself is the migrations' business).
 metadata = sa.MetaData()
@@ -114,7 +117,8 @@ class Registry:
 
     # this method hides the builtin `list` in the class body: types say builtins.list
     def list(
-        self, *, kind: int, backend_id: str, base_model_id: str, offset: int, limit: int
+        self, *, kind: int, backend_id: str, base_model_id: str, offset: int, limit: int,
+        architecture: str = "",
     ) -> tuple[builtins.list[Row], int]:
         where: builtins.list[sa.ColumnElement[bool]] = []
         if kind:
@@ -123,6 +127,8 @@ class Registry:
             where.append(models.c.backend_id == backend_id)
         if base_model_id:
             where.append(models.c.base_model_id == base_model_id)
+        if architecture:
+            where.append(models.c.architecture == architecture)
         return store.newest_first_page(self.engine, models, where, offset, limit)
 
     def dependents(self, model_id: str) -> builtins.list[Row]:

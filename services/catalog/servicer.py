@@ -77,12 +77,14 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         size = page_size(request.page_size)
         if request.kind not in catalog_pb2.ModelKind.values():
             raise InvalidArgument.for_field("kind", f"unknown model kind {request.kind}")
-        scope = f"kind={request.kind};backend={request.backend_id};base={request.base_model_id}"
+        scope = (f"kind={request.kind};backend={request.backend_id};base={request.base_model_id}"
+                 f";arch={request.architecture}")
         offset = decode_offset(request.page_token, scope)
         rows, total = self.registry.list(
             kind=request.kind,
             backend_id=request.backend_id,
             base_model_id=request.base_model_id,
+            architecture=request.architecture,
             offset=offset,
             limit=size,
         )

@@ -92,6 +92,23 @@ def inspect_folder(folder: Path, source_format: str = "diffusers") -> ModelInfo:
                      int(unet_cfg.get("in_channels", 4)), cls, source_format, str(folder))
 
 
+#: the text encoders' config files of a diffusers folder (SDXL has two)
+TEXT_ENCODER_CONFIGS = ("text_encoder/config.json", "text_encoder_2/config.json")
+
+
+def text_encoder_widths(folder: Path) -> tuple[int, ...]:
+    """Width of each text encoder's token vectors (what an embedding must match), from the
+    configs alone: (768,) for SD 1.x, (768, 1280) for SDXL."""
+    widths = []
+    for rel in TEXT_ENCODER_CONFIGS:
+        if (Path(folder) / rel).is_file():
+            cfg = _read_json(Path(folder) / rel)
+            widths.append(int(cfg.get("hidden_size", 0)))
+    if not widths:
+        raise ModelLoadError("MODEL_CORRUPT", f"no text encoder config in {folder}")
+    return tuple(widths)
+
+
 SUPPORTED_PIPELINES = {
     "StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline",
     "StableDiffusionInpaintPipeline", "StableDiffusionXLPipeline",

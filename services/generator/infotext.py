@@ -19,6 +19,8 @@ Written as AUTOMATIC1111 writes it:
   names: `Eta` (ancestral samplers), `Eta DDIM`, `Sigma churn` / `Sigma tmin` / `Sigma tmax` /
   `Sigma noise`; options A1111 lacks under their own label.
 - `Clip skip: N` when N > 1.
+- Textual-inversion embeddings named in the prompts: `TI hashes: "name: hash"`, the hash being
+  A1111's: the first 12 hex digits of the file's sha256 (recorded by the Catalog at import).
 
 Hashing a multi-GB file takes seconds: each file is hashed once (cached by path, size and
 modification time), in the device thread, never on the event loop.
@@ -31,7 +33,7 @@ import os
 import re
 import struct
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +57,7 @@ A1111_OPTION_KEYS = {
 }
 MODEL_HASH_DIGITS = 10
 LORA_HASH_DIGITS = 12
+TI_HASH_DIGITS = 12
 _WEBUI_TITLE_HASH = re.compile(r"\[([0-9a-f]{10})\]\s*$")
 _CHUNK = 1 << 20
 
@@ -195,6 +198,7 @@ def parameters_text(
     mask_fill: str | None = None,
     sampler_options: Mapping[str, Any] | None = None,
     clip_skip: int = 1,
+    embeddings: Sequence[tuple[str, str]] = (),
 ) -> str:
     """The A1111 "parameters" text: prompt, "Negative prompt: ...", then "Key: value, ..."."""
     spec = SAMPLERS.get(sampler)
@@ -221,6 +225,8 @@ def parameters_text(
     hashed = [f"{lora.name}: {lora.short_hash}" for lora in model.loras if lora.short_hash]
     if hashed:
         fields.append(("Lora hashes", '"' + ", ".join(hashed) + '"'))
+    if embeddings:
+        fields.append(("TI hashes", '"' + ", ".join(f"{n}: {h}" for n, h in embeddings) + '"'))
     fields.append(("Version", f"boothstudio {__version__}"))
     tags = [f"<lora:{lora.name}:{lora.scale:g}>" for lora in model.loras]
     tags = [t for t in tags if t not in prompt]
@@ -249,4 +255,5 @@ def spec_parameters_text(spec: GenerationSpec, seed: int, model: ModelFacts) -> 
         mask_fill=spec.mask_fill if spec.mask is not None else None,
         sampler_options=spec.sampler_options,
         clip_skip=int(spec.backend_options.get("clip_skip", 1)),
+        embeddings=[(e.name, e.sha256[:TI_HASH_DIGITS]) for e in spec.embeddings],
     )

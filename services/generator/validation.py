@@ -19,8 +19,14 @@ from typing import Any
 import grpc
 from PIL import Image
 
+from boothstudio.services.diffusion import embeddings
 from boothstudio.services.diffusion import samplers as sampler_table
-from boothstudio.services.generator.adapters.base import Adapter, GenerationSpec, ModelRef
+from boothstudio.services.generator.adapters.base import (
+    Adapter,
+    EmbeddingRef,
+    GenerationSpec,
+    ModelRef,
+)
 from boothstudio.shared.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from boothstudio.shared.ids import ID_RULE, is_valid_id
 from boothstudio.shared.images import ImageInfo, ImageLimits, ImageRejected, decode, probe
@@ -52,7 +58,10 @@ _FORMATS = {
     catalog_pb2.MODEL_FORMAT_SINGLE_FILE: "single_file",
     catalog_pb2.MODEL_FORMAT_HF_CACHE: "hf_cache",
     catalog_pb2.MODEL_FORMAT_LORA: "lora",
+    catalog_pb2.MODEL_FORMAT_EMBEDDING: "embedding",
 }
+#: Embeddings of one architecture a prompt may call up: the newest this many
+MAX_EMBEDDINGS = 1000
 
 
 def probe_image(data: bytes, field: str, problems: list[tuple[str, str]]) -> ImageInfo | None:
@@ -175,6 +184,30 @@ class Validator:
             architecture=ref.architecture, native_resolution=ref.native_resolution,
             inpainting=ref.inpainting)
 
+    async def _embeddings(
+        self, model: ModelRef, r: generator_pb2.GenerateRequest
+    ) -> tuple[EmbeddingRef, ...]:
+        """The Catalog's embeddings for the model's architecture and backend whose names the
+        prompt or negative prompt holds as words."""
+        if not (r.prompt or r.negative_prompt) or not model.architecture:
+            return ()
+        try:
+            listed = (await self.catalog.ListModels(catalog_pb2.ListModelsRequest(
+                kind=catalog_pb2.MODEL_KIND_EMBEDDING, architecture=model.architecture,
+                backend_id=model.backend_id, page_size=MAX_EMBEDDINGS), timeout=5.0)).models
+        except grpc.RpcError as exc:
+            raise Unavailable(
+                f"catalog not reachable to look up embeddings: "
+                f"{exc.code() if hasattr(exc, 'code') else exc}",
+                reason="CATALOG_UNAVAILABLE", retry_after=1.0,
+            ) from exc
+        by_name = {m.id: m for m in listed}
+        return tuple(
+            EmbeddingRef(name, by_name[name].source_path, by_name[name].embedding.vectors,
+                         by_name[name].embedding.sha256)
+            for name in embeddings.mentioned(by_name, r.prompt, r.negative_prompt)
+        )
+
     def check_plain(
         self, r: generator_pb2.GenerateRequest
     ) -> tuple[dict[str, Any], list[common_pb2.Warning]]:
@@ -269,6 +302,10 @@ class Validator:
                 reason="CATALOG_UNAVAILABLE",
                 retry_after=1.0,
             ) from exc
+        if resp.model.kind == catalog_pb2.MODEL_KIND_EMBEDDING:
+            raise InvalidArgument.for_field(
+                "model_id", f"{resp.model.id!r} is a textual-inversion embedding: write its name "
+                f"in the prompt of a {resp.model.architecture} model")
         model = model_ref(resp.model)
         if model.format == "lora":
             model = await self._with_base(model, resp.model.origin.base_model_id)
@@ -295,6 +332,7 @@ class Validator:
         init = await decode_input(r.init_image, "init_image") if r.init_image else None
         mask = await decode_input(r.mask_image, "mask_image") if r.mask_image else None
         base_seed = r.seed if r.HasField("seed") else secrets.randbelow(2**32)
+        used_embeddings = await self._embeddings(model, r)
         spec = GenerationSpec(
             prompt=r.prompt,
             negative_prompt=r.negative_prompt,
@@ -314,6 +352,7 @@ class Validator:
             mask_fill=FILLS[r.mask_fill],
             sampler_options=plain["sampler_options"],
             backend_options={k: from_option_value(v) for k, v in r.backend_options.items()},
+            embeddings=used_embeddings,
         )
         caps = adapter.capabilities
         if not {"txt2img": caps.txt2img, "img2img": caps.img2img, "inpaint": caps.inpaint}[

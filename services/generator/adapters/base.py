@@ -35,6 +35,16 @@ class ModelRef:
     base: ModelRef | None = None
 
 
+@dataclass(frozen=True)
+class EmbeddingRef:
+    """A textual-inversion embedding a prompt names (a Catalog model of kind EMBEDDING)."""
+
+    name: str  # its model id: the word that calls it up
+    source_path: str
+    vectors: int  # prompt tokens it takes
+    sha256: str = ""
+
+
 @dataclass
 class GenerationSpec:
     """A validated request with every default resolved (backend-neutral)."""
@@ -57,6 +67,8 @@ class GenerationSpec:
     mask_fill: str = "original"  # original | fill | latent_noise | latent_nothing
     sampler_options: dict[str, Any] = field(default_factory=dict)
     backend_options: dict[str, Any] = field(default_factory=dict)
+    #: embeddings named in the prompt or negative prompt (A1111 semantics: the name as a word)
+    embeddings: tuple[EmbeddingRef, ...] = ()
 
     @property
     def mode(self) -> str:

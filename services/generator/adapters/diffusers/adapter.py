@@ -4,6 +4,10 @@ batched denoising loop (services.diffusion.pipelines) and the sampler table's sc
 Models (and LoRAs, and a single file's config folder) recorded at a location in a remote
 artifact store are pulled into the replica's ModelCache on a pipeline miss, reported through
 `on_download(model_id, bytes_done, bytes_total)`; the files stay pinned only while they load.
+
+Textual-inversion embeddings a prompt names (GenerationSpec.embeddings) are loaded into the
+pipeline's tokenizer(s) and text encoder(s) once per cached pipeline, each under a token of its
+own (services.diffusion.embeddings); `translate` writes those tokens where the names stand.
 """
 
 from __future__ import annotations
@@ -11,11 +15,13 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from boothstudio.services.diffusion import embeddings as ti
 from boothstudio.services.diffusion import samplers as sampler_table
 from boothstudio.services.diffusion.model_cache import ModelCache
 from boothstudio.services.generator import metrics
@@ -50,6 +56,14 @@ class DiffusersPlan:
     jobs: list[Any] = field(default_factory=list)  # pipelines.ImageJob
 
 
+def embedding_words(spec: GenerationSpec) -> dict[str, str]:
+    """Each embedding's name -> the tokens the pipeline holds its vectors under."""
+    return {
+        e.name: ti.token_words(ti.embedding_token(e.name, e.sha256 or e.source_path), e.vectors)
+        for e in spec.embeddings
+    }
+
+
 class DiffusersAdapter(Adapter):
     id = "diffusers"
     kind = "diffusers"
@@ -64,6 +78,8 @@ class DiffusersAdapter(Adapter):
         self._cache: OrderedDict[tuple[str, str], Any] = OrderedDict()
         # LoRA adapters attached to each cached base pipeline (they leave with it)
         self._loras: dict[tuple[str, str], set[str]] = {}
+        # tokens of the textual-inversion embeddings loaded into each cached pipeline
+        self._embeddings: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ description
@@ -116,8 +132,8 @@ class DiffusersAdapter(Adapter):
             clip_skip=int(first.backend_options.get("clip_skip", 1)),
             jobs=[
                 ImageJob(
-                    prompt=s.prompt,
-                    negative_prompt=s.negative_prompt,
+                    prompt=ti.expand_names(s.prompt, embedding_words(s)),
+                    negative_prompt=ti.expand_names(s.negative_prompt, embedding_words(s)),
                     seeds=list(s.seeds),
                     cfg_scale=s.cfg_scale,
                     init_image=s.init_image,
@@ -225,6 +241,22 @@ class DiffusersAdapter(Adapter):
         pipe.set_adapters([self._lora_name(model)],
                           adapter_weights=[float(spec.backend_options.get("lora_scale", 1.0))])
 
+    def _attach_embeddings(self, pipe: Any, specs: Sequence[GenerationSpec],
+                           on_download: OnDownload | None) -> None:
+        """Load the batch's embeddings into the pipeline, each once (they stay while the
+        pipeline is cached; a prompt without their names is unaffected)."""
+        loaded = self._embeddings.setdefault(pipe, set())
+        refs = sorted({e for s in specs for e in s.embeddings}, key=lambda e: e.name)
+        for ref in refs:
+            token = ti.embedding_token(ref.name, ref.sha256 or ref.source_path)
+            if token in loaded:
+                continue
+            where = ModelRef(ref.name, self.id, ref.source_path, "embedding")
+            with self._local(where, ref.source_path, on_download) as path:
+                embedding = ti.read_embedding(path)
+            ti.load_into(pipe, token, embedding)
+            loaded.add(token)
+
     def warm(self, model: ModelRef) -> None:
         import boothstudio.services.diffusion.pipelines  # noqa: F401 - import torch/diffusers now
 
@@ -236,6 +268,7 @@ class DiffusersAdapter(Adapter):
         plan = self.translate(specs)
         pipe = self.pipeline(specs[0].model, hooks.on_download)
         self._activate(pipe, specs[0])
+        self._attach_embeddings(pipe, specs, hooks.on_download)
         self._set_threads()
 
         def on_step(state: pipelines.StepState) -> None:
