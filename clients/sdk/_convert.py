@@ -663,6 +663,8 @@ def checkpoint_from_pb(c: trainer_pb2.Checkpoint) -> Checkpoint:
         path=c.path,
         size_bytes=c.size_bytes,
         created_at=_ts(c, "create_time"),
+        validation_scores={s.prompt: s.score for s in c.validation_scores},
+        validation_score=c.validation_score if c.HasField("validation_score") else None,
     )
 
 

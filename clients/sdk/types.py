@@ -204,6 +204,11 @@ class TrainingOptions(TypedDict, total=False):
     random_crop_scale: float
     masked_loss_background_weight: float
     identifier_learning_rate: float
+    min_snr_gamma: float
+    offset_noise: float
+    aspect_buckets: bool
+    validation_scorer: str
+    export_best_checkpoint: bool
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -618,6 +623,10 @@ class Checkpoint:
     path: str = ""
     size_bytes: int = 0
     created_at: datetime | None = None
+    #: score per validation prompt (jobs with a validation_scorer; in CheckpointSaved events)
+    validation_scores: dict[str, float] = field(default_factory=dict)
+    #: their mean (None: not scored)
+    validation_score: float | None = None
 
 
 @dataclass

@@ -107,3 +107,28 @@ def test_scored_bucketed_job_exports_its_best_checkpoint_and_resumes_exactly(
     assert a.keys() == b.keys()
     worst = max(float((a[k] - b[k]).abs().max()) for k in a)
     assert worst <= 1e-6, f"the resumed job differs from an uninterrupted run by {worst}"
+
+
+def test_cli_train_takes_the_options_and_names_a_bad_one(stack, subject_pngs, tmp_path):
+    import json
+
+    from tests.sdk.test_cli import run_here
+
+    folder = tmp_path / "subject"
+    folder.mkdir()
+    for i, data in enumerate(non_square(subject_pngs)):
+        (folder / f"{i}.png").write_bytes(data)
+    address = ["--catalog", stack.catalog.address, "--trainer", stack.trainer.address]
+    common = ["train", str(folder), "--base-model", stack.base_model_id, "--class-noun",
+              "circle", "--validate-only"]
+    res = run_here(*address, "--json", *common, "--min-snr-gamma", "5", "--offset-noise",
+                   "0.05", "--aspect-buckets", "--validation-scorer", DETECTORS, "--export-best")
+    assert res.returncode == 0, res.stderr
+    config = json.loads(res.stdout)["config"]
+    assert config["min_snr_gamma"] == 5 and config["offset_noise"] == pytest.approx(0.05)
+    assert config["aspect_buckets"] is True and config["export_best_checkpoint"] is True
+    assert config["validation_scorer"] == DETECTORS
+    res = run_here(*address, *common, "--min-snr-gamma", "-1")
+    assert res.returncode == 2 and "config.min_snr_gamma" in res.stderr, res.stderr
+    res = run_here(*address, *common, "--export-best")
+    assert res.returncode == 2 and "config.export_best_checkpoint" in res.stderr, res.stderr

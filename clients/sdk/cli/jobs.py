@@ -129,7 +129,10 @@ def show_training_event(event: TrainingEvent, out: Output, logs: bool = True) ->
         out.note(f"sample at step {event.step}: {event.prompt!r} (seed {event.seed})")
     elif isinstance(event, CheckpointSaved):
         c = event.checkpoint
-        out.note(f"checkpoint {c.checkpoint_id} at step {c.step} ({human_bytes(c.size_bytes)})")
+        scored = ("" if c.validation_score is None
+                  else f", validation score {c.validation_score:.3g}")
+        out.note(f"checkpoint {c.checkpoint_id} at step {c.step} ({human_bytes(c.size_bytes)}"
+                 f"{scored})")
     elif isinstance(event, TrainingWarning):
         out.note(f"warning: {event.warning.message} [{event.warning.reason}]")
     elif isinstance(event, LogMessage) and logs:

@@ -38,6 +38,28 @@ def register(commands: Commands) -> None:
     p.add_argument("--seed", type=int, default=None, help="training seed")
     p.add_argument("--resolution", type=int, default=None, help="training resolution")
     p.add_argument(
+        "--min-snr-gamma", type=float, default=None, help="min-SNR-gamma loss weighting, e.g. 5"
+    )
+    p.add_argument("--offset-noise", type=float, default=None, help="offset noise, e.g. 0.05")
+    p.add_argument(
+        "--aspect-buckets",
+        action="store_true",
+        default=None,
+        help="train non-square pictures at their aspect ratio",
+    )
+    p.add_argument(
+        "--validation-scorer",
+        default=None,
+        metavar="MODULE:NAME",
+        help="score every checkpoint on the validation prompts with this scorer",
+    )
+    p.add_argument(
+        "--export-best",
+        action="store_true",
+        default=None,
+        help="export the best scored checkpoint instead of the last",
+    )
+    p.add_argument(
         "--set",
         action="append",
         default=[],
@@ -103,6 +125,11 @@ def train_options(args: argparse.Namespace) -> dict[str, Any]:
         ("learning_rate", args.lr),
         ("seed", args.seed),
         ("resolution", args.resolution),
+        ("min_snr_gamma", args.min_snr_gamma),
+        ("offset_noise", args.offset_noise),
+        ("aspect_buckets", args.aspect_buckets),
+        ("validation_scorer", args.validation_scorer),
+        ("export_best_checkpoint", args.export_best),
     ):
         if value is not None:
             opts[key] = value
