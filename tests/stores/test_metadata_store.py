@@ -77,7 +77,7 @@ def test_a_store_that_is_busy_is_unavailable_but_a_broken_statement_is_not(
 ) -> None:
     engine = store.open_database("", tmp_path / "x.sqlite3")
     store.migrate(engine, MIGRATIONS_DIR, service="catalog")
-    assert store.current_revision(engine, "catalog") == "0001"
+    assert store.current_revision(engine, "catalog") == "0002"
     with pytest.raises(sa.exc.OperationalError), store.reading(engine) as conn:
         conn.exec_driver_sql("SELECT * FROM no_such_table")
     with pytest.raises(Unavailable) as info, store.unavailable_on_outage():
