@@ -11,7 +11,7 @@ ARGS ?=
 .PHONY: setup run test test-fast fuzz lint protos protos-check bench sdk clean help
 
 help:
-	@echo "make setup   - create .venv and install boothstudio[services,dev] (editable)"
+	@echo "make setup   - create .venv and install boothstudio[services,dev,ray] (editable)"
 	@echo "make run     - start catalog :50051, generator :50052, trainer :50053 (metrics 9101-9103)"
 	@echo "make test    - run the test suite"
 	@echo "make fuzz    - long fuzz run of every RPC (20x the examples of the test suite)"
@@ -24,7 +24,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch first and pinned exactly: this picks the CPU wheel on disk, not a multi-GB CUDA build.
 	$(PY) -m pip install torch==2.13.0
-	$(PY) -m pip install -e '.[services,dev]'
+	$(PY) -m pip install -e '.[services,dev,ray]'
 	touch $@
 
 setup: $(VENV)/.installed

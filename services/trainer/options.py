@@ -63,6 +63,8 @@ class Limits:
     max_validation_seeds: int = 16
     gpu_available: bool = False
     cpu_count: int = 1
+    #: jobs run on a Ray cluster (trainer.ray_address): devices and nodes are the cluster's
+    on_ray: bool = False
 
 
 @dataclass
@@ -290,7 +292,7 @@ def resolve(config: trainer_pb2.DreamBoothConfig, *, base_model: dict, limits: L
     accel = c.accelerator.lower()
     if accel not in ACCELERATORS:
         violation("accelerator", f"unknown accelerator {c.accelerator!r}; one of cpu, gpu, auto")
-    if accel in ("gpu", "cuda") and not limits.gpu_available:
+    if accel in ("gpu", "cuda") and not (limits.gpu_available or limits.on_ray):
         violation("accelerator", "no GPU on this trainer host")
     on_gpu = accel in ("gpu", "cuda") or (accel in ("", "auto") and limits.gpu_available)
     c.accelerator = "gpu" if on_gpu else "cpu"
@@ -315,13 +317,18 @@ def resolve(config: trainer_pb2.DreamBoothConfig, *, base_model: dict, limits: L
     c.devices = c.devices or 1
     if c.devices > 1 and c.strategy == trainer_pb2.STRATEGY_SINGLE_DEVICE:
         violation("devices", "STRATEGY_SINGLE_DEVICE takes one device")
-    if not on_gpu and c.devices > max(1, limits.cpu_count):
+    if not on_gpu and not limits.on_ray and c.devices > max(1, limits.cpu_count):
         violation("devices", f"{c.devices} CPU processes on a host with {limits.cpu_count} "
                   "cores")
-    if c.num_nodes not in (0, 1):
-        violation("num_nodes", "multi-node jobs need an external launcher (torchrun, SLURM, "
-                  "a PyTorchJob); the trainer service runs single-node jobs")
-    c.num_nodes = 1
+    if limits.on_ray:  # Ray places devices x num_nodes workers across the cluster
+        if not 0 <= c.num_nodes <= 64:
+            violation("num_nodes", "must be between 0 and 64 (0 = 1)")
+        c.num_nodes = c.num_nodes or 1
+    else:
+        if c.num_nodes not in (0, 1):
+            violation("num_nodes", "multi-node jobs need a Ray cluster (trainer.ray_address); "
+                      "without one the trainer service runs single-node jobs")
+        c.num_nodes = 1
 
     # -- LoRA: ranges checked whether or not the method uses them (a stored config holds no
     # value the trainer would refuse); defaults filled in for LoRA jobs only

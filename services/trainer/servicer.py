@@ -80,7 +80,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             max_image_bytes=settings.max_image_bytes,
             max_upload_bytes=settings.max_upload_bytes,
             gpu_available=Path("/dev/nvidiactl").exists(),
-            cpu_count=os.cpu_count() or 1)
+            cpu_count=os.cpu_count() or 1, on_ray=bool(settings.ray_address))
         self.catalog_address = cfg.address_of("catalog")
         self._catalog: catalog_pb2_grpc.CatalogServiceStub | None = None
         self._channel: grpc.aio.Channel | None = None

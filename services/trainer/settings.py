@@ -42,3 +42,9 @@ class TrainerSettings(ServiceSettings):
         20 * 1024**3, ge=0,
         description="bytes of base models pulled from a remote artifact store kept on local disk",
     )
+    ray_address: str = Field(
+        "", description="a Ray cluster to train on (host:port of its head, or 'auto' for the "
+        "cluster this host belongs to; needs boothstudio[ray]); empty = a local worker process "
+        "per job",
+        json_schema_extra={"env": "BOOTHSTUDIO_RAY_ADDRESS"},
+    )

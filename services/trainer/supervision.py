@@ -21,6 +21,12 @@
 - SIGTERM (drain) asks running workers to checkpoint and stop; their jobs are re-queued for the
   next start (leases are renewed until they are out).
 
+With `ray_address` set, a claimed job runs as a Ray Train run on the cluster instead of a
+local worker (ray_engine.py); the supervisor treats the run like a worker (wait, kill, lease
+renewal, crash accounting). Runs outlive the Trainer: at start, a job of this replica whose run
+is still on the cluster is reattached (waited on again, its lease renewed), not started again;
+SIGTERM leaves runs going for the restarted service to reattach.
+
 Every state change is a compare-and-set in the job store (on the state, and on this replica's
 lease where another replica may have taken the job), so a cancel or delete that lands first is
 never overwritten, and a replica that lost a job never changes it.
@@ -35,7 +41,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from boothstudio.services.trainer.metrics import TrainerMetrics
 from boothstudio.services.trainer.settings import TrainerSettings
@@ -48,6 +54,9 @@ from boothstudio.services.trainer.worker import (
 from boothstudio.shared.server import ServiceContext
 from boothstudio.shared.storage import atomic_write_text
 from boothstudio.v1 import trainer_pb2
+
+if TYPE_CHECKING:
+    from boothstudio.services.trainer.ray_engine import RayEngine, RayRun
 
 
 class Supervisor:
@@ -64,7 +73,15 @@ class Supervisor:
         self.max_attempts = settings.max_attempts
         self.worker_threads = settings.worker_threads
         self.sample_steps = settings.sample_steps
-        self.workers: dict[str, asyncio.subprocess.Process] = {}
+        self.max_failures = settings.max_attempts - 1  # Ray's retries of a run's group
+        self.ray: RayEngine | None = None
+        if settings.ray_address:
+            from boothstudio.services.trainer.ray_engine import RayEngine
+
+            self.ray = RayEngine(settings.ray_address)
+        #: job id -> its local worker process, or its run on the Ray cluster
+        self.workers: dict[str, asyncio.subprocess.Process | RayRun] = {}
+        self._reattached: list[tuple[JobRow, RayRun]] = []
         self.leases: dict[str, Lease] = {}  # job id -> the lease its worker runs under
         self._stops_sent: set[str] = set()  # jobs whose worker got a STOP for a remote cancel
         self._renewed_at = time.monotonic()
@@ -76,9 +93,12 @@ class Supervisor:
 
     def recover(self) -> None:
         """Jobs this replica held when it was killed: re-queue them at once (or finish a pending
-        cancel). Jobs of other replicas are theirs until their leases expire."""
+        cancel); with Ray, a job whose run is still on the cluster is reattached instead.
+        Jobs of other replicas are theirs until their leases expire."""
         for job in self.store.list(states=ACTIVE):
             if job.lease_owner not in (self.replica_id, ""):  # "": active before leases
+                continue
+            if self.ray is not None and self._reattach(job):
                 continue
             self._kill_stale_worker(job)
             if job.state == trainer_pb2.TRAINING_JOB_STATE_CANCELLING:
@@ -98,6 +118,26 @@ class Supervisor:
             self.store.add_warning(job.id, "RECOVERED",
                                    f"the service stopped while the job ran; resumed from {where}")
 
+    def _reattach(self, job: JobRow) -> bool:
+        """Wait again on the job's Ray run when it is still on the cluster under the job's
+        lease (it kept training, and writing to the job store, while this service was down)."""
+        assert self.ray is not None
+        run = self.ray.find(job.id)
+        if run is None:
+            return False
+        try:
+            lease = run.lease()
+        except Exception:  # the run is ending or its actor died meanwhile
+            lease = ""
+        if lease != job.lease.to_env() or self.store.hold_leases(
+                {job.id: job.lease}, renew_seconds=self.lease_seconds).get(job.id) is None:
+            run.kill()  # an older claim's run: fenced off the store, and replaced below
+            return False
+        self._reattached.append((job, run))
+        self.store.add_warning(job.id, "REATTACHED", "the service restarted while the job ran "
+                               "on Ray; it waits on the same run again")
+        return True
+
     def _kill_stale_worker(self, job: JobRow) -> None:
         pid = job.worker_pid
         if not pid:
@@ -112,6 +152,10 @@ class Supervisor:
                 os.kill(pid, signal.SIGKILL)
 
     def start(self) -> None:
+        for job, run in self._reattached:
+            self._watch(job, run)
+            self.ctx.logger.info("Ray run reattached", extra={"job_id": job.id})
+        self._reattached.clear()
         self._loop_task = asyncio.create_task(self._schedule_loop())
 
     def wake(self) -> None:
@@ -127,15 +171,21 @@ class Supervisor:
         "drain")."""
         atomic_write_text(self.job_dir(job_id) / STOP_FILE, why)
 
+    def _local_workers(self) -> list[str]:
+        return [job_id for job_id, w in self.workers.items()
+                if isinstance(w, asyncio.subprocess.Process)]
+
     async def drain(self, grace: float) -> None:
-        """SIGTERM: ask running workers to checkpoint and stop; they re-queue their jobs."""
-        for job_id in list(self.workers):
+        """SIGTERM: ask running local workers to checkpoint and stop; they re-queue their jobs.
+        Ray runs go on: the restarted service reattaches them (or, after the lease, another
+        replica takes them over)."""
+        for job_id in self._local_workers():
             job = self.store.get(job_id)
             if job is not None and job.state != trainer_pb2.TRAINING_JOB_STATE_CANCELLING:
                 with contextlib.suppress(OSError):
                     self.request_stop(job_id, "drain")
         deadline = time.monotonic() + max(0.0, grace - 0.5)
-        while self.workers and time.monotonic() < deadline:
+        while self._local_workers() and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
 
     async def stop(self) -> None:
@@ -143,9 +193,9 @@ class Supervisor:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
-        for proc in list(self.workers.values()):
+        for job_id in self._local_workers():  # Ray runs outlive the service
             with contextlib.suppress(ProcessLookupError):
-                proc.kill()
+                self.workers[job_id].kill()
 
     # ------------------------------------------------------------------ one job's worker
 
@@ -153,12 +203,16 @@ class Supervisor:
         return job_id in self.workers
 
     async def kill(self, job_id: str) -> None:
-        """Kill the job's worker, if it has one, and wait (10 s at most) for it to exit."""
+        """Kill the job's worker (or Ray run), if it has one, and wait (10 s at most) for it to
+        exit."""
         proc = self.workers.get(job_id)
         if proc is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
+        if isinstance(proc, asyncio.subprocess.Process):
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+        else:
+            await asyncio.to_thread(proc.kill)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(proc.wait(), 10)
 
@@ -217,17 +271,24 @@ class Supervisor:
                 self._stops_sent.add(job_id)
                 await asyncio.to_thread(self.request_stop, job_id, "cancel")
 
-    async def _start_worker(self, job: JobRow) -> None:
-        """Start the worker of a job this replica claimed (store.claim_queued)."""
-        job_dir = self.job_dir(job.id)
-        env = dict(os.environ)
+    def _worker_env(self, job: JobRow) -> dict[str, str]:
+        """What a job's worker (or Ray rank) needs to reach the service's stores, fenced on
+        the lease the job was claimed under; in the environment, not on a command line, where
+        a password would show."""
+        env = {WORKER_DATABASE_URL_ENV: self.ctx.config.database_url,
+               WORKER_LEASE_ENV: job.lease.to_env(), **worker_storage_env(self.ctx.config)}
         if self.ctx.config.service_api_key:
             env["BOOTHSTUDIO_SERVICE_API_KEY"] = self.ctx.config.service_api_key
-        # the worker opens the service's metadata store (empty: the SQLite file in
-        # --service-dir); in the environment, not the command line, where a password would show
-        env[WORKER_DATABASE_URL_ENV] = self.ctx.config.database_url
-        env.update(worker_storage_env(self.ctx.config))
-        env[WORKER_LEASE_ENV] = job.lease.to_env()  # its writes are fenced on our lease
+        return env
+
+    async def _start_worker(self, job: JobRow) -> None:
+        """Start the worker (or the Ray run) of a job this replica claimed
+        (store.claim_queued)."""
+        if self.ray is not None:
+            await self._submit_to_ray(job)
+            return
+        job_dir = self.job_dir(job.id)
+        env = {**os.environ, **self._worker_env(job)}
         args = [sys.executable, "-m", "boothstudio.services.trainer.worker",
                 "--service-dir", str(self.service_dir),
                 "--job-id", job.id, "--catalog", self.catalog_address,
@@ -244,22 +305,49 @@ class Supervisor:
             finally:
                 log.close()
         except OSError as exc:
-            self.store.set_state(job.id, trainer_pb2.TRAINING_JOB_STATE_FAILED,
-                                 "WORKER_START_FAILED", f"could not start a worker: {exc}",
-                                 expect={trainer_pb2.TRAINING_JOB_STATE_PREPARING},
-                                 lease=job.lease)
+            self._start_failed(job, f"could not start a worker: {exc}")
             return
-        self.workers[job.id] = proc
-        self.leases[job.id] = job.lease
-        self._stops_sent.discard(job.id)
         self.store.update(job.id, worker_pid=proc.pid)
         self.ctx.logger.info("worker started", extra={"job_id": job.id, "pid": proc.pid,
                                                       "attempt": job.attempts})
-        task = asyncio.create_task(self._reap(job.id, proc))
+        self._watch(job, proc)
+
+    async def _submit_to_ray(self, job: JobRow) -> None:
+        from boothstudio.services.trainer.ray_engine import run_params
+
+        assert self.ray is not None
+        params = run_params(job.id, job.lease.to_env(), job.config,
+                            service_dir=self.service_dir, catalog=self.catalog_address,
+                            sample_steps=self.sample_steps, threads=self.worker_threads,
+                            max_failures=self.max_failures, env=self._worker_env(job))
+        try:
+            self.job_dir(job.id).mkdir(parents=True, exist_ok=True)
+            (self.job_dir(job.id) / STOP_FILE).unlink(missing_ok=True)
+            run = await asyncio.to_thread(self.ray.submit, params)
+        except Exception as exc:  # the cluster is unreachable, or refused the actor
+            self.ctx.logger.exception("Ray submit failed", extra={"job_id": job.id})
+            self._start_failed(job, f"could not submit to Ray at {self.ray.address}: {exc}",
+                               "RAY_SUBMIT_FAILED")
+            return
+        self.ctx.logger.info("Ray run submitted", extra={
+            "job_id": job.id, "attempt": job.attempts, "workers": params.num_workers})
+        self._watch(job, run)
+
+    def _start_failed(self, job: JobRow, message: str,
+                      reason: str = "WORKER_START_FAILED") -> None:
+        self.store.set_state(job.id, trainer_pb2.TRAINING_JOB_STATE_FAILED, reason, message,
+                             expect={trainer_pb2.TRAINING_JOB_STATE_PREPARING}, lease=job.lease)
+
+    def _watch(self, job: JobRow, worker: asyncio.subprocess.Process | RayRun) -> None:
+        """Hold the job's lease for its worker and settle the job when the worker ends."""
+        self.workers[job.id] = worker
+        self.leases[job.id] = job.lease
+        self._stops_sent.discard(job.id)
+        task = asyncio.create_task(self._reap(job.id, worker))
         self._reapers.add(task)
         task.add_done_callback(self._reapers.discard)
 
-    async def _reap(self, job_id: str, proc: asyncio.subprocess.Process) -> None:
+    async def _reap(self, job_id: str, proc: asyncio.subprocess.Process | RayRun) -> None:
         rc = await proc.wait()
         self.workers.pop(job_id, None)
         lease = self.leases.pop(job_id)

@@ -129,6 +129,11 @@ class JobSpec:
     store: ArtifactStore | None = None
     #: where a base model kept in a remote store is pulled to (None: base models are local)
     model_cache: ModelCache | None = None
+    #: Lightning Trainer arguments replacing the local engine's (strategy, plugins, devices,
+    #: num_nodes): how another engine (Ray, ray_engine.py) places and connects the ranks
+    placement: dict[str, Any] = field(default_factory=dict)
+    #: applied to the Lightning Trainer before it fits (Ray's prepare_trainer)
+    prepare_trainer: Callable[[L.Trainer], L.Trainer] | None = None
 
 
 @dataclass
@@ -547,16 +552,21 @@ def build_trainer(spec: JobSpec, callbacks: list[Callback], resume_step: int = 0
     with contextlib.suppress(ModuleNotFoundError):  # tensorboard missing: CSV only
         loggers.append(TensorBoardLogger(str(logs), name="", version="tensorboard",
                                          default_hp_metric=False))  # type: ignore[arg-type]
-    return L.Trainer(
-        accelerator="gpu" if on_gpu else "cpu", devices=c.devices, num_nodes=1,
-        strategy=strategy, precision=PRECISION[c.precision],  # type: ignore[arg-type]
+    placement: dict[str, Any] = {"devices": c.devices, "num_nodes": 1, "strategy": strategy,
+                                  "plugins": []}
+    placement.update(spec.placement)
+    trainer = L.Trainer(
+        accelerator="gpu" if on_gpu else "cpu", devices=placement["devices"],
+        num_nodes=placement["num_nodes"], strategy=placement["strategy"],
+        precision=PRECISION[c.precision],  # type: ignore[arg-type]
         max_steps=c.max_train_steps, max_epochs=-1,
         accumulate_grad_batches=c.gradient_accumulation_steps,
         gradient_clip_val=c.max_grad_norm if c.max_grad_norm > 0 else None,
         logger=loggers, callbacks=callbacks, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
         limit_val_batches=0, log_every_n_steps=1, default_root_dir=str(spec.job_dir),
-        use_distributed_sampler=False, plugins=[DirectCheckpointIO()])
+        use_distributed_sampler=False, plugins=[DirectCheckpointIO(), *placement["plugins"]])
+    return spec.prepare_trainer(trainer) if spec.prepare_trainer else trainer
 
 
 def _instance_images(job_dir: Path, keep_alpha: bool = False

@@ -23,8 +23,9 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from boothstudio.services.trainer.store import ACTIVE, JobStore
 from boothstudio.shared.artifact_store import ArtifactStore, open_artifact_store
@@ -107,6 +108,8 @@ ALLOWED_FROM = {
 class StoreReporter:
     """Job progress into the job store (state, events, checkpoints, observations)."""
 
+    allowed_from = ALLOWED_FROM
+
     def __init__(self, store: JobStore, job_id: str, job_dir: Path) -> None:
         self.store = store
         self.job_id = job_id
@@ -125,7 +128,7 @@ class StoreReporter:
         if current == state and not reason:
             return True
         return self.store.set_state(self.job_id, state, reason, message,
-                                    expect=ALLOWED_FROM[state]) is not None
+                                    expect=self.allowed_from[state]) is not None
 
     def metrics(self, m: trainer_pb2.TrainingMetrics) -> None:
         self.store.update(self.job_id, step=m.step, total_steps=m.total_steps, last_metrics=m)
@@ -295,6 +298,63 @@ def finish(store: JobStore, job_id: str, result: JobResult, catalog: str,
     return 0
 
 
+@dataclass
+class RankSetup:
+    """How a rank runs where the local worker's defaults do not fit (ray_engine.py makes one
+    for the ranks of a Ray Train run)."""
+
+    #: Lightning Trainer arguments replacing the local ones (JobSpec.placement)
+    placement: dict[str, Any] = field(default_factory=dict)
+    prepare_trainer: Callable[[Any], Any] | None = None
+    #: what rank 0 reports through
+    reporter: type[StoreReporter] = StoreReporter
+    #: a training error is raised (the engine retries the group from the last checkpoint)
+    #: instead of failing the job
+    retried: bool = False
+
+
+def run_worker(service_dir: Path, job_id: str, catalog: str, sample_steps: int, rank: int,
+               setup: RankSetup | None = None) -> int:
+    """Train one job as rank `rank` (0 writes the job's state, events and checkpoints); the
+    exit status. Rank 0 exports and registers the model."""
+    setup = setup or RankSetup()
+    from boothstudio.services.trainer.train import JobSpec, Reporter, run_job
+
+    store = JobStore(service_dir / "trainer.sqlite3",
+                     os.environ.get(WORKER_DATABASE_URL_ENV, ""))
+    job = store.get(job_id)
+    if job is None:
+        log.error("no job %s", job_id)
+        return 2
+    reporter = setup.reporter(store, job.id, job.job_dir) if rank == 0 else Reporter()
+    artifacts = open_worker_store()
+    spec = JobSpec(job.id, job.job_dir, job.config, job.base_model,
+                   service_dir / "class_images", service_dir / "model_hashes.json",
+                   sample_steps=sample_steps, store=artifacts,
+                   model_cache=open_worker_model_cache(artifacts, service_dir),
+                   placement=setup.placement, prepare_trainer=setup.prepare_trainer)
+    try:
+        result = run_job(spec, reporter)  # type: ignore[arg-type]
+    except BaseException as exc:
+        if rank != 0 or setup.retried:
+            raise
+        oom = isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
+        reason = "OUT_OF_MEMORY" if oom else "TRAINING_ERROR"
+        if isinstance(exc, KeyboardInterrupt | SystemExit):
+            reason = "INTERRUPTED"
+        log.exception("job %s failed", job.id)
+        if isinstance(reporter, StoreReporter):
+            reporter.flush()
+        store.set_state(job.id, JobState.TRAINING_JOB_STATE_FAILED, reason,
+                        f"{type(exc).__name__}: {exc}"[:2000], expect=ACTIVE)
+        return 1
+    if rank != 0 or result.outcome == "rank":
+        return 0
+    assert isinstance(reporter, StoreReporter)
+    reporter.flush()
+    return finish(store, job.id, result, catalog, reporter)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m boothstudio.services.trainer.worker")
     p.add_argument("--service-dir", type=Path, required=True)
@@ -311,40 +371,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from boothstudio.services.trainer.train import JobSpec, Reporter, run_job
-
-    store = JobStore(args.service_dir / "trainer.sqlite3",
-                     os.environ.get(WORKER_DATABASE_URL_ENV, ""))
-    job = store.get(args.job_id)
-    if job is None:
-        log.error("no job %s", args.job_id)
-        return 2
-    reporter = StoreReporter(store, job.id, job.job_dir) if rank == 0 else Reporter()
-    artifacts = open_worker_store()
-    spec = JobSpec(job.id, job.job_dir, job.config, job.base_model,
-                   args.service_dir / "class_images", args.service_dir / "model_hashes.json",
-                   sample_steps=args.sample_steps, store=artifacts,
-                   model_cache=open_worker_model_cache(artifacts, args.service_dir))
-    try:
-        result = run_job(spec, reporter)  # type: ignore[arg-type]
-    except BaseException as exc:
-        if rank != 0:
-            raise
-        oom = isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
-        reason = "OUT_OF_MEMORY" if oom else "TRAINING_ERROR"
-        if isinstance(exc, KeyboardInterrupt | SystemExit):
-            reason = "INTERRUPTED"
-        log.exception("job %s failed", job.id)
-        if isinstance(reporter, StoreReporter):
-            reporter.flush()
-        store.set_state(job.id, JobState.TRAINING_JOB_STATE_FAILED, reason,
-                        f"{type(exc).__name__}: {exc}"[:2000], expect=ACTIVE)
-        return 1
-    if rank != 0 or result.outcome == "rank":
-        return 0
-    assert isinstance(reporter, StoreReporter)
-    reporter.flush()
-    return finish(store, job.id, result, args.catalog, reporter)
+    return run_worker(args.service_dir, args.job_id, args.catalog, args.sample_steps, rank)
 
 
 if __name__ == "__main__":
