@@ -219,6 +219,8 @@ def model_from_pb(m: catalog_pb2.Model) -> Model:
         inpainting=m.inpainting,
         description=m.description,
         config_path=m.config_path,
+        embedding_vectors=m.embedding.vectors,
+        embedding_widths=list(m.embedding.widths),
         raw=m,
     )
 
@@ -416,6 +418,10 @@ def generate_request(prompt: str, params: Mapping[str, Any]) -> generator_pb2.Ge
     for map_name in ("sampler_options", "backend_options"):
         for key, value in (params.get(map_name) or {}).items():
             getattr(req, map_name)[key].CopyFrom(option_to_pb(value, f"{map_name}.{key}"))
+    if params.get("priority") is not None:
+        req.priority = enum_to_pb(  # type: ignore[assignment]
+            generator_pb2.Priority.DESCRIPTOR, params["priority"], "priority"
+        )
     if not req.job_id:
         req.job_id = new_job_id()
     return req

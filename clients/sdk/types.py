@@ -34,6 +34,7 @@ class ModelKind(enum.StrEnum):
     BASE = "base"
     FINE_TUNED = "fine_tuned"
     LORA = "lora"
+    EMBEDDING = "embedding"
 
 
 class PredictionType(enum.StrEnum):
@@ -49,6 +50,7 @@ class ModelFormat(enum.StrEnum):
     SINGLE_FILE = "single_file"
     HF_CACHE = "hf_cache"
     LORA = "lora"
+    EMBEDDING = "embedding"
 
 
 class ParameterType(enum.StrEnum):
@@ -65,6 +67,14 @@ class BackendKind(enum.StrEnum):
     DIFFUSERS = "diffusers"
     A1111 = "a1111"
     HOSTED = "hosted"
+
+
+class Priority(enum.StrEnum):
+    """Queue priority of a generation: interactive jobs run before batch jobs."""
+
+    UNSPECIFIED = "unspecified"
+    INTERACTIVE = "interactive"
+    BATCH = "batch"
 
 
 class MaskFill(enum.StrEnum):
@@ -153,6 +163,8 @@ class GenerateParams(TypedDict, total=False):
     preview_interval: int
     skip_gallery: bool
     job_id: str
+    #: "interactive" (the default) or "batch": batch jobs wait while interactive ones do
+    priority: Priority | str
 
 
 class TrainingOptions(TypedDict, total=False):
@@ -280,6 +292,10 @@ class Model:
     description: str = ""
     #: Single-file models: the diffusers folder that supplies the configs.
     config_path: str = ""
+    #: Embeddings: the prompt tokens their name stands for, and the vectors' width per text
+    #: encoder ([768] for SD 1.x, [768, 1280] for SDXL).
+    embedding_vectors: int = 0
+    embedding_widths: list[int] = field(default_factory=list)
     #: Remarks returned by import_model (empty otherwise).
     warnings: list[ServerWarning] = field(default_factory=list)
     raw: Any = field(default=None, repr=False, compare=False)

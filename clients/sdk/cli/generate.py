@@ -77,6 +77,10 @@ def generation_parent() -> argparse.ArgumentParser:
         "--no-gallery", action="store_true", help="do not keep the images in the gallery"
     )
     g.add_argument(
+        "--priority", choices=["interactive", "batch"], default=None,
+        help="queue priority: batch jobs wait while interactive ones do (default: interactive)",
+    )
+    g.add_argument(
         "-o",
         "--out",
         type=Path,
@@ -106,6 +110,7 @@ def generation_params(args: argparse.Namespace) -> dict[str, Any]:
         "count": args.count,
         "preview_interval": args.preview_interval,
         "skip_gallery": args.no_gallery or None,
+        "priority": args.priority,
         "sampler_options": key_values(args.opt, "--opt") or None,
         "backend_options": key_values(args.backend_opt, "--backend-opt") or None,
     }

@@ -11,11 +11,13 @@ from boothstudio.clients.sdk.cli.output import Output, cell
 from boothstudio.clients.sdk.client import BoothStudio
 from boothstudio.clients.sdk.text import human_bytes
 
+KINDS = ["base", "fine_tuned", "lora", "embedding"]
+
 
 def register(commands: Commands) -> None:
     models = commands.group("models", "list and manage models")
     m = models.add("list", "list models")
-    m.add_argument("--kind", default=None, choices=["base", "fine_tuned", "lora"])
+    m.add_argument("--kind", default=None, choices=KINDS)
     m.add_argument("--backend", default="", help="only models of this backend")
     m.add_argument("--base-model", default="", help="only models derived from this one")
     add_limit(m)
@@ -24,7 +26,8 @@ def register(commands: Commands) -> None:
     m.add_argument("model_id")
     m.set_defaults(func=get_model)
     m = models.add("import", "register a model")
-    m.add_argument("source", help="diffusers folder, .safetensors/.ckpt file or HF cache id")
+    m.add_argument("source", help="diffusers folder, .safetensors/.ckpt file or HF cache id; "
+                   "with --kind embedding a textual-inversion .pt/.safetensors file")
     m.add_argument(
         "--type",
         dest="source_type",
@@ -33,12 +36,14 @@ def register(commands: Commands) -> None:
     )
     m.add_argument("--id", dest="model_id", default="", help="model id to register")
     m.add_argument("--name", default="", help="display name")
-    m.add_argument("--kind", default=None, choices=["base", "fine_tuned", "lora"])
+    m.add_argument("--kind", default=None, choices=KINDS)
     m.add_argument("--architecture", default="", help="e.g. sd15")
     m.add_argument("--backend", default="", help="backend id")
     m.add_argument("--prediction-type", default=None, choices=["epsilon", "v_prediction", "sample"])
     m.add_argument("--trigger", default="", help="trigger phrase")
-    m.add_argument("--base-model", default="", help="base model id (fine-tunes, LoRAs)")
+    m.add_argument("--base-model", default="",
+                   help="base model id (fine-tunes, LoRAs; an embedding's widths are checked "
+                   "against its text encoders)")
     m.add_argument("--config-path", default="", help="diffusers folder with configs")
     m.add_argument("--revision", default="", help="HF cache revision")
     m.add_argument("--copy", action="store_true", help="copy the weights into the data dir")
@@ -72,11 +77,12 @@ def list_models(args: argparse.Namespace, out: Output, client: BoothStudio) -> i
                     m.architecture,
                     m.native_resolution,
                     m.backend_id,
+                    m.embedding_vectors or "",
                     m.display_name,
                 )
                 for m in models
             ],
-            ["ID", "KIND", "ARCH", "RES", "BACKEND", "NAME"],
+            ["ID", "KIND", "ARCH", "RES", "BACKEND", "TOKENS", "NAME"],
         )
     return EXIT_OK
 
@@ -137,11 +143,13 @@ def print_model(model: Any, out: Output) -> None:
         "size_bytes",
         "builtin",
         "inpainting",
+        "embedding_vectors",
+        "embedding_widths",
         "created_at",
         "description",
     ):
         value = getattr(model, f)
-        if value in ("", None, 0) and f not in ("builtin",):
+        if value in ("", None, 0, []) and f not in ("builtin",):
             continue
         out.print(f"{f + ':':<19}{human_bytes(value) if f == 'size_bytes' else cell(value)}")
     for w in model.warnings:
