@@ -5,7 +5,8 @@ weights-only), local or in the artifact store. It is registered per architecture
 must have the width of the text encoders of the models it will be used with, checked against
 - origin.base_model_id's text encoders (their configs), when set;
 - else the `architecture` asked for, when its widths are fixed (sd1, sd2, sdxl);
-- else the architecture is the one those widths name (768: sd1, 1024: sd2, 768 + 1280: sdxl).
+- else the architecture is the one those widths name (768: sd1, 1024: sd2, 768 + 1280: sdxl),
+  or the embedded default model's when its text encoder has those widths.
 A mismatch is INVALID_ARGUMENT (EMBEDDING_MISMATCH) naming the field that chose the target.
 The model id is the embedding's name: the word that calls it up in a prompt.
 """
@@ -60,9 +61,16 @@ def base_widths(base: Any, store: ArtifactStore, scratch: Path) -> tuple[int, ..
         ) from err
 
 
+def _widths_or_none(model: Any, store: ArtifactStore, scratch: Path) -> tuple[int, ...] | None:
+    try:
+        return base_widths(model, store, scratch)
+    except InvalidArgument:
+        return None
+
+
 def target_architecture(
     request: catalog_pb2.ImportModelRequest, base: Any, widths: tuple[int, ...],
-    store: ArtifactStore, scratch: Path, source_field: str,
+    store: ArtifactStore, scratch: Path, source_field: str, default_base: Any = None,
 ) -> tuple[str, int]:
     """(architecture, native resolution) the embedding is registered for (see module doc)."""
     if base is not None:
@@ -83,18 +91,20 @@ def target_architecture(
         _mismatch("architecture", widths, known, request.architecture)
         return request.architecture, 0
     architecture = embeddings.architecture_of(widths)
-    if not architecture:
-        message = (f"vectors {_widths_text(widths)} wide match no known architecture (sd1: 768, "
-                   "sd2: 1024, sdxl: 768 + 1280): name the model they belong to in "
-                   "origin.base_model_id")
-        raise InvalidArgument(message, reason="EMBEDDING_MISMATCH",
-                              violations=[(source_field, message)])
-    return architecture, 0
+    if architecture:
+        return architecture, 0
+    if default_base is not None and _widths_or_none(default_base, store, scratch) == widths:
+        return default_base["architecture"], default_base["native_resolution"]
+    message = (f"vectors {_widths_text(widths)} wide match no known architecture (sd1: 768, "
+               "sd2: 1024, sdxl: 768 + 1280): name the model they belong to in "
+               "origin.base_model_id")
+    raise InvalidArgument(message, reason="EMBEDDING_MISMATCH",
+                          violations=[(source_field, message)])
 
 
 def inspect(
     request: catalog_pb2.ImportModelRequest, source_field: str, source: str, base: Any,
-    store: ArtifactStore, stored: StoredFolder | None, scratch: Path,
+    store: ArtifactStore, stored: StoredFolder | None, scratch: Path, default_base: Any = None,
 ) -> tuple[dict[str, Any], str]:
     """(registry values, the file's location) of an embedding file; blocking (reads the file
     and configs): run in a thread."""
@@ -123,7 +133,7 @@ def inspect(
         raise InvalidArgument(str(err), reason=err.reason,
                               violations=[(source_field, str(err))]) from err
     architecture, native = target_architecture(request, base, emb.widths, store, scratch,
-                                               source_field)
+                                               source_field, default_base)
     values = {
         "architecture": architecture,
         "native_resolution": native,

@@ -114,6 +114,7 @@ async def inspect_source(
     base: Any,
     model_id: str,
     store: ArtifactStore,
+    default_base: Any = None,
 ) -> tuple[dict[str, Any], list[common_pb2.Warning]]:
     """The registry values read from the source (a local path, or a location in the artifact
     store), copied into the store as the model's own when asked, and warnings; a source that is
@@ -144,7 +145,7 @@ async def inspect_source(
         local_config = None
         if kind == catalog_pb2.MODEL_KIND_EMBEDDING:
             values, path_str = embeddings.inspect(
-                request, source_field, source, base, store, stored, scratch)
+                request, source_field, source, base, store, stored, scratch, default_base)
         elif kind == catalog_pb2.MODEL_KIND_LORA:
             path = Path(source)
             if source_field != "single_file_path" or path.suffix != ".safetensors":

@@ -120,8 +120,12 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
                     reason="MODEL_EXISTS",
                     violations=[("model_id", "taken")],
                 )
+            # an embedding of the embedded model's width needs no base model named
+            default_base = (self.registry.get(loading.EMBEDDED_MODEL_ID)
+                            if kind == catalog_pb2.MODEL_KIND_EMBEDDING else None)
             values, warnings = await imports.inspect_source(
-                request, source_field, source, backend_id, kind, base, model_id, self.store
+                request, source_field, source, backend_id, kind, base, model_id, self.store,
+                default_base,
             )
             imports.add_request_values(
                 values,

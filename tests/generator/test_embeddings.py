@@ -109,9 +109,8 @@ def test_embeddings_by_name_in_prompts_change_the_image_and_are_in_the_infotext(
     # diffusers' learned_embeds layout (one token -> its vector)
     learned = tmp_path / "learned_embeds.safetensors"
     save_file({"<cat-toy>": vectors(1, width, 3)[0]}, str(learned))
-    toy = import_embedding(stack, learned, "cat-toy",
-                           origin=catalog_pb2.ModelOrigin(base_model_id=EMBEDDED_MODEL_ID))
-    assert toy.embedding.vectors == 1
+    toy = import_embedding(stack, learned, "cat-toy")  # the embedded model's width: no base
+    assert toy.embedding.vectors == 1 and toy.architecture == "tiny-sd"
     _, text = image_and_text(stack, prompt="cat-toy and shiny-style")
     assert '"cat-toy: ' in text and "shiny-style: " in text
 
