@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from copy import copy, deepcopy
 from dataclasses import replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageDraw
@@ -88,6 +89,22 @@ MODELS = [
         size_bytes=3_100_000,
     ),
 ]
+
+#: a textual-inversion embedding as the Catalog lists one
+EMBEDDING = Model(
+    "glow-style",
+    "glow-style.safetensors",
+    ModelKind.EMBEDDING,
+    "diffusers",
+    "tiny-sd",
+    64,
+    format=ModelFormat.EMBEDDING,
+    trigger_phrase="glow-style",
+    size_bytes=2_200,
+    source_path="/models/glow-style.safetensors",
+    embedding_vectors=4,
+    embedding_widths=[128],
+)
 
 ETA = Parameter("eta", ParameterType.FLOAT, 0.0, 0.0, 1.0, help="DDIM noise per step", label="Eta")
 S_NOISE = Parameter("s_noise", ParameterType.FLOAT, 1.0, 0.0, 2.0, label="Noise scale")
@@ -184,6 +201,7 @@ class FakeClient:
     def __init__(self, gallery: bool = True, step_delay: float = 0.0) -> None:
         self.gallery = list(GALLERY) if gallery else []
         self.models = list(MODELS)
+        self.imports: list[tuple[str, dict[str, Any]]] = []
         self.step_delay = step_delay
         self.streams: list[FakeStream] = []
         self.jobs = {j.job_id: copy(j) for j in JOBS}
@@ -206,6 +224,16 @@ class FakeClient:
 
     async def list_models(self, **kw: Any) -> Page[Model]:
         return Page(list(self.models))
+
+    async def import_model(self, source: str, **kw: Any) -> Model:
+        """Registers what the real Catalog would for an embedding file (other kinds: a base)."""
+        kind = ModelKind(kw.get("kind") or ModelKind.BASE)
+        model_id = kw.get("model_id") or Path(source).stem
+        model = (replace(EMBEDDING, id=model_id, trigger_phrase=model_id)
+                 if kind is ModelKind.EMBEDDING else replace(MODELS[0], id=model_id, builtin=False))
+        self.imports.append((source, kw))
+        self.models.insert(0, model)
+        return model
 
     async def list_samplers(self, **kw: Any) -> SamplerList:
         return deepcopy(SAMPLERS)  # new objects per answer, as from the service

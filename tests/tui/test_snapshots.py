@@ -7,9 +7,11 @@ from __future__ import annotations
 from typing import Any
 
 from textual.pilot import Pilot
+from textual.widgets import DataTable
 
 from boothstudio.clients.tui.widgets.mask_canvas import MaskCanvas
-from tests.tui.conftest import SIZE, fake_app, mode, picker_ready, run_before, wait_for
+from tests.tui.conftest import SIZE, fake_app, mode, picker_ready, run_before, settle, wait_for
+from tests.tui.fakes import EMBEDDING
 
 
 def test_generate_screen(snap_compare: Any) -> None:
@@ -61,3 +63,15 @@ def test_models_screen(snap_compare: Any) -> None:
 
 def test_settings_screen(snap_compare: Any) -> None:
     assert snap_compare(fake_app(), terminal_size=SIZE, run_before=run_before(mode("settings")))
+
+
+def test_models_screen_lists_an_embedding_with_its_tokens(snap_compare: Any) -> None:
+    async def show_embedding(pilot: Pilot[Any]) -> None:
+        pilot.app.client.models.append(EMBEDDING)  # type: ignore[attr-defined]
+        await pilot.app.switch_mode("models")
+        await settle(pilot)
+        table = pilot.app.screen.query_one(DataTable)
+        table.focus()
+        table.move_cursor(row=2)
+
+    assert snap_compare(fake_app(), terminal_size=SIZE, run_before=run_before(show_embedding))

@@ -29,6 +29,7 @@ from boothstudio.clients.sdk import (
     ImageReady,
     Model,
     ModelDownload,
+    ModelKind,
     Progress,
     SamplerList,
     Started,
@@ -185,7 +186,9 @@ class EditScreen(StudioScreen):
         except Exception as exc:
             self.post_message(self.Failed(exc, "catalog"))
             return
-        self.post_message(self.ModelsLoaded(list(page.items), samplers))
+        # embeddings are called up by name in a prompt, not chosen as the model
+        models = [m for m in page.items if m.kind is not ModelKind.EMBEDDING]
+        self.post_message(self.ModelsLoaded(models, samplers))
 
     @on(ModelsLoaded)
     def models_loaded(self, event: ModelsLoaded) -> None:

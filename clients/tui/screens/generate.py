@@ -25,6 +25,7 @@ from boothstudio.clients.sdk import (
     ImageReady,
     Model,
     ModelDownload,
+    ModelKind,
     Progress,
     Queued,
     Sampler,
@@ -161,7 +162,8 @@ class GenerateScreen(StudioScreen):
     async def load_catalog(self) -> None:
         try:
             page = await self.client.list_models(page_size=200)
-            models = list(page.items)
+            # embeddings are called up by name in a prompt, not chosen as the model
+            models = [m for m in page.items if m.kind is not ModelKind.EMBEDDING]
             default = next((m for m in models if m.builtin), models[0] if models else None)
             samplers = await self.client.list_samplers(model_id=default.id if default else "")
         except Exception as exc:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import struct
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from textual import on, work
@@ -12,11 +15,37 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.widgets import Button, DataTable, Input, Label, Static
 
-from boothstudio.clients.sdk import Model
+from boothstudio.clients.sdk import Model, ModelKind
 from boothstudio.clients.sdk.text import human_bytes
 from boothstudio.clients.tui.screens.base import StudioScreen
 from boothstudio.clients.tui.screens.dialogs import ConfirmDialog
 from boothstudio.clients.tui.widgets.fields import FormField
+
+
+def is_embedding_file(path: str) -> bool:
+    """A textual-inversion embedding, judged as the studio can without torch: a pickled .pt/.bin,
+    or a .safetensors whose header holds an embedding's keys (A1111 `emb_params`, SDXL `clip_l`
+    + `clip_g`, or one token's vectors)."""
+    p = Path(path).expanduser()
+    if p.suffix.lower() in (".pt", ".bin"):
+        return True
+    if p.suffix.lower() != ".safetensors":
+        return False
+    try:
+        with open(p, "rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            if length > 1_000_000:  # an embedding's header is tiny; a checkpoint's is not
+                return False
+            keys = set(json.loads(f.read(length))) - {"__metadata__"}
+    except (OSError, ValueError, struct.error):
+        return False
+    return keys == {"emb_params"} or keys == {"clip_l", "clip_g"} or len(keys) == 1
+
+
+def kind_label(m: Model) -> str:
+    if m.kind is ModelKind.EMBEDDING:
+        return f"embedding · {m.embedding_vectors} tokens"
+    return m.kind.value
 
 
 def model_details(m: Model) -> str:
@@ -33,6 +62,9 @@ def model_details(m: Model) -> str:
         ("trigger", m.trigger_phrase),
         ("training job", m.training_job_id),
         ("inpainting", "yes" if m.inpainting else ""),
+        ("tokens", str(m.embedding_vectors or "")),
+        ("widths", " + ".join(str(w) for w in m.embedding_widths)),
+        ("use", f"write {m.id} in a prompt" if m.kind is ModelKind.EMBEDDING else ""),
         ("built in", "yes" if m.builtin else ""),
         ("size", human_bytes(m.size_bytes) if m.size_bytes else ""),
         ("source", m.source_path),
@@ -70,7 +102,7 @@ class ModelsScreen(StudioScreen):
                 with VerticalScroll(id="import-form", classes="form"):
                     yield Label("Import a model", classes="section")
                     yield FormField(
-                        "Path (diffusers folder, .safetensors file or HF cache)",
+                        "Path (diffusers folder, .safetensors file, embedding or HF cache)",
                         Input(placeholder="/path/to/model", id="import-path"),
                         field=[
                             "source",
@@ -124,7 +156,7 @@ class ModelsScreen(StudioScreen):
         table.clear()
         for m in self.models:
             size = human_bytes(m.size_bytes) if m.size_bytes else ""
-            table.add_row(m.id, m.display_name, m.kind.value, m.format.value, size, key=m.id)
+            table.add_row(m.id, m.display_name, kind_label(m), m.format.value, size, key=m.id)
         self.say(f"{len(self.models)} models")
         want = event.select or self._want
         if want:
@@ -192,7 +224,9 @@ class ModelsScreen(StudioScreen):
     @work(exclusive=True, group="import")
     async def import_model(self, path: str, model_id: str, name: str) -> None:
         try:
-            model = await self.client.import_model(path, model_id=model_id, display_name=name)
+            kind = ModelKind.EMBEDDING if is_embedding_file(path) else None
+            model = await self.client.import_model(path, model_id=model_id, display_name=name,
+                                                   kind=kind)
         except Exception as exc:
             self.post_message(self.Failed(exc, "import"))
             return
@@ -229,5 +263,7 @@ class ModelsScreen(StudioScreen):
 
     async def action_use(self) -> None:
         model = self.current()
-        if model is not None:
+        if model is not None and model.kind is ModelKind.EMBEDDING:
+            self.say(f"{model.id} is an embedding: write {model.id} in a prompt")
+        elif model is not None:
             await self.studio.hand_over("generate", model)
