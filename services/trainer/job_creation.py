@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from boothstudio.services.trainer import base_model, uploads
-from boothstudio.services.trainer.options import Limits, Resolved, resolve
+from boothstudio.services.trainer.concepts import concepts_dataset_ids, resolve_job
+from boothstudio.services.trainer.options import Limits, Resolved
 from boothstudio.services.trainer.store import JobRow, JobStore
 from boothstudio.shared.artifact_store import ArtifactStore
 from boothstudio.shared.errors import InvalidArgument, NotFound
@@ -34,14 +35,20 @@ async def check_config(
     """The base model and the checked, completed config."""
     base, model_violation, model_missing = await base_model.look_up(
         catalog, catalog_address, config.base_model_id)
-    dataset = (await asyncio.to_thread(uploads.dataset_images, store, datasets_dir,
-                                       config.dataset_id, artifacts)
-               if config.dataset_id and not config.instance_images else None)
+    datasets = {}
+    for part, dataset_id in concepts_dataset_ids(config).items():
+        field = "config.dataset_id" if part < 0 else f"config.concepts[{part}].dataset_id"
+        try:
+            datasets[part] = await asyncio.to_thread(uploads.dataset_images, store, datasets_dir,
+                                                     dataset_id, artifacts)
+        except NotFound:
+            raise NotFound(resource_type="dataset", resource_name=dataset_id,
+                           field=field) from None
     vocab = await asyncio.to_thread(base_model.vocabulary, base, artifacts)
     try:
         resolved = await asyncio.to_thread(
-            resolve, config, base_model=base or {}, limits=limits,
-            vocab=vocab, dataset_images=dataset)
+            resolve_job, config, base_model=base or {}, limits=limits,
+            vocab=vocab, dataset_images=datasets)
     except InvalidArgument as exc:
         if model_violation is not None:
             exc.violations.insert(0, model_violation)

@@ -5,6 +5,12 @@ form micro-batch i, their crops and flips, the latent sample, the noise and the 
 all drawn from generators seeded by that triple (so are a bucketed micro-batch's bucket and the
 offset noise). The data position is therefore the optimiser step itself, and resuming from a
 checkpoint at step k replays exactly what an uninterrupted run would have done from step k on.
+
+A job with several concepts (ConceptMix) fills its micro-batches' slots from a fixed
+interleaving of the concepts, each weighted by its pictures x repeats and spread evenly (two
+equal concepts alternate, so a batch of two holds one of each); within a concept its pictures
+come in a seeded epoch order, and each slot of a concept with prior preservation brings one of
+that concept's class images, whose loss weighs that concept's prior weight.
 """
 
 from __future__ import annotations
@@ -112,14 +118,66 @@ class DataSpec:
     bucket_multiple: int = 0
 
 
+@dataclass(frozen=True)
+class ConceptMix:
+    """The concepts of a job with several: which concept each picture is of, and per concept
+    how often its pictures are shown (repeats) and how much its class images' loss weighs."""
+
+    instance: Sequence[int]  # concept of each instance picture
+    classes: Sequence[int]  # concept of each class image
+    repeats: Sequence[int]  # per concept
+    prior_weights: Sequence[float]  # per concept
+
+    def pattern(self) -> list[int]:
+        """One period of the slot interleaving: concept k appears pictures_k x repeats_k
+        times, spread evenly (smooth weighted round robin, no randomness)."""
+        weights = [self.instance.count(k) * r for k, r in enumerate(self.repeats)]
+        credit = [0] * len(weights)
+        out = []
+        for _ in range(sum(weights)):
+            for k, w in enumerate(weights):
+                credit[k] += w
+            k = max(range(len(weights)), key=lambda j: credit[j])
+            credit[k] -= sum(weights)
+            out.append(k)
+        return out
+
+
+def _instance_salt(concept: int) -> int:
+    return 1 if concept == 0 else 10_000 + concept
+
+
+def _class_salt(concept: int) -> int:
+    return 2 if concept == 0 else 20_000 + concept
+
+
 class StepBatches(Dataset):  # type: ignore[type-arg]
-    """Item i is micro-batch i for this rank: instance images (+ class images) and token ids."""
+    """Item i is micro-batch i for this rank: instance images (+ class images) and token ids.
+    Without `mix`, one concept (all pictures are one subject's)."""
 
     def __init__(self, spec: DataSpec, instance: Sequence[torch.Tensor],
                  instance_ids: torch.Tensor, class_images: Sequence[torch.Tensor] = (),
                  class_ids: torch.Tensor | None = None, total: int = 0,
-                 empty_ids: torch.Tensor | None = None) -> None:
+                 empty_ids: torch.Tensor | None = None, mix: ConceptMix | None = None) -> None:
         self.spec = spec
+        self.mix = mix
+        n = len(instance)
+        concept_of = list(mix.instance) if mix else [0] * n
+        class_of = list(mix.classes) if mix else [0] * len(class_images)
+        concepts = len(mix.repeats) if mix else 1
+        # per concept: its pictures and class images (indices into the flat lists)
+        self.pictures = [[k for k in range(n) if concept_of[k] == c] for c in range(concepts)]
+        self.class_members = [[k for k in range(len(class_images)) if class_of[k] == c]
+                              for c in range(concepts)]
+        self.concept_of = concept_of
+        self.slots = mix.pattern() if mix else [0] * n
+        # occurrences of each concept before each point of a period
+        self.before: list[list[int]] = []
+        seen = [0] * concepts
+        for c in self.slots:
+            self.before.append(list(seen))
+            seen[c] += 1
+        self.per_period = seen
         self.instance = list(instance)
         self.instance_ids = instance_ids  # [n_instance, L]
         self.class_images = list(class_images)
@@ -170,14 +228,24 @@ class StepBatches(Dataset):  # type: ignore[type-arg]
             t = t.flip(-1)
         return t
 
+    def _slot(self, position: int) -> int:
+        """The instance picture of slot `position` of the interleaving: its concept from the
+        fixed pattern, then the concept's own epoch order (one concept: the plain epoch order
+        over all pictures)."""
+        period, offset = divmod(position, len(self.slots))
+        concept = self.slots[offset]
+        nth = period * self.per_period[concept] + self.before[offset][concept]
+        members = self.pictures[concept]
+        return members[self._order(len(members), nth, _instance_salt(concept))]
+
     def _instance_indices(self, g: int) -> list[int]:
-        """Micro-batch g's instance pictures. Bucketed, the first comes from an epoch order
-        over all pictures (each leads once per epoch) and the rest from the shuffled order of
-        its bucket."""
+        """Micro-batch g's instance pictures. Bucketed, the first comes from the interleaving
+        at position g (each picture leads once per epoch) and the rest from the shuffled order
+        of its bucket."""
         bs = self.spec.batch_size
         if not self.buckets:
-            return [self._order(len(self.instance), g * bs + j, 1) for j in range(bs)]
-        first = self._order(len(self.instance), g, 1)
+            return [self._slot(g * bs + j) for j in range(bs)]
+        first = self._slot(g)
         bucket = self.buckets[first]
         members = self.members[bucket]
         salt = 100 + sorted(self.members).index(bucket)
@@ -196,7 +264,13 @@ class StepBatches(Dataset):  # type: ignore[type-arg]
         ids = [self.instance_ids[k] for k in idx]
         if self.class_images:
             assert self.class_ids is not None
-            cidx = [self._order(len(self.class_images), g * bs + j, 2) for j in range(bs)]
+            # one class image of the slot's concept per slot (none for a concept without)
+            cidx = []
+            for j, k in enumerate(idx):
+                members = self.class_members[self.concept_of[k]]
+                if members:
+                    cidx.append(members[self._order(len(members), g * bs + j,
+                                                    _class_salt(self.concept_of[k]))])
             # (square) class images are scaled and cropped to the micro-batch's bucket
             pixels += [self._view(cover(self.class_images[k], size) if size else
                                   self.class_images[k], rng, size) for k in cidx]
@@ -205,6 +279,11 @@ class StepBatches(Dataset):  # type: ignore[type-arg]
             ids = [self.empty_ids if rng.random() < self.spec.caption_dropout else t for t in ids]
         batch = {"pixels": torch.stack(pixels), "input_ids": torch.stack(ids),
                  "n_instance": bs, "noise_seed": self.spec.seed * SEED_STRIDE + g, "index": i}
+        if self.mix is not None:
+            batch["concepts"] = torch.tensor([self.concept_of[k] for k in idx])
+            if self.class_images:
+                batch["prior_weights"] = torch.tensor(
+                    [float(self.mix.prior_weights[self.mix.classes[k]]) for k in cidx])
         if any(v.shape[0] == 4 for v in views):
             batch["masks"] = torch.stack([v[3:] if v.shape[0] == 4 else torch.ones_like(v[:1])
                                           for v in views])
@@ -436,7 +515,14 @@ class DreamBoothModule(L.LightningModule):
             inst = weighted_mse(pred[:n_inst], target[:n_inst], w_inst)
         prior = (weighted_mse(pred[n_inst:], target[n_inst:], w_prior)
                  if pred.shape[0] > n_inst else None)
-        loss = inst if prior is None else inst + self.optim.prior_loss_weight * prior
+        if prior is None:
+            loss = inst
+        elif "prior_weights" in batch:  # several concepts: each class image its concept's
+            pw = batch["prior_weights"].to(pred)
+            loss = inst + weighted_mse(pred[n_inst:], target[n_inst:],
+                                       pw if w_prior is None else w_prior * pw)
+        else:
+            loss = inst + self.optim.prior_loss_weight * prior
         return loss, inst, prior
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:

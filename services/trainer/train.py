@@ -34,7 +34,7 @@ import resource
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +50,7 @@ from boothstudio.services.trainer.class_images import (
     ClassImageKey,
     model_content_hash,
 )
+from boothstudio.services.trainer.concepts import concept_identifiers, job_concepts, trigger_phrase
 from boothstudio.services.trainer.inputs import has_alpha
 from boothstudio.services.trainer.job_files import (
     MARKER_SUFFIX,
@@ -68,6 +69,7 @@ from boothstudio.services.trainer.metrics import (
     STEP_SECONDS,
 )
 from boothstudio.services.trainer.module import (
+    ConceptMix,
     DataSpec,
     DreamBoothModule,
     OptimSpec,
@@ -368,7 +370,7 @@ class JobCallback(Callback):
         tmp_export = ex_dir / f".{name}.safetensors.tmp"
         meta = {"format": "pt", "kind": "lora" if module.lora else "full", "step": str(step),
                 "base_model_id": str(self.spec.base_model.get("id", "")),
-                "trigger_phrase": self.cfg.instance_prompt}
+                "trigger_phrase": trigger_phrase(self.cfg)}
         with module.averaged_weights():
             weights = trained_weights(module)
         save_file(weights, str(tmp_export), metadata=meta)
@@ -481,7 +483,8 @@ class JobCallback(Callback):
                 path = out_dir / f"p{p_i:02d}-seed{seed}.png"
                 img.save(path)
                 self.reporter.sample(trainer_pb2.TrainingSample(
-                    step=step, prompt=prompt, seed=seed, png=path.read_bytes(), index=index))
+                    step=step, prompt=prompt, seed=seed, png=path.read_bytes(), index=index,
+                    concept_identifiers=concept_identifiers(prompt, self.cfg)))
                 index += 1
 
 
@@ -667,38 +670,56 @@ def run_job(spec: JobSpec, reporter: Reporter) -> JobResult:
     torch.manual_seed(c.seed)
     pipe = load_base(spec.base_model, spec.model_cache)
     masked = c.HasField("masked_loss_background_weight")
-    images, _names, captions = _instance_images(spec.job_dir, keep_alpha=masked)
-    class_paths: list[tuple[Path, str]] = []
+    images, names, captions = _instance_images(spec.job_dir, keep_alpha=masked)
+    res = c.resolution
+    # each concept as a one-subject config (a one-subject job: itself): its pictures, prompts
+    # and class images (services/trainer/concepts.py)
+    concepts = job_concepts(c)
+    inst_t: list[torch.Tensor] = []
+    prompts: list[str] = []
+    class_t: list[torch.Tensor] = []
+    class_texts: list[str] = []
+    inst_concept: list[int] = []
+    class_concept: list[int] = []
     cached = generated = 0
-    if c.prior_preservation.enabled:
+    for k, one in enumerate(concepts):
+        files = {im.filename for im in one.instance_images}
+        own = [i for i, n in enumerate(names) if not c.concepts or n in files]
+        caps = [captions[i] for i in own]
+        inst_t += [image_tensor(images[i], res) for i in own]
+        prompts += [(cap.replace("{identifier}", one.identifier) if cap else one.instance_prompt)
+                    for cap in caps]
+        inst_concept += [k] * len(own)
+        if not one.prior_preservation.enabled:
+            continue
         t = time.monotonic()
-        class_paths, cached, generated = prepare_class_images(
-            spec, pipe, reporter, class_prompts(c, captions))
-        timings["class_images"] = time.monotonic() - t
-        reporter.observe(CLASS_IMAGES, generated, "generated")
-        reporter.observe(CLASS_IMAGES, cached, "cached")
+        class_paths, n_cached, n_generated = prepare_class_images(
+            replace(spec, config=one), pipe, reporter, class_prompts(one, caps))
+        timings["class_images"] = timings.get("class_images", 0.0) + time.monotonic() - t
+        cached, generated = cached + n_cached, generated + n_generated
         if reporter.stop_requested():
             return JobResult("stopped", reporter.stop_requested(), 0, seconds=timings)
-
-    res = c.resolution
-    inst_t = [image_tensor(im, res) for im in images]
-    prompts = [(cap.replace("{identifier}", c.identifier) if cap else c.instance_prompt)
-               for cap in captions]
-    inst_ids = tokenize(pipe.tokenizer, prompts)
-    class_t: list[torch.Tensor] = []
-    class_ids = None
-    if class_paths:
-        for p, _prompt in class_paths:
-            with Image.open(p) as im:
+        for path, prompt in class_paths:
+            with Image.open(path) as im:
                 class_t.append(image_tensor(im, res))
-        class_ids = tokenize(pipe.tokenizer, [prompt for _p, prompt in class_paths])
+            class_texts.append(prompt)
+            class_concept.append(k)
+    if "class_images" in timings:
+        reporter.observe(CLASS_IMAGES, generated, "generated")
+        reporter.observe(CLASS_IMAGES, cached, "cached")
+    mix = None
+    if c.concepts:
+        mix = ConceptMix(inst_concept, class_concept, [k.repeats or 1 for k in c.concepts],
+                         [one.prior_preservation.loss_weight if one.prior_preservation.enabled
+                          else 0.0 for one in concepts])
     data = StepBatches(DataSpec(c.seed, c.batch_size, res, c.center_crop, c.random_flip,
                                 c.caption_dropout, c.random_crop_scale,
                                 latent_multiple(pipe.vae, pipe.unet) if c.aspect_buckets
                                 else 0),
-                       inst_t, inst_ids, class_t, class_ids,
+                       inst_t, tokenize(pipe.tokenizer, prompts), class_t,
+                       tokenize(pipe.tokenizer, class_texts) if class_texts else None,
                        total=c.max_train_steps * c.gradient_accumulation_steps,
-                       empty_ids=tokenize(pipe.tokenizer, [""])[0])
+                       empty_ids=tokenize(pipe.tokenizer, [""])[0], mix=mix)
     lora = None
     if c.method == trainer_pb2.TRAINING_METHOD_LORA:
         lora = {"rank": c.lora.rank, "alpha": c.lora.alpha, "dropout": c.lora.dropout,
@@ -717,8 +738,9 @@ def run_job(spec: JobSpec, reporter: Reporter) -> JobResult:
         identifier_learning_rate=c.identifier_learning_rate,
         masked_loss_background_weight=c.masked_loss_background_weight if masked else None,
         min_snr_gamma=c.min_snr_gamma, offset_noise=c.offset_noise,
-        identifier_token_ids=tuple(pipe.tokenizer(c.identifier,
-                                                  add_special_tokens=False).input_ids))
+        identifier_token_ids=tuple(dict.fromkeys(
+            t for one in concepts
+            for t in pipe.tokenizer(one.identifier, add_special_tokens=False).input_ids)))
     parts = {"vae": pipe.vae, "text_encoder": pipe.text_encoder, "tokenizer": pipe.tokenizer,
              "unet": pipe.unet, "scheduler": pipe.scheduler}
     module = DreamBoothModule(parts, optim, data, lora)

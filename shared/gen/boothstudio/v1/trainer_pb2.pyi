@@ -405,6 +405,7 @@ class DreamBoothConfig(_message.Message):
     ASPECT_BUCKETS_FIELD_NUMBER: _builtins.int
     VALIDATION_SCORER_FIELD_NUMBER: _builtins.int
     EXPORT_BEST_CHECKPOINT_FIELD_NUMBER: _builtins.int
+    CONCEPTS_FIELD_NUMBER: _builtins.int
     base_model_id: _builtins.str
     """Model id from Catalog to fine-tune."""
     dataset_id: _builtins.str
@@ -549,6 +550,20 @@ class DreamBoothConfig(_message.Message):
     def validation_seeds(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Fixed seeds for validation samples (empty = [0])."""
 
+    @_builtins.property
+    def concepts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Concept]:
+        """Several subjects or styles in one job, each with its own pictures, identifier, class and
+        prior preservation (empty = one concept given by the single-subject fields above, which
+        must then be left empty: instance_images, dataset_id, identifier, class_noun,
+        instance_prompt, class_prompt). Micro-batches mix the concepts in a fixed interleaving
+        weighted by each concept's pictures x repeats; every concept's trigger phrase is
+        registered with the model (joined by ", "). prior_preservation above is the default of
+        concepts that set none; validation_prompts above may not use placeholders here (list a
+        concept's own under its validation_prompts). In the resolved config each concept keeps
+        its pictures' file names and captions (no bytes) and its prompts move to
+        validation_prompts.
+        """
+
     def __init__(
         self,
         *,
@@ -599,10 +614,11 @@ class DreamBoothConfig(_message.Message):
         aspect_buckets: _builtins.bool = ...,
         validation_scorer: _builtins.str = ...,
         export_best_checkpoint: _builtins.bool = ...,
+        concepts: _abc.Iterable[Global___Concept] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_masked_loss_background_weight", b"_masked_loss_background_weight", "_max_train_steps", b"_max_train_steps", "_seed", b"_seed", "_text_encoder_learning_rate", b"_text_encoder_learning_rate", "_weight_decay", b"_weight_decay", "lora", b"lora", "masked_loss_background_weight", b"masked_loss_background_weight", "max_train_steps", b"max_train_steps", "prior_preservation", b"prior_preservation", "seed", b"seed", "text_encoder_learning_rate", b"text_encoder_learning_rate", "weight_decay", b"weight_decay"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_masked_loss_background_weight", b"_masked_loss_background_weight", "_max_train_steps", b"_max_train_steps", "_seed", b"_seed", "_text_encoder_learning_rate", b"_text_encoder_learning_rate", "_weight_decay", b"_weight_decay", "accelerator", b"accelerator", "aspect_buckets", b"aspect_buckets", "base_model_id", b"base_model_id", "batch_size", b"batch_size", "caption_dropout", b"caption_dropout", "center_crop", b"center_crop", "checkpoint_every_steps", b"checkpoint_every_steps", "checkpoints_to_keep", b"checkpoints_to_keep", "class_noun", b"class_noun", "class_prompt", b"class_prompt", "dataset_id", b"dataset_id", "devices", b"devices", "ema_decay", b"ema_decay", "export_best_checkpoint", b"export_best_checkpoint", "gradient_accumulation_steps", b"gradient_accumulation_steps", "gradient_checkpointing", b"gradient_checkpointing", "identifier", b"identifier", "identifier_learning_rate", b"identifier_learning_rate", "instance_images", b"instance_images", "instance_prompt", b"instance_prompt", "learning_rate", b"learning_rate", "lora", b"lora", "lr_scheduler", b"lr_scheduler", "lr_warmup_steps", b"lr_warmup_steps", "masked_loss_background_weight", b"masked_loss_background_weight", "max_grad_norm", b"max_grad_norm", "max_train_steps", b"max_train_steps", "method", b"method", "min_snr_gamma", b"min_snr_gamma", "num_nodes", b"num_nodes", "offset_noise", b"offset_noise", "output_model_name", b"output_model_name", "precision", b"precision", "prior_preservation", b"prior_preservation", "random_crop_scale", b"random_crop_scale", "random_flip", b"random_flip", "resolution", b"resolution", "sample_every_steps", b"sample_every_steps", "seed", b"seed", "strategy", b"strategy", "text_encoder_learning_rate", b"text_encoder_learning_rate", "train_text_encoder", b"train_text_encoder", "use_8bit_adam", b"use_8bit_adam", "validation_prompts", b"validation_prompts", "validation_scorer", b"validation_scorer", "validation_seeds", b"validation_seeds", "weight_decay", b"weight_decay"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_masked_loss_background_weight", b"_masked_loss_background_weight", "_max_train_steps", b"_max_train_steps", "_seed", b"_seed", "_text_encoder_learning_rate", b"_text_encoder_learning_rate", "_weight_decay", b"_weight_decay", "accelerator", b"accelerator", "aspect_buckets", b"aspect_buckets", "base_model_id", b"base_model_id", "batch_size", b"batch_size", "caption_dropout", b"caption_dropout", "center_crop", b"center_crop", "checkpoint_every_steps", b"checkpoint_every_steps", "checkpoints_to_keep", b"checkpoints_to_keep", "class_noun", b"class_noun", "class_prompt", b"class_prompt", "concepts", b"concepts", "dataset_id", b"dataset_id", "devices", b"devices", "ema_decay", b"ema_decay", "export_best_checkpoint", b"export_best_checkpoint", "gradient_accumulation_steps", b"gradient_accumulation_steps", "gradient_checkpointing", b"gradient_checkpointing", "identifier", b"identifier", "identifier_learning_rate", b"identifier_learning_rate", "instance_images", b"instance_images", "instance_prompt", b"instance_prompt", "learning_rate", b"learning_rate", "lora", b"lora", "lr_scheduler", b"lr_scheduler", "lr_warmup_steps", b"lr_warmup_steps", "masked_loss_background_weight", b"masked_loss_background_weight", "max_grad_norm", b"max_grad_norm", "max_train_steps", b"max_train_steps", "method", b"method", "min_snr_gamma", b"min_snr_gamma", "num_nodes", b"num_nodes", "offset_noise", b"offset_noise", "output_model_name", b"output_model_name", "precision", b"precision", "prior_preservation", b"prior_preservation", "random_crop_scale", b"random_crop_scale", "random_flip", b"random_flip", "resolution", b"resolution", "sample_every_steps", b"sample_every_steps", "seed", b"seed", "strategy", b"strategy", "text_encoder_learning_rate", b"text_encoder_learning_rate", "train_text_encoder", b"train_text_encoder", "use_8bit_adam", b"use_8bit_adam", "validation_prompts", b"validation_prompts", "validation_scorer", b"validation_scorer", "validation_seeds", b"validation_seeds", "weight_decay", b"weight_decay"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__masked_loss_background_weight: _TypeAlias = _typing.Literal["masked_loss_background_weight"]  # noqa: Y015
     _WhichOneofArgType__masked_loss_background_weight: _TypeAlias = _typing.Literal["_masked_loss_background_weight", b"_masked_loss_background_weight"]  # noqa: Y015
@@ -626,6 +642,75 @@ class DreamBoothConfig(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__weight_decay) -> _WhichOneofReturnType__weight_decay | None: ...
 
 Global___DreamBoothConfig: _TypeAlias = DreamBoothConfig  # noqa: Y015
+
+@_typing.final
+class Concept(_message.Message):
+    """One concept (subject or style) of a job with several (DreamBoothConfig.concepts)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCE_IMAGES_FIELD_NUMBER: _builtins.int
+    DATASET_ID_FIELD_NUMBER: _builtins.int
+    IDENTIFIER_FIELD_NUMBER: _builtins.int
+    CLASS_NOUN_FIELD_NUMBER: _builtins.int
+    INSTANCE_PROMPT_FIELD_NUMBER: _builtins.int
+    CLASS_PROMPT_FIELD_NUMBER: _builtins.int
+    PRIOR_PRESERVATION_FIELD_NUMBER: _builtins.int
+    VALIDATION_PROMPTS_FIELD_NUMBER: _builtins.int
+    REPEATS_FIELD_NUMBER: _builtins.int
+    dataset_id: _builtins.str
+    """Dataset id returned by UploadImages (instead of instance_images)."""
+    identifier: _builtins.str
+    """Rare identifier token, unique within the job (empty = chosen, distinct from the others')."""
+    class_noun: _builtins.str
+    """Class noun, e.g. "dog"."""
+    instance_prompt: _builtins.str
+    """Instance prompt template (empty = "a {identifier} {class_noun}"); the concept's trigger
+    phrase.
+    """
+    class_prompt: _builtins.str
+    """Class prompt (empty = "a {class_noun}")."""
+    repeats: _builtins.int
+    """How often each of its pictures is shown per epoch relative to other concepts' (0 = 1;
+    kohya's "<repeats>_<identifier> <class>" folder prefix), at most 1000.
+    """
+    @_builtins.property
+    def instance_images(self) -> _containers.RepeatedCompositeFieldContainer[Global___InstanceImage]:
+        """Instance images inline (or dataset_id)."""
+
+    @_builtins.property
+    def prior_preservation(self) -> Global___PriorPreservation:
+        """This concept's prior preservation: on or off, class-image count, loss weight, class
+        prompts, generation (unset = the job's prior_preservation). Class images come from the
+        content-addressed cache per prompt, so concepts sharing a class share them.
+        """
+
+    @_builtins.property
+    def validation_prompts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Prompts for its validation samples (templates with {identifier} and {class_noun}; empty =
+        its instance prompt). Samples carry the identifiers of the concepts their prompt names.
+        """
+
+    def __init__(
+        self,
+        *,
+        instance_images: _abc.Iterable[Global___InstanceImage] | None = ...,
+        dataset_id: _builtins.str = ...,
+        identifier: _builtins.str = ...,
+        class_noun: _builtins.str = ...,
+        instance_prompt: _builtins.str = ...,
+        class_prompt: _builtins.str = ...,
+        prior_preservation: Global___PriorPreservation | None = ...,
+        validation_prompts: _abc.Iterable[_builtins.str] | None = ...,
+        repeats: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["prior_preservation", b"prior_preservation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["class_noun", b"class_noun", "class_prompt", b"class_prompt", "dataset_id", b"dataset_id", "identifier", b"identifier", "instance_images", b"instance_images", "instance_prompt", b"instance_prompt", "prior_preservation", b"prior_preservation", "repeats", b"repeats", "validation_prompts", b"validation_prompts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Concept: _TypeAlias = Concept  # noqa: Y015
 
 @_typing.final
 class TrainingMetrics(_message.Message):
@@ -787,6 +872,7 @@ class TrainingSample(_message.Message):
     SEED_FIELD_NUMBER: _builtins.int
     PNG_FIELD_NUMBER: _builtins.int
     INDEX_FIELD_NUMBER: _builtins.int
+    CONCEPT_IDENTIFIERS_FIELD_NUMBER: _builtins.int
     step: _builtins.int
     """Step it was generated at."""
     prompt: _builtins.str
@@ -797,6 +883,10 @@ class TrainingSample(_message.Message):
     """PNG bytes."""
     index: _builtins.int
     """Index among the samples of this step."""
+    @_builtins.property
+    def concept_identifiers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Identifiers of the job's concepts the prompt names (none for a plain class prompt)."""
+
     def __init__(
         self,
         *,
@@ -805,10 +895,11 @@ class TrainingSample(_message.Message):
         seed: _builtins.int = ...,
         png: _builtins.bytes = ...,
         index: _builtins.int = ...,
+        concept_identifiers: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "png", b"png", "prompt", b"prompt", "seed", b"seed", "step", b"step"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["concept_identifiers", b"concept_identifiers", "index", b"index", "png", b"png", "prompt", b"prompt", "seed", b"seed", "step", b"step"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
