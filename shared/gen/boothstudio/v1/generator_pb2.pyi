@@ -214,6 +214,7 @@ class GenerateRequest(_message.Message):
     HIRES_FIELD_NUMBER: _builtins.int
     OUTPAINT_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
+    LORAS_FIELD_NUMBER: _builtins.int
     prompt: _builtins.str
     """What to draw."""
     negative_prompt: _builtins.str
@@ -280,6 +281,13 @@ class GenerateRequest(_message.Message):
         and paint the new area. The output size is the extended canvas (width/height must be unset).
         """
 
+    @_builtins.property
+    def loras(self) -> _containers.RepeatedCompositeFieldContainer[Global___LoraWeight]:
+        """LoRAs applied on top of the model, each at its own weight, at most 8. AUTOMATIC1111's
+        `<lora:name:weight>` in the prompt adds one more (the tag is removed from the prompt text);
+        a LoRA named twice is refused. Named in the image's infotext (`Lora hashes`).
+        """
+
     def __init__(
         self,
         *,
@@ -309,10 +317,11 @@ class GenerateRequest(_message.Message):
         hires: Global___HiresFix | None = ...,
         outpaint: Global___Outpaint | None = ...,
         priority: Global___Priority.ValueType = ...,
+        loras: _abc.Iterable[Global___LoraWeight] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_cfg_scale", b"_cfg_scale", "_count", b"_count", "_height", b"_height", "_mask_blur", b"_mask_blur", "_preview_interval", b"_preview_interval", "_seed", b"_seed", "_steps", b"_steps", "_strength", b"_strength", "_width", b"_width", "cfg_scale", b"cfg_scale", "count", b"count", "height", b"height", "hires", b"hires", "mask_blur", b"mask_blur", "outpaint", b"outpaint", "preview_interval", b"preview_interval", "seed", b"seed", "steps", b"steps", "strength", b"strength", "width", b"width"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cfg_scale", b"_cfg_scale", "_count", b"_count", "_height", b"_height", "_mask_blur", b"_mask_blur", "_preview_interval", b"_preview_interval", "_seed", b"_seed", "_steps", b"_steps", "_strength", b"_strength", "_width", b"_width", "backend_id", b"backend_id", "backend_options", b"backend_options", "cfg_scale", b"cfg_scale", "count", b"count", "height", b"height", "hires", b"hires", "init_image", b"init_image", "invert_mask", b"invert_mask", "job_id", b"job_id", "mask_blur", b"mask_blur", "mask_fill", b"mask_fill", "mask_image", b"mask_image", "model_id", b"model_id", "negative_prompt", b"negative_prompt", "outpaint", b"outpaint", "preview_interval", b"preview_interval", "priority", b"priority", "prompt", b"prompt", "sampler", b"sampler", "sampler_options", b"sampler_options", "schedule", b"schedule", "seed", b"seed", "skip_gallery", b"skip_gallery", "steps", b"steps", "strength", b"strength", "width", b"width"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cfg_scale", b"_cfg_scale", "_count", b"_count", "_height", b"_height", "_mask_blur", b"_mask_blur", "_preview_interval", b"_preview_interval", "_seed", b"_seed", "_steps", b"_steps", "_strength", b"_strength", "_width", b"_width", "backend_id", b"backend_id", "backend_options", b"backend_options", "cfg_scale", b"cfg_scale", "count", b"count", "height", b"height", "hires", b"hires", "init_image", b"init_image", "invert_mask", b"invert_mask", "job_id", b"job_id", "loras", b"loras", "mask_blur", b"mask_blur", "mask_fill", b"mask_fill", "mask_image", b"mask_image", "model_id", b"model_id", "negative_prompt", b"negative_prompt", "outpaint", b"outpaint", "preview_interval", b"preview_interval", "priority", b"priority", "prompt", b"prompt", "sampler", b"sampler", "sampler_options", b"sampler_options", "schedule", b"schedule", "seed", b"seed", "skip_gallery", b"skip_gallery", "steps", b"steps", "strength", b"strength", "width", b"width"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cfg_scale: _TypeAlias = _typing.Literal["cfg_scale"]  # noqa: Y015
     _WhichOneofArgType__cfg_scale: _TypeAlias = _typing.Literal["_cfg_scale", b"_cfg_scale"]  # noqa: Y015
@@ -352,6 +361,34 @@ class GenerateRequest(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__width) -> _WhichOneofReturnType__width | None: ...
 
 Global___GenerateRequest: _TypeAlias = GenerateRequest  # noqa: Y015
+
+@_typing.final
+class LoraWeight(_message.Message):
+    """A LoRA applied to a generation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    WEIGHT_FIELD_NUMBER: _builtins.int
+    model_id: _builtins.str
+    """Catalog id of a LoRA model (kind LORA) made for the generation model's architecture."""
+    weight: _builtins.float
+    """How strongly it applies, -10..10 (unset = 1; 0 = not at all)."""
+    def __init__(
+        self,
+        *,
+        model_id: _builtins.str = ...,
+        weight: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_weight", b"_weight", "weight", b"weight"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_weight", b"_weight", "model_id", b"model_id", "weight", b"weight"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__weight: _TypeAlias = _typing.Literal["weight"]  # noqa: Y015
+    _WhichOneofArgType__weight: _TypeAlias = _typing.Literal["_weight", b"_weight"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__weight) -> _WhichOneofReturnType__weight | None: ...
+
+Global___LoraWeight: _TypeAlias = LoraWeight  # noqa: Y015
 
 @_typing.final
 class HiresFix(_message.Message):
