@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from boothstudio.services.catalog import embeddings, model_files
+from boothstudio.services.catalog import embeddings, loras, model_files
 from boothstudio.services.catalog.backend_health import DEFAULT_BACKEND
 from boothstudio.services.catalog.mapping import FORMATS, PREDICTION
 from boothstudio.services.catalog.registry import Registry
@@ -147,20 +147,8 @@ async def inspect_source(
             values, path_str = embeddings.inspect(
                 request, source_field, source, base, store, stored, scratch, default_base)
         elif kind == catalog_pb2.MODEL_KIND_LORA:
-            path = Path(source)
-            if source_field != "single_file_path" or path.suffix != ".safetensors":
-                raise InvalidArgument.for_field(
-                    source_field, "a LoRA is a single .safetensors file"
-                )
-            if stored is None and not path.is_file():
-                raise NotFound(f"no such file: {path}", field=source_field)
-            values = {
-                "architecture": base["architecture"],
-                "native_resolution": base["native_resolution"],
-                "prediction_type": base["prediction_type"],
-                "format": catalog_pb2.MODEL_FORMAT_LORA,
-            }
-            path_str = str(path.resolve()) if stored is None else source
+            values, path_str = loras.inspect(
+                request, source_field, source, base, store, stored, scratch)
         elif source_field == "single_file_path":
             config = request.config_path or None
             from_base = base is not None and base["format"] == FORMATS["diffusers"]
@@ -323,8 +311,9 @@ def add_request_values(
         training_job_id=request.origin.training_job_id,
         # an embedding is called up by its name, nothing else
         trigger_phrase=model_id if kind == catalog_pb2.MODEL_KIND_EMBEDDING
-        else request.trigger_phrase,
-        description=request.description,
+        else request.trigger_phrase or values.get("trigger_phrase", ""),
+        # what inspection says of the file (a LoRA's layout) unless the request describes it
+        description=request.description or values.get("description", ""),
         created=time.time(),
     )
     if request.architecture and request.architecture != values.get("architecture"):
