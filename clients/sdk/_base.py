@@ -12,6 +12,7 @@ from typing import Any, Generic, TypeVar
 import grpc
 
 from boothstudio.clients.sdk import _convert as cv
+from boothstudio.clients.sdk.concepts import settings_only
 from boothstudio.clients.sdk.config import (
     ClientConfig,
     RetryPolicy,
@@ -19,7 +20,7 @@ from boothstudio.clients.sdk.config import (
     ServiceName,
     TLSOptions,
 )
-from boothstudio.clients.sdk.errors import NotFound, TrainingJobFailed, invalid
+from boothstudio.clients.sdk.errors import InvalidArgument, NotFound, TrainingJobFailed, invalid
 from boothstudio.clients.sdk.types import ServiceHealth, TrainingEvent, TrainingJob, TrainingState
 from boothstudio.v1 import catalog_pb2_grpc, generator_pb2_grpc, trainer_pb2_grpc
 
@@ -232,11 +233,21 @@ def training_spec(
     spec.options.update({k: v for k, v in fields.items() if v is not None})
     spec.display_name = display_name or spec.display_name
     spec.job_id = job_id or spec.job_id
-    cv.dreambooth_config(spec.options)  # validate now: fail before uploading
+    # validate now: fail before uploading (a concept's `images` are uploaded, not a setting)
+    concepts = spec.options.get("concepts") or []
+    pictures = [c.get("images") if isinstance(c, Mapping) else None for c in concepts]
+    cv.dreambooth_config(settings_only(spec.options))
+    for i, source in enumerate(pictures):
+        if source is not None:
+            try:
+                cv.image_files(source)
+            except InvalidArgument as exc:
+                raise invalid(f"config.concepts[{i}].images", str(exc)) from None
     source = images if images is not None else spec.images
     files = cv.image_files(source) if source is not None else None
     if (
         files is None
+        and not concepts
         and not spec.options.get("dataset_id")
         and not spec.options.get("instance_images")
     ):

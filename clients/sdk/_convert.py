@@ -6,6 +6,7 @@ asyncio clients and the CLI.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import enum
 import functools
@@ -45,6 +46,7 @@ from boothstudio.clients.sdk.types import (
     GenerateParams,
     GenerationResult,
     GenerationStatus,
+    HiresFix,
     ImageInput,
     ImageReady,
     LogLevel,
@@ -55,6 +57,7 @@ from boothstudio.clients.sdk.types import (
     ModelFormat,
     ModelKind,
     OptionScalar,
+    Outpaint,
     Page,
     Parameter,
     ParameterType,
@@ -380,6 +383,28 @@ _SIMPLE_GENERATE_FIELDS = (
 GENERATE_PARAM_NAMES = frozenset(GenerateParams.__annotations__)
 
 
+def _set_message(message: Any, value: Any, field_path: str) -> None:
+    """A request's sub-message (hires, outpaint) from a dataclass, a mapping or True (= all
+    defaults); None values are left unset, each bad value named by its field."""
+    message.SetInParent()
+    if value is True:
+        return
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    if not isinstance(value, Mapping):
+        raise invalid(field_path, f"expected a mapping of its fields or True, got {value!r}")
+    known = message.DESCRIPTOR.fields_by_name
+    for key, item in value.items():
+        if key not in known:
+            raise invalid(f"{field_path}.{key}", f"unknown field (known: {', '.join(known)})")
+        if item is None:
+            continue
+        try:
+            setattr(message, key, item)
+        except (TypeError, ValueError) as exc:
+            raise invalid(f"{field_path}.{key}", f"bad value {item!r}: {exc}") from None
+
+
 def new_job_id() -> str:
     """A client-chosen generation job id (lets the SDK cancel a job before its first event)."""
     return f"gen-{uuid.uuid4().hex}"
@@ -418,6 +443,9 @@ def generate_request(prompt: str, params: Mapping[str, Any]) -> generator_pb2.Ge
     for map_name in ("sampler_options", "backend_options"):
         for key, value in (params.get(map_name) or {}).items():
             getattr(req, map_name)[key].CopyFrom(option_to_pb(value, f"{map_name}.{key}"))
+    for message_name in ("hires", "outpaint"):
+        if params.get(message_name) not in (None, False):
+            _set_message(getattr(req, message_name), params[message_name], message_name)
     if params.get("priority") is not None:
         req.priority = enum_to_pb(  # type: ignore[assignment]
             generator_pb2.Priority.DESCRIPTOR, params["priority"], "priority"
@@ -589,6 +617,19 @@ def _params_from_gallery(g: generator_pb2.GalleryImage) -> GenerateParams:
         params["invert_mask"] = True
     if r.mask_fill:
         params["mask_fill"] = enum_from_pb(MaskFill, generator_pb2.MaskFill.DESCRIPTOR, r.mask_fill)
+    if r.HasField("hires"):
+        h = r.hires
+        params["hires"] = HiresFix(
+            *(getattr(h, n) if h.HasField(n) else None
+              for n in ("first_pass_width", "first_pass_height")),
+            upscaler=h.upscaler,
+            steps=h.steps if h.HasField("steps") else None,
+            denoising_strength=h.denoising_strength if h.HasField("denoising_strength") else None,
+        )
+    if r.HasField("outpaint"):
+        o = r.outpaint
+        params["outpaint"] = Outpaint(o.left, o.right, o.top, o.bottom,
+                                      o.feather if o.HasField("feather") else None)
     for map_name in ("sampler_options", "backend_options"):
         values = {k: option_from_pb(v) for k, v in getattr(r, map_name).items()}
         clean = {k: v for k, v in values.items() if v is not None}
@@ -723,7 +764,8 @@ def training_event(resp: trainer_pb2.WatchTrainingJobResponse) -> TrainingEvent 
         return TrainingProgress(job, seq, metrics_from_pb(resp.metrics), t)
     if kind == "sample":
         s2 = resp.sample
-        return SampleReady(job, seq, s2.step, s2.prompt, s2.seed, s2.png, s2.index, t)
+        return SampleReady(job, seq, s2.step, s2.prompt, s2.seed, s2.png, s2.index, t,
+                           concepts=list(s2.concept_identifiers))
     if kind == "checkpoint_saved":
         return CheckpointSaved(job, seq, checkpoint_from_pb(resp.checkpoint_saved.checkpoint), t)
     if kind == "log":
@@ -840,6 +882,11 @@ def load_training_yaml(path: str | os.PathLike[str]) -> TrainingSpec:
             spec.images = [base / Path(str(i)).expanduser() for i in images]
         else:
             raise invalid("images", "expected a folder or a list of files")
+    for concept in data.get("concepts") or []:  # a concept's images, relative to the file too
+        if isinstance(concept, dict) and isinstance(concept.get("images"), str):
+            concept["images"] = p.parent / Path(concept["images"]).expanduser()
+        elif isinstance(concept, dict) and isinstance(concept.get("images"), list):
+            concept["images"] = [p.parent / Path(str(i)).expanduser() for i in concept["images"]]
     spec.display_name = str(data.pop("display_name", "") or "")
     spec.job_id = str(data.pop("job_id", "") or "")
     nested = data.pop("config", None)

@@ -24,6 +24,7 @@ from boothstudio.clients.sdk._base import (
     is_terminal_event,
     training_spec,
 )
+from boothstudio.clients.sdk.concepts import concept_uploads
 from boothstudio.clients.sdk.config import RetryState
 from boothstudio.clients.sdk.errors import BoothStudioError, NotFound, from_rpc_error
 from boothstudio.clients.sdk.types import (
@@ -461,6 +462,9 @@ class BoothStudio(ClientBase[grpc.Channel]):
         if files is not None:
             dataset = self.upload_images(files, name=dataset_name(images, spec), timeout=timeout)
             spec.options["dataset_id"] = dataset.dataset_id
+        for concept, pictures, name in concept_uploads(spec.options):
+            concept["dataset_id"] = self.upload_images(pictures, name=name,
+                                                       timeout=timeout).dataset_id
         op = ops.create_training_job(spec.options, spec.display_name, spec.job_id, validate_only)
         return self._run(op, timeout)
 

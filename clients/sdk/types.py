@@ -133,6 +133,37 @@ class LogLevel(enum.StrEnum):
 
 # ------------------------------------------------------------------------------ request params
 
+#: GenerateRequest.hires.upscaler values: on the latents, or on the decoded pixels
+HIRES_UPSCALERS = ("latent", "latent_nearest", "lanczos", "nearest")
+
+
+@dataclass
+class HiresFix:
+    """Hires fix (txt2img): a first pass at a smaller size (unset: the output scaled down to the
+    model's native size), enlarged by `upscaler` (one of HIRES_UPSCALERS; "" = "latent"), then a
+    second denoising pass at width x height with its own `steps` (0/None = as steps) and
+    `denoising_strength` (None = server default). `generate(..., hires=True)` = all defaults."""
+
+    first_pass_width: int | None = None
+    first_pass_height: int | None = None
+    upscaler: str = ""
+    steps: int | None = None
+    denoising_strength: float | None = None
+
+
+@dataclass
+class Outpaint:
+    """Outpainting: pixels added on each side of init_image (the output is the larger canvas;
+    sides are rounded up to multiples of 8 with a warning); `feather` = pixels of the original
+    the repainted band overlaps (None = server default)."""
+
+    left: int = 0
+    right: int = 0
+    top: int = 0
+    bottom: int = 0
+    feather: int | None = None
+
+
 
 class GenerateParams(TypedDict, total=False):
     """Keyword options of `generate()` / `stream_generate()` (all optional; unset = server default).
@@ -158,6 +189,10 @@ class GenerateParams(TypedDict, total=False):
     mask_blur: int
     invert_mask: bool
     mask_fill: MaskFill | str
+    #: hires fix: a HiresFix, a mapping of its fields, or True for the defaults
+    hires: HiresFix | Mapping[str, Any] | bool
+    #: outpainting (with init_image): an Outpaint or a mapping of its fields
+    outpaint: Outpaint | Mapping[str, Any]
     sampler_options: Mapping[str, OptionScalar]
     backend_options: Mapping[str, OptionScalar]
     preview_interval: int
@@ -221,6 +256,10 @@ class TrainingOptions(TypedDict, total=False):
     aspect_buckets: bool
     validation_scorer: str
     export_best_checkpoint: bool
+    #: several subjects in one job: mappings of `boothstudio.v1.Concept` settings; a concept's
+    #: ``images`` (a folder or list of files) are uploaded as its dataset
+    #: (`boothstudio.clients.sdk.concepts.kohya_concepts` reads a kohya-style folder)
+    concepts: Sequence[Mapping[str, Any]]
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -709,6 +748,8 @@ class SampleReady:
     png: bytes = field(default=b"", repr=False)
     index: int = 0
     time: datetime | None = None
+    #: identifiers of the job's concepts the prompt names
+    concepts: list[str] = field(default_factory=list)
 
     @property
     def image(self) -> PILImage.Image:

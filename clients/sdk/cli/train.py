@@ -14,12 +14,21 @@ from boothstudio.clients.sdk.cli.exits import EXIT_OK, UsageError
 from boothstudio.clients.sdk.cli.jobs import finish_training, follow, print_job
 from boothstudio.clients.sdk.cli.output import Output
 from boothstudio.clients.sdk.client import BoothStudio
+from boothstudio.clients.sdk.concepts import kohya_concepts, settings_only
 
 
 def register(commands: Commands) -> None:
     p = commands.add("train", "create a DreamBooth job from a folder of images or a YAML file")
     p.add_argument("images", nargs="?", type=Path, default=None, help="folder of instance images")
     p.add_argument("--config", type=Path, default=None, help="training YAML file")
+    p.add_argument(
+        "--kohya",
+        type=Path,
+        default=None,
+        metavar="FOLDER",
+        help="several concepts from a kohya-style folder: one '<repeats>_<identifier> <class>' "
+        "subfolder of pictures (and .txt captions) per concept",
+    )
     p.add_argument(
         "--base-model", default=None, help="model id to fine-tune (default: the default model)"
     )
@@ -77,12 +86,15 @@ def cmd_train(args: argparse.Namespace, out: Output, client: BoothStudio) -> int
     if (
         args.images is None
         and args.config is None
+        and args.kohya is None
         and not any(s.startswith("dataset_id=") for s in args.set)
     ):
-        raise UsageError("give a folder of images or --config FILE")
+        raise UsageError("give a folder of images, --kohya FOLDER or --config FILE")
     options = train_options(args)
+    if args.kohya is not None:
+        options["concepts"] = kohya_concepts(args.kohya)
     from_file = cv.load_training_yaml(args.config).options if args.config is not None else {}
-    cv.dreambooth_config({**from_file, **options})  # bad settings fail before any call
+    cv.dreambooth_config(settings_only({**from_file, **options}))  # fail before any call
     if args.images is not None:
         cv.image_files(args.images)
     if not options.get("base_model_id") and not from_file.get("base_model_id"):
