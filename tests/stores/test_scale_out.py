@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import grpc
+
 from boothstudio.v1 import (
     catalog_pb2,
     catalog_pb2_grpc,
@@ -81,8 +83,9 @@ def test_two_of_each_service_on_postgres_and_s3_survive_a_trainer_killed_mid_job
                                    timeout=120).job
 
     def checkpoint_in_store(j: trainer_pb2.TrainingJob) -> bool:
-        return j.step >= 4 and any(
-            k.endswith(".ckpt") for k in s3_bucket.keys(f"trainer/jobs/{j.job_id}/checkpoints"))
+        # committed: the .sha256 marker follows the uploaded object
+        return j.step >= 4 and any(k.endswith(".ckpt.sha256") for k in s3_bucket.keys(
+            f"trainer/jobs/{j.job_id}/checkpoints"))
 
     # B may claim the queued job first: then the roles swap (the one running it is killed)
     job = _wait(trainer_a, job.job_id, checkpoint_in_store)
@@ -118,7 +121,10 @@ def test_two_of_each_service_on_postgres_and_s3_survive_a_trainer_killed_mid_job
     stub_b = generator_pb2_grpc.GeneratorServiceStub(gen_b.channel())
     request = gen_pb.GenerateRequest(prompt=f"a photo of {done.trigger_phrase}", steps=2,
                                      width=64, height=64, seed=3, model_id=model.id)
-    stream = list(stub_b.Generate(request, timeout=600))
+    try:
+        stream = list(stub_b.Generate(request, timeout=600))
+    except grpc.RpcError as err:  # the replica's own account of what went wrong
+        raise AssertionError(f"{err}\n{gen_b.logs()[-6000:]}") from err
     finished = [e.finished for e in stream if e.HasField("finished")]
     assert finished and finished[0].status == gen_pb.GENERATION_STATUS_SUCCEEDED, stream[-3:]
     downloads = [e.model_download for e in stream if e.HasField("model_download")]
