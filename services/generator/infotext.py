@@ -28,6 +28,7 @@ modification time), in the device thread, never on the event loop.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import re
@@ -151,8 +152,19 @@ def model_facts(
     )
 
 
+def lora_hash(path: str, hashes: FileHashes = HASHES) -> str:
+    """A1111's LoRA hash of a .safetensors file ("" for anything else or an unreadable one)."""
+    if not path.endswith(".safetensors"):
+        return ""
+    return hashes.sha256(path, tensor_data_only=True)[:LORA_HASH_DIGITS]
+
+
 def spec_model_facts(spec: GenerationSpec, hashes: FileHashes = HASHES) -> ModelFacts:
-    return model_facts(spec.model, float(spec.backend_options.get("lora_scale", 1.0)), hashes)
+    """The model's facts and every LoRA applied: a LoRA model_id's own, then spec.loras."""
+    facts = model_facts(spec.model, float(spec.backend_options.get("lora_scale", 1.0)), hashes)
+    listed = tuple(LoraUse(lora.model.id, lora_hash(lora.model.source_path, hashes), lora.weight)
+                   for lora in spec.loras)
+    return dataclasses.replace(facts, loras=facts.loras + listed)
 
 
 def option_fields(sampler: str, options: Mapping[str, Any]) -> list[tuple[str, str]]:

@@ -21,10 +21,12 @@ from PIL import Image
 
 from boothstudio.services.diffusion import embeddings
 from boothstudio.services.diffusion import samplers as sampler_table
+from boothstudio.services.generator import loras as lora_requests
 from boothstudio.services.generator.adapters.base import (
     Adapter,
     EmbeddingRef,
     GenerationSpec,
+    LoraRef,
     ModelRef,
 )
 from boothstudio.shared.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
@@ -208,6 +210,40 @@ class Validator:
             for name in embeddings.mentioned(by_name, r.prompt, r.negative_prompt)
         )
 
+    async def _loras(
+        self, model: ModelRef, wanted: list[lora_requests.AskedLora]
+    ) -> tuple[LoraRef, ...]:
+        """The Catalog's LoRA models a request names (its list, its prompt's tags), each made
+        for the architecture of the model it is applied to."""
+        target = model.base or model
+        out = []
+        for a in wanted:
+            try:
+                m = (await self.catalog.GetModel(
+                    catalog_pb2.GetModelRequest(model_id=a.model_id), timeout=5.0)).model
+            except grpc.RpcError as exc:
+                if (exc.code() if hasattr(exc, "code") else None) == grpc.StatusCode.NOT_FOUND:
+                    raise NotFound(f"{a.field}: no LoRA model {a.model_id!r} in the Catalog",
+                                   resource_type="model", resource_name=a.model_id,
+                                   field=a.field) from exc
+                raise Unavailable(
+                    f"catalog not reachable to resolve LoRA {a.model_id!r}: "
+                    f"{exc.code() if hasattr(exc, 'code') else exc}",
+                    reason="CATALOG_UNAVAILABLE", retry_after=1.0) from exc
+            if m.kind != catalog_pb2.MODEL_KIND_LORA:
+                raise InvalidArgument.for_field(a.field, f"{m.id!r} is not a LoRA model")
+            if m.id == model.id:
+                raise InvalidArgument.for_field(a.field, f"LoRA {m.id!r} is model_id already")
+            if m.architecture != target.architecture or (
+                    (m.backend_id or "diffusers") != (target.backend_id or "diffusers")):
+                message = (f"LoRA {m.id!r} is for {m.architecture} models on "
+                           f"{m.backend_id or 'diffusers'}; {target.id!r} is "
+                           f"{target.architecture} on {target.backend_id or 'diffusers'}")
+                raise InvalidArgument(message, reason="LORA_MISMATCH",
+                                      violations=[(a.field, message)])
+            out.append(LoraRef(model_ref(m), a.weight))
+        return tuple(out)
+
     def check_plain(
         self, r: generator_pb2.GenerateRequest
     ) -> tuple[dict[str, Any], list[common_pb2.Warning]]:
@@ -243,6 +279,7 @@ class Validator:
             p.append(("preview_interval", "must be >= 0"))
         if r.job_id and not is_valid_id(r.job_id):
             p.append(("job_id", ID_RULE))
+        out["loras"] = lora_requests.asked(r, p)
         # headers only: nothing is decoded before every check has passed (see resolve)
         init = probe_image(r.init_image, "init_image", p) if r.init_image else None
         mask = probe_image(r.mask_image, "mask_image", p) if r.mask_image else None
@@ -332,9 +369,12 @@ class Validator:
         init = await decode_input(r.init_image, "init_image") if r.init_image else None
         mask = await decode_input(r.mask_image, "mask_image") if r.mask_image else None
         base_seed = r.seed if r.HasField("seed") else secrets.randbelow(2**32)
-        used_embeddings = await self._embeddings(model, r)
+        prompt = lora_requests.strip_tags(r.prompt)
+        used_loras = await self._loras(model, plain["loras"])
+        used_embeddings = await self._embeddings(model, generator_pb2.GenerateRequest(
+            prompt=prompt, negative_prompt=r.negative_prompt))
         spec = GenerationSpec(
-            prompt=r.prompt,
+            prompt=prompt,
             negative_prompt=r.negative_prompt,
             model=model,
             sampler=sampler.id,
@@ -353,6 +393,7 @@ class Validator:
             sampler_options=plain["sampler_options"],
             backend_options={k: from_option_value(v) for k, v in r.backend_options.items()},
             embeddings=used_embeddings,
+            loras=used_loras,
         )
         caps = adapter.capabilities
         if not {"txt2img": caps.txt2img, "img2img": caps.img2img, "inpaint": caps.inpaint}[

@@ -45,6 +45,14 @@ class EmbeddingRef:
     sha256: str = ""
 
 
+@dataclass(frozen=True)
+class LoraRef:
+    """A LoRA applied to a generation at a weight (GenerateRequest.loras or `<lora:name:w>`)."""
+
+    model: ModelRef  # format "lora", source_path = its file
+    weight: float = 1.0
+
+
 @dataclass
 class GenerationSpec:
     """A validated request with every default resolved (backend-neutral)."""
@@ -69,12 +77,23 @@ class GenerationSpec:
     backend_options: dict[str, Any] = field(default_factory=dict)
     #: embeddings named in the prompt or negative prompt (A1111 semantics: the name as a word)
     embeddings: tuple[EmbeddingRef, ...] = ()
+    #: LoRAs applied on top of the model (a LoRA model_id adds its own first: applied_loras)
+    loras: tuple[LoraRef, ...] = ()
 
     @property
     def mode(self) -> str:
         if self.init_image is None:
             return "txt2img"
         return "inpaint" if self.mask is not None else "img2img"
+
+
+def applied_loras(spec: GenerationSpec) -> tuple[LoraRef, ...]:
+    """Every LoRA the generation applies: the model's own when model_id names a LoRA (at
+    backend_options.lora_scale), then those of GenerateRequest.loras and the prompt's tags."""
+    own = ()
+    if spec.model.base is not None:
+        own = (LoraRef(spec.model, float(spec.backend_options.get("lora_scale", 1.0))),)
+    return own + spec.loras
 
 
 @dataclass
@@ -114,6 +133,8 @@ class Adapter(abc.ABC):
 
     id: str = ""
     kind: str = ""
+    #: the backend applies GenerationSpec.loras (others refuse requests that carry some)
+    applies_loras: bool = False
 
     @property
     def info(self) -> BackendKindInfo:
@@ -142,6 +163,8 @@ class Adapter(abc.ABC):
                 problems.append((f"backend_options.{key}", problem))
             else:
                 spec.backend_options[key] = converted
+        if spec.loras and not self.applies_loras:
+            problems.append(("loras", f"backend {self.id!r} does not apply LoRAs"))
         if spec.sampler not in self.sampler_ids():
             problems.append(("sampler", f"backend {self.id!r} does not offer {spec.sampler!r}"))
         return problems

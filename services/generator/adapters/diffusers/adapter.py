@@ -5,6 +5,13 @@ Models (and LoRAs, and a single file's config folder) recorded at a location in 
 artifact store are pulled into the replica's ModelCache on a pipeline miss, reported through
 `on_download(model_id, bytes_done, bytes_total)`; the files stay pinned only while they load.
 
+LoRAs (a LoRA model_id, GenerateRequest.loras, `<lora:name:w>` tags) are loaded into their base
+model's pipeline once each (diffusers' loader reads both the kohya/A1111 and the diffusers/PEFT
+layout); a batch runs with the weights of its LoRA combination fused into the base layers
+(base + sum of weight x delta, computed once per combination and kept for the newest
+FUSED_COMBINATIONS), swapped in by reference for the run and back after it, with the LoRA
+layers switched off: no per-step LoRA cost, and the base weights are never rewritten in place.
+
 Textual-inversion embeddings a prompt names (GenerationSpec.embeddings) are loaded into the
 pipeline's tokenizer(s) and text encoder(s) once per cached pipeline, each under a token of its
 own (services.diffusion.embeddings); `translate` writes those tokens where the names stand.
@@ -32,9 +39,12 @@ from boothstudio.services.generator.adapters.base import (
     ModelRef,
     RunHooks,
     StepProgress,
+    applied_loras,
 )
 
 MASK_FILLS = ("original", "fill", "latent_noise", "latent_nothing")
+#: LoRA combinations whose fused weights are kept (each holds a copy of the adapted layers)
+FUSED_COMBINATIONS = 4
 #: (model id, bytes done, bytes total) while a model is pulled from the artifact store
 OnDownload = Callable[[str, int, int], None]
 
@@ -67,6 +77,7 @@ def embedding_words(spec: GenerationSpec) -> dict[str, str]:
 class DiffusersAdapter(Adapter):
     id = "diffusers"
     kind = "diffusers"
+    applies_loras = True
 
     def __init__(self, device: str = "cpu", cache_size: int = 2, threads: int = 0,
                  model_cache: ModelCache | None = None) -> None:
@@ -81,6 +92,11 @@ class DiffusersAdapter(Adapter):
         # tokens of the textual-inversion embeddings loaded into each cached pipeline
         self._embeddings: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
+        # fused weights per (base pipeline key, LoRA combination), newest last
+        self._fused: OrderedDict[tuple[Any, ...], dict[Any, Any]] = OrderedDict()
+        # the base layers' own weights while a combination's are swapped in, per pipeline
+        self._swapped: weakref.WeakKeyDictionary[Any, dict[Any, Any]] = (
+            weakref.WeakKeyDictionary())
 
     # ------------------------------------------------------------------ description
 
@@ -109,6 +125,8 @@ class DiffusersAdapter(Adapter):
             round(spec.strength, 6) if spec.mode != "txt2img" else None,
             int(spec.backend_options.get("clip_skip", 1)),
             float(spec.backend_options.get("lora_scale", 1.0)),
+            # a batch runs with one set of fused LoRA weights
+            tuple((lora.model.id, lora.model.source_path, lora.weight) for lora in spec.loras),
         )
 
     def translate(self, specs: Sequence[GenerationSpec]) -> DiffusersPlan:
@@ -205,6 +223,8 @@ class DiffusersAdapter(Adapter):
             while len(self._cache) > self.cache_size:
                 evicted, _ = self._cache.popitem(last=False)
                 self._loras.pop(evicted, None)
+                for combo in [c for c in self._fused if c[0] == evicted]:
+                    del self._fused[combo]
             metrics.MODEL_CACHE.set(len(self._cache))
         return pipe
 
@@ -216,9 +236,12 @@ class DiffusersAdapter(Adapter):
         digest = hashlib.sha1(model.source_path.encode()).hexdigest()[:8]
         return f"{model.id.replace('.', '_')}_{digest}"
 
-    def _attach_lora(self, pipe: Any, model: ModelRef, on_download: OnDownload | None) -> None:
-        assert model.base is not None
-        key = (model.base.id, model.base.source_path)
+    def _attach_lora(self, pipe: Any, model: ModelRef, on_download: OnDownload | None,
+                     base: ModelRef | None = None) -> None:
+        """Load a LoRA into its base model's pipeline once, under its own adapter name."""
+        base = base or model.base
+        assert base is not None
+        key = (base.id, base.source_path)
         name = self._lora_name(model)
         with self._lock:
             if name in self._loras.get(key, set()):
@@ -230,16 +253,62 @@ class DiffusersAdapter(Adapter):
         with self._lock:
             self._loras.setdefault(key, set()).add(name)
 
-    def _activate(self, pipe: Any, spec: GenerationSpec) -> None:
-        """Switch the pipeline's LoRA layers to this batch's model: its adapter or none."""
-        model = spec.model
-        if model.base is None:
-            if self._loras.get((model.id, model.source_path)):
-                pipe.disable_lora()
+    def _activate(self, pipe: Any, spec: GenerationSpec,
+                  on_download: OnDownload | None = None) -> None:
+        """Put this batch's LoRAs on the pipeline: the LoRA layers off, the fused weights of
+        its combination swapped into the base layers (none: the base model alone)."""
+        self._restore_weights(pipe)
+        base = spec.model.base or spec.model
+        for lora in spec.loras:
+            self._attach_lora(pipe, lora.model, on_download, base)
+        key = (base.id, base.source_path)
+        if not self._loras.get(key):
             return
-        pipe.enable_lora()
-        pipe.set_adapters([self._lora_name(model)],
-                          adapter_weights=[float(spec.backend_options.get("lora_scale", 1.0))])
+        pipe.disable_lora()
+        # sorted: the same set in another order sums alike, to the same image
+        combo = tuple(sorted((self._lora_name(lora.model), lora.weight)
+                             for lora in applied_loras(spec) if lora.weight != 0))
+        if combo:
+            fused = self._fused_weights(pipe, key, combo)
+            self._swapped[pipe] = {layer: layer.weight.data for layer in fused}
+            for layer, weight in fused.items():
+                layer.weight.data = weight
+
+    def _restore_weights(self, pipe: Any) -> None:
+        for layer, weight in self._swapped.pop(pipe, {}).items():
+            layer.weight.data = weight
+
+    def _fused_weights(self, pipe: Any, key: tuple[str, str],
+                       combo: tuple[tuple[str, float], ...]) -> dict[Any, Any]:
+        """base layer -> its weight with the combination's LoRA deltas added (LRU cached)."""
+        with self._lock:
+            if (key, combo) in self._fused:
+                self._fused.move_to_end((key, combo))
+                return self._fused[(key, combo)]
+        import torch
+        from peft.tuners.lora import LoraLayer
+
+        weights = dict(combo)
+        fused = {}
+        components = (getattr(pipe, name, None)
+                      for name in ("unet", "text_encoder", "text_encoder_2"))
+        with torch.no_grad():
+            for component in (c for c in components if c is not None):
+                for module in component.modules():
+                    if not isinstance(module, LoraLayer):
+                        continue
+                    names = [n for n in weights if n in module.lora_A]
+                    if not names:
+                        continue
+                    layer = module.get_base_layer()
+                    own = layer.weight.data
+                    delta = sum(module.get_delta_weight(n) * weights[n] for n in names)
+                    fused[layer] = (own + delta).to(own.dtype)
+        with self._lock:
+            self._fused[(key, combo)] = fused
+            while len(self._fused) > FUSED_COMBINATIONS:
+                self._fused.popitem(last=False)
+        return fused
 
     def _attach_embeddings(self, pipe: Any, specs: Sequence[GenerationSpec],
                            on_download: OnDownload | None) -> None:
@@ -267,7 +336,7 @@ class DiffusersAdapter(Adapter):
 
         plan = self.translate(specs)
         pipe = self.pipeline(specs[0].model, hooks.on_download)
-        self._activate(pipe, specs[0])
+        self._activate(pipe, specs[0], hooks.on_download)
         self._attach_embeddings(pipe, specs, hooks.on_download)
         self._set_threads()
 
@@ -306,6 +375,8 @@ class DiffusersAdapter(Adapter):
             )
         except pipelines.GenerationCancelled as exc:
             raise Cancelled() from exc
+        finally:
+            self._restore_weights(pipe)
         for k, cut in enumerate(result.truncated):
             if cut:
                 n, room = pipelines.prompt_token_count(pipe, specs[k].prompt)
