@@ -228,6 +228,21 @@ class CheckpointUploader:
 
 # ---------------------------------------------------------------- the final model
 
+#: LoRA jobs' output folder: the diffusers file the Catalog registers, and beside it the same
+#: LoRA in the kohya/A1111 layout, named after the job (A1111 calls a LoRA by its file name),
+#: to drop into a webui's, ComfyUI's or kohya's LoRA folder
+LORA_FILE = "pytorch_lora_weights.safetensors"
+KOHYA_FOLDER = "kohya"
+
+
+def write_kohya_lora(lora_dir: Path, job_id: str, *, sdxl: bool | None = None) -> Path:
+    """The kohya/A1111 copy of a LoRA job's diffusers file (`sdxl`: text encoders as
+    lora_te1_/lora_te2_; default: when the LoRA adapts a second text encoder)."""
+    from boothstudio.services.diffusion.lora_layouts import write_kohya
+
+    return write_kohya(lora_dir / LORA_FILE, lora_dir / KOHYA_FOLDER / f"{job_id}.safetensors",
+                       sdxl=sdxl, metadata={"ss_output_name": job_id})
+
 
 def store_output(store: ArtifactStore, job_id: str, job_dir: Path,
                  outputs: dict[str, str]) -> dict[str, str]:
@@ -259,4 +274,5 @@ __all__ = [
     "pull_newest_checkpoint",
     "store_inputs",
     "store_output",
+    "write_kohya_lora",
 ]

@@ -61,6 +61,7 @@ from boothstudio.services.trainer.job_files import (
     pull_inputs,
     pull_newest_checkpoint,
     store_output,
+    write_kohya_lora,
 )
 from boothstudio.services.trainer.metrics import (
     CHECKPOINT_SECONDS,
@@ -821,6 +822,7 @@ def export(spec: JobSpec, module: DreamBoothModule,
         StableDiffusionPipeline.save_lora_weights(
             str(lora_dir), unet_lora_layers=st["unet"],
             text_encoder_lora_layers=st.get("text_encoder"), safe_serialization=True)
+        write_kohya_lora(lora_dir, spec.job_id)
         make_readable(lora_dir)
         return {"lora": str(lora_dir / "pytorch_lora_weights.safetensors")}
     if weights is not None:

@@ -173,7 +173,35 @@ def test_cancel_resume_delete(stack, subject_pngs):
     assert decode_rpc_error(info.value).code == grpc.StatusCode.NOT_FOUND
 
 
-def test_lora_job(stack, subject_pngs):
+def check_kohya_export(base: Path, diffusers_file: Path, kohya_file: Path) -> None:
+    """The kohya/A1111 copy holds the diffusers file's factors, converts back to itself, and
+    diffusers' own kohya loader draws with it the diffusers file's image."""
+    import numpy as np
+    import torch
+    from diffusers import StableDiffusionPipeline
+    from safetensors.torch import load_file
+
+    from boothstudio.services.diffusion import lora_layouts
+
+    ours, kohya = lora_layouts.read_lora(diffusers_file), lora_layouts.read_lora(kohya_file)
+    assert kohya.layout == lora_layouts.KOHYA and kohya.modules.keys() == ours.modules.keys()
+    assert all(torch.equal(kohya.modules[k].down, m.down) and torch.equal(kohya.modules[k].up, m.up)
+               for k, m in ours.modules.items())
+    stored = load_file(str(kohya_file))
+    again = lora_layouts.to_kohya(lora_layouts.parse(lora_layouts.to_diffusers(kohya)))
+    assert again.keys() == stored.keys() and all(torch.equal(again[k], stored[k]) for k in stored)
+
+    def draw(lora: Path) -> np.ndarray:
+        pipe = StableDiffusionPipeline.from_pretrained(base, local_files_only=True)
+        pipe.set_progress_bar_config(disable=True)
+        pipe.load_lora_weights(str(lora))
+        return pipe("a zwx circle", num_inference_steps=3, output_type="np",
+                    generator=torch.Generator().manual_seed(2)).images[0]
+
+    assert np.array_equal(draw(kohya_file), draw(diffusers_file))
+
+
+def test_lora_job(stack, subject_pngs, untrained_model):
     # a high learning rate so that two steps move the adapter visibly
     # adapters on the UNet and the text encoder (the text encoder's through peft, which the
     # Generator's diffusers loader must read back)
@@ -193,6 +221,8 @@ def test_lora_job(stack, subject_pngs):
     with safe_open(str(lora_file), "pt") as f:
         parts = {key.split(".")[0] for key in f.keys()}  # noqa: SIM118 (safe_open is no dict)
     assert parts == {"unet", "text_encoder"}
+    check_kohya_export(untrained_model, lora_file,
+                       lora_file.parent / "kohya" / f"{job.job_id}.safetensors")
     export = [c for c in job.checkpoints if c.kind == trainer_pb2.CHECKPOINT_KIND_EXPORT][-1]
     full = [c for c in job.checkpoints if c.kind == trainer_pb2.CHECKPOINT_KIND_FULL_STATE][-1]
     assert export.size_bytes < 1 << 20 and full.size_bytes < 2 << 20  # adapters only
