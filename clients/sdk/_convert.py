@@ -450,9 +450,31 @@ def generate_request(prompt: str, params: Mapping[str, Any]) -> generator_pb2.Ge
         req.priority = enum_to_pb(  # type: ignore[assignment]
             generator_pb2.Priority.DESCRIPTOR, params["priority"], "priority"
         )
+    if params.get("loras") is not None:
+        for model_id, weight in lora_weights(params["loras"]):
+            req.loras.add(model_id=model_id, weight=weight)
     if not req.job_id:
         req.job_id = new_job_id()
     return req
+
+
+def lora_weights(loras: Any) -> list[tuple[str, float]]:
+    """GenerateParams.loras as (model id, weight) pairs (see its doc); bad entries named."""
+    items = list(loras.items()) if isinstance(loras, Mapping) else loras
+    if isinstance(items, str) or not isinstance(items, Iterable):
+        raise invalid("loras", f"expected a mapping or a list, got {loras!r}")
+    out = []
+    for i, item in enumerate(items):
+        if isinstance(item, str):
+            name, sep, weight = item.rpartition(":")
+            item = (name, weight) if sep else (weight, 1.0)
+        try:
+            model_id, weight = item
+            out.append((str(model_id), float(weight)))
+        except (TypeError, ValueError):
+            raise invalid(f"loras[{i}]", f"expected MODEL_ID or MODEL_ID:WEIGHT, got {item!r}"
+                          ) from None
+    return out
 
 
 def generated_image_from_pb(img: generator_pb2.GeneratedImage, job_id: str) -> GeneratedImage:

@@ -200,6 +200,9 @@ class GenerateParams(TypedDict, total=False):
     job_id: str
     #: "interactive" (the default) or "batch": batch jobs wait while interactive ones do
     priority: Priority | str
+    #: LoRAs on top of the model: {model_id: weight}, or a list of "model_id", "model_id:0.8"
+    #: or (model_id, weight); `<lora:model_id:0.8>` in the prompt works too
+    loras: Mapping[str, float] | Sequence[str | tuple[str, float]]
 
 
 class TrainingOptions(TypedDict, total=False):

@@ -13,6 +13,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from PIL import Image
 
 from boothstudio.services.generator.infotext import FileHashes
 from boothstudio.shared.errors import decode_rpc_error
@@ -175,3 +176,32 @@ def test_bad_lora_requests_are_refused_by_field(
         list(stack.gen.Generate(request))
     d = decode_rpc_error(err.value)
     assert d.code == code and field in d.fields, (d.code, d.fields, d.message)
+
+
+def test_sdk_and_cli_take_loras_with_weights(stack: Stack, tmp_path: Path) -> None:
+    import contextlib
+    import io
+    import json
+
+    from boothstudio.clients.sdk import BoothStudio
+    from boothstudio.clients.sdk.cli import main
+    from boothstudio.clients.sdk.errors import InvalidArgument
+
+    two, _ = draw(stack, loras=[LoraWeight(model_id="ink", weight=0.8),
+                                LoraWeight(model_id="glow", weight=0.5)])
+    with BoothStudio(stack.catalog.address, [stack.generator.address], "127.0.0.1:1") as client:
+        for loras in ({"ink": 0.8, "glow": 0.5}, ["ink:0.8", ("glow", 0.5)]):
+            result = client.generate(PROMPT, steps=3, seed=7, skip_gallery=True, loras=loras)
+            assert np.array_equal(arr(to_image(result[0].png)), two)
+        with pytest.raises(InvalidArgument) as err:
+            client.generate(PROMPT, loras=["ink:strong"])
+        assert err.value.fields == ["loras[0]"]
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(["--catalog", stack.catalog.address, "--generator", stack.generator.address,
+                     "--json", "generate", PROMPT, "--steps", "3", "--seed", "7", "--no-gallery",
+                     "--lora", "ink:0.8", "--lora", "glow:0.5", "-o", str(tmp_path)])
+    assert code == 0
+    path = json.loads(out.getvalue())["images"][0]["path"]
+    assert np.array_equal(arr(Image.open(path)), two)

@@ -81,6 +81,11 @@ def generation_parent() -> argparse.ArgumentParser:
         help="queue priority: batch jobs wait while interactive ones do (default: interactive)",
     )
     g.add_argument(
+        "--lora", action="append", default=[], metavar="MODEL_ID[:WEIGHT]",
+        help="apply a LoRA model at a weight (default 1), repeatable; as <lora:MODEL_ID:WEIGHT> "
+        "in the prompt",
+    )
+    g.add_argument(
         "-o",
         "--out",
         type=Path,
@@ -111,6 +116,7 @@ def generation_params(args: argparse.Namespace) -> dict[str, Any]:
         "preview_interval": args.preview_interval,
         "skip_gallery": args.no_gallery or None,
         "priority": args.priority,
+        "loras": args.lora or None,
         "sampler_options": key_values(args.opt, "--opt") or None,
         "backend_options": key_values(args.backend_opt, "--backend-opt") or None,
     }
