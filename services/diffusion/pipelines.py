@@ -10,6 +10,9 @@ than the pipeline's `__call__`, because the services need what `__call__` does n
   own `torch.Generator`, so an image is the same whatever batch it ran in;
 - a per-step callback with progress and a lazily computed cheap preview, and cancellation checked
   before every UNet pass (`GenerationCancelled`);
+- hires fix (`HiresPass`): the batch runs first at a smaller size, its latents are enlarged
+  (in latent space, or decoded, resized and encoded again), then img2img runs at the output size;
+  one run, one step count (both passes), previews from both;
 - inpainting with a plain 4-channel model (latent blending with the mask at every step) and with a
   9-channel inpainting UNet (mask + masked-image latents as extra input channels), mask blur,
   invert and the four A1111 fill modes; the final image keeps the original pixels outside the
@@ -40,6 +43,10 @@ from . import samplers as sampler_table
 from .prompt_weights import apply_emphasis, token_rows, weighted_tokens
 
 MASK_FILLS = ("original", "fill", "latent_noise", "latent_nothing")
+#: how hires fix enlarges the first pass: on the latents (bilinear, nearest) or on the decoded
+#: pixels (Lanczos, nearest), which are then encoded again
+HIRES_UPSCALERS = ("latent", "latent_nearest", "lanczos", "nearest")
+_PIXEL_RESAMPLING = {"lanczos": Image.Resampling.LANCZOS, "nearest": Image.Resampling.NEAREST}
 
 
 class GenerationCancelled(Exception):
@@ -69,6 +76,26 @@ class ImageJob:
         if self.init_image is None:
             return "txt2img"
         return "inpaint" if self.mask is not None else "img2img"
+
+
+@dataclass(frozen=True)
+class HiresPass:
+    """Hires fix for a txt2img batch: a first pass at first_width x first_height, enlarged by
+    `upscaler`, then img2img at the run's width x height with its own steps and strength."""
+
+    first_width: int
+    first_height: int
+    upscaler: str = "latent"
+    steps: int = 0  # 0 = the first pass's steps
+    denoising_strength: float = 0.5
+
+    def check(self, width: int, height: int) -> None:
+        if self.upscaler not in HIRES_UPSCALERS:
+            raise ValueError(f"hires upscaler must be one of {HIRES_UPSCALERS}")
+        if self.first_width % 8 or self.first_height % 8:
+            raise ValueError("the hires first pass size must be a multiple of 8")
+        if self.first_width > width or self.first_height > height:
+            raise ValueError("the hires first pass must not be larger than the output")
 
 
 @dataclass
@@ -292,6 +319,8 @@ class _Batch:
     #: one per row: its initial noise and every ancestral step's noise come from it, so an
     #: image is the same whatever batch it ran in
     generators: list[torch.Generator]
+    #: the share of the schedule that runs (1 = txt2img: all of it)
+    strength: float = 1.0
 
     @classmethod
     def of(cls, pipe: Any, jobs: Sequence[ImageJob], width: int, height: int) -> _Batch:
@@ -302,7 +331,16 @@ class _Batch:
         generators = [
             torch.Generator("cpu").manual_seed(int(jobs[j].seeds[i]) % 2**64) for j, i in rows
         ]
-        return cls(pipe, jobs, mode, width, height, rows, generators)
+        strength = 1.0 if mode == "txt2img" else float(jobs[0].strength)
+        return cls(pipe, jobs, mode, width, height, rows, generators, strength)
+
+    def resized(self, width: int, height: int, strength: float) -> _Batch:
+        """The same rows (and generators, so noise keeps flowing per image) as img2img at
+        another size: hires fix's second pass."""
+        if width % 8 or height % 8:
+            raise ValueError("width and height must be multiples of 8")
+        return _Batch(self.pipe, self.jobs, "img2img", width, height, self.rows,
+                      self.generators, strength)
 
     @property
     def size(self) -> int:
@@ -328,10 +366,6 @@ class _Batch:
     def nine_channels(self) -> bool:
         """An inpainting UNet: the mask and masked-image latents go in as extra channels."""
         return bool(self.pipe.unet.config.in_channels == 9)
-
-    @property
-    def strength(self) -> float:
-        return 1.0 if self.mode == "txt2img" else float(self.jobs[0].strength)
 
 
 @dataclass
@@ -530,8 +564,12 @@ def _denoise(
     started: float,
     should_stop: Callable[[], bool],
     on_step: Callable[[StepState], None] | None,
+    done_before: int = 0,
+    total: int | None = None,
 ) -> torch.Tensor:
-    """The loop: a guided UNet pass and a scheduler step per timestep; the final latents."""
+    """The loop: a guided UNet pass and a scheduler step per timestep; the final latents.
+
+    Progress counts `done_before` earlier passes of the run, out of `total` (hires fix: both)."""
     if "generator" in inspect.signature(scheduler.step).parameters:
         step_kwargs = {**step_kwargs, "generator": batch.generators}
     latents = start.latents
@@ -540,7 +578,7 @@ def _denoise(
     def preview_row(row: int) -> Image.Image:
         return latents_preview(batch.pipe, preview_latents[row : row + 1])
 
-    total = len(timesteps)
+    total = total or len(timesteps)
     for index, t in enumerate(timesteps):
         if should_stop():
             raise GenerationCancelled()
@@ -564,7 +602,7 @@ def _denoise(
         preview_latents = x0 if x0 is not None else latents
         if on_step is not None:
             elapsed = time.perf_counter() - started
-            on_step(StepState(index + 1, total, elapsed, preview_row, batch.rows))
+            on_step(StepState(done_before + index + 1, total, elapsed, preview_row, batch.rows))
     return latents
 
 
@@ -592,6 +630,37 @@ def _decode(
     return images
 
 
+# --------------------------------------------------------------------------- hires fix
+
+
+@torch.inference_mode()
+def _upscale(first: _Batch, second: _Batch, latents: torch.Tensor, upscaler: str) -> torch.Tensor:
+    """The first pass's final latents enlarged to the second pass's size."""
+    if upscaler in ("latent", "latent_nearest"):
+        mode = "nearest" if upscaler == "latent_nearest" else "bilinear"
+        return torch.nn.functional.interpolate(latents, size=second.latent_shape[1:], mode=mode)
+    resample = _PIXEL_RESAMPLING[upscaler]
+    pixels = [
+        _to_tensor(image.resize((second.width, second.height), resample), second.width,
+                   second.height)
+        for image in decode_latents(first.pipe, latents)
+    ]
+    return encode_images(first.pipe, torch.stack(pixels))
+
+
+def _second_pass_start(
+    batch: _Batch, scheduler: Any, timesteps: torch.Tensor, upscaled: torch.Tensor,
+    noise: torch.Tensor,
+) -> _StartLatents:
+    """img2img from the upscaled latents: noised to the second pass's first timestep."""
+    if batch.strength >= 1.0:
+        latents = noise * scheduler.init_noise_sigma
+    else:
+        latents = scheduler.add_noise(upscaled, noise, timesteps[:1].repeat(batch.size))
+    extra = _blank_unet_extra(batch) if batch.nine_channels else None
+    return _StartLatents(latents, unet_extra=extra)
+
+
 # --------------------------------------------------------------------------- run_batch
 
 
@@ -610,6 +679,7 @@ def run_batch(
     should_stop: Callable[[], bool] | None = None,
     on_image: Callable[[int, int, Image.Image], None] | None = None,
     skip_job: Callable[[int], bool] | None = None,
+    hires: HiresPass | None = None,
 ) -> BatchResult:
     """Run several compatible requests as one batch (same size, steps, sampler, mode, strength).
 
@@ -621,30 +691,58 @@ def run_batch(
         should_stop: polled before every pass and before decoding; True -> GenerationCancelled.
         on_image: called with (job index, image index, image) as each image is decoded.
         skip_job: jobs for which it returns True are not decoded (e.g. cancelled in the batch).
+        hires: hires fix (txt2img only): the first pass at its size, then img2img at
+            width x height; on_step counts the passes of both (StepState.total covers both).
 
     Returns:
         BatchResult with images per job (a skipped job gets an empty list).
     """
-    batch = _Batch.of(pipe, jobs, width, height)
+    if hires is not None:
+        hires.check(width, height)
+        batch = _Batch.of(pipe, jobs, hires.first_width, hires.first_height)
+        if batch.mode != "txt2img":
+            raise ValueError("hires fix applies to txt2img only")
+    else:
+        batch = _Batch.of(pipe, jobs, width, height)
     stop = should_stop or (lambda: False)
     started = time.perf_counter()
     spec, schedule_id = sampler_table.resolve(sampler, schedule)
-    scheduler = sampler_table.build_scheduler(
-        pipe.scheduler.config, spec, schedule_id, sampler_options
-    )
+
+    def new_scheduler() -> Any:
+        return sampler_table.build_scheduler(pipe.scheduler.config, spec, schedule_id,
+                                             sampler_options)
+
+    scheduler = new_scheduler()
     step_kwargs = sampler_table.step_kwargs(spec, sampler_options)
 
     conditioning = _encode_batch_prompts(batch, clip_skip)
     noise = _initial_noise(batch)
     timesteps = _timesteps(scheduler, steps, batch.strength)
+    total = len(timesteps)
+    if hires is not None:  # the second pass's schedule first: progress counts both passes
+        second = batch.resized(width, height, hires.denoising_strength)
+        second_scheduler = new_scheduler()
+        second_timesteps = _timesteps(second_scheduler, hires.steps or steps, second.strength)
+        total += len(second_timesteps)
     start = _prepare_latents(batch, scheduler, timesteps, noise)
     latents = _denoise(batch, scheduler, timesteps, conditioning, start, noise, step_kwargs,
-                       started, stop, on_step)
+                       started, stop, on_step, total=total)
+    if hires is not None:
+        if stop():
+            raise GenerationCancelled()
+        upscaled = _upscale(batch, second, latents, hires.upscaler)
+        noise = _initial_noise(second)
+        if conditioning.added_cond_kwargs is not None:  # SDXL's size conditioning changed
+            conditioning = _encode_batch_prompts(second, clip_skip)
+        start = _second_pass_start(second, second_scheduler, second_timesteps, upscaled, noise)
+        latents = _denoise(second, second_scheduler, second_timesteps, conditioning, start,
+                           noise, step_kwargs, started, stop, on_step,
+                           done_before=len(timesteps), total=total)
+        batch = second
     if stop():
         raise GenerationCancelled()
     images = _decode(batch, latents, start, skip_job, on_image)
-    return BatchResult(images, len(timesteps), time.perf_counter() - started,
-                       conditioning.truncated)
+    return BatchResult(images, total, time.perf_counter() - started, conditioning.truncated)
 
 
 # --------------------------------------------------------------------------- simple API
@@ -666,11 +764,12 @@ def _single(
     sampler_options: dict[str, Any] | None,
     on_step: Callable[[StepState], None] | None,
     should_stop: Callable[[], bool] | None,
+    hires: HiresPass | None = None,
 ) -> list[Image.Image]:
     """One job as a batch of one: what txt2img, img2img and inpaint share."""
     return run_batch(pipe, [job], width=width, height=height, steps=steps, sampler=sampler,
                      schedule=schedule, sampler_options=sampler_options, on_step=on_step,
-                     should_stop=should_stop).images[0]
+                     should_stop=should_stop, hires=hires).images[0]
 
 
 def txt2img(
@@ -688,12 +787,14 @@ def txt2img(
     sampler_options: dict[str, Any] | None = None,
     on_step: Callable[[StepState], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    hires: HiresPass | None = None,
 ) -> list[Image.Image]:
-    """Text to image: one image per seed (the model's native size unless given)."""
+    """Text to image: one image per seed (the model's native size unless given; with `hires`,
+    width x height is the size after the second pass)."""
     w, h = _defaults(pipe, width, height)
     job = ImageJob(prompt, negative_prompt, list(seeds), cfg_scale)
     return _single(pipe, job, w, h, steps, sampler, schedule, sampler_options,
-                   on_step, should_stop)
+                   on_step, should_stop, hires)
 
 
 def img2img(
@@ -773,9 +874,11 @@ def images_differ(a: Image.Image, b: Image.Image) -> float:
 
 
 __all__ = [
+    "HIRES_UPSCALERS",
     "MASK_FILLS",
     "BatchResult",
     "GenerationCancelled",
+    "HiresPass",
     "ImageJob",
     "StepState",
     "check_batch",

@@ -19,6 +19,9 @@ Written as AUTOMATIC1111 writes it:
   names: `Eta` (ancestral samplers), `Eta DDIM`, `Sigma churn` / `Sigma tmin` / `Sigma tmax` /
   `Sigma noise`; options A1111 lacks under their own label.
 - `Clip skip: N` when N > 1.
+- Hires fix as A1111 writes it: `Size` is the first pass, `Denoising strength` the second
+  pass's, then `Hires upscale: 2` (or `Hires resize: WxH`), `Hires steps: N` when set, `Hires
+  upscaler: Latent`. Outpainting (A1111 has no key for it): `Outpaint: left=32 top=16 feather=16`.
 - Textual-inversion embeddings named in the prompts: `TI hashes: "name: hash"`, the hash being
   A1111's: the first 12 hex digits of the file's sha256 (recorded by the Catalog at import).
 
@@ -40,7 +43,14 @@ from pathlib import Path
 from typing import Any
 
 from boothstudio.services.diffusion.samplers import SAMPLERS, SCHEDULES
-from boothstudio.services.generator.adapters.base import GenerationSpec, ModelRef
+from boothstudio.services.generator.adapters.base import (
+    HIRES_UPSCALERS,
+    GenerationSpec,
+    HiresSpec,
+    ModelRef,
+    OutpaintSpec,
+)
+from boothstudio.services.generator.canvas import Sides
 from boothstudio.shared.version import __version__
 
 FILL_LABELS = {
@@ -211,8 +221,17 @@ def parameters_text(
     sampler_options: Mapping[str, Any] | None = None,
     clip_skip: int = 1,
     embeddings: Sequence[tuple[str, str]] = (),
+    hires: HiresSpec | None = None,
+    outpaint: OutpaintSpec | None = None,
 ) -> str:
-    """The A1111 "parameters" text: prompt, "Negative prompt: ...", then "Key: value, ..."."""
+    """The A1111 "parameters" text: prompt, "Negative prompt: ...", then "Key: value, ...".
+
+    With hires fix, A1111's way: Size is the first pass, then "Denoising strength" (the second
+    pass's), "Hires upscale" (or "Hires resize: WxH" when the sides grow unequally), "Hires
+    steps" (when set) and "Hires upscaler"; width x height is the output."""
+    out_width, out_height = width, height
+    if hires is not None:
+        width, height, strength = hires.first_width, hires.first_height, hires.denoising_strength
     spec = SAMPLERS.get(sampler)
     fields = [
         ("Steps", str(steps)),
@@ -231,6 +250,18 @@ def parameters_text(
         fields.append(("Mask blur", str(mask_blur)))
     if mask_fill is not None:
         fields.append(("Masked content", FILL_LABELS.get(mask_fill, mask_fill)))
+    if outpaint is not None:
+        sides = Sides(outpaint.left, outpaint.right, outpaint.top, outpaint.bottom)
+        fields.append(("Outpaint", f"{sides.describe()} feather={outpaint.feather}"))
+    if hires is not None:
+        scale = out_width / width
+        if scale == out_height / height:
+            fields.append(("Hires upscale", f"{scale:g}"))
+        else:
+            fields.append(("Hires resize", f"{out_width}x{out_height}"))
+        if hires.steps:
+            fields.append(("Hires steps", str(hires.steps)))
+        fields.append(("Hires upscaler", HIRES_UPSCALERS.get(hires.upscaler, hires.upscaler)))
     fields += option_fields(sampler, sampler_options or {})
     if clip_skip > 1:
         fields.append(("Clip skip", str(clip_skip)))
@@ -268,4 +299,6 @@ def spec_parameters_text(spec: GenerationSpec, seed: int, model: ModelFacts) -> 
         sampler_options=spec.sampler_options,
         clip_skip=int(spec.backend_options.get("clip_skip", 1)),
         embeddings=[(e.name, e.sha256[:TI_HASH_DIGITS]) for e in spec.embeddings],
+        hires=spec.hires,
+        outpaint=spec.outpaint,
     )

@@ -45,6 +45,39 @@ class EmbeddingRef:
     sha256: str = ""
 
 
+#: hires fix upscalers (GenerateRequest.hires.upscaler) -> A1111's names (its `hr_upscaler`
+#: and the infotext's "Hires upscaler")
+HIRES_UPSCALERS = {
+    "latent": "Latent",
+    "latent_nearest": "Latent (nearest)",
+    "lanczos": "Lanczos",
+    "nearest": "Nearest",
+}
+
+
+@dataclass(frozen=True)
+class HiresSpec:
+    """Hires fix resolved: the first pass size; the output is the spec's width x height."""
+
+    first_width: int
+    first_height: int
+    upscaler: str = "latent"
+    steps: int = 0  # 0 = the same as the first pass
+    denoising_strength: float = 0.5
+
+
+@dataclass(frozen=True)
+class OutpaintSpec:
+    """Outpainting as asked (the canvas rounded up to multiples of 8): the spec's init_image and
+    mask are already the extended canvas and its feathered mask."""
+
+    left: int
+    right: int
+    top: int
+    bottom: int
+    feather: int
+
+
 @dataclass(frozen=True)
 class LoraRef:
     """A LoRA applied to a generation at a weight (GenerateRequest.loras or `<lora:name:w>`)."""
@@ -79,6 +112,8 @@ class GenerationSpec:
     embeddings: tuple[EmbeddingRef, ...] = ()
     #: LoRAs applied on top of the model (a LoRA model_id adds its own first: applied_loras)
     loras: tuple[LoraRef, ...] = ()
+    hires: HiresSpec | None = None
+    outpaint: OutpaintSpec | None = None
 
     @property
     def mode(self) -> str:

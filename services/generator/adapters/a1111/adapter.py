@@ -7,7 +7,10 @@ once sent `cfgScale`, which the server silently ignored), seeds -> `seed` + `bat
 webui numbers images seed, seed+1, ...), the model -> `override_settings.sd_model_checkpoint`,
 img2img/inpainting -> `init_images`, `denoising_strength`, `mask`, `mask_blur`,
 `inpainting_fill` (0 fill, 1 original, 2 latent noise, 3 latent nothing),
-`inpainting_mask_invert`. Progress comes from polling /sdapi/v1/progress; cancelling posts
+`inpainting_mask_invert` (outpainting arrives as inpainting on the extended canvas); hires fix ->
+`enable_hr`, the first pass as `width`/`height`, `hr_scale` and the exact `hr_resize_x`/`_y`
+(the output), `hr_upscaler` (its names: Latent, Lanczos...), `hr_second_pass_steps`,
+`denoising_strength`. Progress comes from polling /sdapi/v1/progress; cancelling posts
 /sdapi/v1/interrupt (process-global on the webui, so batches are never shared).
 """
 
@@ -25,6 +28,7 @@ from PIL import Image
 from boothstudio.services.diffusion.backends import RemoteEndpoint
 from boothstudio.services.diffusion.samplers import SAMPLERS
 from boothstudio.services.generator.adapters.base import (
+    HIRES_UPSCALERS,
     Adapter,
     Cancelled,
     GenerationSpec,
@@ -82,6 +86,18 @@ class A1111Adapter(Adapter):
         if "clip_skip" in s.backend_options:
             payload["override_settings"]["CLIP_stop_at_last_layers"] = int(
                 s.backend_options["clip_skip"]
+            )
+        if s.hires is not None:
+            payload.update(
+                width=s.hires.first_width,
+                height=s.hires.first_height,
+                enable_hr=True,
+                hr_scale=s.width / s.hires.first_width,
+                hr_resize_x=s.width,
+                hr_resize_y=s.height,
+                hr_upscaler=HIRES_UPSCALERS[s.hires.upscaler],
+                hr_second_pass_steps=s.hires.steps,
+                denoising_strength=s.hires.denoising_strength,
             )
         if s.init_image is None:
             return "/sdapi/v1/txt2img", payload

@@ -64,6 +64,7 @@ class DiffusersPlan:
     steps: int
     clip_skip: int
     jobs: list[Any] = field(default_factory=list)  # pipelines.ImageJob
+    hires: Any = None  # pipelines.HiresPass: the first pass's size, upscaler, steps, strength
 
 
 def embedding_words(spec: GenerationSpec) -> dict[str, str]:
@@ -127,12 +128,14 @@ class DiffusersAdapter(Adapter):
             float(spec.backend_options.get("lora_scale", 1.0)),
             # a batch runs with one set of fused LoRA weights
             tuple((lora.model.id, lora.model.source_path, lora.weight) for lora in spec.loras),
+            spec.hires,  # frozen: hires fix runs a batch's first pass and upscale alike
         )
 
     def translate(self, specs: Sequence[GenerationSpec]) -> DiffusersPlan:
-        from boothstudio.services.diffusion.pipelines import ImageJob
+        from boothstudio.services.diffusion.pipelines import HiresPass, ImageJob
 
         first = specs[0]
+        hires = first.hires
         spec, schedule = sampler_table.resolve(first.sampler, first.schedule)
         values, problems = sampler_table.check_options(spec, first.sampler_options)
         if problems:
@@ -148,6 +151,9 @@ class DiffusersAdapter(Adapter):
             height=first.height,
             steps=first.steps,
             clip_skip=int(first.backend_options.get("clip_skip", 1)),
+            hires=None if hires is None else HiresPass(
+                hires.first_width, hires.first_height, hires.upscaler, hires.steps,
+                hires.denoising_strength),
             jobs=[
                 ImageJob(
                     prompt=ti.expand_names(s.prompt, embedding_words(s)),
@@ -368,6 +374,7 @@ class DiffusersAdapter(Adapter):
                 schedule=specs[0].schedule,
                 sampler_options=specs[0].sampler_options,
                 clip_skip=plan.clip_skip,
+                hires=plan.hires,
                 on_step=on_step,
                 should_stop=hooks.should_stop,
                 on_image=hooks.on_image,

@@ -14,6 +14,8 @@ Translation (the only place it happens):
 - inpainting -> multipart `image-to-image/masking`, `mask_source` MASK_IMAGE_WHITE (the white
   part is repainted; MASK_IMAGE_BLACK when the mask is inverted); the API has no blur field, so
   the adapter blurs the mask it sends by `mask_blur`;
+- outpainting arrives as inpainting on the extended canvas (mask_fill "original" starts from
+  its stretched edge colours); hires fix is refused (the API has no second pass);
 - backend options `style_preset` and `clip_guidance_preset` pass through.
 Answers are `{"artifacts": [{"base64", "seed", "finishReason"}]}`; CONTENT_FILTERED becomes a
 warning on that image, ERROR a failure. Errors `{id, name, message}` keep their message.
@@ -113,6 +115,9 @@ class HostedAdapter(Adapter):
                 problems.append((name, f"the hosted API takes at most {MAX_PROMPT} characters"))
         if not spec.model.source_path:
             problems.append(("model_id", "the model names no engine of the hosted API"))
+        if spec.hires is not None:
+            problems.append(("hires", "the hosted API has no hires fix (a second pass at a "
+                                      "larger size): ask for the size directly"))
         return problems
 
     # ------------------------------------------------------------------ translation

@@ -453,9 +453,11 @@ Global___HiresFix: _TypeAlias = HiresFix  # noqa: Y015
 
 @_typing.final
 class Outpaint(_message.Message):
-    """Outpainting: pixels added on each side of init_image. The new area starts filled with the
-    stretched edge colours, then mask_fill applies (unset = FILL); the repainted mask reaches
-    `feather` pixels into the original with a soft ramp, so the seam blends. A canvas side that is
+    """Outpainting: pixels added on each side of init_image, painted as inpainting on the larger
+    canvas. The new area starts as the original's edge colours stretched outwards and blurred, then
+    mask_fill applies as for inpainting (ORIGINAL, the default, starts from those colours); the
+    repainted mask reaches `feather` pixels into the original with a soft ramp, so the seam blends
+    (mask_blur softens it further; strength, sampler and steps apply as for inpainting). A canvas side that is
     not a multiple of 8 is rounded up (the extra pixels go to the extended side, right/bottom
     first) and a warning OUTPAINT_ROUNDED says so.
     """
@@ -477,7 +479,7 @@ class Outpaint(_message.Message):
     """Pixels added at the bottom, 0..2048."""
     feather: _builtins.int
     """Pixels of the original the repainted area overlaps, ramping from repaint to keep, 0..256
-    (unset = 16; at most the original's side).
+    (unset = 16; 0 = a hard edge).
     """
     def __init__(
         self,
