@@ -3,6 +3,7 @@ error of a refused call."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +26,20 @@ def isolated_env(database_url: str = "", **more: str) -> dict[str, str]:
     if database_url:
         out["BOOTHSTUDIO_DATABASE_URL"] = database_url
     return out
+
+
+def start_error(start: Callable[[], Any], secret: str) -> str:
+    """The one error line of a service that refuses to start (exit code 2, no traceback, the
+    `secret` of its configuration nowhere in its output)."""
+    with pytest.raises(RuntimeError) as info:
+        start()
+    text = str(info.value)
+    assert "exited with code 2" in text, text
+    assert "Traceback" not in text and secret not in text, text
+    lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    errors = [line["msg"] for line in lines if line.get("level") == "ERROR"]
+    assert len(errors) == 1, text
+    return str(errors[0])
 
 
 def rpc_error(call: Callable[[], Any]) -> ErrorDetails:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -15,6 +16,7 @@ from boothstudio.shared.artifact_store import (
     open_artifact_store,
 )
 from boothstudio.shared.config import ConfigError
+from tests.stores.helpers import isolated_env, start_error
 from tests.stores.s3 import MotoServer, S3Target
 
 
@@ -166,3 +168,21 @@ def test_a_range_reads_part_of_an_object_and_one_file_of_a_folder_copies_alone(
     assert store.read_manifest("catalog/models/m3") == copied
     with pytest.raises(ArtifactMissing):
         store.copy_tree("trainer/jobs/j2/export", "catalog/models/m4", only=["nope.bin"])
+
+
+@pytest.mark.parametrize("service", ["catalog", "generator", "trainer"])
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("nosuchproto://bucket/boothstudio", "cannot use 'nosuchproto://bucket/boothstudio'"),
+        ("s3://no-such-bucket/boothstudio", "bucket 'no-such-bucket' not found"),
+    ],
+)
+def test_a_wrong_storage_url_stops_a_service_with_one_line_naming_the_key(
+    start_service: Any, s3_bucket: S3Target, service: str, url: str, says: str
+) -> None:
+    env = isolated_env(**{**s3_bucket.env, "BOOTHSTUDIO_STORAGE_URL": url})
+    args = ["--set", "preload=false"] if service == "generator" else []
+    error = start_error(lambda: start_service(service, args, env=env, timeout=120),
+                        secret=s3_bucket.env["AWS_SECRET_ACCESS_KEY"])
+    assert error.startswith("cannot start: storage_url: ") and says in error, error
