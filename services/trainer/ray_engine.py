@@ -1,7 +1,8 @@
 """Ray as the training engine (trainer setting `ray_address`): each claimed job is one Ray
 Train run on the cluster; the Trainer stays the control plane.
 
-    Trainer (a Ray driver)  --creates-->  JobDriver actor "boothstudio-job-<id>" (detached)
+    Trainer (a Ray driver)  --creates-->  JobDriver actor "boothstudio-job-<id>-<attempt>"
+                                          (detached)
                                               |  TorchTrainer.fit()
                                               v
                                    N train workers (devices x num_nodes), each running the
@@ -16,12 +17,15 @@ Train run on the cluster; the Trainer stays the control plane.
   place for both engines, and a run restarted by Ray (FailureConfig), by another Trainer
   replica or by ResumeTrainingJob resumes from the same newest committed checkpoint. Ray's
   report would copy every checkpoint a second time into its storage_path.
-- Cancel: rank 0 reads the job's state (CANCELLING) at most once a second, besides the STOP
-  file, and stops at the next step with a checkpoint; the run then ends normally.
-- The driver actor is detached and named after the job: it outlives a Trainer that dies, and a
-  restarted Trainer finds it by name (`find`) and waits on it again instead of starting the job
-  a second time. The actor's train workers are its own (not detached), so killing the actor
-  (delete, takeover) ends the whole run.
+- Cancel: rank 0 reads the job's row at most once a second (besides the STOP file, which is on
+  the Trainer's host) and stops at the next step with a checkpoint; the run then ends normally.
+  A job that is no longer the run's (deleted, or claimed again: another attempt, another
+  replica) is abandoned the same way, saving nothing. Runs are never killed mid-way: a killed
+  Ray Train controller leaves its placement group reserved unless the cluster serves the state
+  API (the dashboard), so every run ends through Ray Train's own shutdown.
+- The driver actor is detached and named after the job's claim (its attempt): it outlives a
+  Trainer that dies, and a restarted Trainer finds it by name (`find`) and waits on it again
+  instead of starting the job a second time.
 
 Ray is imported only here, and only when ray_address is set (the extra boothstudio[ray]).
 """
@@ -58,8 +62,14 @@ NAMESPACE = "boothstudio"
 CANCEL_POLL_S = 1.0
 
 
-def actor_name(job_id: str) -> str:
-    return f"boothstudio-job-{job_id}"
+def lease_of(text: str) -> Lease:
+    """A lease from its text (Lease.to_env)."""
+    attempt, _, owner = text.partition(" ")
+    return Lease(owner, int(attempt))
+
+
+def actor_name(job_id: str, attempt: int) -> str:
+    return f"boothstudio-job-{job_id}-{attempt}"
 
 
 @dataclass
@@ -119,45 +129,37 @@ class RayEngine:
                 self._connected = True
 
     def submit(self, params: RunParams) -> RayRun:
-        """Start the job's run; a run of an earlier claim still on the cluster (its Trainer
-        lost the job) is killed first: it is fenced off the job store anyway."""
+        """Start the run of a job's claim (a run of an earlier claim still on the cluster
+        abandons the job by itself at its next step)."""
         import ray
 
         self.connect()
-        stale = self.find(params.job_id)
-        if stale is not None:
-            stale.kill()
+        name = actor_name(params.job_id, lease_of(params.lease).attempt)
         actor = ray.remote(JobDriver).options(  # type: ignore[attr-defined]
-            name=actor_name(params.job_id), namespace=NAMESPACE, lifetime="detached",
-            num_cpus=0, max_concurrency=4, max_restarts=0,
+            name=name, namespace=NAMESPACE, lifetime="detached", num_cpus=0,
+            max_concurrency=4, max_restarts=0,
         ).remote(asdict(params))
-        return RayRun(actor, params.job_id)
+        return RayRun(actor)
 
-    def find(self, job_id: str) -> RayRun | None:
-        """The job's run still on the cluster, if any."""
+    def find(self, job_id: str, attempt: int) -> RayRun | None:
+        """The run of the job's claim `attempt` still on the cluster, if any."""
         import ray
 
         self.connect()
         try:
-            actor = ray.get_actor(actor_name(job_id), namespace=NAMESPACE)
+            actor = ray.get_actor(actor_name(job_id, attempt), namespace=NAMESPACE)
         except ValueError:
             return None
-        return RayRun(actor, job_id)
+        return RayRun(actor)
 
 
 class RayRun:
-    """A job's run on the cluster, as the supervisor sees a worker process (wait, kill)."""
+    """A job's run on the cluster, as the supervisor sees a worker process (wait). It is never
+    killed from outside: a run whose job was deleted or claimed again stops by itself within
+    about a second (rank 0 reads the job's row), through Ray Train's own shutdown."""
 
-    pid = 0  # no local process
-
-    def __init__(self, actor: Any, job_id: str) -> None:
+    def __init__(self, actor: Any) -> None:
         self.actor = actor
-        self.job_id = job_id
-
-    def lease(self) -> str:
-        import ray
-
-        return str(ray.get(self.actor.lease.remote(), timeout=60))
 
     async def wait(self) -> int:
         """The run's exit status: 0 when rank 0 settled the job, 1 when Ray gave up on it (the
@@ -168,15 +170,9 @@ class RayRun:
             rc = int(await asyncio.wrap_future(self.actor.wait.remote().future()))
         except (ray.exceptions.RayActorError, ray.exceptions.ActorDiedError):
             return -9
-        with contextlib.suppress(Exception):  # detached actors never end by themselves
-            self.kill()
-        return rc
-
-    def kill(self) -> None:
-        import ray
-
-        with contextlib.suppress(Exception):  # already gone
+        with contextlib.suppress(Exception):  # a detached actor stays until it is killed
             ray.kill(self.actor, no_restart=True)
+        return rc
 
 
 # ---------------------------------------------------------------- on the cluster
@@ -191,9 +187,6 @@ class JobDriver:
         self.rc: int | None = None
         self.done = threading.Event()
         threading.Thread(target=self._run, name="ray-train-fit", daemon=True).start()
-
-    def lease(self) -> str:
-        return self.params.lease
 
     def wait(self) -> int:
         self.done.wait()
@@ -228,11 +221,10 @@ class JobDriver:
         resumable from its last checkpoint."""
         p = self.params
         os.environ.update(p.env)
-        attempt, _, owner = p.lease.partition(" ")
         with contextlib.suppress(Exception):  # the job may be gone or no longer ours
             store = JobStore(node_service_dir(p) / "trainer.sqlite3",
                              p.env.get(WORKER_DATABASE_URL_ENV, ""),
-                             fence=Lease(owner, int(attempt)))
+                             fence=lease_of(p.lease))
             ckpt = store.latest_full_checkpoint(p.job_id)
             where = f"step {ckpt.step}" if ckpt else "the start"
             store.set_state(p.job_id, JobState.TRAINING_JOB_STATE_FAILED, "TRAINING_ERROR",
@@ -264,7 +256,8 @@ def node_service_dir(p: RunParams) -> Path:
 
 class RayStoreReporter(StoreReporter):
     """Rank 0 on Ray. A cancel comes through the job store (the STOP file is on the Trainer's
-    host); a group Ray restarted after a failure goes through PREPARING again, from RUNNING."""
+    host), and so does the end of the run's claim (ABANDON); a group Ray restarted after a
+    failure goes through PREPARING again, from RUNNING."""
 
     allowed_from = {**ALLOWED_FROM, JobState.TRAINING_JOB_STATE_PREPARING: {
         JobState.TRAINING_JOB_STATE_QUEUED, JobState.TRAINING_JOB_STATE_PREPARING,
@@ -273,7 +266,7 @@ class RayStoreReporter(StoreReporter):
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
         self._polled = 0.0
-        self._cancelling = False
+        self._stop = ""
 
     def state(self, state: int, reason: str = "", message: str = "") -> bool:
         if state == JobState.TRAINING_JOB_STATE_PREPARING and self._current() in (
@@ -288,10 +281,21 @@ class RayStoreReporter(StoreReporter):
         if reason:
             return reason
         now = time.monotonic()
-        if now - self._polled >= CANCEL_POLL_S:
+        if not self._stop and now - self._polled >= CANCEL_POLL_S:
             self._polled = now
-            self._cancelling = self.cancel_pending()
-        return "cancel" if self._cancelling else ""
+            self._stop = run_stop_reason(self.store, self.job_id)
+        return self._stop
+
+
+def run_stop_reason(store: JobStore, job_id: str) -> str:
+    """Why a run must stop, from the job's row: "cancel", ABANDON (deleted, ended by someone
+    else, or claimed again: not under the lease this process writes under), or ""."""
+    from boothstudio.services.trainer.train import ABANDON
+
+    job = store.get(job_id)
+    if job is None or job.lease != store.fence or job.terminal:
+        return ABANDON
+    return "cancel" if job.state == JobState.TRAINING_JOB_STATE_CANCELLING else ""
 
 
 def train_loop(config: dict[str, Any]) -> None:
@@ -326,6 +330,14 @@ def train_loop(config: dict[str, Any]) -> None:
         prepare_trainer=prepare_trainer, reporter=RayStoreReporter, retried=True)
     try:
         log.info("rank %d of %d on %s", rank, p.num_workers, os.uname().nodename)
+        store = JobStore(service_dir / "trainer.sqlite3", p.env.get(WORKER_DATABASE_URL_ENV, ""))
+        try:
+            # every rank checks, so that none waits for a rank 0 that left
+            if run_stop_reason(store, p.job_id) not in ("", "cancel"):
+                log.warning("job %s is no longer this run's; nothing to do", p.job_id)
+                return
+        finally:
+            store.close()
         run_worker(service_dir, p.job_id, p.catalog, p.sample_steps, rank, setup)
     finally:
         root.removeHandler(handler)

@@ -119,19 +119,12 @@ class Supervisor:
                                    f"the service stopped while the job ran; resumed from {where}")
 
     def _reattach(self, job: JobRow) -> bool:
-        """Wait again on the job's Ray run when it is still on the cluster under the job's
-        lease (it kept training, and writing to the job store, while this service was down)."""
+        """Wait again on the Ray run of the job's claim when it is still on the cluster (it kept
+        training, and writing to the job store, while this service was down)."""
         assert self.ray is not None
-        run = self.ray.find(job.id)
-        if run is None:
-            return False
-        try:
-            lease = run.lease()
-        except Exception:  # the run is ending or its actor died meanwhile
-            lease = ""
-        if lease != job.lease.to_env() or self.store.hold_leases(
+        run = self.ray.find(job.id, job.attempts)
+        if run is None or self.store.hold_leases(
                 {job.id: job.lease}, renew_seconds=self.lease_seconds).get(job.id) is None:
-            run.kill()  # an older claim's run: fenced off the store, and replaced below
             return False
         self._reattached.append((job, run))
         self.store.add_warning(job.id, "REATTACHED", "the service restarted while the job ran "
@@ -203,16 +196,13 @@ class Supervisor:
         return job_id in self.workers
 
     async def kill(self, job_id: str) -> None:
-        """Kill the job's worker (or Ray run), if it has one, and wait (10 s at most) for it to
+        """Kill the job's local worker, if it has one, and wait (10 s at most) for it to
         exit."""
         proc = self.workers.get(job_id)
-        if proc is None:
-            return
-        if isinstance(proc, asyncio.subprocess.Process):
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-        else:
-            await asyncio.to_thread(proc.kill)
+        if not isinstance(proc, asyncio.subprocess.Process):
+            return  # none, or a Ray run: it stops by itself (ray_engine.RayRun)
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(proc.wait(), 10)
 

@@ -111,8 +111,13 @@ class Reporter:
     def warning(self, reason: str, message: str, field: str = "") -> None: ...
 
     def stop_requested(self) -> str:
-        """"" to go on, else why to stop ("cancel", "drain")."""
+        """"" to go on, else why to stop ("cancel", "drain", ABANDON)."""
         return ""
+
+
+#: a stop reason: the job is no longer this run's (deleted, or claimed again elsewhere): stop
+#: at once, saving nothing (its writes would be refused, and the new runner has its own)
+ABANDON = "abandon"
 
 
 @dataclass
@@ -314,6 +319,10 @@ class JobCallback(Callback):
             reason = reason or "cancel"
         if trainer.world_size > 1:
             reason = trainer.strategy.broadcast(reason, src=0)
+        if reason == ABANDON:
+            self.stop_reason = reason
+            trainer.should_stop = True
+            return
         every = self.cfg.checkpoint_every_steps
         if reason or step >= total or (every and step % every == 0):
             # scored before the save, so the checkpoint's state holds its own score; a cancel

@@ -7,7 +7,8 @@ Started by the trainer service; a crash here (segfault, OOM kill, exception) nev
 service down. The worker dies with its parent (PR_SET_PDEATHSIG plus a parent watch), so a
 killed service leaves no orphan training; the restarted service resumes the job from its last
 checkpoint. Under DDP, Lightning re-runs this module for ranks > 0 (LOCAL_RANK set): those only
-train and never write job state.
+train and never write job state. `run_worker` (one rank of a job) is also what each Ray Train
+worker runs when the service trains on Ray (ray_engine.py).
 """
 
 from __future__ import annotations
@@ -318,7 +319,7 @@ def run_worker(service_dir: Path, job_id: str, catalog: str, sample_steps: int, 
     """Train one job as rank `rank` (0 writes the job's state, events and checkpoints); the
     exit status. Rank 0 exports and registers the model."""
     setup = setup or RankSetup()
-    from boothstudio.services.trainer.train import JobSpec, Reporter, run_job
+    from boothstudio.services.trainer.train import ABANDON, JobSpec, Reporter, run_job
 
     store = JobStore(service_dir / "trainer.sqlite3",
                      os.environ.get(WORKER_DATABASE_URL_ENV, ""))
@@ -348,7 +349,7 @@ def run_worker(service_dir: Path, job_id: str, catalog: str, sample_steps: int, 
         store.set_state(job.id, JobState.TRAINING_JOB_STATE_FAILED, reason,
                         f"{type(exc).__name__}: {exc}"[:2000], expect=ACTIVE)
         return 1
-    if rank != 0 or result.outcome == "rank":
+    if rank != 0 or result.outcome == "rank" or result.stop_reason == ABANDON:
         return 0
     assert isinstance(reporter, StoreReporter)
     reporter.flush()
