@@ -70,8 +70,9 @@ _FORMATS = {
 MAX_EMBEDDINGS = 1000
 
 
-#: hires fix: the second pass's strength when the request leaves it unset (see the report in
-#: tests/research/test_hires_fix.py: on the embedded model 0.5 kept the first pass's layout)
+#: hires fix: the second pass's strength when the request leaves it unset. On the embedded
+#: model 0.3-0.55 read alike by the detectors and 0.7 began to lose the first pass's shapes
+#: (tests/research/test_hires_fix.py measures 0.5 against a direct generation)
 HIRES_DEFAULT_STRENGTH = 0.5
 #: outpainting: how far the repainted band reaches into the original by default, and at most
 OUTPAINT_DEFAULT_FEATHER = 16
