@@ -1,5 +1,5 @@
 """`boothstudio generate` and `boothstudio edit`: images from a prompt (and, for edit, an image and
-a mask), with progress on stderr and the PNGs written to a folder."""
+a mask, or sides to outpaint), with progress on stderr and the PNGs written to a folder."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from boothstudio.clients.sdk.cli.exits import EXIT_OK
 from boothstudio.clients.sdk.cli.output import Output, bar, fmt_bytes, fmt_seconds, to_jsonable
 from boothstudio.clients.sdk.client import BoothStudio
 from boothstudio.clients.sdk.types import (
+    HIRES_UPSCALERS,
     Finished,
     GenerateEvent,
     ImageReady,
@@ -22,14 +23,29 @@ from boothstudio.clients.sdk.types import (
     WarningEvent,
 )
 
+OUTPAINT_KEYS = ("left", "right", "top", "bottom", "feather")
+
 
 def register(commands: Commands) -> None:
     gen = generation_parent()
     p = commands.add("generate", "generate images from a prompt and write PNGs", [gen])
     p.add_argument("prompt", help="what to draw")
+    h = p.add_argument_group("hires fix (any of these turns it on)")
+    h.add_argument("--hires", action="store_true",
+                   help="draw at the model's size first, enlarge, then redraw at --width x "
+                   "--height")
+    h.add_argument("--hires-upscaler", default=None, choices=HIRES_UPSCALERS,
+                   help="how the first pass is enlarged (default: latent)")
+    h.add_argument("--hires-steps", type=int, default=None,
+                   help="steps of the second pass (default: as --steps)")
+    h.add_argument("--hires-strength", type=float, default=None,
+                   help="denoising strength of the second pass, 0..1 (default 0.5)")
+    h.add_argument("--hires-first-pass", type=first_pass_size, default=None, metavar="WxH",
+                   help="size of the first pass (default: the output scaled down to the "
+                   "model's native size)")
     p.set_defaults(func=cmd_generate)
 
-    p = commands.add("edit", "img2img or inpainting from image files", [gen])
+    p = commands.add("edit", "img2img, inpainting or outpainting from image files", [gen])
     p.add_argument("image", type=Path, help="the starting image")
     p.add_argument("prompt", help="what to draw")
     p.add_argument("--mask", type=Path, default=None, help="mask image: white = repaint")
@@ -39,7 +55,46 @@ def register(commands: Commands) -> None:
     p.add_argument(
         "--mask-fill", default=None, choices=["fill", "original", "latent_noise", "latent_nothing"]
     )
+    p.add_argument(
+        "--outpaint", type=outpaint_sides, default=None, metavar="SIDE=PIXELS,...",
+        help="extend the canvas, e.g. left=32,top=16 (sides: left, right, top, bottom; "
+        "feather=N: pixels of the original the seam overlaps); the output is the larger canvas, "
+        "rounded up to multiples of 8",
+    )
     p.set_defaults(func=cmd_generate)
+
+
+def outpaint_sides(text: str) -> dict[str, int]:
+    """`left=32,top=16` -> {"left": 32, "top": 16}; errors name the option and the side."""
+    sides: dict[str, int] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = (part.strip() for part in item.partition("="))
+        if not sep or key not in OUTPAINT_KEYS:
+            raise argparse.ArgumentTypeError(
+                f"expected SIDE=PIXELS with SIDE one of {', '.join(OUTPAINT_KEYS)}, got {item!r}")
+        if key in sides:
+            raise argparse.ArgumentTypeError(f"{key} given twice")
+        try:
+            sides[key] = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{key} expects a whole number of pixels, got {value!r}") from None
+        if sides[key] < 0:
+            raise argparse.ArgumentTypeError(f"{key} must be >= 0 pixels, got {sides[key]}")
+    if not any(sides.get(side) for side in OUTPAINT_KEYS[:4]):
+        raise argparse.ArgumentTypeError("extend at least one side, e.g. left=32")
+    return sides
+
+
+def first_pass_size(text: str) -> tuple[int, int]:
+    """`64x64` -> (64, 64)."""
+    width, sep, height = text.lower().partition("x")
+    try:
+        if not sep:
+            raise ValueError
+        return int(width), int(height)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, got {text!r}") from None
 
 
 def generation_parent() -> argparse.ArgumentParser:
@@ -120,6 +175,8 @@ def generation_params(args: argparse.Namespace) -> dict[str, Any]:
         "sampler_options": key_values(args.opt, "--opt") or None,
         "backend_options": key_values(args.backend_opt, "--backend-opt") or None,
     }
+    if args.command == "generate":
+        params["hires"] = hires_params(args)
     if args.command == "edit":
         params.update(
             init_image=args.image,
@@ -128,8 +185,23 @@ def generation_params(args: argparse.Namespace) -> dict[str, Any]:
             mask_blur=args.mask_blur,
             invert_mask=args.invert_mask or None,
             mask_fill=args.mask_fill,
+            outpaint=args.outpaint,
         )
     return {k: v for k, v in params.items() if v is not None}
+
+
+def hires_params(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The hires fix fields asked for on the command line (None: hires fix off)."""
+    first_w, first_h = args.hires_first_pass or (None, None)
+    fields = {
+        "upscaler": args.hires_upscaler,
+        "steps": args.hires_steps,
+        "denoising_strength": args.hires_strength,
+        "first_pass_width": first_w,
+        "first_pass_height": first_h,
+    }
+    fields = {k: v for k, v in fields.items() if v is not None}
+    return fields if args.hires or fields else None
 
 
 def show_generate_event(event: GenerateEvent, out: Output) -> None:
