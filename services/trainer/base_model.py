@@ -1,7 +1,8 @@
 """The base model of a new job, asked of the Catalog and checked for fine-tuning.
 
-The trainer fine-tunes SD 1.x/2.x models whose weights are a diffusers folder, a cached HF model
-or a single file with a config folder; the job keeps a plain dict of what the worker needs.
+The trainer fine-tunes SD 1.x/2.x models, and trains LoRAs of SDXL models, whose weights are a
+diffusers folder, a cached HF model or a single file with a config folder; the job keeps a plain
+dict of what the worker needs.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import grpc
 from boothstudio.services.trainer.identifiers import Vocabulary
 from boothstudio.shared.artifact_store import ArtifactMissing, ArtifactStore
 from boothstudio.shared.errors import FieldViolation, Unavailable
-from boothstudio.v1 import catalog_pb2, catalog_pb2_grpc
+from boothstudio.v1 import catalog_pb2, catalog_pb2_grpc, trainer_pb2
 
 FIELD = "config.base_model_id"
 FORMATS = {catalog_pb2.MODEL_FORMAT_DIFFUSERS: "diffusers",
@@ -24,8 +25,10 @@ FORMATS = {catalog_pb2.MODEL_FORMAT_DIFFUSERS: "diffusers",
 
 
 async def look_up(catalog: catalog_pb2_grpc.CatalogServiceStub, catalog_address: str,
-                  model_id: str) -> tuple[dict[str, Any] | None, FieldViolation | None, bool]:
-    """(the base model, or what is wrong with it, and whether it is missing altogether)."""
+                  model_id: str, method: int = trainer_pb2.TRAINING_METHOD_UNSPECIFIED
+                  ) -> tuple[dict[str, Any] | None, FieldViolation | None, bool]:
+    """(the base model, or what is wrong with it for a job of `method`, and whether it is
+    missing altogether)."""
     if not model_id:
         return None, None, False  # resolve() names the missing field
     try:
@@ -46,10 +49,11 @@ async def look_up(catalog: catalog_pb2_grpc.CatalogServiceStub, catalog_address:
                                      and not m.config_path):
         problem = (f"{model_id!r} cannot be fine-tuned: its weights are not a diffusers "
                    "folder, a cached HF model or a single file with a config folder")
-    elif m.architecture == "sdxl":
-        # the DreamBooth module trains one text encoder and no size conditioning
-        problem = (f"{model_id!r} is SDXL: the trainer fine-tunes SD 1.x/2.x models "
-                   "(SDXL generation is supported)")
+    elif m.architecture == "sdxl" and method != trainer_pb2.TRAINING_METHOD_LORA:
+        # the full export (diffusers folder + single file) is SD 1.x/2.x only
+        return None, FieldViolation(
+            "config.method", f"{model_id!r} is SDXL: SDXL bases train LoRAs only for now "
+            "(method TRAINING_METHOD_LORA); full fine-tuning is SD 1.x/2.x"), False
     if problem:
         return None, FieldViolation(FIELD, problem), False
     return {"id": m.id, "source_path": m.source_path, "format": FORMATS[m.format],

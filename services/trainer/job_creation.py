@@ -34,7 +34,7 @@ async def check_config(
 ) -> tuple[dict[str, Any], Resolved]:
     """The base model and the checked, completed config."""
     base, model_violation, model_missing = await base_model.look_up(
-        catalog, catalog_address, config.base_model_id)
+        catalog, catalog_address, config.base_model_id, config.method)
     datasets = {}
     for part, dataset_id in concepts_dataset_ids(config).items():
         field = "config.dataset_id" if part < 0 else f"config.concepts[{part}].dataset_id"

@@ -28,6 +28,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from boothstudio.services.trainer import sdxl
+
 SEED_STRIDE = 1_000_003
 
 
@@ -116,6 +118,8 @@ class DataSpec:
     random_crop_scale: float = 0.0  # 0 = off; else the smallest zoomed square's share of the side
     # aspect-ratio buckets, sides a multiple of this (0 = off: square crops)
     bucket_multiple: int = 0
+    # SDXL: each micro-batch also carries its images' size conditioning ("time_ids")
+    size_conditioning: bool = False
 
 
 @dataclass(frozen=True)
@@ -158,8 +162,13 @@ class StepBatches(Dataset):  # type: ignore[type-arg]
     def __init__(self, spec: DataSpec, instance: Sequence[torch.Tensor],
                  instance_ids: torch.Tensor, class_images: Sequence[torch.Tensor] = (),
                  class_ids: torch.Tensor | None = None, total: int = 0,
-                 empty_ids: torch.Tensor | None = None, mix: ConceptMix | None = None) -> None:
+                 empty_ids: torch.Tensor | None = None, mix: ConceptMix | None = None,
+                 instance_sizes: Sequence[tuple[int, int]] = (),
+                 class_sizes: Sequence[tuple[int, int]] = ()) -> None:
         self.spec = spec
+        # the pictures' original (height, width), for size conditioning (default: as given)
+        self.instance_sizes = list(instance_sizes) or [tuple(t.shape[1:]) for t in instance]
+        self.class_sizes = list(class_sizes) or [tuple(t.shape[1:]) for t in class_images]
         self.mix = mix
         n = len(instance)
         concept_of = list(mix.instance) if mix else [0] * n
@@ -207,10 +216,11 @@ class StepBatches(Dataset):  # type: ignore[type-arg]
         random.Random(self.spec.seed * SEED_STRIDE + salt * 7919 + epoch).shuffle(perm)
         return perm[k]
 
-    def _view(self, t: torch.Tensor, rng: random.Random,
-              size: tuple[int, int] | None = None) -> torch.Tensor:
+    def _view(self, t: torch.Tensor, rng: random.Random, size: tuple[int, int] | None = None,
+              corners: list[tuple[int, int]] | None = None) -> torch.Tensor:
         """A crop of `size` (height, width; default the square resolution), zoomed and
-        flipped as the spec says."""
+        flipped as the spec says. Appends to `corners` the crop's top-left in the (flipped)
+        picture, as SDXL's size conditioning counts it (flip first, then crop)."""
         rh, rw = size or (self.spec.resolution, self.spec.resolution)
         _, h, w = t.shape
         if self.spec.center_crop:
@@ -224,8 +234,11 @@ class StepBatches(Dataset):  # type: ignore[type-arg]
             top, left = rng.randint(0, rh - sh), rng.randint(0, rw - sw)
             t = F.interpolate(t[None, :, top:top + sh, left:left + sw], size=(rh, rw),
                               mode="bilinear", antialias=True, align_corners=False)[0]
-        if self.spec.random_flip and rng.random() < 0.5:
+        flipped = self.spec.random_flip and rng.random() < 0.5
+        if flipped:
             t = t.flip(-1)
+        if corners is not None:
+            corners.append((top, w - rw - left if flipped else left))
         return t
 
     def _slot(self, position: int) -> int:
@@ -259,7 +272,9 @@ class StepBatches(Dataset):  # type: ignore[type-arg]
         idx = self._instance_indices(g)
         size = self.buckets[idx[0]] if self.buckets else None
         # an instance picture's alpha (4th channel) goes through the same crop, zoom and flip
-        views = [self._view(self.instance[k], rng, size) for k in idx]
+        corners: list[tuple[int, int]] = []
+        views = [self._view(self.instance[k], rng, size, corners) for k in idx]
+        originals = [self.instance_sizes[k] for k in idx]
         pixels = [v[:3] for v in views]
         ids = [self.instance_ids[k] for k in idx]
         if self.class_images:
@@ -273,12 +288,17 @@ class StepBatches(Dataset):  # type: ignore[type-arg]
                                                     _class_salt(self.concept_of[k]))])
             # (square) class images are scaled and cropped to the micro-batch's bucket
             pixels += [self._view(cover(self.class_images[k], size) if size else
-                                  self.class_images[k], rng, size) for k in cidx]
+                                  self.class_images[k], rng, size, corners) for k in cidx]
+            originals += [self.class_sizes[k] for k in cidx]
             ids += [self.class_ids[k] for k in cidx]
         if self.spec.caption_dropout > 0 and self.empty_ids is not None:
             ids = [self.empty_ids if rng.random() < self.spec.caption_dropout else t for t in ids]
         batch = {"pixels": torch.stack(pixels), "input_ids": torch.stack(ids),
                  "n_instance": bs, "noise_seed": self.spec.seed * SEED_STRIDE + g, "index": i}
+        if self.spec.size_conditioning:
+            target = tuple(pixels[0].shape[1:])
+            batch["time_ids"] = torch.stack([sdxl.time_ids(o, c, target)  # type: ignore[arg-type]
+                                             for o, c in zip(originals, corners, strict=True)])
         if self.mix is not None:
             batch["concepts"] = torch.tensor([self.concept_of[k] for k in idx])
             if self.class_images:
@@ -401,6 +421,8 @@ class DreamBoothModule(L.LightningModule):
 
         self.unet = components["unet"]
         self.text_encoder = components["text_encoder"]
+        # SDXL's second text encoder (None for SD 1.x/2.x)
+        self.text_encoder_2 = components.get("text_encoder_2")
         self.vae = components["vae"]
         self.tokenizer = components["tokenizer"]
         self.base_scheduler = components["scheduler"]
@@ -413,6 +435,8 @@ class DreamBoothModule(L.LightningModule):
         self.vae.requires_grad_(False)
         self.vae.eval()
         self.text_encoder.requires_grad_(False)
+        if self.text_encoder_2 is not None:
+            self.text_encoder_2.requires_grad_(False)
         if lora is not None:
             from peft import LoraConfig
 
@@ -426,27 +450,34 @@ class DreamBoothModule(L.LightningModule):
 
                 # peft itself, not transformers' add_adapter: that one demands a newer peft
                 # than PyPI has for the transformers we pin (diffusers loads it the same way)
-                inject_adapter_in_model(LoraConfig(
-                    r=lora["rank"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
-                    init_lora_weights="gaussian",
-                    target_modules=["q_proj", "k_proj", "v_proj", "out_proj"]),
-                    self.text_encoder, adapter_name="default")
+                for encoder in self.text_encoders:
+                    inject_adapter_in_model(LoraConfig(
+                        r=lora["rank"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+                        init_lora_weights="gaussian",
+                        target_modules=["q_proj", "k_proj", "v_proj", "out_proj"]),
+                        encoder, adapter_name="default")
         else:
             self.unet.requires_grad_(True)
             if optim.train_text_encoder:
-                self.text_encoder.requires_grad_(True)
+                for encoder in self.text_encoders:
+                    encoder.requires_grad_(True)
             if optim.identifier_learning_rate > 0:
                 self._train_identifier_embedding(optim.identifier_token_ids)
         if optim.gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
             if optim.train_text_encoder:
-                self.text_encoder.gradient_checkpointing_enable()
+                for encoder in self.text_encoders:
+                    encoder.gradient_checkpointing_enable()
         self.grad_norm = 0.0
         self.last: dict[str, float] = {}
         # EMA of the trainable weights (name -> fp32 tensor), when ema_decay > 0
         self.ema: dict[str, torch.Tensor] | None = None
         alphas = self.noise_scheduler.alphas_cumprod
         self.register_buffer("alphas_cumprod", alphas.clone().float(), persistent=False)
+
+    @property
+    def text_encoders(self) -> list[Any]:
+        return [e for e in (self.text_encoder, self.text_encoder_2) if e is not None]
 
     def _train_identifier_embedding(self, token_ids: tuple[int, ...]) -> None:
         """Only the identifier's rows of the embedding table get gradients; the others stay
@@ -463,7 +494,8 @@ class DreamBoothModule(L.LightningModule):
         super().train(mode)
         self.vae.eval()
         if not self.optim.train_text_encoder:
-            self.text_encoder.eval()
+            for encoder in self.text_encoders:
+                encoder.eval()
         return self
 
     def trainable_names(self) -> set[str]:
@@ -486,7 +518,10 @@ class DreamBoothModule(L.LightningModule):
         pixels = batch["pixels"].to(self.device)
         n_inst = int(batch["n_instance"])
         gen = torch.Generator().manual_seed(int(batch["noise_seed"]))
-        with torch.no_grad():
+        # SDXL's VAE overflows in fp16: it encodes in fp32 whatever the mixed precision
+        keep_fp32 = torch.autocast(self.device.type, enabled=False) if self.text_encoder_2 \
+            is not None else contextlib.nullcontext()
+        with torch.no_grad(), keep_fp32:
             dist = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist
             eps = torch.randn(dist.mean.shape, generator=gen).to(dist.mean)
             latents = (dist.mean + dist.std * eps).float() * self.vae.config.scaling_factor
@@ -495,8 +530,14 @@ class DreamBoothModule(L.LightningModule):
         t = torch.randint(0, steps, (latents.shape[0],), generator=gen).to(self.device)
         a = self.alphas_cumprod[t].view(-1, 1, 1, 1)
         noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
-        hidden = self.text_encoder(batch["input_ids"].to(self.device))[0]
-        pred = self.unet(noisy, t, hidden).sample.float()
+        if self.text_encoder_2 is None:
+            hidden = self.text_encoder(batch["input_ids"].to(self.device))[0]
+            pred = self.unet(noisy, t, hidden).sample.float()
+        else:
+            hidden, pooled = sdxl.encode_prompt(self.text_encoder, self.text_encoder_2,
+                                                batch["input_ids"].to(self.device))
+            added = {"text_embeds": pooled, "time_ids": batch["time_ids"].to(self.device)}
+            pred = self.unet(noisy, t, hidden, added_cond_kwargs=added).sample.float()
         if self.prediction_type == "v_prediction":
             target = a.sqrt() * noise - (1 - a).sqrt() * latents
         elif self.prediction_type == "epsilon":
@@ -546,7 +587,7 @@ class DreamBoothModule(L.LightningModule):
         groups = [{"params": unet_params, "lr": o.learning_rate}]
         table = self.text_encoder.get_input_embeddings().weight
         own_rate = o.identifier_learning_rate > 0 and self.lora is None
-        te = [p for p in self.text_encoder.parameters()
+        te = [p for encoder in self.text_encoders for p in encoder.parameters()
               if p.requires_grad and not (own_rate and p is table)]
         if te:
             groups.append({"params": te, "lr": o.text_encoder_learning_rate})

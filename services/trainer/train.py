@@ -45,6 +45,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from PIL import Image
 
 from boothstudio.services.diffusion.single_file import export_single_file, make_readable
+from boothstudio.services.trainer import sdxl
 from boothstudio.services.trainer.class_images import (
     ClassImageCache,
     ClassImageKey,
@@ -203,6 +204,9 @@ def base_model_hash(spec: JobSpec) -> str:
 def make_pipeline(components: dict[str, Any]) -> Any:
     from diffusers import StableDiffusionPipeline
 
+    if sdxl.is_sdxl(components):
+        return sdxl.make_pipeline(components)
+
     return StableDiffusionPipeline(
         vae=components["vae"], text_encoder=components["text_encoder"],
         tokenizer=components["tokenizer"], unet=components["unet"],
@@ -240,6 +244,9 @@ def lora_state(module: DreamBoothModule) -> dict[str, dict[str, torch.Tensor]]:
     if module.optim.train_text_encoder:
         out["text_encoder"] = convert_state_dict_to_diffusers(
             get_peft_model_state_dict(module.text_encoder))
+        if module.text_encoder_2 is not None:
+            out["text_encoder_2"] = convert_state_dict_to_diffusers(
+                get_peft_model_state_dict(module.text_encoder_2))
     return out
 
 
@@ -686,6 +693,8 @@ def run_job(spec: JobSpec, reporter: Reporter) -> JobResult:
     # and class images (services/trainer/concepts.py)
     concepts = job_concepts(c)
     inst_t: list[torch.Tensor] = []
+    inst_sizes: list[tuple[int, int]] = []  # (height, width) before resizing (SDXL's time ids)
+    class_sizes: list[tuple[int, int]] = []
     prompts: list[str] = []
     class_t: list[torch.Tensor] = []
     class_texts: list[str] = []
@@ -697,6 +706,7 @@ def run_job(spec: JobSpec, reporter: Reporter) -> JobResult:
         own = [i for i, n in enumerate(names) if not c.concepts or n in files]
         caps = [captions[i] for i in own]
         inst_t += [image_tensor(images[i], res) for i in own]
+        inst_sizes += [(images[i].height, images[i].width) for i in own]
         prompts += [(cap.replace("{identifier}", one.identifier) if cap else one.instance_prompt)
                     for cap in caps]
         inst_concept += [k] * len(own)
@@ -712,6 +722,7 @@ def run_job(spec: JobSpec, reporter: Reporter) -> JobResult:
         for path, prompt in class_paths:
             with Image.open(path) as im:
                 class_t.append(image_tensor(im, res))
+                class_sizes.append((im.height, im.width))
             class_texts.append(prompt)
             class_concept.append(k)
     if "class_images" in timings:
@@ -722,14 +733,16 @@ def run_job(spec: JobSpec, reporter: Reporter) -> JobResult:
         mix = ConceptMix(inst_concept, class_concept, [k.repeats or 1 for k in c.concepts],
                          [one.prior_preservation.loss_weight if one.prior_preservation.enabled
                           else 0.0 for one in concepts])
+    text_ids = sdxl.training_tokenizer(pipe)  # SDXL: both tokenizers
     data = StepBatches(DataSpec(c.seed, c.batch_size, res, c.center_crop, c.random_flip,
                                 c.caption_dropout, c.random_crop_scale,
                                 latent_multiple(pipe.vae, pipe.unet) if c.aspect_buckets
-                                else 0),
-                       inst_t, tokenize(pipe.tokenizer, prompts), class_t,
-                       tokenize(pipe.tokenizer, class_texts) if class_texts else None,
+                                else 0, size_conditioning=sdxl.is_sdxl(pipe)),
+                       inst_t, tokenize(text_ids, prompts), class_t,
+                       tokenize(text_ids, class_texts) if class_texts else None,
                        total=c.max_train_steps * c.gradient_accumulation_steps,
-                       empty_ids=tokenize(pipe.tokenizer, [""])[0], mix=mix)
+                       empty_ids=tokenize(text_ids, [""])[0], mix=mix,
+                       instance_sizes=inst_sizes, class_sizes=class_sizes)
     lora = None
     if c.method == trainer_pb2.TRAINING_METHOD_LORA:
         lora = {"rank": c.lora.rank, "alpha": c.lora.alpha, "dropout": c.lora.dropout,
@@ -752,7 +765,7 @@ def run_job(spec: JobSpec, reporter: Reporter) -> JobResult:
             t for one in concepts
             for t in pipe.tokenizer(one.identifier, add_special_tokens=False).input_ids)))
     parts = {"vae": pipe.vae, "text_encoder": pipe.text_encoder, "tokenizer": pipe.tokenizer,
-             "unet": pipe.unet, "scheduler": pipe.scheduler}
+             "unet": pipe.unet, "scheduler": pipe.scheduler, **sdxl.extra_parts(pipe)}
     module = DreamBoothModule(parts, optim, data, lora)
     gen = c.prior_preservation.generation
     sampling = {"steps": spec.sample_steps, "cfg": 7.0, "resolution": res,
@@ -828,10 +841,13 @@ def export(spec: JobSpec, module: DreamBoothModule,
 
         lora_dir = out / "lora"
         st = lora_state(module) if weights is None else _parts(weights)
-        StableDiffusionPipeline.save_lora_weights(
-            str(lora_dir), unet_lora_layers=st["unet"],
-            text_encoder_lora_layers=st.get("text_encoder"), safe_serialization=True)
-        write_kohya_lora(lora_dir, spec.job_id)
+        if module.text_encoder_2 is not None:
+            sdxl.save_lora(lora_dir, st)
+        else:
+            StableDiffusionPipeline.save_lora_weights(
+                str(lora_dir), unet_lora_layers=st["unet"],
+                text_encoder_lora_layers=st.get("text_encoder"), safe_serialization=True)
+        write_kohya_lora(lora_dir, spec.job_id, sdxl=module.text_encoder_2 is not None)
         make_readable(lora_dir)
         return {"lora": str(lora_dir / "pytorch_lora_weights.safetensors")}
     if weights is not None:
