@@ -36,8 +36,8 @@ class _Ids:
 
 
 class PairTokenizer:
-    """Tokenizes for both encoders at once: input_ids [n, 2, L] (each tokenizer pads to its
-    own length; both are CLIP's 77)."""
+    """Tokenizes for both encoders at once: input_ids [n, 2, L] (both CLIP tokenizers, padded
+    to the same length)."""
 
     def __init__(self, first: Any, second: Any) -> None:
         self.first, self.second = first, second
@@ -45,7 +45,6 @@ class PairTokenizer:
 
     def __call__(self, prompts: list[str], **kw: Any) -> _Ids:
         one = self.first(prompts, **kw).input_ids
-        kw["max_length"] = self.second.model_max_length
         two = self.second(prompts, **kw).input_ids
         return _Ids(torch.stack([one, two], dim=1))
 
