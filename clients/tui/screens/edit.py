@@ -1,6 +1,6 @@
-"""Edit: take an image from the gallery or a file, then img2img (strength) or inpaint with a
-mask painted over it (mouse or keys: brush size, erase, invert, clear). Results go to the
-gallery like any generation."""
+"""Edit: take an image from the gallery or a file, then img2img (strength), inpaint with a
+mask painted over it (mouse or keys: brush size, erase, invert, clear) or outpaint (pixels added
+on chosen sides). Results go to the gallery like any generation."""
 
 from __future__ import annotations
 
@@ -33,16 +33,25 @@ from boothstudio.clients.sdk import (
     Progress,
     SamplerList,
     Started,
+    WarningEvent,
 )
 from boothstudio.clients.sdk.errors import invalid
 from boothstudio.clients.tui.screens.base import StudioScreen
 from boothstudio.clients.tui.screens.dialogs import PickImageDialog
 from boothstudio.clients.tui.screens.generate import GenerateScreen
-from boothstudio.clients.tui.widgets.fields import FormField, form_params, model_label, refill
+from boothstudio.clients.tui.widgets.fields import (
+    FormField,
+    form_params,
+    model_label,
+    parse_int,
+    refill,
+)
 from boothstudio.clients.tui.widgets.mask_canvas import MaskCanvas
 from boothstudio.clients.tui.widgets.results import JobProgress, ResultTile, eta_text
 
-MODES = [("img2img (whole image)", "img2img"), ("inpaint (painted mask)", "inpaint")]
+MODES = [("img2img (whole image)", "img2img"), ("inpaint (painted mask)", "inpaint"),
+         ("outpaint (extend the canvas)", "outpaint")]
+OUTPAINT_SIDES = ("left", "right", "top", "bottom")
 #: Request field -> the widget that sets it (the mask blur: when inpainting).
 FORM_FIELDS = {
     name: f"edit-{name}" for name in ("steps", "seed", "width", "height", "count", "sampler")
@@ -122,8 +131,15 @@ class EditScreen(StudioScreen):
                 yield FormField(
                     "Mode",
                     Select(MODES, value="inpaint", allow_blank=False, id="edit-mode"),
-                    field="mode",
+                    field=["mode", "outpaint"],
                 )
+                with Horizontal(classes="row", id="outpaint-sides"):
+                    for side in OUTPAINT_SIDES:
+                        yield FormField(
+                            f"{side.capitalize()} px",
+                            Input(type="integer", placeholder="0", id=f"outpaint-{side}"),
+                            field=f"outpaint.{side}",
+                        )
                 with Horizontal(classes="row"):
                     yield FormField(
                         "Strength", Input("0.75", type="number", id="strength"), field="strength"
@@ -284,13 +300,19 @@ class EditScreen(StudioScreen):
         p = img.params
         self.query_one("#edit-prompt", Input).value = img.prompt
         self.query_one("#edit-negative", Input).value = img.negative_prompt
-        self.query_one("#edit-mode", Select).value = "inpaint" if img.has_mask else "img2img"
+        outpaint = p.get("outpaint")
+        mode = "outpaint" if outpaint else "inpaint" if img.has_mask else "img2img"
+        self.query_one("#edit-mode", Select).value = mode
+        for side in OUTPAINT_SIDES:
+            pixels = getattr(outpaint, side, 0) if outpaint else 0
+            self.query_one(f"#outpaint-{side}", Input).value = str(pixels) if pixels else ""
         for wid, value in (
             ("#strength", p.get("strength")),
             ("#edit-steps", img.steps or None),
             ("#edit-cfg", img.cfg_scale or None),
-            ("#edit-width", img.width or None),
-            ("#edit-height", img.height or None),
+            # an outpaint's size is its source's plus the sides: the service refuses a size
+            ("#edit-width", None if outpaint else img.width or None),
+            ("#edit-height", None if outpaint else img.height or None),
             ("#edit-seed", img.seed),
             ("#edit-count", 1),
             ("#mask-blur", p.get("mask_blur")),
@@ -309,6 +331,11 @@ class EditScreen(StudioScreen):
             f"settings of {img.image_id} loaded: open its source image (ctrl+l gallery, ctrl+o"
             " file); the gallery does not keep it"
         )
+
+    @on(Select.Changed, "#edit-mode")
+    def mode_changed(self, event: Select.Changed) -> None:
+        """The sides to extend show only when outpainting."""
+        self.query_one("#outpaint-sides").display = event.value == "outpaint"
 
     # ----------------------------------------------------------------------------- mask
 
@@ -340,6 +367,14 @@ class EditScreen(StudioScreen):
             if canvas.coverage == 0:
                 raise invalid("mask", "paint the area to repaint first (or use img2img)")
             params["mask"] = canvas.mask_png()
+            params.update(form_params(self, {"mask_blur": "mask-blur"}))
+        elif self.query_one("#edit-mode", Select).value == "outpaint":
+            sides = {
+                side: parse_int(self.query_one(f"#outpaint-{side}", Input).value,
+                                f"outpaint.{side}")
+                for side in OUTPAINT_SIDES
+            }
+            params["outpaint"] = {side: n for side, n in sides.items() if n is not None}
             params.update(form_params(self, {"mask_blur": "mask-blur"}))
         return prompt, params
 
@@ -399,6 +434,8 @@ class EditScreen(StudioScreen):
             self.query_one("#edit-results", HorizontalScroll).mount(
                 ResultTile(img.png, caption, self.studio.image_method, image_id=img.image_id)
             )
+        elif isinstance(event, WarningEvent):  # e.g. an outpainted canvas rounded up
+            self.notify(event.warning.message, severity="warning")
         elif isinstance(event, Finished):
             if event.status is GenerationStatus.SUCCEEDED:
                 progress.finish(f"done in {event.total_seconds:.1f}s")

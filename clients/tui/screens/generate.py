@@ -22,6 +22,7 @@ from boothstudio.clients.sdk import (
     GenerateEvent,
     GenerateParams,
     GenerationStatus,
+    HiresFix,
     ImageReady,
     Model,
     ModelDownload,
@@ -35,7 +36,14 @@ from boothstudio.clients.sdk import (
 )
 from boothstudio.clients.tui.images import image_widget, set_image
 from boothstudio.clients.tui.screens.base import StudioScreen
-from boothstudio.clients.tui.widgets.fields import FormField, form_params, model_label, refill
+from boothstudio.clients.tui.widgets.fields import (
+    FormField,
+    form_params,
+    model_label,
+    parse_float,
+    parse_int,
+    refill,
+)
 from boothstudio.clients.tui.widgets.results import JobProgress, ResultTile, eta_text
 from boothstudio.clients.tui.widgets.sampler_settings import SamplerSettings
 
@@ -44,6 +52,11 @@ FORM_FIELDS = {
     name: name
     for name in ("negative_prompt", "sampler", "schedule", "width", "height", "steps", "count")
 } | {"model_id": "model", "cfg_scale": "cfg_scale"}
+
+
+#: Hires fix upscalers (GenerateRequest.hires.upscaler): label, value
+HIRES_CHOICES = [("Latent", "latent"), ("Latent (nearest)", "latent_nearest"),
+                 ("Lanczos", "lanczos"), ("Nearest", "nearest")]
 
 
 class GenerateScreen(StudioScreen):
@@ -123,6 +136,20 @@ class GenerateScreen(StudioScreen):
                     )
                     yield FormField("Count", Input("1", type="integer", id="count"), field="count")
                 yield Checkbox("Random seed", True, id="seed-random", compact=True)
+                yield FormField(
+                    "Hires fix",
+                    Checkbox("draw at model size, enlarge, redraw", False, id="hires"),
+                    field="hires",
+                )
+                with Horizontal(classes="row"):
+                    yield FormField("Upscaler", Select(HIRES_CHOICES, value="latent",
+                                                       allow_blank=False, id="hires-upscaler"),
+                                    field="hires.upscaler")
+                    yield FormField("Hires steps", Input(type="integer", placeholder="as steps",
+                                                         id="hires-steps"), field="hires.steps")
+                    yield FormField("Denoising", Input(type="number", placeholder="0.5",
+                                                       id="hires-strength"),
+                                    field="hires.denoising_strength")
                 yield Label("Sampler settings", classes="section")
                 yield SamplerSettings(id="sampler-settings")
                 yield Button("Generate  ctrl+g", variant="primary", id="generate-button")
@@ -279,8 +306,21 @@ class GenerateScreen(StudioScreen):
         options = self.query_one(SamplerSettings).values()
         if options:
             params["sampler_options"] = options
+        if self.query_one("#hires", Checkbox).value:
+            params["hires"] = self.hires_params()
         params["preview_interval"] = 1
         return prompt, params
+
+    def hires_params(self) -> dict[str, Any]:
+        """The hires fix fields set in the form (blank = the service's default)."""
+        upscaler = self.query_one("#hires-upscaler", Select).value
+        fields = {
+            "upscaler": upscaler if isinstance(upscaler, str) else None,
+            "steps": parse_int(self.query_one("#hires-steps", Input).value, "hires.steps"),
+            "denoising_strength": parse_float(
+                self.query_one("#hires-strength", Input).value, "hires.denoising_strength"),
+        }
+        return {k: v for k, v in fields.items() if v is not None}
 
     def action_generate(self) -> None:
         if self.running:
@@ -430,6 +470,7 @@ class GenerateScreen(StudioScreen):
                 self.query_one(f"#{name}", Input).value = str(value)
         if img.cfg_scale:
             self.query_one("#cfg_scale", Input).value = f"{img.cfg_scale:g}"
+        self._apply_hires(p.get("hires"))
         self.query_one("#seed-random", Checkbox).value = False
         seed = self.query_one("#seed", Input)
         seed.disabled = False
@@ -438,6 +479,17 @@ class GenerateScreen(StudioScreen):
             self._apply_late, img.schedule, dict(p.get("sampler_options") or {})
         )
         self.say(f"settings of {img.image_id} loaded (seed {img.seed})")
+
+    def _apply_hires(self, hires: HiresFix | None) -> None:
+        """A reused image's hires fix settings (or hires fix off)."""
+        self.query_one("#hires", Checkbox).value = hires is not None
+        if hires is None:
+            return
+        if hires.upscaler:
+            self.query_one("#hires-upscaler", Select).value = hires.upscaler
+        for wid, value in (("#hires-steps", hires.steps or None),
+                           ("#hires-strength", hires.denoising_strength)):
+            self.query_one(wid, Input).value = "" if value is None else f"{value:g}"
 
     def _apply_late(self, schedule: str, options: dict[str, Any]) -> None:
         if schedule:
