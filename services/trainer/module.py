@@ -470,6 +470,8 @@ class DreamBoothModule(L.LightningModule):
                     encoder.gradient_checkpointing_enable()
         self.grad_norm = 0.0
         self.last: dict[str, float] = {}
+        # token ids -> (embeddings, pooled) while the text encoders stay frozen
+        self.prompt_cache: dict[bytes, tuple[torch.Tensor, torch.Tensor | None]] = {}
         # EMA of the trainable weights (name -> fp32 tensor), when ema_decay > 0
         self.ema: dict[str, torch.Tensor] | None = None
         alphas = self.noise_scheduler.alphas_cumprod
@@ -530,12 +532,10 @@ class DreamBoothModule(L.LightningModule):
         t = torch.randint(0, steps, (latents.shape[0],), generator=gen).to(self.device)
         a = self.alphas_cumprod[t].view(-1, 1, 1, 1)
         noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
-        if self.text_encoder_2 is None:
-            hidden = self.text_encoder(batch["input_ids"].to(self.device))[0]
+        hidden, pooled = self._encode_prompts(batch["input_ids"].to(self.device))
+        if pooled is None:
             pred = self.unet(noisy, t, hidden).sample.float()
         else:
-            hidden, pooled = sdxl.encode_prompt(self.text_encoder, self.text_encoder_2,
-                                                batch["input_ids"].to(self.device))
             added = {"text_embeds": pooled, "time_ids": batch["time_ids"].to(self.device)}
             pred = self.unet(noisy, t, hidden, added_cond_kwargs=added).sample.float()
         if self.prediction_type == "v_prediction":
@@ -565,6 +565,28 @@ class DreamBoothModule(L.LightningModule):
         else:
             loss = inst + self.optim.prior_loss_weight * prior
         return loss, inst, prior
+
+    def _encode(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(prompt embeddings, SDXL's pooled embeddings or None) of token ids."""
+        if self.text_encoder_2 is None:
+            return self.text_encoder(ids)[0], None
+        return sdxl.encode_prompt(self.text_encoder, self.text_encoder_2, ids)
+
+    def _encode_prompts(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The text conditioning of a micro-batch; with frozen text encoders, each prompt's
+        is computed once and kept (a job has a few distinct prompts: its pictures' captions,
+        the class prompts and the empty one)."""
+        if self.optim.trains_text_encoder:
+            return self._encode(ids)
+        keys = [row.cpu().numpy().tobytes() for row in ids]
+        for j, key in enumerate(keys):
+            if key not in self.prompt_cache:  # one at a time: the same whichever batch it is in
+                with torch.no_grad():
+                    hidden, pooled = self._encode(ids[j:j + 1])
+                self.prompt_cache[key] = (hidden[0], None if pooled is None else pooled[0])
+        rows = [self.prompt_cache[k] for k in keys]
+        hidden = torch.stack([h for h, _ in rows])
+        return hidden, None if rows[0][1] is None else torch.stack([p for _, p in rows])
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss, inst, prior = self.compute_loss(batch)

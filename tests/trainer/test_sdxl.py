@@ -89,7 +89,8 @@ def test_sdxl_full_fine_tune_is_refused_by_field(start_service, tiny_sdxl, subje
     assert not jobs.jobs  # nothing kept
 
 
-def _sdxl_spec(tmp: Path, name: str, model: Path, pngs: list[bytes], steps: int, **kw):
+def _sdxl_spec(tmp: Path, name: str, model: Path, pngs: list[bytes], steps: int,
+               train_te: bool, **kw):
     from boothstudio.services.trainer.options import Limits, resolve
     from boothstudio.services.trainer.train import JobSpec
 
@@ -99,9 +100,10 @@ def _sdxl_spec(tmp: Path, name: str, model: Path, pngs: list[bytes], steps: int,
         (job_dir / "instance" / f"{i}.png").write_bytes(data)
     cfg = trainer_pb2.DreamBoothConfig(
         base_model_id="tiny-sdxl", class_noun="circle", max_train_steps=steps, seed=5,
-        learning_rate=1e-2, text_encoder_learning_rate=1e-3, train_text_encoder=True,
+        learning_rate=1e-2, text_encoder_learning_rate=1e-3, train_text_encoder=train_te,
         method=trainer_pb2.TRAINING_METHOD_LORA, lora=trainer_pb2.LoraConfig(rank=4),
-        random_flip=True, resolution=32, validation_prompts=["a {identifier} circle"])
+        random_flip=True, resolution=32, validation_prompts=["a {identifier} circle"],
+        caption_dropout=0.3)
     cfg.prior_preservation.enabled = True
     cfg.prior_preservation.class_image_count = 2
     cfg.prior_preservation.generation.steps = 2
@@ -113,21 +115,28 @@ def _sdxl_spec(tmp: Path, name: str, model: Path, pngs: list[bytes], steps: int,
                    tmp / "class_cache", tmp / "memo.json", sample_steps=2, **kw)
 
 
-def test_sdxl_stop_and_resume_gives_the_same_weights(tmp_path, tiny_sdxl, subject_pngs):
+@pytest.mark.parametrize("train_te", [True, False], ids=["text-encoders", "frozen-encoders"])
+def test_sdxl_stop_and_resume_gives_the_same_weights(tmp_path, tiny_sdxl, subject_pngs,
+                                                      train_te):
+    """Frozen text encoders: their prompt encodings are kept between steps, and a resumed run
+    computes them again."""
     from boothstudio.services.trainer.train import Reporter, run_job
 
     steps = 4
-    full = run_job(_sdxl_spec(tmp_path, "full", tiny_sdxl, subject_pngs, steps), Reporter())
+    full = run_job(_sdxl_spec(tmp_path, "full", tiny_sdxl, subject_pngs, steps, train_te),
+                   Reporter())
     assert full.outcome == "succeeded" and full.step == steps
-    first = run_job(_sdxl_spec(tmp_path, "split", tiny_sdxl, subject_pngs, steps,
+    first = run_job(_sdxl_spec(tmp_path, "split", tiny_sdxl, subject_pngs, steps, train_te,
                                stop_at_step=2), Reporter())
     assert first.outcome == "stopped" and first.step == 2
-    second = run_job(_sdxl_spec(tmp_path, "split", tiny_sdxl, subject_pngs, steps), Reporter())
+    second = run_job(_sdxl_spec(tmp_path, "split", tiny_sdxl, subject_pngs, steps, train_te),
+                     Reporter())
     assert second.outcome == "succeeded" and second.step == steps
 
     a = _weights(tmp_path / "full" / "checkpoints" / "step-000004.ckpt")
     b = _weights(tmp_path / "split" / "checkpoints" / "step-000004.ckpt")
-    assert a.keys() == b.keys() and any(k.startswith("text_encoder_2.") for k in a)
+    assert a.keys() == b.keys()
+    assert any(k.startswith("text_encoder_2.") for k in a) == train_te
     base = _weights(tmp_path / "split" / "checkpoints" / "step-000002.ckpt")
     assert max(float((a[k] - base[k]).abs().max()) for k in a) > 1e-4  # it did train
     worst = max(float((a[k] - b[k]).abs().max()) for k in a)
