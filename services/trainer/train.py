@@ -237,16 +237,26 @@ def checkpoint_files(job_dir: Path) -> list[Path]:
 
 
 def lora_state(module: DreamBoothModule) -> dict[str, dict[str, torch.Tensor]]:
+    """The LoRA factors in diffusers' layout, with the training scale alpha/rank folded into
+    the up factors: the file carries no alpha, and every loader (diffusers, A1111, ComfyUI,
+    kohya's) then applies exactly what was trained."""
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
-    out = {"unet": convert_state_dict_to_diffusers(get_peft_model_state_dict(module.unet))}
+    assert module.lora is not None
+    scale = float(module.lora["alpha"]) / float(module.lora["rank"])
+
+    def part(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        factors = get_peft_model_state_dict(model)
+        if scale != 1.0:
+            factors = {k: v * scale if ".lora_B." in k else v for k, v in factors.items()}
+        return convert_state_dict_to_diffusers(factors)
+
+    out = {"unet": part(module.unet)}
     if module.optim.train_text_encoder:
-        out["text_encoder"] = convert_state_dict_to_diffusers(
-            get_peft_model_state_dict(module.text_encoder))
+        out["text_encoder"] = part(module.text_encoder)
         if module.text_encoder_2 is not None:
-            out["text_encoder_2"] = convert_state_dict_to_diffusers(
-                get_peft_model_state_dict(module.text_encoder_2))
+            out["text_encoder_2"] = part(module.text_encoder_2)
     return out
 
 
