@@ -226,10 +226,19 @@ def names_a_field(desc: Descriptor, path: str) -> bool:
     return True
 
 
+def _entry(path: str) -> str | None:
+    """"loras[0].weight" -> "loras[0]": the entry of a repeated message a path lies in."""
+    found = re.match(r"^(.*?\[\d+\])", path)
+    return found.group(1) if found else None
+
+
 def related(a: str, b: str) -> bool:
+    """Whether a refusal naming `b` is about the hostile field `a`: one lies on the other's
+    path, or both lie in one entry of a repeated message (an entry made to carry the hostile
+    value may rightly be refused for a sibling it lacks, e.g. loras[0].model_id)."""
     sa, sb = _segments(a), _segments(b)
     n = min(len(sa), len(sb))
-    return sa[:n] == sb[:n]
+    return sa[:n] == sb[:n] or (_entry(a) is not None and _entry(a) == _entry(b))
 
 
 def describe(request: Any, limit: int = 400) -> str:
