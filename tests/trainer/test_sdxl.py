@@ -24,6 +24,7 @@ from tests.trainer.helpers import (
     watch,
     worker_log,
 )
+from tests.trainer.test_jobs import generate_pixels
 from tests.trainer.test_resume import _weights
 
 
@@ -47,6 +48,8 @@ def _draw(base: Path, lora: Path | None) -> np.ndarray:
 
 def test_sdxl_lora_job_through_the_services(start_service, tiny_sdxl, subject_pngs):
     stack = start_stack(start_service, tiny_sdxl)
+    stack.extra["generator"] = start_service(
+        "generator", env={"BOOTHSTUDIO_CATALOG_ADDRESS": stack.catalog.address})
     # both text encoders get adapters too; prior preservation draws SDXL class images
     cfg = job_config(stack.base_model_id, subject_pngs[:3], steps=2, learning_rate=5e-2,
                      method=trainer_pb2.TRAINING_METHOD_LORA, lora=trainer_pb2.LoraConfig(rank=4),
@@ -75,6 +78,11 @@ def test_sdxl_lora_job_through_the_services(start_service, tiny_sdxl, subject_pn
     assert any(k.startswith("lora_te1_") for k in keys)
     assert any(k.startswith("lora_te2_") for k in keys)
     assert np.allclose(_draw(tiny_sdxl, kohya), tuned, atol=1e-4)
+    # the Generator draws the LoRA model on its SDXL base
+    size = {"width": 64, "height": 64}
+    base = generate_pixels(stack, stack.base_model_id, model.trigger_phrase, **size)
+    adapted = generate_pixels(stack, model.id, model.trigger_phrase, **size)
+    assert abs(adapted - base).mean() > 0.5
 
 
 def test_sdxl_full_fine_tune_is_refused_by_field(start_service, tiny_sdxl, subject_pngs):
