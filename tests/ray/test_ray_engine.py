@@ -31,6 +31,8 @@ from tests.trainer.helpers import (
 from tests.trainer.test_jobs import generate_pixels
 
 DDP = {"strategy": trainer_pb2.STRATEGY_DDP, "devices": 2, "accelerator": "cpu"}
+# a Ray cluster and six Ray Train runs: about 6 minutes on 2 busy cores (make test-fast skips)
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
