@@ -229,6 +229,7 @@ class TrainingOptions(TypedDict, total=False):
     precision: str
     train_text_encoder: bool
     text_encoder_learning_rate: float
+    text_encoder_2_learning_rate: float  # SDXL's second text encoder
     method: str
     lora: Mapping[str, Any]
     checkpoint_every_steps: int

@@ -398,6 +398,8 @@ class OptimSpec:
     # min-SNR-gamma loss weighting (0 = off) and offset noise (0 = off)
     min_snr_gamma: float = 0.0
     offset_noise: float = 0.0
+    # SDXL's second text encoder (None = text_encoder_learning_rate)
+    text_encoder_2_learning_rate: float | None = None
 
     @property
     def trains_text_encoder(self) -> bool:
@@ -609,10 +611,16 @@ class DreamBoothModule(L.LightningModule):
         groups = [{"params": unet_params, "lr": o.learning_rate}]
         table = self.text_encoder.get_input_embeddings().weight
         own_rate = o.identifier_learning_rate > 0 and self.lora is None
-        te = [p for encoder in self.text_encoders for p in encoder.parameters()
+        te = [p for p in self.text_encoder.parameters()
               if p.requires_grad and not (own_rate and p is table)]
+        te2 = [p for encoder in self.text_encoders[1:] for p in encoder.parameters()
+               if p.requires_grad]
+        if o.text_encoder_2_learning_rate is None:
+            te, te2 = te + te2, []
         if te:
             groups.append({"params": te, "lr": o.text_encoder_learning_rate})
+        if te2:
+            groups.append({"params": te2, "lr": o.text_encoder_2_learning_rate})
         if own_rate:
             groups.append({"params": [table], "lr": o.identifier_learning_rate,
                            "weight_decay": 0.0})

@@ -225,6 +225,8 @@ def resolve(config: trainer_pb2.DreamBoothConfig, *, base_model: dict, limits: L
     c.learning_rate = c.learning_rate or (1e-4 if lora else 5e-6)
     if c.HasField("text_encoder_learning_rate") and not 0 < c.text_encoder_learning_rate <= 1:
         violation("text_encoder_learning_rate", "must be in (0, 1]")
+    if c.HasField("text_encoder_2_learning_rate") and not 0 < c.text_encoder_2_learning_rate <= 1:
+        violation("text_encoder_2_learning_rate", "must be in (0, 1]")
     c.lr_scheduler = c.lr_scheduler or "constant"
     if c.lr_scheduler not in LR_SCHEDULERS:
         violation("lr_scheduler", f"unknown scheduler {c.lr_scheduler!r}; one of "

@@ -762,6 +762,8 @@ def run_job(spec: JobSpec, reporter: Reporter) -> JobResult:
         text_encoder_learning_rate=(c.text_encoder_learning_rate
                                     if c.HasField("text_encoder_learning_rate")
                                     else c.learning_rate),
+        text_encoder_2_learning_rate=(c.text_encoder_2_learning_rate
+                                      if c.HasField("text_encoder_2_learning_rate") else None),
         weight_decay=c.weight_decay, lr_scheduler=c.lr_scheduler,
         lr_warmup_steps=c.lr_warmup_steps, total_steps=c.max_train_steps,
         use_8bit_adam=c.use_8bit_adam, train_text_encoder=c.train_text_encoder,

@@ -53,7 +53,8 @@ def test_sdxl_lora_job_through_the_services(start_service, tiny_sdxl, subject_pn
     # both text encoders get adapters too; prior preservation draws SDXL class images
     cfg = job_config(stack.base_model_id, subject_pngs[:3], steps=2, learning_rate=5e-2,
                      method=trainer_pb2.TRAINING_METHOD_LORA, lora=trainer_pb2.LoraConfig(rank=4),
-                     train_text_encoder=True, text_encoder_learning_rate=1e-2, resolution=32,
+                     train_text_encoder=True, text_encoder_learning_rate=1e-2,
+                     text_encoder_2_learning_rate=5e-3, resolution=32,
                      random_flip=True, prior=True, class_prompt="a circle", identifier="zwx")
     job = create(stack, cfg)
     watch(stack, job.job_id)

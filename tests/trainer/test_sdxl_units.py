@@ -5,6 +5,7 @@ under mixed precision."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,13 @@ def pipe(tmp_path_factory: pytest.TempPathFactory, untrained_model: Path):
     out = tmp_path_factory.mktemp("tiny-sdxl") / "model"
     build_tiny_sdxl(out, untrained_model / "tokenizer")
     return StableDiffusionXLPipeline.from_pretrained(out, local_files_only=True)
+
+
+def _parts(pipe) -> dict:
+    """Copies of the pipeline's parts (a module adds adapters to them)."""
+    parts = {"vae": pipe.vae, "text_encoder": pipe.text_encoder, "tokenizer": pipe.tokenizer,
+             "unet": pipe.unet, "scheduler": pipe.scheduler, **sdxl.extra_parts(pipe)}
+    return {k: copy.deepcopy(v) for k, v in parts.items()}
 
 
 def test_text_conditioning_is_the_pipelines(pipe) -> None:
@@ -64,13 +72,12 @@ def test_size_conditioning_of_each_picture() -> None:
 
 
 def test_vae_encodes_in_fp32_under_mixed_precision(pipe) -> None:
-    parts = {"vae": pipe.vae, "text_encoder": pipe.text_encoder, "tokenizer": pipe.tokenizer,
-             "unet": pipe.unet, "scheduler": pipe.scheduler, **sdxl.extra_parts(pipe)}
+    parts = _parts(pipe)
     module = DreamBoothModule(parts, OptimSpec(1e-4, 1e-4, 0.0, "constant", 0, 2),
                               lora={"rank": 4, "alpha": 4, "dropout": 0.0,
                                     "target_modules": ["to_q", "to_v"]})
     seen: list[torch.dtype] = []
-    hook = pipe.vae.encoder.conv_in.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    hook = parts["vae"].encoder.conv_in.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
     batch = {"pixels": torch.rand(1, 3, 32, 32) * 2 - 1, "n_instance": 1, "noise_seed": 1,
              "input_ids": torch.zeros(1, 2, pipe.tokenizer.model_max_length, dtype=torch.long),
              "time_ids": sdxl.time_ids((32, 32), (0, 0), (32, 32))[None]}
@@ -80,3 +87,34 @@ def test_vae_encodes_in_fp32_under_mixed_precision(pipe) -> None:
     finally:
         hook.remove()
     assert seen == [torch.float32] and torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("own_rate", [None, 3e-3])
+def test_second_text_encoder_learning_rate(pipe, own_rate) -> None:
+    """With train_text_encoder, both encoders' adapters train: the second at its own rate when
+    one is given, else at text_encoder_learning_rate."""
+    optim = OptimSpec(1e-4, 2e-4, 0.0, "constant", 0, 2, train_text_encoder=True,
+                      text_encoder_2_learning_rate=own_rate)
+    module = DreamBoothModule(_parts(pipe), optim,
+                              lora={"rank": 4, "alpha": 4, "dropout": 0.0,
+                                    "target_modules": ["to_q", "to_v"]})
+    groups = module.configure_optimizers()["optimizer"].param_groups
+    rate = {id(p): g["lr"] for g in groups for p in g["params"]}
+    te1 = [p for p in module.text_encoder.parameters() if p.requires_grad]
+    te2 = [p for p in module.text_encoder_2.parameters() if p.requires_grad]
+    assert te1 and te2
+    assert {rate[id(p)] for p in te1} == {2e-4}
+    assert {rate[id(p)] for p in te2} == {own_rate or 2e-4}
+
+
+def test_second_text_encoder_learning_rate_is_checked_by_field() -> None:
+    from boothstudio.services.trainer.options import Limits, resolve
+    from boothstudio.shared.errors import InvalidArgument
+    from boothstudio.v1 import trainer_pb2
+
+    cfg = trainer_pb2.DreamBoothConfig(base_model_id="m", class_noun="circle",
+                                       text_encoder_2_learning_rate=2.0)
+    cfg.instance_images.add(data=b"", filename="0.png")
+    with pytest.raises(InvalidArgument) as err:
+        resolve(cfg, base_model={"native_resolution": 32}, limits=Limits())
+    assert any(v.field.endswith("text_encoder_2_learning_rate") for v in err.value.violations)

@@ -375,6 +375,7 @@ class DreamBoothConfig(_message.Message):
     PRECISION_FIELD_NUMBER: _builtins.int
     TRAIN_TEXT_ENCODER_FIELD_NUMBER: _builtins.int
     TEXT_ENCODER_LEARNING_RATE_FIELD_NUMBER: _builtins.int
+    TEXT_ENCODER_2_LEARNING_RATE_FIELD_NUMBER: _builtins.int
     METHOD_FIELD_NUMBER: _builtins.int
     LORA_FIELD_NUMBER: _builtins.int
     CHECKPOINT_EVERY_STEPS_FIELD_NUMBER: _builtins.int
@@ -436,6 +437,10 @@ class DreamBoothConfig(_message.Message):
     """Also train the text encoder."""
     text_encoder_learning_rate: _builtins.float
     """Text encoder learning rate (unset = learning_rate)."""
+    text_encoder_2_learning_rate: _builtins.float
+    """SDXL: the second text encoder's learning rate with train_text_encoder (unset =
+    text_encoder_learning_rate); ignored for single-encoder models.
+    """
     method: Global___TrainingMethod.ValueType
     """Full fine-tune or LoRA."""
     checkpoint_every_steps: _builtins.int
@@ -584,6 +589,7 @@ class DreamBoothConfig(_message.Message):
         precision: Global___Precision.ValueType = ...,
         train_text_encoder: _builtins.bool = ...,
         text_encoder_learning_rate: _builtins.float | None = ...,
+        text_encoder_2_learning_rate: _builtins.float | None = ...,
         method: Global___TrainingMethod.ValueType = ...,
         lora: Global___LoraConfig | None = ...,
         checkpoint_every_steps: _builtins.int = ...,
@@ -616,9 +622,9 @@ class DreamBoothConfig(_message.Message):
         export_best_checkpoint: _builtins.bool = ...,
         concepts: _abc.Iterable[Global___Concept] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_masked_loss_background_weight", b"_masked_loss_background_weight", "_max_train_steps", b"_max_train_steps", "_seed", b"_seed", "_text_encoder_learning_rate", b"_text_encoder_learning_rate", "_weight_decay", b"_weight_decay", "lora", b"lora", "masked_loss_background_weight", b"masked_loss_background_weight", "max_train_steps", b"max_train_steps", "prior_preservation", b"prior_preservation", "seed", b"seed", "text_encoder_learning_rate", b"text_encoder_learning_rate", "weight_decay", b"weight_decay"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_masked_loss_background_weight", b"_masked_loss_background_weight", "_max_train_steps", b"_max_train_steps", "_seed", b"_seed", "_text_encoder_2_learning_rate", b"_text_encoder_2_learning_rate", "_text_encoder_learning_rate", b"_text_encoder_learning_rate", "_weight_decay", b"_weight_decay", "lora", b"lora", "masked_loss_background_weight", b"masked_loss_background_weight", "max_train_steps", b"max_train_steps", "prior_preservation", b"prior_preservation", "seed", b"seed", "text_encoder_2_learning_rate", b"text_encoder_2_learning_rate", "text_encoder_learning_rate", b"text_encoder_learning_rate", "weight_decay", b"weight_decay"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_masked_loss_background_weight", b"_masked_loss_background_weight", "_max_train_steps", b"_max_train_steps", "_seed", b"_seed", "_text_encoder_learning_rate", b"_text_encoder_learning_rate", "_weight_decay", b"_weight_decay", "accelerator", b"accelerator", "aspect_buckets", b"aspect_buckets", "base_model_id", b"base_model_id", "batch_size", b"batch_size", "caption_dropout", b"caption_dropout", "center_crop", b"center_crop", "checkpoint_every_steps", b"checkpoint_every_steps", "checkpoints_to_keep", b"checkpoints_to_keep", "class_noun", b"class_noun", "class_prompt", b"class_prompt", "concepts", b"concepts", "dataset_id", b"dataset_id", "devices", b"devices", "ema_decay", b"ema_decay", "export_best_checkpoint", b"export_best_checkpoint", "gradient_accumulation_steps", b"gradient_accumulation_steps", "gradient_checkpointing", b"gradient_checkpointing", "identifier", b"identifier", "identifier_learning_rate", b"identifier_learning_rate", "instance_images", b"instance_images", "instance_prompt", b"instance_prompt", "learning_rate", b"learning_rate", "lora", b"lora", "lr_scheduler", b"lr_scheduler", "lr_warmup_steps", b"lr_warmup_steps", "masked_loss_background_weight", b"masked_loss_background_weight", "max_grad_norm", b"max_grad_norm", "max_train_steps", b"max_train_steps", "method", b"method", "min_snr_gamma", b"min_snr_gamma", "num_nodes", b"num_nodes", "offset_noise", b"offset_noise", "output_model_name", b"output_model_name", "precision", b"precision", "prior_preservation", b"prior_preservation", "random_crop_scale", b"random_crop_scale", "random_flip", b"random_flip", "resolution", b"resolution", "sample_every_steps", b"sample_every_steps", "seed", b"seed", "strategy", b"strategy", "text_encoder_learning_rate", b"text_encoder_learning_rate", "train_text_encoder", b"train_text_encoder", "use_8bit_adam", b"use_8bit_adam", "validation_prompts", b"validation_prompts", "validation_scorer", b"validation_scorer", "validation_seeds", b"validation_seeds", "weight_decay", b"weight_decay"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_masked_loss_background_weight", b"_masked_loss_background_weight", "_max_train_steps", b"_max_train_steps", "_seed", b"_seed", "_text_encoder_2_learning_rate", b"_text_encoder_2_learning_rate", "_text_encoder_learning_rate", b"_text_encoder_learning_rate", "_weight_decay", b"_weight_decay", "accelerator", b"accelerator", "aspect_buckets", b"aspect_buckets", "base_model_id", b"base_model_id", "batch_size", b"batch_size", "caption_dropout", b"caption_dropout", "center_crop", b"center_crop", "checkpoint_every_steps", b"checkpoint_every_steps", "checkpoints_to_keep", b"checkpoints_to_keep", "class_noun", b"class_noun", "class_prompt", b"class_prompt", "concepts", b"concepts", "dataset_id", b"dataset_id", "devices", b"devices", "ema_decay", b"ema_decay", "export_best_checkpoint", b"export_best_checkpoint", "gradient_accumulation_steps", b"gradient_accumulation_steps", "gradient_checkpointing", b"gradient_checkpointing", "identifier", b"identifier", "identifier_learning_rate", b"identifier_learning_rate", "instance_images", b"instance_images", "instance_prompt", b"instance_prompt", "learning_rate", b"learning_rate", "lora", b"lora", "lr_scheduler", b"lr_scheduler", "lr_warmup_steps", b"lr_warmup_steps", "masked_loss_background_weight", b"masked_loss_background_weight", "max_grad_norm", b"max_grad_norm", "max_train_steps", b"max_train_steps", "method", b"method", "min_snr_gamma", b"min_snr_gamma", "num_nodes", b"num_nodes", "offset_noise", b"offset_noise", "output_model_name", b"output_model_name", "precision", b"precision", "prior_preservation", b"prior_preservation", "random_crop_scale", b"random_crop_scale", "random_flip", b"random_flip", "resolution", b"resolution", "sample_every_steps", b"sample_every_steps", "seed", b"seed", "strategy", b"strategy", "text_encoder_2_learning_rate", b"text_encoder_2_learning_rate", "text_encoder_learning_rate", b"text_encoder_learning_rate", "train_text_encoder", b"train_text_encoder", "use_8bit_adam", b"use_8bit_adam", "validation_prompts", b"validation_prompts", "validation_scorer", b"validation_scorer", "validation_seeds", b"validation_seeds", "weight_decay", b"weight_decay"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__masked_loss_background_weight: _TypeAlias = _typing.Literal["masked_loss_background_weight"]  # noqa: Y015
     _WhichOneofArgType__masked_loss_background_weight: _TypeAlias = _typing.Literal["_masked_loss_background_weight", b"_masked_loss_background_weight"]  # noqa: Y015
@@ -626,6 +632,8 @@ class DreamBoothConfig(_message.Message):
     _WhichOneofArgType__max_train_steps: _TypeAlias = _typing.Literal["_max_train_steps", b"_max_train_steps"]  # noqa: Y015
     _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
     _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
+    _WhichOneofReturnType__text_encoder_2_learning_rate: _TypeAlias = _typing.Literal["text_encoder_2_learning_rate"]  # noqa: Y015
+    _WhichOneofArgType__text_encoder_2_learning_rate: _TypeAlias = _typing.Literal["_text_encoder_2_learning_rate", b"_text_encoder_2_learning_rate"]  # noqa: Y015
     _WhichOneofReturnType__text_encoder_learning_rate: _TypeAlias = _typing.Literal["text_encoder_learning_rate"]  # noqa: Y015
     _WhichOneofArgType__text_encoder_learning_rate: _TypeAlias = _typing.Literal["_text_encoder_learning_rate", b"_text_encoder_learning_rate"]  # noqa: Y015
     _WhichOneofReturnType__weight_decay: _TypeAlias = _typing.Literal["weight_decay"]  # noqa: Y015
@@ -636,6 +644,8 @@ class DreamBoothConfig(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_train_steps) -> _WhichOneofReturnType__max_train_steps | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__seed) -> _WhichOneofReturnType__seed | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__text_encoder_2_learning_rate) -> _WhichOneofReturnType__text_encoder_2_learning_rate | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__text_encoder_learning_rate) -> _WhichOneofReturnType__text_encoder_learning_rate | None: ...
     @_typing.overload
