@@ -1,18 +1,17 @@
 """SDXL DreamBooth LoRA on a tiny random SDXL pipeline (two text encoders, pooled embeddings,
 size conditioning): a job through a real Catalog + Trainer, its LoRA (diffusers and kohya files)
-in plain diffusers' StableDiffusionXLPipeline, exact resume, and full fine-tuning refused."""
+in plain diffusers' StableDiffusionXLPipeline and through the Generator, exact resume. (A full
+fine-tune of an SDXL base is refused: tests/trainer/test_validation.py.)"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import grpc
 import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
 
-from boothstudio.shared.errors import decode_rpc_error
 from boothstudio.v1 import catalog_pb2, trainer_pb2
 from tests.diffusion.tiny_sdxl import build_tiny_sdxl
 from tests.trainer.helpers import (
@@ -84,18 +83,6 @@ def test_sdxl_lora_job_through_the_services(start_service, tiny_sdxl, subject_pn
     base = generate_pixels(stack, stack.base_model_id, model.trigger_phrase, **size)
     adapted = generate_pixels(stack, model.id, model.trigger_phrase, **size)
     assert abs(adapted - base).mean() > 0.5
-
-
-def test_sdxl_full_fine_tune_is_refused_by_field(start_service, tiny_sdxl, subject_pngs):
-    stack = start_stack(start_service, tiny_sdxl)
-    cfg = job_config(stack.base_model_id, subject_pngs[:1], resolution=32)
-    with pytest.raises(grpc.RpcError) as err:
-        create(stack, cfg)
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    fields = {v.field: v.description for v in decode_rpc_error(err.value).violations}
-    assert "LoRA" in fields["config.method"], fields
-    jobs = stack.trainer_stub.ListTrainingJobs(trainer_pb2.ListTrainingJobsRequest(), timeout=30)
-    assert not jobs.jobs  # nothing kept
 
 
 def _sdxl_spec(tmp: Path, name: str, model: Path, pngs: list[bytes], steps: int,

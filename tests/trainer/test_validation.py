@@ -45,7 +45,9 @@ def test_unknown_model(stack, subject_pngs):
     assert code == grpc.StatusCode.NOT_FOUND and fields == ["config.base_model_id"]
 
 
-def test_sdxl_base_is_refused_by_name(stack, subject_pngs, untrained_model, tmp_path):
+def test_sdxl_full_fine_tune_is_refused_by_method(stack, subject_pngs, untrained_model,
+                                                  tmp_path):
+    """SDXL bases train LoRAs only (tests/trainer/test_sdxl.py); nothing is kept."""
     from boothstudio.v1 import catalog_pb2
     from tests.diffusion.tiny_sdxl import build_tiny_sdxl
 
@@ -57,8 +59,10 @@ def test_sdxl_base_is_refused_by_name(stack, subject_pngs, untrained_model, tmp_
             config=job_config("trainer-sdxl", subject_pngs)), timeout=30)
     d = decode_rpc_error(info.value)
     code, fields = d.code, d.fields
-    assert "SDXL" in d.message, d.message
-    assert code == grpc.StatusCode.INVALID_ARGUMENT and fields == ["config.base_model_id"]
+    assert "SDXL" in d.message and "LoRA" in d.message, d.message
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and fields == ["config.method"]
+    jobs = stack.trainer_stub.ListTrainingJobs(trainer_pb2.ListTrainingJobsRequest(), timeout=30)
+    assert "trainer-sdxl" not in {j.config.base_model_id for j in jobs.jobs}
 
 
 def test_zero_steps(stack, subject_pngs):
