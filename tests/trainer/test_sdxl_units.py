@@ -118,3 +118,20 @@ def test_second_text_encoder_learning_rate_is_checked_by_field() -> None:
     with pytest.raises(InvalidArgument) as err:
         resolve(cfg, base_model={"native_resolution": 32}, limits=Limits())
     assert any(v.field.endswith("text_encoder_2_learning_rate") for v in err.value.violations)
+
+
+def test_size_conditioning_in_aspect_buckets() -> None:
+    """A bucketed micro-batch's target size is its bucket, for its class image as well."""
+    torch.manual_seed(1)
+    wide = torch.rand(3, 32, 48) * 2 - 1
+    square = torch.rand(3, 32, 32) * 2 - 1
+    data = StepBatches(DataSpec(3, 1, 32, True, False, bucket_multiple=4,
+                                size_conditioning=True), [wide],
+                       torch.zeros(1, 2, 77, dtype=torch.long), [square],
+                       torch.zeros(1, 2, 77, dtype=torch.long), total=2,
+                       instance_sizes=[(320, 480)], class_sizes=[(64, 64)])
+    batch = data[0]
+    h, w = batch["pixels"].shape[-2:]
+    assert w > h  # a wide bucket, not the square
+    assert batch["time_ids"][:, 4:].tolist() == [[h, w], [h, w]]
+    assert batch["time_ids"][:, :2].tolist() == [[320, 480], [64, 64]]
