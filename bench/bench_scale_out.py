@@ -7,9 +7,9 @@
 2. First use of a model on a fresh replica: time from the first to the last ModelDownload event
    of that first request, and its bytes (reported).
 3. A training step while checkpoints go to S3 ÷ to the local folder: a DreamBooth job with a
-   full-state checkpoint every 2 steps; the step time is the time between the first and the
-   last metrics event over the steps between them (so a checkpoint that stalls a step
-   shows). Goal <= 1.05.
+   full-state checkpoint every 2 steps (`--checkpoint-every`); the step time is the time
+   between the first and the last metrics event over the steps between them (so a
+   checkpoint that stalls a step shows). Goal <= 1.05.
 
 Needs PostgreSQL's binaries (Debian's `postgresql`) and moto (`make setup` installs it).
 
@@ -91,14 +91,14 @@ def generate(gen: Proc, model_id: str, steps: int, size: int, seed: int) -> tupl
         return time.perf_counter() - start, downloads
 
 
-def train(procs: dict[str, Proc], model_id: str, steps: int) -> float:
-    """Mean seconds per step of a job checkpointing every 2 steps (intervals between metrics)."""
+def train(procs: dict[str, Proc], model_id: str, steps: int, every: int) -> float:
+    """Mean seconds per step of a job checkpointing every `every` steps."""
     from research.embedded_model.scenes import subject_images
     from tests.trainer.helpers import png_bytes
 
     cfg = trainer_pb2.DreamBoothConfig(base_model_id=model_id, class_noun="circle",
                                        max_train_steps=steps, seed=11, learning_rate=1e-4,
-                                       checkpoint_every_steps=2)
+                                       checkpoint_every_steps=every)
     for i, (img, _) in enumerate(subject_images(2)):
         cfg.instance_images.add(data=png_bytes(img), filename=f"s{i}.png")
     with grpc.insecure_channel(procs["trainer"].address) as ch:
@@ -120,6 +120,8 @@ def main() -> None:
     p = parser(__doc__)
     p.add_argument("--runs", type=int, default=8)
     p.add_argument("--train-steps", type=int, default=24)
+    p.add_argument("--checkpoint-every", type=int, default=2,
+                   help="steps between full-state checkpoints in part 3")
     args = p.parse_args()
     model = model_dir(args.model)
     bindir = find_bindir()
@@ -146,11 +148,11 @@ def main() -> None:
         gen_local, gen_remote = statistics.median(t_local), statistics.median(t_remote)
         with services({}, trainer=True) as local:
             import_model(local["catalog"], model, "bench-model")
-            step_local = train(local, "bench-model", args.train_steps)
+            step_local = train(local, "bench-model", args.train_steps, args.checkpoint_every)
         with services({**scaled, "BOOTHSTUDIO_DATABASE_URL": pg.create_database("bench2")},
                       trainer=True) as remote:
             import_model(remote["catalog"], model, "bench-model")
-            step_remote = train(remote, "bench-model", args.train_steps)
+            step_remote = train(remote, "bench-model", args.train_steps, args.checkpoint_every)
     finally:
         s3.stop()
         pg.destroy()
@@ -160,7 +162,8 @@ def main() -> None:
           f"{gen_remote * 1000:.0f} ms median: ratio {gen_remote / gen_local:.3f} (goal <= 1.05)")
     print(f"2. First use on a fresh replica: pulled {pulled / 1e6:.1f} MB in {pull_s:.2f} s "
           f"(whole first request {first:.2f} s)")
-    print(f"3. Training step, checkpoint every 2 steps: local {step_local * 1000:.0f} ms, "
+    print(f"3. Training step, checkpoint every {args.checkpoint_every} steps: "
+          f"local {step_local * 1000:.0f} ms, "
           f"S3 {step_remote * 1000:.0f} ms: ratio {step_remote / step_local:.3f} (goal <= 1.05)")
 
 
