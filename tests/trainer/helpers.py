@@ -86,6 +86,17 @@ def create(stack: Stack, cfg: trainer_pb2.DreamBoothConfig,
         trainer_pb2.CreateTrainingJobRequest(config=cfg, **kw), timeout=60).job  # type: ignore[arg-type]
 
 
+def run_to_success(stack: Stack, cfg: trainer_pb2.DreamBoothConfig, **kw: object
+                   ) -> tuple[trainer_pb2.TrainingJob, list[trainer_pb2.WatchTrainingJobResponse]]:
+    """Create a job, follow it to its end, and assert it SUCCEEDED (the worker's log as the
+    message otherwise); the finished job and its whole event history."""
+    job = create(stack, cfg, **kw)
+    events = watch(stack, job.job_id, history=True)
+    job = get(stack, job.job_id)
+    assert job.state == JobState.TRAINING_JOB_STATE_SUCCEEDED, worker_log(stack, job)
+    return job, events
+
+
 def get(stack: Stack, job_id: str) -> trainer_pb2.TrainingJob:
     return stack.trainer_stub.GetTrainingJob(trainer_pb2.GetTrainingJobRequest(job_id=job_id),
                                              timeout=30).job

@@ -21,6 +21,7 @@ from tests.trainer.helpers import (
     create,
     get,
     job_config,
+    run_to_success,
     start_stack,
     states,
     wait_job,
@@ -208,10 +209,7 @@ def test_lora_job(stack, subject_pngs, untrained_model):
     cfg = job_config(stack.base_model_id, subject_pngs[:3], steps=2, learning_rate=5e-3,
                      method=trainer_pb2.TRAINING_METHOD_LORA, lora=trainer_pb2.LoraConfig(rank=4),
                      train_text_encoder=True)
-    job = create(stack, cfg)
-    watch(stack, job.job_id)
-    job = get(stack, job.job_id)
-    assert job.state == JobState.TRAINING_JOB_STATE_SUCCEEDED, worker_log(stack, job)
+    job, _ = run_to_success(stack, cfg)
     model = stack.catalog_stub.GetModel(
         catalog_pb2.GetModelRequest(model_id=job.output_model_id), timeout=30).model
     assert model.kind == catalog_pb2.MODEL_KIND_LORA
@@ -261,10 +259,7 @@ def test_class_prompts_from_captions(stack, subject_pngs):
                                 caption=f"a {{identifier}} circle on a {bg} background")
     cfg.prior_preservation.class_image_count = 3
     cfg.prior_preservation.class_prompts_from_captions = True
-    job = create(stack, cfg)
-    events = watch(stack, job.job_id, history=True)
-    job = get(stack, job.job_id)
-    assert job.state == JobState.TRAINING_JOB_STATE_SUCCEEDED, worker_log(stack, job)
+    job, events = run_to_success(stack, cfg)
     assert class_events(events)[-1] == trainer_pb2.ClassImagesProgress(ready=3, total=3, cached=0)
     cache = next(p for p in Path(job.job_dir).parents if (p / "class_images").is_dir())
     counts = {}

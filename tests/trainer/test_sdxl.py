@@ -15,13 +15,9 @@ from safetensors import safe_open
 from boothstudio.v1 import catalog_pb2, trainer_pb2
 from tests.diffusion.tiny_sdxl import build_tiny_sdxl
 from tests.trainer.helpers import (
-    JobState,
-    create,
-    get,
     job_config,
+    run_to_success,
     start_stack,
-    watch,
-    worker_log,
 )
 from tests.trainer.test_jobs import generate_pixels
 from tests.trainer.test_resume import _weights
@@ -55,10 +51,7 @@ def test_sdxl_lora_job_through_the_services(start_service, tiny_sdxl, subject_pn
                      train_text_encoder=True, text_encoder_learning_rate=1e-2,
                      text_encoder_2_learning_rate=5e-3, resolution=32,
                      random_flip=True, prior=True, class_prompt="a circle", identifier="zwx")
-    job = create(stack, cfg)
-    watch(stack, job.job_id)
-    job = get(stack, job.job_id)
-    assert job.state == JobState.TRAINING_JOB_STATE_SUCCEEDED, worker_log(stack, job)
+    job, _ = run_to_success(stack, cfg)
     model = stack.catalog_stub.GetModel(
         catalog_pb2.GetModelRequest(model_id=job.output_model_id), timeout=30).model
     assert model.kind == catalog_pb2.MODEL_KIND_LORA

@@ -16,12 +16,10 @@ from boothstudio.v1 import trainer_pb2
 from tests.trainer.helpers import (
     JobState,
     Stack,
-    create,
-    get,
     job_config,
+    run_to_success,
     start_stack,
     wait_state,
-    watch,
     worker_log,
 )
 from tests.trainer.test_training_options import DETECTORS, non_square
@@ -44,10 +42,7 @@ def test_scored_bucketed_job_exports_its_best_checkpoint_and_resumes_exactly(
         validation_scorer=DETECTORS, export_best_checkpoint=True, validation_seeds=[1, 2],
         validation_prompts=["a {identifier} {class_noun} on a blue background",
                             "a {class_noun} on a blue background"])
-    job = create(stack, cfg)
-    events = watch(stack, job.job_id, history=True)
-    job = get(stack, job.job_id)
-    assert job.state == JobState.TRAINING_JOB_STATE_SUCCEEDED, worker_log(stack, job)
+    job, events = run_to_success(stack, cfg)
 
     # every checkpoint's scores, per validation prompt, in the Watch stream
     saved = [e.checkpoint_saved.checkpoint for e in events
