@@ -22,7 +22,9 @@ step never waits for the store; the job's end waits for the queue.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import queue
 import threading
 import time
@@ -40,6 +42,8 @@ log = logging.getLogger("boothstudio.trainer.job_files")
 MARKER_SUFFIX = ".sha256"
 UPLOAD_ATTEMPTS = 4
 FIRST_RETRY_S = 1.0
+#: nice value of the checkpoint-upload thread (Linux threads have their own)
+UPLOAD_NICENESS = 10
 
 
 def job_key(job_id: str, *parts: str) -> str:
@@ -190,6 +194,9 @@ class CheckpointUploader:
             self.failures.append(what)
 
     def _run(self) -> None:
+        # background work: the training thread comes first when they compete for a core
+        with contextlib.suppress(OSError, AttributeError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), UPLOAD_NICENESS)
         while True:
             task = self._tasks.get()
             try:
