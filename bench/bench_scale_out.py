@@ -122,12 +122,15 @@ def main() -> None:
     p.add_argument("--train-steps", type=int, default=24)
     p.add_argument("--checkpoint-every", type=int, default=2,
                    help="steps between full-state checkpoints in part 3")
+    p.add_argument("--store-niceness", type=int, default=0,
+                   help="run the S3 server at this nice value (a stand-in for a store on "
+                        "another host: it then takes no CPU the services want)")
     args = p.parse_args()
     model = model_dir(args.model)
     bindir = find_bindir()
     if bindir is None:
         raise SystemExit("PostgreSQL is not installed (apt-get install postgresql)")
-    pg, s3 = PostgresServer.start(bindir), MotoServer.start()
+    pg, s3 = PostgresServer.start(bindir), MotoServer.start(niceness=args.store_niceness)
     try:
         bucket = s3.new_bucket("bench")
         scaled = {**bucket.env, "BOOTHSTUDIO_DATABASE_URL": pg.create_database("bench")}

@@ -69,14 +69,16 @@ class S3Target:
 
 
 class MotoServer:
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, niceness: int = 0) -> None:
         self.port = port
+        #: > 0: the server yields the CPU (a benchmark's stand-in for a store on another host)
+        self.niceness = niceness
         self.endpoint = f"http://127.0.0.1:{port}"
         self.proc: subprocess.Popen[bytes] | None = None
 
     @classmethod
-    def start(cls, port: int = 0) -> MotoServer:
-        server = cls(port or free_port())
+    def start(cls, port: int = 0, niceness: int = 0) -> MotoServer:
+        server = cls(port or free_port(), niceness)
         server.restart()
         return server
 
@@ -85,6 +87,7 @@ class MotoServer:
         self.proc = subprocess.Popen(
             [*moto_command(), "-H", "127.0.0.1", "-p", str(self.port)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+            preexec_fn=(lambda: os.nice(self.niceness)) if self.niceness else None,
         )
         deadline = time.monotonic() + 60
         while True:
