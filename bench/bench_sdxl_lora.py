@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +38,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT)]
+
+from bench.common import child_result  # noqa: E402
+
 RES = 32
 RANK = 4
 
@@ -206,10 +208,7 @@ def run_child(kind: str, args: argparse.Namespace, tmp: Path, train_te: bool = F
            "--steps", str(args.steps), "--warm", str(args.warm), "--threads", str(args.threads)]
     if train_te:
         cmd.append("--train-text-encoder")
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    if proc.returncode != 0:
-        raise SystemExit(f"{kind} failed:\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return child_result(kind, cmd)
 
 
 def main() -> int:

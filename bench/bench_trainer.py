@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,6 +26,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT)]
+
+from bench.common import child_result  # noqa: E402
 
 
 def _job_dir(tmp: Path, name: str, pngs: int = 4) -> Path:
@@ -178,10 +179,7 @@ def run_child(kind: str, args: argparse.Namespace, tmp: Path) -> dict:
     cmd = [sys.executable, __file__, "--child", kind, "--model", args.model, "--tmp", str(tmp),
            "--steps", str(args.steps), "--warm", str(args.warm), "--threads", str(args.threads),
            "--class-images", str(args.class_images)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    if proc.returncode != 0:
-        raise SystemExit(f"{kind} failed:\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return child_result(kind, cmd)
 
 
 def main() -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -118,3 +119,12 @@ def stack(model: Path, generator_sets: Sequence[str] = ()) -> Iterator[str]:
     finally:
         gen.stop()
         cat.stop()
+
+
+def child_result(kind: str, cmd: Sequence[str]) -> dict:
+    """Run one measurement in a fresh process (its own torch threads and memory) and return
+    the JSON object it prints last; its stderr's tail when it fails."""
+    proc = subprocess.run(list(cmd), capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode != 0:
+        raise SystemExit(f"{kind} failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
