@@ -89,8 +89,15 @@ def pull_inputs(store: ArtifactStore, job_id: str, job_dir: Path) -> bool:
     """The job's pictures and config.yaml into a local job folder that lacks them (a job
     created on another host); True when something was pulled."""
     instance = job_dir / "instance"
-    if is_in_place(store, job_key(job_id), job_dir) or instance.is_dir():
+    if instance.is_dir():
         return False
+    if is_in_place(store, job_key(job_id), job_dir):
+        # the default store is this host's data dir: a job created on another replica cannot
+        # be read here (replicas sharing a database need one shared storage_url)
+        raise ArtifactMissing(
+            f"job {job_id}'s pictures are not in this Trainer's store ({instance}); Trainer "
+            "replicas that share a database must share one storage_url",
+            reason="JOB_INPUTS_MISSING")
     store.get_tree(job_key(job_id, "instance"), instance)
     store.get_file(job_key(job_id, "config.yaml"), job_dir / "config.yaml")
     return True

@@ -29,7 +29,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from boothstudio.services.trainer.store import ACTIVE, JobStore
-from boothstudio.shared.artifact_store import ArtifactStore, open_artifact_store
+from boothstudio.shared.artifact_store import (
+    ArtifactCorrupt,
+    ArtifactMissing,
+    ArtifactStore,
+    open_artifact_store,
+)
 from boothstudio.shared.config import ServiceConfig
 from boothstudio.v1 import catalog_pb2, catalog_pb2_grpc, trainer_pb2
 
@@ -341,6 +346,8 @@ def run_worker(service_dir: Path, job_id: str, catalog: str, sample_steps: int, 
             raise
         oom = isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
         reason = "OUT_OF_MEMORY" if oom else "TRAINING_ERROR"
+        if isinstance(exc, ArtifactMissing | ArtifactCorrupt):  # the store's own reason
+            reason = exc.reason
         if isinstance(exc, KeyboardInterrupt | SystemExit):
             reason = "INTERRUPTED"
         log.exception("job %s failed", job.id)

@@ -199,3 +199,19 @@ def test_dataset_pictures_are_read_from_the_store_on_another_host(tmp_path, s3_b
             uploads.dataset_images(rows, tmp_path / "b" / "datasets", made.dataset_id, store)
     finally:
         rows.close()
+
+
+def test_a_job_from_another_replica_without_a_shared_store_fails_by_name(tmp_path):
+    """Two replicas on one database but each on its own data dir (the default store): the one
+    that claims the other's job cannot read its pictures, and says why."""
+    from boothstudio.services.trainer.job_files import pull_inputs
+    from boothstudio.shared.artifact_store import ArtifactMissing
+
+    store = open_artifact_store("", tmp_path)  # the default store: this data dir
+    job_dir = tmp_path / "trainer" / "jobs" / "elsewhere"
+    with pytest.raises(ArtifactMissing) as info:
+        pull_inputs(store, "elsewhere", job_dir)
+    assert info.value.reason == "JOB_INPUTS_MISSING"
+    assert "storage_url" in info.value.message
+    (job_dir / "instance").mkdir(parents=True)  # created here: nothing to pull, no error
+    assert pull_inputs(store, "elsewhere", job_dir) is False

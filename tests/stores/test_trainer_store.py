@@ -134,18 +134,22 @@ def pg_env(database_url: str) -> dict[str, str]:
 
 
 def start_pg_stack(start_service: Any, model_dir: Path, database_url: str,
-                   trainers: int = 1, trainer_args: list[str] | None = None
-                   ) -> tuple[Stack, list[ServiceProcess]]:
-    """A Catalog and `trainers` Trainers, all on `database_url`, each with its own data dir."""
-    catalog = start_service("catalog", env=pg_env(database_url))
+                   trainers: int = 1, trainer_args: list[str] | None = None,
+                   shared_store: Path | None = None) -> tuple[Stack, list[ServiceProcess]]:
+    """A Catalog and `trainers` Trainers, all on `database_url`, each with its own data dir
+    (and, with `shared_store`, one shared storage_url: what replicas need)."""
+    env = pg_env(database_url)
+    if shared_store is not None:
+        env["BOOTHSTUDIO_STORAGE_URL"] = str(shared_store)
+    catalog = start_service("catalog", env=env)
     stub = Stack(catalog, catalog, "", model_dir).catalog_stub
     model = stub.ImportModel(catalog_pb2.ImportModelRequest(
         diffusers_path=str(model_dir), model_id="untrained-tiny"), timeout=60).model
-    started = []
+    started, shared = [], env
     for _ in range(trainers):
         # start_trainer's factory call, with the database in the environment
         def factory(name: str, args: Any = (), env: Any = None, **kw: Any) -> ServiceProcess:
-            return start_service(name, args, {**(env or {}), **pg_env(database_url)}, **kw)
+            return start_service(name, args, {**(env or {}), **shared}, **kw)
         started.append(start_trainer(factory, catalog, trainer_args))
     return Stack(catalog, started[0], model.id, model_dir), started
 
@@ -203,19 +207,22 @@ def test_a_job_through_catalog_and_trainer_on_postgres_succeeds_with_its_events(
 
 
 def test_two_trainers_share_one_queue_and_run_each_job_once(
-    start_service: Any, untrained_model: Path, subject_pngs: list[bytes], database_url: str
+    start_service: Any, untrained_model: Path, subject_pngs: list[bytes], database_url: str,
+    tmp_path: Path
 ) -> None:
-    """Both replicas are up before any job is queued (a replica that starts later re-queues
-    the jobs it finds active: leases between replicas are a later step of issue 19)."""
+    """Both replicas are up before any job is queued, on one database and one shared store
+    (a folder here): a job created on one may run on the other."""
     stack, (a, b) = start_pg_stack(start_service, untrained_model, database_url, trainers=2,
-                                   trainer_args=["--set", "max_running=1"])
+                                   trainer_args=["--set", "max_running=1"],
+                                   shared_store=tmp_path / "store")
     stub_b = Stack(stack.catalog, b, stack.base_model_id, untrained_model)
     cfg = job_config(stack.base_model_id, subject_pngs[:1], steps=1)
     ids = [create(stack if i % 2 == 0 else stub_b, cfg, job_id=f"shared-{i}").job_id
            for i in range(4)]
     for job_id in ids:
         job = wait_state(stack, job_id, TERMINAL, timeout=900)
-        assert job.state == JobState.TRAINING_JOB_STATE_SUCCEEDED, (job, worker_log(stack, job))
+        assert job.state == JobState.TRAINING_JOB_STATE_SUCCEEDED, (
+            job.failure_reason, job.failure_message, worker_log(stack, job))
         # one start, one attempt: no replica claimed it a second time
         events = watch(stub_b, job_id, history=True)
         assert states(events) == ["QUEUED", "PREPARING", "RUNNING", "EXPORTING", "SUCCEEDED"]
