@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 
 from boothstudio.v1 import trainer_pb2
 from research.embedded_model.detectors import read_image
@@ -107,6 +108,17 @@ def load_export(pipe: Any, base_state: dict[str, dict[str, torch.Tensor]], expor
             getattr(pipe, part).load_state_dict(sub, strict=False)
 
 
+def widen(img: Image.Image, background: str, portrait: bool) -> Image.Image:
+    """The square scene on a 3:2 canvas (2:3 with `portrait`) of its own plain background, so
+    aspect-ratio bucketing has non-square pictures to keep whole (transparent where added)."""
+    w, h = img.size
+    size = (w, h * 3 // 2) if portrait else (w * 3 // 2, h)
+    fill = tuple(round(v) for v in BACKGROUNDS[background])
+    canvas = Image.new(img.mode, size, fill + ((0,) if img.mode == "RGBA" else ()))
+    canvas.paste(img, (0, 0))  # off-centre: a square centre crop would cut into the subject
+    return canvas
+
+
 def train(name: str, out: Path, model: Path, *, prior: bool, steps: int, lr: float,
           every: int, class_images: int, seed: int, text_encoder: bool = True,
           class_prompt: str = "", captions: bool = False, batch_size: int = 1,
@@ -114,7 +126,9 @@ def train(name: str, out: Path, model: Path, *, prior: bool, steps: int, lr: flo
           lr_scheduler: str = "constant", te_lr: float = 0.0, ema: float = 0.0,
           caption_dropout: float = 0.0, class_prompts: tuple[str, ...] = (),
           identifier_lr: float = 0.0, class_noun: str = CLASS_NOUN,
-          crop_scale: float = 0.0, masked_loss: float | None = None) -> Path:
+          crop_scale: float = 0.0, masked_loss: float | None = None,
+          min_snr_gamma: float = 0.0, offset_noise: float = 0.0,
+          buckets: bool = False) -> Path:
     from boothstudio.services.trainer.options import Limits, resolve
     from boothstudio.services.trainer.train import JobSpec, Reporter, run_job
 
@@ -122,6 +136,8 @@ def train(name: str, out: Path, model: Path, *, prior: bool, steps: int, lr: flo
     (job / "instance").mkdir(parents=True, exist_ok=True)
     per_image = {}
     for i, (img, scene) in enumerate(subject_images(4, alpha=masked_loss is not None)):
+        if buckets:
+            img = widen(img, scene.background, portrait=i % 2 == 1)
         img.save(job / "instance" / f"{i}.png")
         # Per-image captions name what is not the subject (here the background), so the
         # identifier binds to the stripes alone: the captioned-DreamBooth practice.
@@ -133,7 +149,8 @@ def train(name: str, out: Path, model: Path, *, prior: bool, steps: int, lr: flo
         max_train_steps=steps, seed=seed, learning_rate=lr, train_text_encoder=text_encoder,
         checkpoint_every_steps=every, checkpoints_to_keep=1, batch_size=batch_size,
         lr_scheduler=lr_scheduler, ema_decay=ema, caption_dropout=caption_dropout,
-        identifier_learning_rate=identifier_lr, random_crop_scale=crop_scale)
+        identifier_learning_rate=identifier_lr, random_crop_scale=crop_scale,
+        min_snr_gamma=min_snr_gamma, offset_noise=offset_noise, aspect_buckets=buckets)
     if masked_loss is not None:
         cfg.masked_loss_background_weight = masked_loss
     if te_lr:
@@ -179,6 +196,7 @@ def render(results: dict[str, Any]) -> str:
     ident_lr = (f", identifier embedding lr {st['identifier_lr']}" if st.get("identifier_lr")
                 else "")
     lines = [
+        f"{st['recipe'] + '. ' if st.get('recipe') else ''}"
         f"Toy DreamBench: {n} images per prompt family ({len(BACKGROUNDS)} backgrounds x "
         f"{len(st['seeds'])} seeds), {st['sample_steps']} steps, CFG {st['cfg']}; "
         f"{st['steps']} steps at lr {st['lr']} ({st.get('lr_scheduler', 'constant')}), "
@@ -194,7 +212,10 @@ def render(results: dict[str, Any]) -> str:
         f"{', EMA ' + str(st['ema']) if st.get('ema') else ''}"
         f"{', caption dropout ' + str(st['caption_dropout']) if st.get('caption_dropout') else ''}"
         f"{', random zoom ' + str(st['crop_scale']) if st.get('crop_scale') else ''}"
-        f"{masked}",
+        f"{masked}"
+        f"{', min-SNR gamma ' + str(st['min_snr_gamma']) if st.get('min_snr_gamma') else ''}"
+        f"{', offset noise ' + str(st['offset_noise']) if st.get('offset_noise') else ''}"
+        f"{', 3:2 pictures in aspect buckets' if st.get('buckets') else ''}",
         f"VAE round trip of the 4 instance images: the detector sees the subject in "
         f"{ceiling['subject']:.0%} (the ceiling for any fine-tune that keeps this VAE)",
         "",
@@ -291,6 +312,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="masked training: instance pictures carry the subject's alpha, the "
                         "rest of the picture weighs WEIGHT in the loss (default 0; off = "
                         "whole pictures)")
+    p.add_argument("--min-snr-gamma", type=float, default=0.0,
+                   help="min-SNR-gamma loss weighting (0 = off, e.g. 5)")
+    p.add_argument("--offset-noise", type=float, default=0.0,
+                   help="offset noise strength (0 = off, e.g. 0.05)")
+    p.add_argument("--buckets", action="store_true",
+                   help="instance pictures widened to 3:2 / 2:3 with their background, trained "
+                        "with aspect-ratio bucketing")
     p.add_argument("--runs", default="prior,no-prior", help="which runs, comma-separated")
     p.add_argument("--render", type=Path, default=None, help="print the table of a results.json")
     args = p.parse_args(argv)
@@ -300,22 +328,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     from boothstudio.services.diffusion.loading import embedded_model_dir
-    from boothstudio.services.trainer.train import load_base
 
     model = args.model or embedded_model_dir()
-    args.out.mkdir(parents=True, exist_ok=True)
-    seeds = list(range(1000, 1000 + args.seeds))
-    pipe = load_base({"source_path": str(model), "format": "diffusers"})
-    base_state = {"unet": {k: v.clone() for k, v in pipe.unet.state_dict().items()},
-                  "text_encoder": {k: v.clone() for k, v in pipe.text_encoder.state_dict().items()}}
     t0 = time.time()
-    ceiling = vae_ceiling(pipe)
-    print(f"VAE round trip of the instance images: {ceiling}", flush=True)
-    before = score(pipe, seeds, args.sample_steps, args.cfg, args.class_noun)
-    print(f"before training: {before}", flush=True)
-    settings = vars(args) | {"model": str(model), "out": str(args.out), "seeds": seeds}
-    results: dict[str, Any] = {"before": before, "vae_ceiling": ceiling, "runs": {},
-                               "settings": settings}
+    pipe, base_state, seeds, results = start_bench(args, model)
     train_seeds = [int(x) for x in str(args.seed).split(",")]
     for kind, seed in [(k, s) for k in args.runs.split(",") for s in train_seeds]:
         name = kind if len(train_seeds) == 1 else f"{kind}-seed{seed}"
@@ -328,33 +344,69 @@ def main(argv: list[str] | None = None) -> int:
                     ema=args.ema, caption_dropout=args.caption_dropout,
                     identifier_lr=args.identifier_lr, class_noun=args.class_noun,
                     crop_scale=args.crop_scale, masked_loss=args.masked_loss,
+                    min_snr_gamma=args.min_snr_gamma, offset_noise=args.offset_noise,
+                    buckets=args.buckets,
                     class_prompts=tuple(f"a {{class_noun}} on a {bg} background"
                                         for bg in BACKGROUNDS)
                     if args.class_on_every_background else ())
-        rows = []
-        for export in sorted((job / "exports").glob("step-*.safetensors")):
-            load_export(pipe, base_state, export)
-            row = {"step": int(export.stem.split("-")[1]),
-                   **score(pipe, seeds, args.sample_steps, args.cfg, args.class_noun)}
-            print(f"  {name} {row}", flush=True)
-            rows.append(row)
-        best = pick_best(rows)
-        results["runs"][name] = {"checkpoints": rows, "best": best}
-        if args.confirm_seeds:
-            # The best of several noisy checkpoints flatters itself: score it again on seeds
-            # that took no part in picking it, and report that.
-            load_export(pipe, base_state, job / "exports" / f"step-{best['step']:06d}.safetensors")
-            fresh = list(range(5000, 5000 + args.confirm_seeds))
-            confirmed = {"step": best["step"],
-                         **score(pipe, fresh, args.sample_steps, args.cfg, args.class_noun)}
-            print(f"  {name} confirmed {confirmed}", flush=True)
-            results["runs"][name]["confirmed"] = confirmed
+        results["runs"][name] = evaluate_run(name, job / "exports", pipe, base_state, seeds,
+                                             args)
+    finish(results, args, t0)
+    return 0
+
+
+def evaluate_run(name: str, exports: Path, pipe: Any, base_state: dict[str, Any],
+                 seeds: list[int], args: argparse.Namespace) -> dict[str, Any]:
+    """Score every `step-*.safetensors` in `exports` on the picking seeds, pick the best,
+    re-score it on fresh seeds: one run's entry in results.json (peer.py scores with it too)."""
+    rows = []
+    for export in sorted(exports.glob("step-*.safetensors")):
+        load_export(pipe, base_state, export)
+        row = {"step": int(export.stem.split("-")[1]),
+               **score(pipe, seeds, args.sample_steps, args.cfg, args.class_noun)}
+        print(f"  {name} {row}", flush=True)
+        rows.append(row)
+    best = pick_best(rows)
+    run: dict[str, Any] = {"checkpoints": rows, "best": best}
+    if args.confirm_seeds:
+        # The best of several noisy checkpoints flatters itself: score it again on seeds
+        # that took no part in picking it, and report that.
+        load_export(pipe, base_state, exports / f"step-{best['step']:06d}.safetensors")
+        fresh = list(range(5000, 5000 + args.confirm_seeds))
+        run["confirmed"] = {"step": best["step"],
+                            **score(pipe, fresh, args.sample_steps, args.cfg, args.class_noun)}
+        print(f"  {name} confirmed {run['confirmed']}", flush=True)
+    return run
+
+
+def start_bench(args: argparse.Namespace, model: Path) -> tuple[Any, dict[str, Any],
+                                                                 list[int], dict[str, Any]]:
+    """Load the base model and score it before training: (pipe, its base weights, the picking
+    seeds, the results dict to fill)."""
+    from boothstudio.services.trainer.train import load_base
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    seeds = list(range(1000, 1000 + args.seeds))
+    pipe = load_base({"source_path": str(model), "format": "diffusers"})
+    base_state = {"unet": {k: v.clone() for k, v in pipe.unet.state_dict().items()},
+                  "text_encoder": {k: v.clone() for k, v in pipe.text_encoder.state_dict().items()}}
+    ceiling = vae_ceiling(pipe)
+    print(f"VAE round trip of the instance images: {ceiling}", flush=True)
+    before = score(pipe, seeds, args.sample_steps, args.cfg, args.class_noun)
+    print(f"before training: {before}", flush=True)
+    settings = vars(args) | {"model": str(model), "out": str(args.out), "seeds": seeds}
+    results: dict[str, Any] = {"before": before, "vae_ceiling": ceiling, "runs": {},
+                               "settings": settings}
+    return pipe, base_state, seeds, results
+
+
+def finish(results: dict[str, Any], args: argparse.Namespace, t0: float) -> None:
+    """Write table.md and results.json into --out and print the table."""
     results["seconds"] = time.time() - t0
     table = render(results)
     (args.out / "table.md").write_text(table + "\n")
-    (args.out / "results.json").write_text(json.dumps(results, indent=2))
+    (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     print(table)
-    return 0
 
 
 if __name__ == "__main__":
