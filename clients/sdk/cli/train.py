@@ -4,7 +4,8 @@ it ends (prints the model id) or, with --no-wait, left running (prints the job i
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterable
+import json
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from boothstudio.clients.sdk.cli.jobs import finish_training, follow, print_job
 from boothstudio.clients.sdk.cli.output import Output
 from boothstudio.clients.sdk.client import BoothStudio
 from boothstudio.clients.sdk.concepts import kohya_concepts, settings_only
+from boothstudio.clients.sdk.errors import invalid
 
 
 def register(commands: Commands) -> None:
@@ -93,18 +95,23 @@ def cmd_train(args: argparse.Namespace, out: Output, client: BoothStudio) -> int
     options = train_options(args)
     if args.kohya is not None:
         options["concepts"] = kohya_concepts(args.kohya)
-    from_file = cv.load_training_yaml(args.config).options if args.config is not None else {}
+    spec = cv.TrainingSpec()
+    if args.config is not None:
+        spec = cv.load_training_yaml(args.config)
+        read_job_file_pictures(spec.options, args.config.parent)
+    from_file = spec.options
     cv.dreambooth_config(settings_only({**from_file, **options}))  # fail before any call
-    if args.images is not None:
-        cv.image_files(args.images)
+    images = args.images if args.images is not None else spec.images
+    if images is not None:
+        cv.image_files(images)
     if not options.get("base_model_id") and not from_file.get("base_model_id"):
         options["base_model_id"] = default_base_model(client)
         out.note(f"fine-tuning the default model {options['base_model_id']}")
     job = client.create_training_job(
-        args.images,
-        config=args.config,
-        display_name=args.name,
-        job_id=args.job_id,
+        images,
+        config=from_file,
+        display_name=args.name or spec.display_name,
+        job_id=args.job_id or spec.job_id,
         validate_only=args.validate_only,
         **options,
     )
@@ -154,6 +161,58 @@ def train_options(args: argparse.Namespace) -> dict[str, Any]:
             prior["class_image_count"] = args.class_images
         opts["prior_preservation"] = prior
     return opts
+
+
+def read_job_file_pictures(options: dict[str, Any], base: Path) -> None:
+    """A job folder's config.yaml (the trainer's job file) lists the job's pictures, and each
+    concept's, as paths relative to the file, or mappings {path, filename, caption}: they are
+    read here into inline instance images, under their file names in the job, so that the job
+    made from the file is the same job."""
+
+    captions: dict[Path, dict[str, str]] = {}
+
+    def folder_caption(path: Path) -> str:
+        """A one-subject job's folder keeps its captions in instance/captions.json."""
+        if path.parent not in captions:
+            try:
+                found = json.loads((path.parent / "captions.json").read_text())
+            except (OSError, ValueError):
+                found = {}
+            captions[path.parent] = found if isinstance(found, dict) else {}
+        return str(captions[path.parent].get(path.name) or "")
+
+    def read(entries: Any, where: str) -> list[Any]:
+        if not isinstance(entries, list):
+            raise invalid(where, "expected a list of image paths")
+        out: list[Any] = []
+        for i, entry in enumerate(entries):
+            if isinstance(entry, Mapping) and "path" not in entry:
+                out.append(entry)  # already an inline image (data, filename, caption)
+                continue
+            if isinstance(entry, Mapping):
+                path = Path(str(entry["path"])).expanduser()
+                filename = str(entry.get("filename") or path.name)
+                caption = str(entry.get("caption") or "")
+            elif isinstance(entry, str):
+                path, caption = Path(entry).expanduser(), ""
+                filename = path.name
+            else:
+                raise invalid(f"{where}[{i}]", "expected an image path")
+            path = path if path.is_absolute() else base / path
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                raise invalid(f"{where}[{i}]", f"cannot read {path}: {exc.strerror}") from None
+            out.append({"data": data, "filename": filename,
+                        "caption": caption or folder_caption(path)})
+        return out
+
+    if options.get("instance_images"):
+        options["instance_images"] = read(options["instance_images"], "config.instance_images")
+    for i, concept in enumerate(options.get("concepts") or []):
+        if isinstance(concept, dict) and concept.get("instance_images"):
+            concept["instance_images"] = read(concept["instance_images"],
+                                              f"config.concepts[{i}].instance_images")
 
 
 def training_settings(items: Iterable[str]) -> dict[str, Any]:
