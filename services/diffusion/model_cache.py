@@ -24,6 +24,10 @@ Guarantees:
   entries are evicted. A model larger than `max_bytes` is FAILED_PRECONDITION
   (MODEL_CACHE_TOO_SMALL) naming model_cache_bytes; a cache whose room is all held by models
   in use is RESOURCE_EXHAUSTED (MODEL_CACHE_FULL) with retry_after.
+- Available while the store is down: each location remembers the entry it was last served
+  from (`cache_dir/.locations/`); when the store cannot be reached, a complete entry is served
+  from disk (stored folders never change under a location), so a replica goes on generating
+  with the models it holds. A model it never pulled is UNAVAILABLE (STORAGE_UNAVAILABLE).
 - Pinned while in use: an entry is never evicted inside a `local()` block. Callers pin only
   while loading: once the weights are in memory the files may go (a file still mapped by a
   process stays readable on POSIX until unmapped), so the bound is on disk, not on what the
@@ -41,6 +45,8 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
+import json
 import os
 import shutil
 import threading
@@ -54,17 +60,22 @@ from prometheus_client import Counter, Gauge
 
 from boothstudio.shared.artifact_store import (
     MANIFEST,
+    RETRY_AFTER_S,
     ArtifactMissing,
     ArtifactStore,
     Manifest,
     StoredFolder,
+    StoreUnavailable,
     store_for,
 )
 from boothstudio.shared.errors import FailedPrecondition, ResourceExhausted
+from boothstudio.shared.storage import atomic_write_text
 
 SETTING = "model_cache_bytes"
 CACHE_DIR_NAME = "model_cache"
 LOCKS_DIR = ".locks"
+#: location -> the entry it was last served from (served from there while the store is down)
+LOCATIONS_DIR = ".locations"
 PULL_LOCK = ".lock"
 #: seconds between progress samples of a running pull
 PROGRESS_INTERVAL = 0.2
@@ -73,7 +84,8 @@ Progress = Callable[[int, int], None]
 
 REQUESTS = Counter(
     "boothstudio_model_cache_requests",
-    "Uses of models kept in a remote artifact store, by result (hit: already on local disk).",
+    "Uses of models kept in a remote artifact store, by result (hit: already on local disk; "
+    "offline: served from local disk while the store was unreachable).",
     ("result",),
 )
 PULLED_BYTES = Counter(
@@ -126,7 +138,17 @@ class ModelCache:
                 )
             yield Path(location.removeprefix("file://"))
             return
-        folder = self.store.locate(location)
+        try:
+            folder = self.store.locate(location)
+        except StoreUnavailable:
+            # the store is down: a copy pulled earlier is still the model (stored folders
+            # never change under a location), so a replica keeps serving what it has
+            cached = self._last_pulled(location)
+            if cached is None:
+                raise
+            with self._pinned_offline(cached) as entry:
+                yield entry / cached["inner"] if cached["inner"] else entry
+            return
         if folder is None:
             raise ArtifactMissing(
                 f"{location}: no committed folder in the artifact store (its {MANIFEST} is "
@@ -141,7 +163,60 @@ class ModelCache:
                 metadata={SETTING: self.max_bytes, "model_bytes": size},
             )
         with self._pinned(folder, progress) as entry:
+            self._remember(location, folder)
             yield entry / folder.inner if folder.inner else entry
+
+    # ------------------------------------------------------------------ while the store is down
+
+    def _location_file(self, location: str) -> Path:
+        return self.cache_dir / LOCATIONS_DIR / hashlib.sha256(location.encode()).hexdigest()
+
+    def _remember(self, location: str, folder: StoredFolder) -> None:
+        """Which entry (and file inside it) `location` was last served from."""
+        record = json.dumps({"location": location, "digest": folder.manifest.digest,
+                             "inner": folder.inner})
+        path = self._location_file(location)
+        with contextlib.suppress(OSError):  # only a hint for the offline case
+            if not path.exists() or path.read_text() != record:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(path, record)
+
+    def _last_pulled(self, location: str) -> dict[str, str] | None:
+        """The remembered entry of `location`, or of a folder that holds it (a file of a
+        model served before as a folder), when it is still complete on disk."""
+        head, rest = location.rstrip("/"), ""
+        while "/" in head.split("://", 1)[-1]:
+            try:
+                record = json.loads(self._location_file(head).read_text())
+                entry = self.cache_dir / record["digest"]
+                manifest = Manifest.from_json((entry / MANIFEST).read_bytes())
+            except (OSError, ValueError, KeyError):
+                record = None
+            if record is not None and record.get("location") == head:
+                if not _complete(entry, manifest):
+                    return None
+                inner = "/".join(p for p in (record["inner"], rest) if p)
+                if not (entry / inner).exists():
+                    return None
+                return {**record, "inner": inner}
+            head, _, name = head.rpartition("/")
+            rest = f"{name}/{rest}" if rest else name
+        return None
+
+    @contextlib.contextmanager
+    def _pinned_offline(self, cached: dict[str, str]) -> Iterator[Path]:
+        name = cached["digest"]
+        pin = _open_lock(self.cache_dir / LOCKS_DIR / f"{name}.lock")
+        try:
+            fcntl.flock(pin, fcntl.LOCK_SH)
+            entry = self.cache_dir / name
+            if not (entry / MANIFEST).exists():  # evicted between the check and the pin
+                raise StoreUnavailable(f"the artifact store is unreachable and {name} is "
+                                       "no longer cached", retry_after=RETRY_AFTER_S)
+            REQUESTS.labels("offline").inc()
+            yield entry
+        finally:
+            os.close(pin)
 
     def entries(self) -> list[CacheEntry]:
         """The complete entries on disk, least recently used first."""
@@ -192,7 +267,7 @@ class ModelCache:
         """Under the pull lock: clear leftovers, make room, get the folder."""
         for stale in self.cache_dir.glob(".*"):
             # pulls and evictions hold the pull lock: any temporary folder is a dead one's
-            if stale.is_dir() and stale.name != LOCKS_DIR:
+            if stale.is_dir() and stale.name not in (LOCKS_DIR, LOCATIONS_DIR):
                 shutil.rmtree(stale, ignore_errors=True)
         if entry.exists() and not self._evict(entry.name):  # a damaged copy (files removed)
             raise ResourceExhausted(

@@ -19,9 +19,11 @@ from boothstudio.shared.artifact_store import (
     ArtifactCorrupt,
     ArtifactStore,
     Manifest,
+    StoreUnavailable,
     open_artifact_store,
 )
 from boothstudio.shared.errors import FailedPrecondition, ResourceExhausted
+from tests.helpers import free_port
 from tests.stores.s3 import S3Target
 
 SIZE = 40_000  # bytes of each test model's weights
@@ -49,7 +51,7 @@ def cached_names(cache: ModelCache) -> list[str]:
 def leftovers(cache_dir: Path) -> list[str]:
     """What the cache dir holds besides its entries and lock files (temporary folders)."""
     return sorted(p.name for p in cache_dir.iterdir()
-                  if p.name.startswith(".") and p.name not in (".locks", ".lock"))
+                  if p.name.startswith(".") and p.name not in (".locks", ".lock", ".locations"))
 
 
 def pulled_bytes() -> float:
@@ -198,3 +200,31 @@ def test_a_location_of_another_store_is_refused_and_local_paths_pass_through(
     with cache.local(str(tmp_path / "model")) as path:
         assert path == tmp_path / "model"
     assert not (tmp_path / "cache").exists()
+
+
+def test_a_cached_model_is_served_while_the_store_is_unreachable(
+    store: ArtifactStore, s3_bucket: S3Target, tmp_path: Path
+) -> None:
+    """A replica keeps serving the models it holds when the store goes away; one it never
+    pulled is UNAVAILABLE (STORAGE_UNAVAILABLE), as before."""
+    location, manifest = put_model(store, tmp_path, "m1")
+    other, _ = put_model(store, tmp_path, "m2")
+    cache_dir = tmp_path / "cache"
+    with ModelCache(store, cache_dir, 10 * SIZE).local(location) as path:
+        expected = (path / "unet" / "model.safetensors").read_bytes()
+    # the same bucket through an endpoint nobody listens on: the store is down
+    down = open_artifact_store(s3_bucket.url, tmp_path / "data", {
+        **s3_bucket.options, "endpoint_url": f"http://127.0.0.1:{free_port()}"}, check=False)
+    offline = ModelCache(down, cache_dir, 10 * SIZE)
+    with offline.local(location) as path:
+        assert path == cache_dir / manifest.digest
+        assert (path / "unet" / "model.safetensors").read_bytes() == expected
+    with offline.local(f"{location}/model_index.json") as file:
+        assert file == cache_dir / manifest.digest / "model_index.json"
+    with pytest.raises(StoreUnavailable) as info, offline.local(other):
+        pass
+    assert info.value.code == grpc.StatusCode.UNAVAILABLE
+    # a damaged copy is not served: the store's answer stands
+    (cache_dir / manifest.digest / "unet" / "model.safetensors").write_bytes(b"short")
+    with pytest.raises(StoreUnavailable), offline.local(location):
+        pass
