@@ -4,6 +4,7 @@ job and its events are shown (shared with `train`)."""
 from __future__ import annotations
 
 import argparse
+from datetime import UTC, datetime
 
 from boothstudio.clients.sdk.cli.arguments import Commands, add_limit, paged
 from boothstudio.clients.sdk.cli.exits import EXIT_ERROR, EXIT_OK
@@ -11,6 +12,8 @@ from boothstudio.clients.sdk.cli.output import Output, bar, cell, fmt_seconds
 from boothstudio.clients.sdk.client import BoothStudio
 from boothstudio.clients.sdk.text import human_bytes
 from boothstudio.clients.sdk.types import (
+    Checkpoint,
+    CheckpointKind,
     CheckpointSaved,
     ClassImagesProgress,
     LogMessage,
@@ -79,8 +82,31 @@ def list_jobs(args: argparse.Namespace, out: Output, client: BoothStudio) -> int
 
 
 def get_job(args: argparse.Namespace, out: Output, client: BoothStudio) -> int:
-    print_job(client.get_training_job(args.job_id), out)
+    print_job(with_scores(client, client.get_training_job(args.job_id)), out)
     return EXIT_OK
+
+
+def with_scores(client: BoothStudio, job: TrainingJob) -> TrainingJob:
+    """`job` with its checkpoints' validation scores, which only the job's CheckpointSaved
+    events carry: read from its event history. A finished job's history ends by itself; a
+    running one's is read until every listed checkpoint's event is in, or events newer than
+    this call arrive (its history is then all read)."""
+    wanted = {c.checkpoint_id for c in job.checkpoints}
+    if not wanted:
+        return job
+    asked = datetime.now(UTC)
+    saved: dict[str, Checkpoint] = {}
+    with client.watch_training_job(job.job_id, include_history=True) as events:
+        for event in events:
+            if isinstance(event, CheckpointSaved):
+                saved[event.checkpoint.checkpoint_id] = event.checkpoint
+            if wanted <= saved.keys() or (event.time is not None and event.time > asked):
+                break
+    for c in job.checkpoints:
+        if c.checkpoint_id in saved:
+            c.validation_score = saved[c.checkpoint_id].validation_score
+            c.validation_scores = dict(saved[c.checkpoint_id].validation_scores)
+    return job
 
 
 def cancel_job(args: argparse.Namespace, out: Output, client: BoothStudio) -> int:
@@ -162,6 +188,36 @@ def print_job(job: TrainingJob, out: Output) -> None:
         rows.append(("warning", f"{w.message} [{w.reason}]"))
     for k, v in rows:
         out.print(f"{k + ':':<11}{v}")
+    if job.checkpoints:
+        out.print()
+        out.table(checkpoint_rows(job.checkpoints), ["CHECKPOINT", "STEP", "KIND", "SIZE",
+                                                     "SCORE"])
+
+
+def best_checkpoint(checkpoints: list[Checkpoint]) -> str:
+    """The id of the checkpoint with the highest validation score ("" when none is scored)."""
+    scored = [c for c in checkpoints if c.validation_score is not None]
+    return max(scored, key=lambda c: c.validation_score or 0.0).checkpoint_id if scored else ""
+
+
+def checkpoint_rows(checkpoints: list[Checkpoint]) -> list[tuple[str, ...]]:
+    """One row per checkpoint (its full state and its export together): id, step, kinds,
+    size, validation score (blank where unscored; the best marked "best")."""
+    best = best_checkpoint(checkpoints)
+    by_id: dict[str, list[Checkpoint]] = {}
+    for c in checkpoints:
+        by_id.setdefault(c.checkpoint_id, []).append(c)
+    rows = []
+    for cid, parts in sorted(by_id.items(), key=lambda kv: kv[1][0].step):
+        score = next((c.validation_score for c in parts if c.validation_score is not None), None)
+        text = "" if score is None else f"{score:.4g}" + (" (best)" if cid == best else "")
+        kinds = "+".join(KIND_NAMES.get(c.kind, c.kind.value) for c in parts)
+        rows.append((cid, str(parts[0].step), kinds,
+                     human_bytes(sum(c.size_bytes for c in parts)), text))
+    return rows
+
+
+KIND_NAMES = {CheckpointKind.FULL_STATE: "state", CheckpointKind.EXPORT: "export"}
 
 
 def finish_training(job: TrainingJob, out: Output) -> int:
