@@ -40,6 +40,7 @@ METHOD_ROLES: dict[str, str] = {
     # CatalogService
     f"{_P}CatalogService/ListModels": READ,
     f"{_P}CatalogService/GetModel": READ,
+    f"{_P}CatalogService/GetModelPreview": READ,
     f"{_P}CatalogService/ImportModel": TRAIN,
     f"{_P}CatalogService/DeleteModel": ADMIN,
     f"{_P}CatalogService/ListSamplers": READ,

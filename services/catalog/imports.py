@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from boothstudio.services.catalog import embeddings, loras, model_files
+from boothstudio.services.catalog import embeddings, loras, model_files, previews
 from boothstudio.services.catalog.backend_health import DEFAULT_BACKEND
 from boothstudio.services.catalog.mapping import FORMATS, PREDICTION
 from boothstudio.services.catalog.registry import Registry
@@ -277,12 +277,19 @@ def copy_model(
     return values
 
 
-async def register(registry: Registry, values: dict[str, Any], store: ArtifactStore) -> None:
-    """Insert the model's row; when that fails, remove the copy made for it (nothing is left
+async def register(registry: Registry, values: dict[str, Any], store: ArtifactStore,
+                   preview_png: bytes | None = None) -> None:
+    """Store the model's preview, then insert its row (a row never names a preview that is not
+    there); when either fails, remove the copy and the preview made for it (nothing is left
     behind by a model that was not registered)."""
     try:
+        if preview_png is not None:
+            values["preview_sha256"] = await asyncio.to_thread(
+                previews.store_preview, store, values["id"], preview_png)
         registry.insert(values)
     except BaseException:
+        if values.get("preview_sha256"):
+            await asyncio.to_thread(previews.remove, store, values["id"])
         if values.get("owned_path"):
             await asyncio.to_thread(
                 model_files.remove_owned, store, values["owned_path"], values["source_path"]

@@ -8,8 +8,10 @@ the kohya/A1111 layout or the diffusers/PEFT one (services.diffusion.lora_layout
   refused on `architecture`. It is registered with its base's architecture.
 - Trigger words: the request's trigger_phrase, else what the file's kohya metadata names
   (`modelspec.trigger_phrase`, else the most frequent tags of `ss_tag_frequency`).
-- Preview: none is made at import (drawing one needs the base model loaded: the Generator's
-  work); the layout, rank and adapted parts go in the description when the request has none.
+- Preview: unless the request gives one, the thumbnail the file embeds (kohya's
+  `modelspec.thumbnail`), then a picture beside it as A1111/ComfyUI expect (previews.py); none
+  is drawn here (that needs the base model loaded: the Generator's work). The layout, rank and
+  adapted parts go in the description when the request has none.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from boothstudio.services.catalog import previews
 from boothstudio.services.diffusion import loading, lora_layouts
 from boothstudio.shared.artifact_store import ArtifactStore, StoredFolder
 from boothstudio.shared.errors import InvalidArgument, NotFound
@@ -130,4 +133,10 @@ def inspect(
     }
     if stored is None:
         values["size_bytes"] = local.stat().st_size
+    if not request.preview:
+        # not a registry column: the servicer takes it out and stores the first usable one
+        embedded = previews.embedded(weights.metadata)
+        values["preview_candidates"] = [*([embedded] if embedded else []), *(
+            previews.sidecar_local(local) if stored is None
+            else previews.sidecar_stored(store, stored))]
     return values, location

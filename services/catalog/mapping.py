@@ -68,6 +68,7 @@ def to_proto(row: Mapping[str, Any]) -> catalog_pb2.Model:
         description=r["description"],
         config_path=r["config_path"],
         embedding=embedding_info(r),
+        has_preview=bool(r["preview_sha256"]),
     )
 
 

@@ -46,6 +46,7 @@ COLUMNS = [
     "embedding_vectors",
     "embedding_widths",
     "sha256",
+    "preview_sha256",
 ]
 _NUMBERS = {"kind", "native_resolution", "prediction_type", "format", "size_bytes", "builtin",
             "inpainting", "embedding_vectors"}

@@ -12,7 +12,8 @@ reachability.
 Modules: registry.py (rows in the metadata store: SQLite by default, PostgreSQL when
 `database_url` is set; schema in migrations/), imports.py (ImportModel), model_files.py (model
 files in the artifact store: copies under catalog/models/<id>/, locations read in the store),
-deletion.py (DeleteModel's checks), mapping.py (rows and tables as messages), backend_health.py
+deletion.py (DeleteModel's checks), previews.py (a model's preview PNG in the artifact store,
+GetModelPreview), mapping.py (rows and tables as messages), backend_health.py
 (configured backends, reachability).
 Settings: services/catalog/settings.py (CatalogSettings).
 """
@@ -22,7 +23,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from boothstudio.services.catalog import deletion, imports
+from boothstudio.services.catalog import deletion, imports, previews
 from boothstudio.services.catalog.backend_health import DEFAULT_BACKEND, Backends
 from boothstudio.services.catalog.mapping import samplers_response, to_proto
 from boothstudio.services.catalog.registry import Registry, Row
@@ -30,7 +31,7 @@ from boothstudio.services.catalog.settings import CatalogSettings
 from boothstudio.services.diffusion import loading
 from boothstudio.services.diffusion.backends import remote_backends
 from boothstudio.services.settings import load_settings
-from boothstudio.shared.artifact_store import store_for
+from boothstudio.shared.artifact_store import ArtifactMissing, store_for
 from boothstudio.shared.errors import AlreadyExists, InvalidArgument, NotFound
 from boothstudio.shared.ids import ID_RULE, is_valid_id
 from boothstudio.shared.pagination import decode_offset, encode_token, page_size
@@ -104,6 +105,8 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         self, request: catalog_pb2.ImportModelRequest, context: RpcContext
     ) -> catalog_pb2.ImportModelResponse:
         source_field, source = imports.check_request(request)
+        # the given picture is read (and refused on `preview`) before anything is written
+        preview_png = await previews.from_request(request.preview) if request.preview else None
         backend_id = request.backend_id or DEFAULT_BACKEND
         self.backends.get(backend_id)
         base = None
@@ -136,7 +139,11 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
                 kind=kind,
                 backend_id=backend_id,
             )
-            await imports.register(self.registry, values, self.store)
+            found = values.pop("preview_candidates", [])
+            if preview_png is None and found:
+                preview_png, unusable = await asyncio.to_thread(previews.first_usable, found)
+                warnings.extend(unusable)
+            await imports.register(self.registry, values, self.store, preview_png)
         self.log.info("model imported", extra={"model_id": model_id, "source": source})
         return catalog_pb2.ImportModelResponse(
             model=to_proto(self.registry.get(model_id)),  # type: ignore[arg-type]
@@ -152,8 +159,28 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         if request.delete_files:
             freed = await deletion.remove_owned_files(row, self.store)
         self.registry.delete(row["id"])
+        if row["preview_sha256"]:
+            # after the row: a preview left by a failure here is never served (no row names it)
+            # and a later model of the same id overwrites it
+            await asyncio.to_thread(previews.remove, self.store, row["id"])
         self.log.info("model deleted", extra={"model_id": row["id"], "freed_bytes": freed})
         return catalog_pb2.DeleteModelResponse(freed_bytes=freed)
+
+    async def GetModelPreview(
+        self, request: catalog_pb2.GetModelPreviewRequest, context: RpcContext
+    ) -> catalog_pb2.GetModelPreviewResponse:
+        row = self._model(request.model_id)
+        if not row["preview_sha256"]:
+            raise NotFound(f"model {row['id']!r} has no preview", reason="PREVIEW_NOT_FOUND",
+                           resource_type="preview", resource_name=row["id"], field="model_id")
+        try:
+            png = await asyncio.to_thread(
+                self.store.get_bytes, previews.key(row["id"]), row["preview_sha256"])
+        except ArtifactMissing as err:  # removed from the store behind the Catalog's back
+            raise NotFound(f"the preview of model {row['id']!r} is gone from the store",
+                           reason="PREVIEW_NOT_FOUND", field="model_id") from err
+        width, height = previews.size_of(png)
+        return catalog_pb2.GetModelPreviewResponse(png=png, width=width, height=height)
 
     # ------------------------------------------------------------------ samplers, backends
 

@@ -113,6 +113,7 @@ CASES: dict[str, Case] = {
     "CatalogService.GetModel": Case(),
     "CatalogService.ImportModel": Case(),
     "CatalogService.DeleteModel": Case(),
+    "CatalogService.GetModelPreview": Case(),
     "CatalogService.ListSamplers": Case(),
     "CatalogService.ListBackends": Case(),
     "GeneratorService.Generate": Case(prepare=cheap_generate),
@@ -492,6 +493,8 @@ BASES: dict[str, Callable[[], Any]] = {
     "CatalogService.ImportModel": lambda: catalog_pb2.ImportModelRequest(
         diffusers_path=str(ROOT / "services" / "diffusion" / "embedded_model")),
     "CatalogService.DeleteModel": lambda: catalog_pb2.DeleteModelRequest(model_id="fz-none"),
+    "CatalogService.GetModelPreview": lambda: catalog_pb2.GetModelPreviewRequest(
+        model_id=hostile.KNOWN_MODEL),
     "GeneratorService.Generate": lambda: generator_pb2.GenerateRequest(
         prompt="a red square", steps=2, width=64, height=64, seed=1),
     "GeneratorService.DeleteImages": lambda: generator_pb2.DeleteImagesRequest(

@@ -42,7 +42,7 @@ from tests.stores.postgres import PostgresServer
 from tests.stores.s3 import S3Target
 
 EMBEDDED = "boothstudio-tiny"
-HEAD = "0002"
+HEAD = "0003"
 
 # The catalog's schema before Alembic, frozen here as shared.storage.SQLiteDatabase wrote it
 # (migration 1 of the old services/catalog/registry.py; PRAGMA user_version = 1).

@@ -26,63 +26,67 @@ from boothstudio.v1 import common_pb2 as boothstudio_dot_v1_dot_common__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x62oothstudio/v1/catalog.proto\x12\x0e\x62oothstudio.v1\x1a\x1b\x62oothstudio/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"@\n\rEmbeddingInfo\x12\x0f\n\x07vectors\x18\x01 \x01(\x05\x12\x0e\n\x06widths\x18\x02 \x03(\x05\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"=\n\x0bModelOrigin\x12\x15\n\rbase_model_id\x18\x01 \x01(\t\x12\x17\n\x0ftraining_job_id\x18\x02 \x01(\t\"\x9d\x04\n\x05Model\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\'\n\x04kind\x18\x03 \x01(\x0e\x32\x19.boothstudio.v1.ModelKind\x12\x12\n\nbackend_id\x18\x04 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x05 \x01(\t\x12\x19\n\x11native_resolution\x18\x06 \x01(\x05\x12\x37\n\x0fprediction_type\x18\x07 \x01(\x0e\x32\x1e.boothstudio.v1.PredictionType\x12+\n\x06origin\x18\x08 \x01(\x0b\x32\x1b.boothstudio.v1.ModelOrigin\x12\x16\n\x0etrigger_phrase\x18\t \x01(\t\x12\x13\n\x0bsource_path\x18\n \x01(\t\x12+\n\x06\x66ormat\x18\x0b \x01(\x0e\x32\x1b.boothstudio.v1.ModelFormat\x12/\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nsize_bytes\x18\r \x01(\x03\x12\x0f\n\x07\x62uiltin\x18\x0e \x01(\x08\x12\x12\n\ninpainting\x18\x0f \x01(\x08\x12\x13\n\x0b\x64\x65scription\x18\x10 \x01(\t\x12\x13\n\x0b\x63onfig_path\x18\x11 \x01(\t\x12\x30\n\tembedding\x18\x12 \x01(\x0b\x32\x1d.boothstudio.v1.EmbeddingInfo\"\xa4\x01\n\x11ListModelsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\'\n\x04kind\x18\x03 \x01(\x0e\x32\x19.boothstudio.v1.ModelKind\x12\x12\n\nbackend_id\x18\x04 \x01(\t\x12\x15\n\rbase_model_id\x18\x05 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x06 \x01(\t\"h\n\x12ListModelsResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.boothstudio.v1.Model\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x05\"#\n\x0fGetModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\"8\n\x10GetModelResponse\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.boothstudio.v1.Model\"\xb7\x03\n\x12ImportModelRequest\x12\x18\n\x0e\x64iffusers_path\x18\x01 \x01(\tH\x00\x12\x15\n\x0bhf_cache_id\x18\x02 \x01(\tH\x00\x12\x1a\n\x10single_file_path\x18\x03 \x01(\tH\x00\x12\x13\n\x0bhf_revision\x18\x04 \x01(\t\x12\x13\n\x0b\x63onfig_path\x18\x05 \x01(\t\x12\x10\n\x08model_id\x18\x06 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x07 \x01(\t\x12\'\n\x04kind\x18\x08 \x01(\x0e\x32\x19.boothstudio.v1.ModelKind\x12\x14\n\x0c\x61rchitecture\x18\t \x01(\t\x12\x12\n\nbackend_id\x18\n \x01(\t\x12\x37\n\x0fprediction_type\x18\x0b \x01(\x0e\x32\x1e.boothstudio.v1.PredictionType\x12+\n\x06origin\x18\x0c \x01(\x0b\x32\x1b.boothstudio.v1.ModelOrigin\x12\x16\n\x0etrigger_phrase\x18\r \x01(\t\x12\x12\n\ncopy_files\x18\x0e \x01(\x08\x12\x13\n\x0b\x64\x65scription\x18\x0f \x01(\tB\x08\n\x06source\"f\n\x13ImportModelResponse\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.boothstudio.v1.Model\x12)\n\x08warnings\x18\x02 \x03(\x0b\x32\x17.boothstudio.v1.Warning\"<\n\x12\x44\x65leteModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64\x65lete_files\x18\x02 \x01(\x08\"*\n\x13\x44\x65leteModelResponse\x12\x13\n\x0b\x66reed_bytes\x18\x01 \x01(\x03\"\xf4\x01\n\tParameter\x12\x0c\n\x04name\x18\x01 \x01(\t\x12+\n\x04type\x18\x02 \x01(\x0e\x32\x1d.boothstudio.v1.ParameterType\x12\x32\n\rdefault_value\x18\x03 \x01(\x0b\x32\x1b.boothstudio.v1.OptionValue\x12\x16\n\tmin_value\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x16\n\tmax_value\x18\x05 \x01(\x01H\x01\x88\x01\x01\x12\x0f\n\x07\x63hoices\x18\x06 \x03(\t\x12\x0c\n\x04help\x18\x07 \x01(\t\x12\r\n\x05label\x18\x08 \x01(\tB\x0c\n\n_min_valueB\x0c\n\n_max_value\"3\n\x08Schedule\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12\x0c\n\x04help\x18\x03 \x01(\t\"\xbd\x01\n\x07Sampler\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12\x0f\n\x07\x61liases\x18\x03 \x03(\t\x12\x11\n\tschedules\x18\x04 \x03(\t\x12\x18\n\x10\x64\x65\x66\x61ult_schedule\x18\x05 \x01(\t\x12-\n\nparameters\x18\x06 \x03(\x0b\x32\x19.boothstudio.v1.Parameter\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\x12\x15\n\rdefault_steps\x18\x08 \x01(\x05\";\n\x13ListSamplersRequest\x12\x12\n\nbackend_id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\"\x9b\x01\n\x14ListSamplersResponse\x12)\n\x08samplers\x18\x01 \x03(\x0b\x32\x17.boothstudio.v1.Sampler\x12+\n\tschedules\x18\x02 \x03(\x0b\x32\x18.boothstudio.v1.Schedule\x12\x17\n\x0f\x64\x65\x66\x61ult_sampler\x18\x03 \x01(\t\x12\x12\n\nbackend_id\x18\x04 \x01(\t\"|\n\x13\x42\x61\x63kendCapabilities\x12\x0f\n\x07txt2img\x18\x01 \x01(\x08\x12\x0f\n\x07img2img\x18\x02 \x01(\x08\x12\x0f\n\x07inpaint\x18\x03 \x01(\x08\x12\x10\n\x08training\x18\x04 \x01(\x08\x12\x10\n\x08previews\x18\x05 \x01(\x08\x12\x0e\n\x06\x63\x61ncel\x18\x06 \x01(\x08\"\xd7\x01\n\x07\x42\x61\x63kend\x12\n\n\x02id\x18\x01 \x01(\t\x12)\n\x04kind\x18\x02 \x01(\x0e\x32\x1b.boothstudio.v1.BackendKind\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\x11\n\treachable\x18\x04 \x01(\x08\x12\x39\n\x0c\x63\x61pabilities\x18\x05 \x01(\x0b\x32#.boothstudio.v1.BackendCapabilities\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x07 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x08 \x01(\t\"&\n\x13ListBackendsRequest\x12\x0f\n\x07refresh\x18\x01 \x01(\x08\"]\n\x14ListBackendsResponse\x12)\n\x08\x62\x61\x63kends\x18\x01 \x03(\x0b\x32\x17.boothstudio.v1.Backend\x12\x1a\n\x12\x64\x65\x66\x61ult_backend_id\x18\x02 \x01(\t*\x86\x01\n\tModelKind\x12\x1a\n\x16MODEL_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fMODEL_KIND_BASE\x10\x01\x12\x19\n\x15MODEL_KIND_FINE_TUNED\x10\x02\x12\x13\n\x0fMODEL_KIND_LORA\x10\x03\x12\x18\n\x14MODEL_KIND_EMBEDDING\x10\x04*\x8c\x01\n\x0ePredictionType\x12\x1f\n\x1bPREDICTION_TYPE_UNSPECIFIED\x10\x00\x12\x1b\n\x17PREDICTION_TYPE_EPSILON\x10\x01\x12 \n\x1cPREDICTION_TYPE_V_PREDICTION\x10\x02\x12\x1a\n\x16PREDICTION_TYPE_SAMPLE\x10\x03*\xb3\x01\n\x0bModelFormat\x12\x1c\n\x18MODEL_FORMAT_UNSPECIFIED\x10\x00\x12\x1a\n\x16MODEL_FORMAT_DIFFUSERS\x10\x01\x12\x1c\n\x18MODEL_FORMAT_SINGLE_FILE\x10\x02\x12\x19\n\x15MODEL_FORMAT_HF_CACHE\x10\x03\x12\x15\n\x11MODEL_FORMAT_LORA\x10\x04\x12\x1a\n\x16MODEL_FORMAT_EMBEDDING\x10\x05*\xb0\x01\n\rParameterType\x12\x1e\n\x1aPARAMETER_TYPE_UNSPECIFIED\x10\x00\x12\x16\n\x12PARAMETER_TYPE_INT\x10\x01\x12\x18\n\x14PARAMETER_TYPE_FLOAT\x10\x02\x12\x17\n\x13PARAMETER_TYPE_BOOL\x10\x03\x12\x19\n\x15PARAMETER_TYPE_CHOICE\x10\x04\x12\x19\n\x15PARAMETER_TYPE_STRING\x10\x05*x\n\x0b\x42\x61\x63kendKind\x12\x1c\n\x18\x42\x41\x43KEND_KIND_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x42\x41\x43KEND_KIND_DIFFUSERS\x10\x01\x12\x16\n\x12\x42\x41\x43KEND_KIND_A1111\x10\x02\x12\x17\n\x13\x42\x41\x43KEND_KIND_HOSTED\x10\x03\x32\x9a\x04\n\x0e\x43\x61talogService\x12S\n\nListModels\x12!.boothstudio.v1.ListModelsRequest\x1a\".boothstudio.v1.ListModelsResponse\x12M\n\x08GetModel\x12\x1f.boothstudio.v1.GetModelRequest\x1a .boothstudio.v1.GetModelResponse\x12V\n\x0bImportModel\x12\".boothstudio.v1.ImportModelRequest\x1a#.boothstudio.v1.ImportModelResponse\x12V\n\x0b\x44\x65leteModel\x12\".boothstudio.v1.DeleteModelRequest\x1a#.boothstudio.v1.DeleteModelResponse\x12Y\n\x0cListSamplers\x12#.boothstudio.v1.ListSamplersRequest\x1a$.boothstudio.v1.ListSamplersResponse\x12Y\n\x0cListBackends\x12#.boothstudio.v1.ListBackendsRequest\x1a$.boothstudio.v1.ListBackendsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x62oothstudio/v1/catalog.proto\x12\x0e\x62oothstudio.v1\x1a\x1b\x62oothstudio/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"@\n\rEmbeddingInfo\x12\x0f\n\x07vectors\x18\x01 \x01(\x05\x12\x0e\n\x06widths\x18\x02 \x03(\x05\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"=\n\x0bModelOrigin\x12\x15\n\rbase_model_id\x18\x01 \x01(\t\x12\x17\n\x0ftraining_job_id\x18\x02 \x01(\t\"\xb2\x04\n\x05Model\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\'\n\x04kind\x18\x03 \x01(\x0e\x32\x19.boothstudio.v1.ModelKind\x12\x12\n\nbackend_id\x18\x04 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x05 \x01(\t\x12\x19\n\x11native_resolution\x18\x06 \x01(\x05\x12\x37\n\x0fprediction_type\x18\x07 \x01(\x0e\x32\x1e.boothstudio.v1.PredictionType\x12+\n\x06origin\x18\x08 \x01(\x0b\x32\x1b.boothstudio.v1.ModelOrigin\x12\x16\n\x0etrigger_phrase\x18\t \x01(\t\x12\x13\n\x0bsource_path\x18\n \x01(\t\x12+\n\x06\x66ormat\x18\x0b \x01(\x0e\x32\x1b.boothstudio.v1.ModelFormat\x12/\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nsize_bytes\x18\r \x01(\x03\x12\x0f\n\x07\x62uiltin\x18\x0e \x01(\x08\x12\x12\n\ninpainting\x18\x0f \x01(\x08\x12\x13\n\x0b\x64\x65scription\x18\x10 \x01(\t\x12\x13\n\x0b\x63onfig_path\x18\x11 \x01(\t\x12\x30\n\tembedding\x18\x12 \x01(\x0b\x32\x1d.boothstudio.v1.EmbeddingInfo\x12\x13\n\x0bhas_preview\x18\x13 \x01(\x08\"\xa4\x01\n\x11ListModelsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\'\n\x04kind\x18\x03 \x01(\x0e\x32\x19.boothstudio.v1.ModelKind\x12\x12\n\nbackend_id\x18\x04 \x01(\t\x12\x15\n\rbase_model_id\x18\x05 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x06 \x01(\t\"h\n\x12ListModelsResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.boothstudio.v1.Model\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x05\"#\n\x0fGetModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\"8\n\x10GetModelResponse\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.boothstudio.v1.Model\"\xc8\x03\n\x12ImportModelRequest\x12\x18\n\x0e\x64iffusers_path\x18\x01 \x01(\tH\x00\x12\x15\n\x0bhf_cache_id\x18\x02 \x01(\tH\x00\x12\x1a\n\x10single_file_path\x18\x03 \x01(\tH\x00\x12\x13\n\x0bhf_revision\x18\x04 \x01(\t\x12\x13\n\x0b\x63onfig_path\x18\x05 \x01(\t\x12\x10\n\x08model_id\x18\x06 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x07 \x01(\t\x12\'\n\x04kind\x18\x08 \x01(\x0e\x32\x19.boothstudio.v1.ModelKind\x12\x14\n\x0c\x61rchitecture\x18\t \x01(\t\x12\x12\n\nbackend_id\x18\n \x01(\t\x12\x37\n\x0fprediction_type\x18\x0b \x01(\x0e\x32\x1e.boothstudio.v1.PredictionType\x12+\n\x06origin\x18\x0c \x01(\x0b\x32\x1b.boothstudio.v1.ModelOrigin\x12\x16\n\x0etrigger_phrase\x18\r \x01(\t\x12\x12\n\ncopy_files\x18\x0e \x01(\x08\x12\x13\n\x0b\x64\x65scription\x18\x0f \x01(\t\x12\x0f\n\x07preview\x18\x10 \x01(\x0c\x42\x08\n\x06source\"f\n\x13ImportModelResponse\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.boothstudio.v1.Model\x12)\n\x08warnings\x18\x02 \x03(\x0b\x32\x17.boothstudio.v1.Warning\"<\n\x12\x44\x65leteModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64\x65lete_files\x18\x02 \x01(\x08\"*\n\x13\x44\x65leteModelResponse\x12\x13\n\x0b\x66reed_bytes\x18\x01 \x01(\x03\"*\n\x16GetModelPreviewRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\"E\n\x17GetModelPreviewResponse\x12\x0b\n\x03png\x18\x01 \x01(\x0c\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x0e\n\x06height\x18\x03 \x01(\x05\"\xf4\x01\n\tParameter\x12\x0c\n\x04name\x18\x01 \x01(\t\x12+\n\x04type\x18\x02 \x01(\x0e\x32\x1d.boothstudio.v1.ParameterType\x12\x32\n\rdefault_value\x18\x03 \x01(\x0b\x32\x1b.boothstudio.v1.OptionValue\x12\x16\n\tmin_value\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x16\n\tmax_value\x18\x05 \x01(\x01H\x01\x88\x01\x01\x12\x0f\n\x07\x63hoices\x18\x06 \x03(\t\x12\x0c\n\x04help\x18\x07 \x01(\t\x12\r\n\x05label\x18\x08 \x01(\tB\x0c\n\n_min_valueB\x0c\n\n_max_value\"3\n\x08Schedule\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12\x0c\n\x04help\x18\x03 \x01(\t\"\xbd\x01\n\x07Sampler\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12\x0f\n\x07\x61liases\x18\x03 \x03(\t\x12\x11\n\tschedules\x18\x04 \x03(\t\x12\x18\n\x10\x64\x65\x66\x61ult_schedule\x18\x05 \x01(\t\x12-\n\nparameters\x18\x06 \x03(\x0b\x32\x19.boothstudio.v1.Parameter\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\x12\x15\n\rdefault_steps\x18\x08 \x01(\x05\";\n\x13ListSamplersRequest\x12\x12\n\nbackend_id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\"\x9b\x01\n\x14ListSamplersResponse\x12)\n\x08samplers\x18\x01 \x03(\x0b\x32\x17.boothstudio.v1.Sampler\x12+\n\tschedules\x18\x02 \x03(\x0b\x32\x18.boothstudio.v1.Schedule\x12\x17\n\x0f\x64\x65\x66\x61ult_sampler\x18\x03 \x01(\t\x12\x12\n\nbackend_id\x18\x04 \x01(\t\"|\n\x13\x42\x61\x63kendCapabilities\x12\x0f\n\x07txt2img\x18\x01 \x01(\x08\x12\x0f\n\x07img2img\x18\x02 \x01(\x08\x12\x0f\n\x07inpaint\x18\x03 \x01(\x08\x12\x10\n\x08training\x18\x04 \x01(\x08\x12\x10\n\x08previews\x18\x05 \x01(\x08\x12\x0e\n\x06\x63\x61ncel\x18\x06 \x01(\x08\"\xd7\x01\n\x07\x42\x61\x63kend\x12\n\n\x02id\x18\x01 \x01(\t\x12)\n\x04kind\x18\x02 \x01(\x0e\x32\x1b.boothstudio.v1.BackendKind\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\x11\n\treachable\x18\x04 \x01(\x08\x12\x39\n\x0c\x63\x61pabilities\x18\x05 \x01(\x0b\x32#.boothstudio.v1.BackendCapabilities\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x07 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x08 \x01(\t\"&\n\x13ListBackendsRequest\x12\x0f\n\x07refresh\x18\x01 \x01(\x08\"]\n\x14ListBackendsResponse\x12)\n\x08\x62\x61\x63kends\x18\x01 \x03(\x0b\x32\x17.boothstudio.v1.Backend\x12\x1a\n\x12\x64\x65\x66\x61ult_backend_id\x18\x02 \x01(\t*\x86\x01\n\tModelKind\x12\x1a\n\x16MODEL_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fMODEL_KIND_BASE\x10\x01\x12\x19\n\x15MODEL_KIND_FINE_TUNED\x10\x02\x12\x13\n\x0fMODEL_KIND_LORA\x10\x03\x12\x18\n\x14MODEL_KIND_EMBEDDING\x10\x04*\x8c\x01\n\x0ePredictionType\x12\x1f\n\x1bPREDICTION_TYPE_UNSPECIFIED\x10\x00\x12\x1b\n\x17PREDICTION_TYPE_EPSILON\x10\x01\x12 \n\x1cPREDICTION_TYPE_V_PREDICTION\x10\x02\x12\x1a\n\x16PREDICTION_TYPE_SAMPLE\x10\x03*\xb3\x01\n\x0bModelFormat\x12\x1c\n\x18MODEL_FORMAT_UNSPECIFIED\x10\x00\x12\x1a\n\x16MODEL_FORMAT_DIFFUSERS\x10\x01\x12\x1c\n\x18MODEL_FORMAT_SINGLE_FILE\x10\x02\x12\x19\n\x15MODEL_FORMAT_HF_CACHE\x10\x03\x12\x15\n\x11MODEL_FORMAT_LORA\x10\x04\x12\x1a\n\x16MODEL_FORMAT_EMBEDDING\x10\x05*\xb0\x01\n\rParameterType\x12\x1e\n\x1aPARAMETER_TYPE_UNSPECIFIED\x10\x00\x12\x16\n\x12PARAMETER_TYPE_INT\x10\x01\x12\x18\n\x14PARAMETER_TYPE_FLOAT\x10\x02\x12\x17\n\x13PARAMETER_TYPE_BOOL\x10\x03\x12\x19\n\x15PARAMETER_TYPE_CHOICE\x10\x04\x12\x19\n\x15PARAMETER_TYPE_STRING\x10\x05*x\n\x0b\x42\x61\x63kendKind\x12\x1c\n\x18\x42\x41\x43KEND_KIND_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x42\x41\x43KEND_KIND_DIFFUSERS\x10\x01\x12\x16\n\x12\x42\x41\x43KEND_KIND_A1111\x10\x02\x12\x17\n\x13\x42\x41\x43KEND_KIND_HOSTED\x10\x03\x32\xfe\x04\n\x0e\x43\x61talogService\x12S\n\nListModels\x12!.boothstudio.v1.ListModelsRequest\x1a\".boothstudio.v1.ListModelsResponse\x12M\n\x08GetModel\x12\x1f.boothstudio.v1.GetModelRequest\x1a .boothstudio.v1.GetModelResponse\x12V\n\x0bImportModel\x12\".boothstudio.v1.ImportModelRequest\x1a#.boothstudio.v1.ImportModelResponse\x12V\n\x0b\x44\x65leteModel\x12\".boothstudio.v1.DeleteModelRequest\x1a#.boothstudio.v1.DeleteModelResponse\x12\x62\n\x0fGetModelPreview\x12&.boothstudio.v1.GetModelPreviewRequest\x1a\'.boothstudio.v1.GetModelPreviewResponse\x12Y\n\x0cListSamplers\x12#.boothstudio.v1.ListSamplersRequest\x1a$.boothstudio.v1.ListSamplersResponse\x12Y\n\x0cListBackends\x12#.boothstudio.v1.ListBackendsRequest\x1a$.boothstudio.v1.ListBackendsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'boothstudio.v1.catalog_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MODELKIND']._serialized_start=2994
-  _globals['_MODELKIND']._serialized_end=3128
-  _globals['_PREDICTIONTYPE']._serialized_start=3131
-  _globals['_PREDICTIONTYPE']._serialized_end=3271
-  _globals['_MODELFORMAT']._serialized_start=3274
-  _globals['_MODELFORMAT']._serialized_end=3453
-  _globals['_PARAMETERTYPE']._serialized_start=3456
-  _globals['_PARAMETERTYPE']._serialized_end=3632
-  _globals['_BACKENDKIND']._serialized_start=3634
-  _globals['_BACKENDKIND']._serialized_end=3754
+  _globals['_MODELKIND']._serialized_start=3147
+  _globals['_MODELKIND']._serialized_end=3281
+  _globals['_PREDICTIONTYPE']._serialized_start=3284
+  _globals['_PREDICTIONTYPE']._serialized_end=3424
+  _globals['_MODELFORMAT']._serialized_start=3427
+  _globals['_MODELFORMAT']._serialized_end=3606
+  _globals['_PARAMETERTYPE']._serialized_start=3609
+  _globals['_PARAMETERTYPE']._serialized_end=3785
+  _globals['_BACKENDKIND']._serialized_start=3787
+  _globals['_BACKENDKIND']._serialized_end=3907
   _globals['_EMBEDDINGINFO']._serialized_start=110
   _globals['_EMBEDDINGINFO']._serialized_end=174
   _globals['_MODELORIGIN']._serialized_start=176
   _globals['_MODELORIGIN']._serialized_end=237
   _globals['_MODEL']._serialized_start=240
-  _globals['_MODEL']._serialized_end=781
-  _globals['_LISTMODELSREQUEST']._serialized_start=784
-  _globals['_LISTMODELSREQUEST']._serialized_end=948
-  _globals['_LISTMODELSRESPONSE']._serialized_start=950
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1054
-  _globals['_GETMODELREQUEST']._serialized_start=1056
-  _globals['_GETMODELREQUEST']._serialized_end=1091
-  _globals['_GETMODELRESPONSE']._serialized_start=1093
-  _globals['_GETMODELRESPONSE']._serialized_end=1149
-  _globals['_IMPORTMODELREQUEST']._serialized_start=1152
-  _globals['_IMPORTMODELREQUEST']._serialized_end=1591
-  _globals['_IMPORTMODELRESPONSE']._serialized_start=1593
-  _globals['_IMPORTMODELRESPONSE']._serialized_end=1695
-  _globals['_DELETEMODELREQUEST']._serialized_start=1697
-  _globals['_DELETEMODELREQUEST']._serialized_end=1757
-  _globals['_DELETEMODELRESPONSE']._serialized_start=1759
-  _globals['_DELETEMODELRESPONSE']._serialized_end=1801
-  _globals['_PARAMETER']._serialized_start=1804
-  _globals['_PARAMETER']._serialized_end=2048
-  _globals['_SCHEDULE']._serialized_start=2050
-  _globals['_SCHEDULE']._serialized_end=2101
-  _globals['_SAMPLER']._serialized_start=2104
-  _globals['_SAMPLER']._serialized_end=2293
-  _globals['_LISTSAMPLERSREQUEST']._serialized_start=2295
-  _globals['_LISTSAMPLERSREQUEST']._serialized_end=2354
-  _globals['_LISTSAMPLERSRESPONSE']._serialized_start=2357
-  _globals['_LISTSAMPLERSRESPONSE']._serialized_end=2512
-  _globals['_BACKENDCAPABILITIES']._serialized_start=2514
-  _globals['_BACKENDCAPABILITIES']._serialized_end=2638
-  _globals['_BACKEND']._serialized_start=2641
-  _globals['_BACKEND']._serialized_end=2856
-  _globals['_LISTBACKENDSREQUEST']._serialized_start=2858
-  _globals['_LISTBACKENDSREQUEST']._serialized_end=2896
-  _globals['_LISTBACKENDSRESPONSE']._serialized_start=2898
-  _globals['_LISTBACKENDSRESPONSE']._serialized_end=2991
-  _globals['_CATALOGSERVICE']._serialized_start=3757
-  _globals['_CATALOGSERVICE']._serialized_end=4295
+  _globals['_MODEL']._serialized_end=802
+  _globals['_LISTMODELSREQUEST']._serialized_start=805
+  _globals['_LISTMODELSREQUEST']._serialized_end=969
+  _globals['_LISTMODELSRESPONSE']._serialized_start=971
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1075
+  _globals['_GETMODELREQUEST']._serialized_start=1077
+  _globals['_GETMODELREQUEST']._serialized_end=1112
+  _globals['_GETMODELRESPONSE']._serialized_start=1114
+  _globals['_GETMODELRESPONSE']._serialized_end=1170
+  _globals['_IMPORTMODELREQUEST']._serialized_start=1173
+  _globals['_IMPORTMODELREQUEST']._serialized_end=1629
+  _globals['_IMPORTMODELRESPONSE']._serialized_start=1631
+  _globals['_IMPORTMODELRESPONSE']._serialized_end=1733
+  _globals['_DELETEMODELREQUEST']._serialized_start=1735
+  _globals['_DELETEMODELREQUEST']._serialized_end=1795
+  _globals['_DELETEMODELRESPONSE']._serialized_start=1797
+  _globals['_DELETEMODELRESPONSE']._serialized_end=1839
+  _globals['_GETMODELPREVIEWREQUEST']._serialized_start=1841
+  _globals['_GETMODELPREVIEWREQUEST']._serialized_end=1883
+  _globals['_GETMODELPREVIEWRESPONSE']._serialized_start=1885
+  _globals['_GETMODELPREVIEWRESPONSE']._serialized_end=1954
+  _globals['_PARAMETER']._serialized_start=1957
+  _globals['_PARAMETER']._serialized_end=2201
+  _globals['_SCHEDULE']._serialized_start=2203
+  _globals['_SCHEDULE']._serialized_end=2254
+  _globals['_SAMPLER']._serialized_start=2257
+  _globals['_SAMPLER']._serialized_end=2446
+  _globals['_LISTSAMPLERSREQUEST']._serialized_start=2448
+  _globals['_LISTSAMPLERSREQUEST']._serialized_end=2507
+  _globals['_LISTSAMPLERSRESPONSE']._serialized_start=2510
+  _globals['_LISTSAMPLERSRESPONSE']._serialized_end=2665
+  _globals['_BACKENDCAPABILITIES']._serialized_start=2667
+  _globals['_BACKENDCAPABILITIES']._serialized_end=2791
+  _globals['_BACKEND']._serialized_start=2794
+  _globals['_BACKEND']._serialized_end=3009
+  _globals['_LISTBACKENDSREQUEST']._serialized_start=3011
+  _globals['_LISTBACKENDSREQUEST']._serialized_end=3049
+  _globals['_LISTBACKENDSRESPONSE']._serialized_start=3051
+  _globals['_LISTBACKENDSRESPONSE']._serialized_end=3144
+  _globals['_CATALOGSERVICE']._serialized_start=3910
+  _globals['_CATALOGSERVICE']._serialized_end=4548
 # @@protoc_insertion_point(module_scope)

@@ -274,6 +274,7 @@ class Model(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     CONFIG_PATH_FIELD_NUMBER: _builtins.int
     EMBEDDING_FIELD_NUMBER: _builtins.int
+    HAS_PREVIEW_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Stable id used in requests, e.g. "tiny-sd" or "ft-1a2b3c"."""
     display_name: _builtins.str
@@ -304,6 +305,8 @@ class Model(_message.Message):
     """Free-form description."""
     config_path: _builtins.str
     """Single-file models: the local diffusers folder that supplies the configs (empty otherwise)."""
+    has_preview: _builtins.bool
+    """True when the model has a preview picture (GetModelPreview returns it)."""
     @_builtins.property
     def origin(self) -> Global___ModelOrigin:
         """Base model and training job it came from."""
@@ -337,10 +340,11 @@ class Model(_message.Message):
         description: _builtins.str = ...,
         config_path: _builtins.str = ...,
         embedding: Global___EmbeddingInfo | None = ...,
+        has_preview: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "embedding", b"embedding", "origin", b"origin"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "backend_id", b"backend_id", "builtin", b"builtin", "config_path", b"config_path", "create_time", b"create_time", "description", b"description", "display_name", b"display_name", "embedding", b"embedding", "format", b"format", "id", b"id", "inpainting", b"inpainting", "kind", b"kind", "native_resolution", b"native_resolution", "origin", b"origin", "prediction_type", b"prediction_type", "size_bytes", b"size_bytes", "source_path", b"source_path", "trigger_phrase", b"trigger_phrase"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "backend_id", b"backend_id", "builtin", b"builtin", "config_path", b"config_path", "create_time", b"create_time", "description", b"description", "display_name", b"display_name", "embedding", b"embedding", "format", b"format", "has_preview", b"has_preview", "id", b"id", "inpainting", b"inpainting", "kind", b"kind", "native_resolution", b"native_resolution", "origin", b"origin", "prediction_type", b"prediction_type", "size_bytes", b"size_bytes", "source_path", b"source_path", "trigger_phrase", b"trigger_phrase"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -487,6 +491,7 @@ class ImportModelRequest(_message.Message):
     TRIGGER_PHRASE_FIELD_NUMBER: _builtins.int
     COPY_FILES_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
+    PREVIEW_FIELD_NUMBER: _builtins.int
     diffusers_path: _builtins.str
     """A local diffusers folder (model_index.json inside)."""
     hf_cache_id: _builtins.str
@@ -522,6 +527,12 @@ class ImportModelRequest(_message.Message):
     """Copy the weights under the data directory instead of referencing them in place."""
     description: _builtins.str
     """Free-form description."""
+    preview: _builtins.bytes
+    """A picture to show for the model (PNG, JPEG or WebP, at most 8 MiB; empty = none given).
+    Kept as a PNG of at most 512 px a side. When empty, a LoRA's preview is the thumbnail its
+    file embeds (`modelspec.thumbnail`), else a picture beside the file (<stem>.preview.png,
+    <stem>.png, also .jpg/.jpeg/.webp).
+    """
     @_builtins.property
     def origin(self) -> Global___ModelOrigin:
         """Origin for fine-tuned models and LoRAs (set by Trainer)."""
@@ -544,10 +555,11 @@ class ImportModelRequest(_message.Message):
         trigger_phrase: _builtins.str = ...,
         copy_files: _builtins.bool = ...,
         description: _builtins.str = ...,
+        preview: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["diffusers_path", b"diffusers_path", "hf_cache_id", b"hf_cache_id", "origin", b"origin", "single_file_path", b"single_file_path", "source", b"source"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "backend_id", b"backend_id", "config_path", b"config_path", "copy_files", b"copy_files", "description", b"description", "diffusers_path", b"diffusers_path", "display_name", b"display_name", "hf_cache_id", b"hf_cache_id", "hf_revision", b"hf_revision", "kind", b"kind", "model_id", b"model_id", "origin", b"origin", "prediction_type", b"prediction_type", "single_file_path", b"single_file_path", "source", b"source", "trigger_phrase", b"trigger_phrase"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "backend_id", b"backend_id", "config_path", b"config_path", "copy_files", b"copy_files", "description", b"description", "diffusers_path", b"diffusers_path", "display_name", b"display_name", "hf_cache_id", b"hf_cache_id", "hf_revision", b"hf_revision", "kind", b"kind", "model_id", b"model_id", "origin", b"origin", "prediction_type", b"prediction_type", "preview", b"preview", "single_file_path", b"single_file_path", "source", b"source", "trigger_phrase", b"trigger_phrase"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["diffusers_path", "hf_cache_id", "single_file_path"]  # noqa: Y015
     _WhichOneofArgType_source: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
@@ -632,6 +644,58 @@ class DeleteModelResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteModelResponse: _TypeAlias = DeleteModelResponse  # noqa: Y015
+
+@_typing.final
+class GetModelPreviewRequest(_message.Message):
+    """Request for CatalogService.GetModelPreview."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    model_id: _builtins.str
+    """The model id."""
+    def __init__(
+        self,
+        *,
+        model_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_id", b"model_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetModelPreviewRequest: _TypeAlias = GetModelPreviewRequest  # noqa: Y015
+
+@_typing.final
+class GetModelPreviewResponse(_message.Message):
+    """Response for CatalogService.GetModelPreview."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PNG_FIELD_NUMBER: _builtins.int
+    WIDTH_FIELD_NUMBER: _builtins.int
+    HEIGHT_FIELD_NUMBER: _builtins.int
+    png: _builtins.bytes
+    """The preview as PNG bytes (at most 512 px a side)."""
+    width: _builtins.int
+    """Its width in pixels."""
+    height: _builtins.int
+    """Its height in pixels."""
+    def __init__(
+        self,
+        *,
+        png: _builtins.bytes = ...,
+        width: _builtins.int = ...,
+        height: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["height", b"height", "png", b"png", "width", b"width"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetModelPreviewResponse: _TypeAlias = GetModelPreviewResponse  # noqa: Y015
 
 @_typing.final
 class Parameter(_message.Message):

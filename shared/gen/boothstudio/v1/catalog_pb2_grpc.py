@@ -56,6 +56,11 @@ class CatalogServiceStub:
                 request_serializer=boothstudio_dot_v1_dot_catalog__pb2.DeleteModelRequest.SerializeToString,
                 response_deserializer=boothstudio_dot_v1_dot_catalog__pb2.DeleteModelResponse.FromString,
                 _registered_method=True)
+        self.GetModelPreview = channel.unary_unary(
+                '/boothstudio.v1.CatalogService/GetModelPreview',
+                request_serializer=boothstudio_dot_v1_dot_catalog__pb2.GetModelPreviewRequest.SerializeToString,
+                response_deserializer=boothstudio_dot_v1_dot_catalog__pb2.GetModelPreviewResponse.FromString,
+                _registered_method=True)
         self.ListSamplers = channel.unary_unary(
                 '/boothstudio.v1.CatalogService/ListSamplers',
                 request_serializer=boothstudio_dot_v1_dot_catalog__pb2.ListSamplersRequest.SerializeToString,
@@ -102,6 +107,14 @@ class CatalogServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetModelPreview(self, request, context):
+        """Returns a model's preview picture as a PNG of at most 512 px a side (NOT_FOUND on model_id
+        when the model is unknown or has no preview; see Model.has_preview).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListSamplers(self, request, context):
         """Lists the samplers (with schedules and parameter schemas) a backend or model offers.
         """
@@ -138,6 +151,11 @@ def add_CatalogServiceServicer_to_server(servicer, server):
                     servicer.DeleteModel,
                     request_deserializer=boothstudio_dot_v1_dot_catalog__pb2.DeleteModelRequest.FromString,
                     response_serializer=boothstudio_dot_v1_dot_catalog__pb2.DeleteModelResponse.SerializeToString,
+            ),
+            'GetModelPreview': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetModelPreview,
+                    request_deserializer=boothstudio_dot_v1_dot_catalog__pb2.GetModelPreviewRequest.FromString,
+                    response_serializer=boothstudio_dot_v1_dot_catalog__pb2.GetModelPreviewResponse.SerializeToString,
             ),
             'ListSamplers': grpc.unary_unary_rpc_method_handler(
                     servicer.ListSamplers,
@@ -260,6 +278,33 @@ class CatalogService:
             '/boothstudio.v1.CatalogService/DeleteModel',
             boothstudio_dot_v1_dot_catalog__pb2.DeleteModelRequest.SerializeToString,
             boothstudio_dot_v1_dot_catalog__pb2.DeleteModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetModelPreview(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/boothstudio.v1.CatalogService/GetModelPreview',
+            boothstudio_dot_v1_dot_catalog__pb2.GetModelPreviewRequest.SerializeToString,
+            boothstudio_dot_v1_dot_catalog__pb2.GetModelPreviewResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -45,6 +45,10 @@ class CatalogServiceStub:
     """
     DeleteModel: _grpc.UnaryUnaryMultiCallable[_catalog_pb2.DeleteModelRequest, _catalog_pb2.DeleteModelResponse]
     """Removes a model (FAILED_PRECONDITION for the embedded default or a model a job uses)."""
+    GetModelPreview: _grpc.UnaryUnaryMultiCallable[_catalog_pb2.GetModelPreviewRequest, _catalog_pb2.GetModelPreviewResponse]
+    """Returns a model's preview picture as a PNG of at most 512 px a side (NOT_FOUND on model_id
+    when the model is unknown or has no preview; see Model.has_preview).
+    """
     ListSamplers: _grpc.UnaryUnaryMultiCallable[_catalog_pb2.ListSamplersRequest, _catalog_pb2.ListSamplersResponse]
     """Lists the samplers (with schedules and parameter schemas) a backend or model offers."""
     ListBackends: _grpc.UnaryUnaryMultiCallable[_catalog_pb2.ListBackendsRequest, _catalog_pb2.ListBackendsResponse]
@@ -67,6 +71,10 @@ class CatalogServiceAsyncStub(CatalogServiceStub):
     """
     DeleteModel: _aio.UnaryUnaryMultiCallable[_catalog_pb2.DeleteModelRequest, _catalog_pb2.DeleteModelResponse]  # type: ignore[assignment]
     """Removes a model (FAILED_PRECONDITION for the embedded default or a model a job uses)."""
+    GetModelPreview: _aio.UnaryUnaryMultiCallable[_catalog_pb2.GetModelPreviewRequest, _catalog_pb2.GetModelPreviewResponse]  # type: ignore[assignment]
+    """Returns a model's preview picture as a PNG of at most 512 px a side (NOT_FOUND on model_id
+    when the model is unknown or has no preview; see Model.has_preview).
+    """
     ListSamplers: _aio.UnaryUnaryMultiCallable[_catalog_pb2.ListSamplersRequest, _catalog_pb2.ListSamplersResponse]  # type: ignore[assignment]
     """Lists the samplers (with schedules and parameter schemas) a backend or model offers."""
     ListBackends: _aio.UnaryUnaryMultiCallable[_catalog_pb2.ListBackendsRequest, _catalog_pb2.ListBackendsResponse]  # type: ignore[assignment]
@@ -110,6 +118,16 @@ class CatalogServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_catalog_pb2.DeleteModelResponse, _abc.Awaitable[_catalog_pb2.DeleteModelResponse]]:
         """Removes a model (FAILED_PRECONDITION for the embedded default or a model a job uses)."""
+
+    @_abc_1.abstractmethod
+    def GetModelPreview(
+        self,
+        request: _catalog_pb2.GetModelPreviewRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_catalog_pb2.GetModelPreviewResponse, _abc.Awaitable[_catalog_pb2.GetModelPreviewResponse]]:
+        """Returns a model's preview picture as a PNG of at most 512 px a side (NOT_FOUND on model_id
+        when the model is unknown or has no preview; see Model.has_preview).
+        """
 
     @_abc_1.abstractmethod
     def ListSamplers(
