@@ -224,6 +224,7 @@ def model_from_pb(m: catalog_pb2.Model) -> Model:
         config_path=m.config_path,
         embedding_vectors=m.embedding.vectors,
         embedding_widths=list(m.embedding.widths),
+        has_preview=m.has_preview,
         raw=m,
     )
 
@@ -254,8 +255,10 @@ def import_model_request(
     hf_revision: str = "",
     copy_files: bool = False,
     description: str = "",
+    preview: bytes | str | os.PathLike[str] | None = None,
 ) -> catalog_pb2.ImportModelRequest:
-    """Build an ImportModelRequest; `source_type` auto-detects folder / single file / HF id."""
+    """Build an ImportModelRequest; `source_type` auto-detects folder / single file / HF id.
+    `preview`: the picture's bytes, or a path to read them from."""
     text = os.fspath(source)
     if not text:
         raise invalid("source", "give a diffusers folder, a .safetensors/.ckpt file or an HF id")
@@ -294,6 +297,13 @@ def import_model_request(
         )
     if base_model_id:
         req.origin.base_model_id = base_model_id
+    if isinstance(preview, bytes):
+        req.preview = preview
+    elif preview:
+        try:
+            req.preview = Path(preview).expanduser().read_bytes()
+        except OSError as exc:
+            raise invalid("preview", f"cannot read {os.fspath(preview)}: {exc.strerror}") from exc
     return req
 
 

@@ -84,6 +84,16 @@ def import_model(source: str | os.PathLike[str], **options: Any) -> UnaryOp[Mode
     )
 
 
+def get_model_preview(model_id: str) -> UnaryOp[bytes]:
+    return UnaryOp(
+        "catalog",
+        "GetModelPreview",
+        catalog_pb2.GetModelPreviewRequest(model_id=model_id),
+        lambda r: bytes(r.png),
+        idempotent=True,
+    )
+
+
 def delete_model(model_id: str, delete_files: bool = False) -> UnaryOp[int]:
     return UnaryOp(
         "catalog",

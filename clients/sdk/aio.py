@@ -297,6 +297,7 @@ class AsyncBoothStudio(ClientBase[grpc.aio.Channel]):
         hf_revision: str = "",
         copy_files: bool = False,
         description: str = "",
+        preview: bytes | str | os.PathLike[str] | None = None,
         timeout: float | None = None,
     ) -> Model:
         op = ops.import_model(
@@ -314,8 +315,12 @@ class AsyncBoothStudio(ClientBase[grpc.aio.Channel]):
             hf_revision=hf_revision,
             copy_files=copy_files,
             description=description,
+            preview=preview,
         )
         return await self._run(op, timeout)
+
+    async def get_model_preview(self, model_id: str, *, timeout: float | None = None) -> bytes:
+        return await self._run(ops.get_model_preview(model_id), timeout)
 
     async def delete_model(
         self, model_id: str, *, delete_files: bool = False, timeout: float | None = None

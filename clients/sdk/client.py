@@ -306,11 +306,13 @@ class BoothStudio(ClientBase[grpc.Channel]):
         hf_revision: str = "",
         copy_files: bool = False,
         description: str = "",
+        preview: bytes | str | os.PathLike[str] | None = None,
         timeout: float | None = None,
     ) -> Model:
         """Register a model from a diffusers folder, a single .safetensors/.ckpt file or a
-        Hugging Face cache id (`source_type` "auto" guesses which). Returns the model; its
-        `warnings` hold the server's remarks."""
+        Hugging Face cache id (`source_type` "auto" guesses which). `preview`: a picture for
+        it (bytes or a file's path). Returns the model; its `warnings` hold the server's
+        remarks."""
         op = ops.import_model(
             source,
             source_type=source_type,
@@ -326,8 +328,14 @@ class BoothStudio(ClientBase[grpc.Channel]):
             hf_revision=hf_revision,
             copy_files=copy_files,
             description=description,
+            preview=preview,
         )
         return self._run(op, timeout)
+
+    def get_model_preview(self, model_id: str, *, timeout: float | None = None) -> bytes:
+        """A model's preview as PNG bytes, at most 512 px a side (NotFound when the model has
+        none: see Model.has_preview)."""
+        return self._run(ops.get_model_preview(model_id), timeout)
 
     def delete_model(
         self, model_id: str, *, delete_files: bool = False, timeout: float | None = None

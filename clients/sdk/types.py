@@ -339,6 +339,8 @@ class Model:
     #: encoder ([768] for SD 1.x, [768, 1280] for SDXL).
     embedding_vectors: int = 0
     embedding_widths: list[int] = field(default_factory=list)
+    #: The model has a preview picture (get_model_preview returns it as PNG bytes).
+    has_preview: bool = False
     #: Remarks returned by import_model (empty otherwise).
     warnings: list[ServerWarning] = field(default_factory=list)
     raw: Any = field(default=None, repr=False, compare=False)

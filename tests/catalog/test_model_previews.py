@@ -2,11 +2,13 @@
 (A1111/ComfyUI's <stem>.preview.png), with the thumbnail kohya embeds (modelspec.thumbnail), or
 with the bytes the request gives (which win over both); GetModelPreview returns a PNG of at
 most 512 px a side; bad bytes refused on `preview` with nothing registered; a file's unusable
-picture skipped with a warning; deleting the model removes its preview; the SDK's calls."""
+picture skipped with a warning; deleting the model removes its preview; the SDK's calls and
+`boothstudio models import --preview` / `models preview -o`."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import pytest
 from PIL import Image
 
 from boothstudio.clients.sdk import BoothStudio, InvalidArgument, NotFound
+from boothstudio.clients.sdk.cli import main
 from boothstudio.shared.errors import decode_rpc_error
 from boothstudio.v1 import catalog_pb2 as pb
 from boothstudio.v1 import catalog_pb2_grpc
@@ -189,3 +192,28 @@ def test_the_sdk_imports_with_a_preview_file_and_fetches_it(
             client.import_model(lora, kind="lora", base_model_id="tiny", model_id="sdk-bad",
                                 preview=b"\x89PNG but not really")
         assert bad.value.fields == ["preview"]
+
+
+def test_the_cli_imports_with_a_preview_and_saves_it(
+    catalog: ServiceProcess, kohya_tensors, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    lora = write_lora(tmp_path / "cli.safetensors", kohya_tensors)
+    cover = tmp_path / "cover.png"
+    cover.write_bytes(picture((600, 300), RED))
+    addr = ["--catalog", catalog.address]
+    assert cli(*addr, "models", "import", str(lora), "--kind", "lora", "--base-model", "tiny",
+               "--id", "cli-lora", "--preview", str(cover))[0] == 0
+    out = tmp_path / "saved.png"
+    code, stdout = cli(*addr, "models", "preview", "cli-lora", "-o", str(out))
+    assert (code, stdout.strip()) == (0, str(out))
+    assert Image.open(out).size == (512, 256)
+    code, _ = cli(*addr, "models", "preview", "tiny", "-o", str(tmp_path / "none.png"))
+    assert code != 0 and not (tmp_path / "none.png").exists()
+
+
+def cli(*args: str) -> tuple[int, str]:
+    """The `boothstudio` CLI's main() in this process: (exit code, stdout)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        code = main(list(args))
+    return code, out.getvalue()

@@ -1,8 +1,10 @@
-"""`boothstudio models`: list, show, import and delete the catalog's models."""
+"""`boothstudio models`: list, show, import and delete the catalog's models, and save a
+model's preview picture."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from boothstudio.clients.sdk.cli.arguments import Commands, add_limit, paged
@@ -48,7 +50,15 @@ def register(commands: Commands) -> None:
     m.add_argument("--revision", default="", help="HF cache revision")
     m.add_argument("--copy", action="store_true", help="copy the weights into the data dir")
     m.add_argument("--description", default="")
+    m.add_argument("--preview", default="", help="a picture to show for the model (PNG, JPEG "
+                   "or WebP); a LoRA without one takes the thumbnail in its file or a "
+                   "<name>.preview.png beside it")
     m.set_defaults(func=import_model)
+    m = models.add("preview", "save a model's preview picture (PNG, at most 512 px a side)")
+    m.add_argument("model_id")
+    m.add_argument("-o", "--out", type=Path, default=None,
+                   help="the PNG file to write (default <model_id>.png)")
+    m.set_defaults(func=save_preview)
     m = models.add("delete", "remove a model")
     m.add_argument("model_id")
     m.add_argument("--delete-files", action="store_true", help="also delete its files")
@@ -108,8 +118,20 @@ def import_model(args: argparse.Namespace, out: Output, client: BoothStudio) -> 
         hf_revision=args.revision,
         copy_files=args.copy,
         description=args.description,
+        preview=args.preview or None,
     )
     print_model(model, out)
+    return EXIT_OK
+
+
+def save_preview(args: argparse.Namespace, out: Output, client: BoothStudio) -> int:
+    png = client.get_model_preview(args.model_id)
+    path = args.out if args.out is not None else Path(f"{args.model_id}.png")
+    path.write_bytes(png)
+    if out.json:
+        out.emit({"model_id": args.model_id, "path": str(path), "bytes": len(png)})
+    else:
+        out.print(str(path))
     return EXIT_OK
 
 
@@ -145,6 +167,7 @@ def print_model(model: Any, out: Output) -> None:
         "inpainting",
         "embedding_vectors",
         "embedding_widths",
+        "has_preview",
         "created_at",
         "description",
     ):
