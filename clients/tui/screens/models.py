@@ -1,4 +1,5 @@
-"""Models: the catalog's list, one model's details, import from a path, delete."""
+"""Models: the catalog's list, one model's details (with its preview picture when it has
+one), import from a path, delete."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from textual.widgets import Button, DataTable, Input, Label, Static
 
 from boothstudio.clients.sdk import Model, ModelKind
 from boothstudio.clients.sdk.text import human_bytes
+from boothstudio.clients.tui.images import image_widget, set_image
 from boothstudio.clients.tui.screens.base import StudioScreen
 from boothstudio.clients.tui.screens.dialogs import ConfirmDialog
 from boothstudio.clients.tui.widgets.fields import FormField
@@ -90,10 +92,18 @@ class ModelsScreen(StudioScreen):
         models: list[Model]
         select: str = ""
 
+    @dataclass
+    class PreviewLoaded(Message):
+        model_id: str
+        png: bytes
+
     def __init__(self) -> None:
         super().__init__()
         self.models: list[Model] = []
         self._want = ""
+        #: previews fetched this session, by model id (a model's preview never changes)
+        self.previews: dict[str, bytes] = {}
+        self._shown = ""
 
     def compose_body(self) -> ComposeResult:
         with Horizontal(id="models-body", classes="body"):
@@ -125,6 +135,12 @@ class ModelsScreen(StudioScreen):
                         )
                     yield Button("Import  ctrl+i", variant="primary", id="import-button")
             with VerticalScroll(id="model-detail", classes="panel"):
+                preview = image_widget(None, self.studio.image_method, id="model-preview")
+                # sized here: a 512 px preview in about a third of the panel's height
+                preview.styles.width = 40
+                preview.styles.height = 20
+                preview.display = False  # shown only for a model that has a preview
+                yield preview
                 yield Static("Select a model.", id="model-info")
 
     def on_mount(self) -> None:
@@ -152,6 +168,9 @@ class ModelsScreen(StudioScreen):
     def loaded(self, event: Loaded) -> None:
         shown = self.current()
         self.models = event.models
+        # a deleted model's preview goes (a new model may take its id)
+        listed = {m.id for m in self.models if m.has_preview}
+        self.previews = {k: v for k, v in self.previews.items() if k in listed}
         table = self.query_one(DataTable)
         table.clear()
         for m in self.models:
@@ -185,7 +204,31 @@ class ModelsScreen(StudioScreen):
             self.show_model(model)
 
     def show_model(self, model: Model) -> None:
+        self._shown = model.id
         self.query_one("#model-info", Static).update(model_details(model))
+        picture = self.query_one("#model-preview")
+        png = self.previews.get(model.id) if model.has_preview else None
+        set_image(picture, png)
+        picture.display = png is not None
+        if model.has_preview and png is None:
+            self.load_preview(model.id)
+
+    @work(exclusive=True, group="preview")
+    async def load_preview(self, model_id: str) -> None:
+        try:
+            png = await self.client.get_model_preview(model_id)
+        except Exception as exc:
+            self.post_message(self.Failed(exc, "preview"))
+            return
+        self.post_message(self.PreviewLoaded(model_id, png))
+
+    @on(PreviewLoaded)
+    def preview_loaded(self, event: PreviewLoaded) -> None:
+        self.previews[event.model_id] = event.png
+        if event.model_id == self._shown:  # still the model on show
+            picture = self.query_one("#model-preview")
+            set_image(picture, event.png)
+            picture.display = True
 
     def current(self) -> Model | None:
         table = self.query_one(DataTable)
