@@ -210,6 +210,10 @@ def register(job_id: str, store: JobStore, outputs: dict[str, str], catalog: str
                     f"{job.instance_image_count} images, {cfg.max_train_steps} steps")
     if lora:
         req.single_file_path = outputs["lora"]
+        # what the LoRA draws: the job's last validation sample becomes its preview
+        last = store.last_event_of_kind(job_id, "sample")
+        if last is not None and last.sample.png:
+            req.preview = last.sample.png
     else:
         req.diffusers_path = outputs["diffusers"]
     delay = 0.5
