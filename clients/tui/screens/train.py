@@ -1,5 +1,7 @@
-"""Train: create a DreamBooth job (images folder, identifier, class, prior preservation, steps,
-LoRA or full), then watch it live: state, step, ETA, loss curve, samples; cancel, resume, and
+"""Train: create a DreamBooth job (images folder, or a kohya-style folder of several concepts;
+identifier, class, prior preservation, steps, LoRA or full; min-SNR gamma, offset noise, aspect
+buckets, validation prompts scored per checkpoint, export of the best checkpoint), then watch it
+live: state, step, ETA, loss curve, checkpoints with their scores, samples; cancel, resume, and
 jump to the model it produced."""
 
 from __future__ import annotations
@@ -12,11 +14,24 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, HorizontalScroll, Vertical, VerticalScroll
 from textual.message import Message
-from textual.widgets import Button, Checkbox, Input, Label, OptionList, Select, Sparkline, Static
+from textual.widgets import (
+    Button,
+    Checkbox,
+    Collapsible,
+    DataTable,
+    Input,
+    Label,
+    OptionList,
+    Select,
+    Sparkline,
+    Static,
+)
 from textual.widgets.option_list import Option
 from textual_plotext import PlotextPlot
 
 from boothstudio.clients.sdk import (
+    Checkpoint,
+    CheckpointSaved,
     ClassImagesProgress,
     Model,
     SampleReady,
@@ -28,10 +43,17 @@ from boothstudio.clients.sdk import (
     TrainingState,
     TrainingWarning,
 )
+from boothstudio.clients.sdk.concepts import kohya_concepts
 from boothstudio.clients.sdk.errors import invalid
 from boothstudio.clients.sdk.text import parse_option
 from boothstudio.clients.tui.screens.base import StudioScreen, newest_first
-from boothstudio.clients.tui.widgets.fields import FormField, model_label, parse_int, refill
+from boothstudio.clients.tui.widgets.fields import (
+    FormField,
+    model_label,
+    parse_float,
+    parse_int,
+    refill,
+)
 from boothstudio.clients.tui.widgets.results import JobProgress, ResultTile, eta_text
 
 METHODS = [("LoRA (small adapter)", "lora"), ("Full fine-tune", "full")]
@@ -46,6 +68,49 @@ def parse_extra(text: str) -> dict[str, Any]:
         key, value = pair.split("=", 1)
         out[key] = parse_option(value)
     return out
+
+
+def parse_prompts(text: str) -> list[str]:
+    """Validation prompts typed in one line, separated by ";" (prompts may hold commas)."""
+    return [p.strip() for p in text.split(";") if p.strip()]
+
+
+class SubjectField(FormField):
+    """A field of the one-subject job: a complaint about one of several concepts
+    (config.concepts[1].identifier) is the concepts folder's, not this field's."""
+
+    def claimed(self, path: str) -> str | None:
+        return None if "concepts[" in path else super().claimed(path)
+
+
+class ConceptsField(FormField):
+    """The concepts folder: claims every complaint about a concept, naming the concept."""
+
+    def claimed(self, path: str) -> str | None:
+        if "concepts[" in path or path.endswith("concepts") or path == "kohya":
+            return path.removeprefix("config.")
+        return None
+
+
+def checkpoint_rows(checkpoints: list[Checkpoint]) -> list[tuple[str, str, str]]:
+    """One row per checkpoint id (its full state and its export share a score): id, step,
+    validation score (blank where unscored, the best marked)."""
+    by_id: dict[str, Checkpoint] = {}
+    for c in sorted(checkpoints, key=lambda c: c.step):
+        if c.checkpoint_id not in by_id or c.validation_score is not None:
+            by_id[c.checkpoint_id] = c
+    scored = [c for c in by_id.values() if c.validation_score is not None]
+    best = max(scored, key=lambda c: c.validation_score or 0.0).checkpoint_id if scored else ""
+    return [
+        (
+            cid,
+            str(c.step),
+            ""
+            if c.validation_score is None
+            else f"{c.validation_score:.4g}" + (" ★ best" if cid == best else ""),
+        )
+        for cid, c in by_id.items()
+    ]
 
 
 def job_line(job: TrainingJob) -> str:
@@ -118,12 +183,15 @@ class TrainScreen(StudioScreen):
         super().__init__()
         self.jobs: list[TrainingJob] = []
         self.job: TrainingJob | None = None
+        #: the watched job's checkpoints as its CheckpointSaved events tell them (with their
+        #: validation scores, which the job's own checkpoint list does not carry)
+        self.saved: list[Checkpoint] = []
 
     def compose_body(self) -> ComposeResult:
         with Horizontal(id="train-body", classes="body"):
             with VerticalScroll(id="train-form", classes="form"):
                 yield Label("New DreamBooth job", classes="section")
-                yield FormField(
+                yield SubjectField(
                     "Images folder",
                     Input(placeholder="folder with 3-10 photos", id="train-images"),
                     field=["images", "dataset_id", "instance_images"],
@@ -132,12 +200,12 @@ class TrainScreen(StudioScreen):
                     "Base model", Select[str]([], id="train-base"), field="base_model_id"
                 )
                 with Horizontal(classes="row"):
-                    yield FormField(
+                    yield SubjectField(
                         "Identifier",
                         Input(placeholder="e.g. zwx", id="identifier"),
                         field="identifier",
                     )
-                    yield FormField(
+                    yield SubjectField(
                         "Class", Input(placeholder="e.g. dog", id="class_noun"), field="class_noun"
                     )
                 with Horizontal(classes="row"):
@@ -161,6 +229,49 @@ class TrainScreen(StudioScreen):
                     Input(placeholder="optional", id="output_model_name"),
                     field="output_model_name",
                 )
+                # collapsed: the form keeps its height (the jobs list stays in view); a field
+                # in here the service complains about opens it
+                with Collapsible(
+                    title="Concepts, loss, validation", collapsed=True, id="train-options"
+                ):
+                    yield ConceptsField(
+                        "Several concepts: kohya folder",
+                        Input(placeholder="subfolders '<repeats>_<id> <class>'", id="train-kohya"),
+                        field=["kohya", "concepts"],
+                        name_fields=True,
+                    )
+                    with Horizontal(classes="row"):
+                        yield FormField(
+                            "Min-SNR gamma",
+                            Input(type="number", placeholder="off, e.g. 5", id="min_snr_gamma"),
+                            field="min_snr_gamma",
+                        )
+                        yield FormField(
+                            "Offset noise",
+                            Input(type="number", placeholder="off, e.g. 0.05", id="offset_noise"),
+                            field="offset_noise",
+                        )
+                    yield FormField(
+                        "Aspect buckets",
+                        Checkbox("pictures keep their aspect ratio", False, id="aspect_buckets"),
+                        field="aspect_buckets",
+                    )
+                    yield FormField(
+                        "Validation prompts",
+                        Input(placeholder="prompts separated by ;", id="validation_prompts"),
+                        field=["validation_prompts", "config.validation_prompts"],
+                    )
+                    with Horizontal(classes="row"):
+                        yield FormField(
+                            "Checkpoint scorer",
+                            Input(placeholder="module:name", id="validation_scorer"),
+                            field="validation_scorer",
+                        )
+                        yield FormField(
+                            "Export",
+                            Checkbox("the best", False, id="export_best_checkpoint"),
+                            field="export_best_checkpoint",
+                        )
                 yield FormField(
                     "More options",
                     Input(placeholder="key=value …  (e.g. resolution=64)", id="extra"),
@@ -175,17 +286,22 @@ class TrainScreen(StudioScreen):
                 yield Static("No job selected.", id="job-title")
                 yield Static("", id="job-state")
                 yield JobProgress(id="job-progress")
-                yield LossPlot(id="loss-plot")
-                yield Sparkline([], id="loss-spark")
-                yield Label("Samples", classes="section")
-                yield HorizontalScroll(id="samples", classes="panel")
-                with Horizontal(classes="row buttons"):
+                # scrolls on short terminals; the buttons below stay in view
+                with VerticalScroll(id="watch-details"):
+                    yield LossPlot(id="loss-plot")
+                    yield Sparkline([], id="loss-spark")
+                    yield Label("Checkpoints", classes="section")
+                    yield DataTable(id="job-checkpoints", cursor_type="none", zebra_stripes=True)
+                    yield Label("Samples", classes="section")
+                    yield HorizontalScroll(id="samples", classes="panel")
+                with Horizontal(classes="row buttons", id="job-buttons"):
                     yield Button("Cancel  ctrl+x", variant="error", id="job-cancel", disabled=True)
                     yield Button("Resume  ctrl+u", id="job-resume", disabled=True)
                     yield Button("Open model", variant="success", id="job-model", disabled=True)
 
     def on_mount(self) -> None:
         super().on_mount()
+        self.query_one("#job-checkpoints", DataTable).add_columns("Checkpoint", "Step", "Score")
         self.load(with_models=True)
 
     def reload_models(self) -> None:
@@ -235,11 +351,16 @@ class TrainScreen(StudioScreen):
 
     # ---------------------------------------------------------------------------- create
 
-    def options(self) -> tuple[str, TrainingOptions]:
+    def options(self) -> tuple[str | None, TrainingOptions]:
         folder = self.query_one("#train-images", Input).value.strip()
-        if not folder:
+        kohya = self.query_one("#train-kohya", Input).value.strip()
+        if not folder and not kohya:
             raise invalid("images", "choose the folder with the subject's photos")
+        if folder and kohya:
+            raise invalid("kohya", "give the images folder or a concepts folder, not both")
         opts: dict[str, Any] = {}
+        if kohya:  # one concept per '<repeats>_<identifier> <class>' subfolder, uploaded each
+            opts["concepts"] = kohya_concepts(kohya)
         base = self.query_one("#train-base", Select).value
         if isinstance(base, str):
             opts["base_model_id"] = base
@@ -252,11 +373,30 @@ class TrainScreen(StudioScreen):
             opts["max_train_steps"] = steps
         opts["method"] = self.query_one("#method", Select).value
         opts["prior_preservation"] = self.query_one("#prior", Checkbox).value
+        for name in ("min_snr_gamma", "offset_noise"):
+            value = parse_float(self.query_one(f"#{name}", Input).value, name)
+            if value is not None:
+                opts[name] = value
+        for name in ("aspect_buckets", "export_best_checkpoint"):
+            if self.query_one(f"#{name}", Checkbox).value:
+                opts[name] = True
+        prompts = parse_prompts(self.query_one("#validation_prompts", Input).value)
+        if prompts:
+            opts["validation_prompts"] = prompts
+        scorer = self.query_one("#validation_scorer", Input).value.strip()
+        if scorer:
+            opts["validation_scorer"] = scorer
         extra = parse_extra(self.query_one("#extra", Input).value)
         # the service's complaint about a setting given here lands on this field
         self.query_one("#extra-field", FormField).fields = ["extra", *extra]
         opts.update(extra)
-        return folder, opts  # type: ignore[return-value]
+        return folder or None, opts  # type: ignore[return-value]
+
+    def report_error(self, exc: BaseException, what: str = "") -> None:
+        super().report_error(exc, what)
+        options = self.query_one("#train-options", Collapsible)
+        if any(f.has_class("-invalid") for f in options.query(FormField)):
+            options.collapsed = False
 
     def action_create(self) -> None:
         self.clear_field_errors()
@@ -274,7 +414,7 @@ class TrainScreen(StudioScreen):
         self.action_create()
 
     @work(exclusive=True, group="create")
-    async def create_job(self, folder: str, opts: TrainingOptions) -> None:
+    async def create_job(self, folder: str | None, opts: TrainingOptions) -> None:
         try:
             job = await self.client.create_training_job(folder, **opts)
         except Exception as exc:
@@ -296,7 +436,10 @@ class TrainScreen(StudioScreen):
             self.query_one(LossPlot).reset()
             self.query_one("#loss-spark", Sparkline).data = []
             self.query_one("#samples", HorizontalScroll).remove_children()
+        if fresh or event.watch:  # a watch replays the job's history, checkpoints included
+            self.saved = []
         self._show_job(job)
+        self._show_checkpoints()
         if event.watch:
             self.watch_job(job.job_id)
 
@@ -316,6 +459,13 @@ class TrainScreen(StudioScreen):
             job.step, job.total_steps or 1, f"step {job.step}/{job.total_steps} {eta}".rstrip()
         )
         self._buttons(job)
+
+    def _show_checkpoints(self) -> None:
+        """The job's checkpoints (listed by the job, and saved as the watch told) and scores."""
+        listed = self.job.checkpoints if self.job is not None else []
+        table = self.query_one("#job-checkpoints", DataTable)
+        table.clear()
+        table.add_rows(checkpoint_rows([*listed, *self.saved]))
 
     def _buttons(self, job: TrainingJob) -> None:
         self.query_one("#job-cancel", Button).disabled = job.state.terminal
@@ -379,6 +529,9 @@ class TrainScreen(StudioScreen):
             self.query_one("#samples", HorizontalScroll).mount(
                 ResultTile(event.png, caption, self.studio.image_method)
             )
+        elif isinstance(event, CheckpointSaved):
+            self.saved.append(event.checkpoint)
+            self._show_checkpoints()
         elif isinstance(event, ClassImagesProgress):
             state.update(f"state: preparing · class images {event.ready}/{event.total}")
         elif isinstance(event, TrainingWarning):
