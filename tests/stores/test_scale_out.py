@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import signal
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 
 from boothstudio.v1 import (
     catalog_pb2,
@@ -53,19 +55,26 @@ def _wait(trainer: Any, job_id: str, pred: Any, timeout: float = 600) -> trainer
 
 def test_two_of_each_service_on_postgres_and_s3_survive_a_trainer_killed_mid_job(
     start_service: Any, database_url: str, s3_bucket: S3Target, untrained_model: Path,
-    subject_pngs: list[bytes], tmp_path: Path,
+    subject_pngs: list[bytes], tmp_path: Path, request: pytest.FixtureRequest,
 ) -> None:
+    pool = ThreadPoolExecutor(max_workers=4)
+    request.addfinalizer(lambda: pool.shutdown(wait=True))
+
+    def start_service_soon(*args: Any, **kw: Any) -> Future[Any]:
+        return pool.submit(start_service, *args, **kw)
+
     shared = {**s3_bucket.env}
     catalog = start_service("catalog", env=isolated_env(database_url, **shared))
     to_catalog = {**shared, "BOOTHSTUDIO_CATALOG_ADDRESS": catalog.address}
     trainer_args = [*TRAINER_ARGS, "--set", f"lease_seconds={LEASE_S}"]
-    trainer_a = start_service("trainer", [*trainer_args, "--set", "replica_id=trainer-a"],
-                              env=isolated_env(database_url, **to_catalog))
-    trainer_b = start_service("trainer", [*trainer_args, "--set", "replica_id=trainer-b"],
-                              env=isolated_env(database_url, **to_catalog))
     gen_args = ["--set", "preload=false", "--set", "torch_threads=1"]
-    gen_a = start_service("generator", gen_args, env=isolated_env(database_url, **to_catalog))
-    gen_b = start_service("generator", gen_args, env=isolated_env(database_url, **to_catalog))
+    # the four replicas start side by side (each start is mostly imports and waiting)
+    starting = [start_service_soon("trainer", [*trainer_args, "--set", f"replica_id=trainer-{x}"],
+                                   env=isolated_env(database_url, **to_catalog)) for x in "ab"]
+    starting += [start_service_soon("generator", gen_args,
+                                    env=isolated_env(database_url, **to_catalog))
+                 for _ in range(2)]
+    trainer_a, trainer_b, gen_a, gen_b = (f.result() for f in starting)
     data_dirs = [s.data_dir for s in (catalog, trainer_a, trainer_b, gen_a, gen_b)]
     assert len(set(data_dirs)) == 5
 
@@ -94,6 +103,9 @@ def test_two_of_each_service_on_postgres_and_s3_survive_a_trainer_killed_mid_job
         trainer_b, trainer_a)
     runner.proc.send_signal(signal.SIGKILL)
     runner.proc.wait(timeout=30)
+    # the second Catalog replica of step 5 starts while the survivor trains
+    catalog_2_starting = start_service_soon("catalog", env=isolated_env(
+        database_url, **shared, BOOTHSTUDIO_TRAINER_ADDRESS=survivor.address))
 
     # 2. the survivor takes the job over after the lease and finishes it from the checkpoint
     done = _wait(survivor, job.job_id, lambda j: j.state in (
@@ -141,8 +153,7 @@ def test_two_of_each_service_on_postgres_and_s3_survive_a_trainer_killed_mid_job
     # 5. deleting the model removes its objects from the store. Through a second Catalog replica
     # that asks the surviving Trainer whether a job still uses the model (scaled out, a Catalog
     # that cannot ask refuses the delete)
-    catalog_2 = start_service("catalog", env=isolated_env(
-        database_url, **shared, BOOTHSTUDIO_TRAINER_ADDRESS=survivor.address))
+    catalog_2 = catalog_2_starting.result()
     cat_2 = catalog_pb2_grpc.CatalogServiceStub(catalog_2.channel())
     prefix = f"catalog/models/{model.id}"
     assert s3_bucket.keys(prefix)
