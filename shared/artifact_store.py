@@ -151,7 +151,7 @@ class ArtifactStore:
     """One store (a local folder or an fsspec URL); see the module docstring."""
 
     def __init__(self, url: str, data_dir: Path, options: Mapping[str, Any] | None = None) -> None:
-        import fsspec
+        import fsspec  # type: ignore[import-untyped]
 
         self.options = dict(options or {})
         self.data_dir = Path(data_dir)

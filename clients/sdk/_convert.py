@@ -652,8 +652,8 @@ def _params_from_gallery(g: generator_pb2.GalleryImage) -> GenerateParams:
     if r.HasField("hires"):
         h = r.hires
         params["hires"] = HiresFix(
-            *(getattr(h, n) if h.HasField(n) else None
-              for n in ("first_pass_width", "first_pass_height")),
+            first_pass_width=h.first_pass_width if h.HasField("first_pass_width") else None,
+            first_pass_height=h.first_pass_height if h.HasField("first_pass_height") else None,
             upscaler=h.upscaler,
             steps=h.steps if h.HasField("steps") else None,
             denoising_strength=h.denoising_strength if h.HasField("denoising_strength") else None,

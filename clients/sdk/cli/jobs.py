@@ -207,7 +207,7 @@ def checkpoint_rows(checkpoints: list[Checkpoint]) -> list[tuple[str, ...]]:
     by_id: dict[str, list[Checkpoint]] = {}
     for c in checkpoints:
         by_id.setdefault(c.checkpoint_id, []).append(c)
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for cid, parts in sorted(by_id.items(), key=lambda kv: kv[1][0].step):
         score = next((c.validation_score for c in parts if c.validation_score is not None), None)
         text = "" if score is None else f"{score:.4g}" + (" (best)" if cid == best else "")

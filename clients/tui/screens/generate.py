@@ -470,7 +470,8 @@ class GenerateScreen(StudioScreen):
                 self.query_one(f"#{name}", Input).value = str(value)
         if img.cfg_scale:
             self.query_one("#cfg_scale", Input).value = f"{img.cfg_scale:g}"
-        self._apply_hires(p.get("hires"))
+        hires = p.get("hires")
+        self._apply_hires(hires if isinstance(hires, HiresFix) else None)
         self.query_one("#seed-random", Checkbox).value = False
         seed = self.query_one("#seed", Input)
         seed.disabled = False

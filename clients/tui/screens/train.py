@@ -374,9 +374,9 @@ class TrainScreen(StudioScreen):
         opts["method"] = self.query_one("#method", Select).value
         opts["prior_preservation"] = self.query_one("#prior", Checkbox).value
         for name in ("min_snr_gamma", "offset_noise"):
-            value = parse_float(self.query_one(f"#{name}", Input).value, name)
-            if value is not None:
-                opts[name] = value
+            number = parse_float(self.query_one(f"#{name}", Input).value, name)
+            if number is not None:
+                opts[name] = number
         for name in ("aspect_buckets", "export_best_checkpoint"):
             if self.query_one(f"#{name}", Checkbox).value:
                 opts[name] = True
