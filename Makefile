@@ -8,12 +8,13 @@ HOST ?= 127.0.0.1
 # Extra flags for every service, e.g. `make run ARGS="--config boothstudio.yaml"`.
 ARGS ?=
 
-.PHONY: setup run test test-fast fuzz lint protos protos-check bench sdk clean help
+.PHONY: setup run test test-fast test-quality fuzz lint protos protos-check bench sdk clean help
 
 help:
 	@echo "make setup   - create .venv and install boothstudio[services,dev,ray] (editable)"
 	@echo "make run     - start catalog :50051, generator :50052, trainer :50053 (metrics 9101-9103)"
 	@echo "make test    - run the test suite"
+	@echo "make test-quality - the detector-judged quality tests (tens of minutes; not in make test)"
 	@echo "make fuzz    - long fuzz run of every RPC (20x the examples of the test suite)"
 	@echo "make lint    - ruff, mypy (boothstudio.shared, boothstudio.clients), buf lint, generated-code freshness"
 	@echo "make protos  - regenerate shared/gen/boothstudio/v1 from protos/"
@@ -38,6 +39,10 @@ test: $(VENV)/.installed
 
 test-fast: $(VENV)/.installed
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# Jobs trained for hundreds of steps, their images judged by the detectors (tests/research).
+test-quality: $(VENV)/.installed
+	BOOTHSTUDIO_QUALITY_TESTS=1 $(PY) -m pytest -m quality -s $(PYTEST_ARGS)
 
 # The fuzz suite runs in `make test` too, bounded; this is the long run (about 5 minutes on 2 cores).
 FUZZ_EXAMPLES ?= 1000

@@ -11,6 +11,20 @@ import pytest
 from tests import helpers
 from tests.helpers import ServiceProcess
 
+QUALITY_ENV = "BOOTHSTUDIO_QUALITY_TESTS"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Quality tests train for tens of minutes: they run under `make test-quality` only."""
+    import os
+
+    if os.environ.get(QUALITY_ENV) == "1":
+        return
+    skip = pytest.mark.skip(reason=f"quality test: `make test-quality` ({QUALITY_ENV}=1)")
+    for item in items:
+        if item.get_closest_marker("quality"):
+            item.add_marker(skip)
+
 
 @pytest.fixture
 def start_service() -> Iterator[Callable[..., ServiceProcess]]:
