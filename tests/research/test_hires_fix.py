@@ -12,7 +12,11 @@ fix (shape 64.6% vs 81.8%, colour 59.6% vs 71.7%). This test runs every 2nd capt
 44% vs 64%, shape 66% vs 80%, colour 58% vs 68%) and asks for at least +10 points (5 images) on
 all three together and no loss on shape: half the measured gap, so it holds through other CPUs'
 rounding, while a hires fix that changed nothing (equal rates) fails.
-Rerun: `.venv/bin/pytest tests/research/test_hires_fix.py -s` (prints the table).
+About two minutes on 2 cores (150 generations), so it runs with the quality tests, not in
+`make test` (the hires pass's plumbing is tests/diffusion/test_hires_outpaint.py's).
+Rerun: `make test-quality` or
+`BOOTHSTUDIO_QUALITY_TESTS=1 .venv/bin/pytest tests/research/test_hires_fix.py -s` (prints the
+table).
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from research.embedded_model.scenes import evaluation_set
 SIZE = 128
 STEPS = 20
 MARGIN_ALL = 0.10
+
+pytestmark = pytest.mark.quality
 
 
 def rates(pipe, items, hires: pipelines.HiresPass | None) -> dict[str, float]:
