@@ -12,8 +12,14 @@ backgrounds with 4 seeds (12 pictures per prompt family), read by the detectors:
   does after its own one-subject job (one picture in 12 of slack for sampling noise).
 
 Three 800-step jobs: about 20-45 minutes on 2 cores, so it is not part of `make test`; run it
-with `make test-quality` (BOOTHSTUDIO_QUALITY_TESTS=1). Figures of a run:
-research/dreambench/HISTORY.md.
+with `make test-quality` (BOOTHSTUDIO_QUALITY_TESTS=1).
+
+A run (2026-12-01, 18 minutes with the three jobs side by side on the 2-core box; 12 pictures
+per figure): the two-subject job draws zwx in 83% and qlo in 58%, neither in the other's
+prompts (0%) nor in plain class prompts (0%); alone, zwx draws in 67% but also puts its
+stripes on 33% of "qlo square" pictures, qlo draws in 33%. research/dreambench/concepts.py
+gives the same picture from the trainer's own samples (two: 67% / 42%, leaks 0-8%; alone:
+42% / 33%).
 """
 
 from __future__ import annotations
