@@ -13,6 +13,7 @@ from boothstudio.services.catalog.registry import Registry
 from boothstudio.shared import metadata_store as store
 from boothstudio.shared.config import ConfigError, load_config
 from boothstudio.shared.errors import Unavailable
+from tests.stores.test_catalog_store import HEAD as CATALOG_HEAD
 
 PG = "postgresql+psycopg://me@db.example:5432/boothstudio"
 
@@ -77,7 +78,7 @@ def test_a_store_that_is_busy_is_unavailable_but_a_broken_statement_is_not(
 ) -> None:
     engine = store.open_database("", tmp_path / "x.sqlite3")
     store.migrate(engine, MIGRATIONS_DIR, service="catalog")
-    assert store.current_revision(engine, "catalog") == "0002"
+    assert store.current_revision(engine, "catalog") == CATALOG_HEAD
     with pytest.raises(sa.exc.OperationalError), store.reading(engine) as conn:
         conn.exec_driver_sql("SELECT * FROM no_such_table")
     with pytest.raises(Unavailable) as info, store.unavailable_on_outage():
