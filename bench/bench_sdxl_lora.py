@@ -22,7 +22,13 @@ Measured 2026-12-01 20:44-20:50 on the shared 2-core VM (load average 3-5 from o
 64.4 ms, ratio 1.13 (peer [57, 44, 58, 61, 49], ours [48, 70, 87, 64, 55]). An earlier run of 3
 repeats under heavier load gave 0.83 and 0.60: the spread between runs is larger than the gap.
 Profiled, ours spends its step in the UNet, backward and AdamW as the peer does; the rest is
-Lightning's per-step loop (~1-3 ms at this 35 ms step). Before prompt encodings were kept for
+Lightning's per-step loop (~1-3 ms at this 35 ms step).
+Measured again 2026-12-02 00:38-00:45 on the quiet box (load average < 1), `--steps 40
+--repeats 5`: UNet only peer 30.9 ms, ours 37.0 ms, ratio 1.198 (peer [24, 31, 25, 35, 41],
+ours [28, 34, 38, 37, 37]); with both text encoders peer 40.5 ms, ours 41.3 ms, ratio 1.018.
+cProfile of ours (UNet only, 60 steps): the three `self.log` calls of training_step cost
+~2.5 ms a step (Lightning's logging, for the per-step CSV metrics) — the largest piece of the
+UNet-only gap and the next thing to cut. Before prompt encodings were kept for
 frozen encoders, UNet-only was 1.65 (ours re-ran both text encoders every step).
 """
 
