@@ -27,7 +27,6 @@ names ("PRECISION_BF16_MIXED") or short forms ("bf16_mixed", "ddp", "lora").
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +35,12 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
+from boothstudio.shared.job_file import PictureEntryError, PictureReader
 from boothstudio.v1 import trainer_pb2
 
 ENUM_PREFIX = {"precision": "PRECISION_", "method": "TRAINING_METHOD_", "strategy": "STRATEGY_"}
 NON_CONFIG = ("display_name", "job_id", "instance_images")
 #: a job folder's captions, by picture file name, beside its pictures
-CAPTIONS_FILE = "captions.json"
 
 
 class JobFileError(ValueError):
@@ -197,46 +196,17 @@ def _enums(d: dict[str, Any]) -> None:
             d[key] = prefix + v.upper()
 
 
-def _folder_captions(folder: Path) -> dict[str, str]:
-    """The captions a job folder keeps beside its pictures (instance/captions.json)."""
-    try:
-        captions = json.loads((folder / CAPTIONS_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-    return {str(k): str(v) for k, v in captions.items()} if isinstance(captions, dict) else {}
-
-
-def _read_pictures(entries: Any, base: Path, where: str) -> list[trainer_pb2.InstanceImage]:
-    """Pictures of a job file: paths (relative to the file) or {path, filename, caption}; a
-    picture without a caption takes the one its folder's captions.json gives it (a one-subject
-    job's folder keeps its captions there, not in the config)."""
+def _read_pictures(entries: Any, reader: PictureReader, where: str
+                   ) -> list[trainer_pb2.InstanceImage]:
+    """Pictures of a job file (shared.job_file: paths or {path, filename, caption})."""
     if not isinstance(entries, list):
         raise JobFileError(f"{where}: a list of image paths")
-    out = []
-    folders: dict[Path, dict[str, str]] = {}
-    for i, entry in enumerate(entries):
-        if isinstance(entry, dict):
-            if not isinstance(entry.get("path"), str):
-                raise JobFileError(f"{where}[{i}]: a path, or a mapping with its path")
-            img_path = Path(entry["path"])
-            filename = str(entry.get("filename") or img_path.name)
-            caption = str(entry.get("caption") or "")
-        elif isinstance(entry, str):
-            img_path, filename, caption = Path(entry), Path(entry).name, ""
-        else:
-            raise JobFileError(f"{where}[{i}]: a path, or a mapping with its path")
-        if not img_path.is_absolute():
-            img_path = base / img_path
-        try:
-            data_bytes = img_path.read_bytes()
-        except OSError as exc:
-            raise JobFileError(f"{where}[{i}]: {exc}") from exc
-        if not caption:
-            if img_path.parent not in folders:
-                folders[img_path.parent] = _folder_captions(img_path.parent)
-            caption = folders[img_path.parent].get(img_path.name, "")
-        out.append(trainer_pb2.InstanceImage(data=data_bytes, filename=filename, caption=caption))
-    return out
+    try:
+        pictures = [reader.read(entry, f"{where}[{i}]") for i, entry in enumerate(entries)]
+    except PictureEntryError as exc:
+        raise JobFileError(str(exc)) from None
+    return [trainer_pb2.InstanceImage(data=p.data, filename=p.filename, caption=p.caption)
+            for p in pictures]
 
 
 def request_from_yaml(path: Path) -> trainer_pb2.CreateTrainingJobRequest:
@@ -262,12 +232,12 @@ def request_from_yaml(path: Path) -> trainer_pb2.CreateTrainingJobRequest:
         json_format.ParseDict(cfg, req.config)
     except json_format.ParseError as exc:
         raise JobFileError(str(exc)) from exc
+    reader = PictureReader(path.parent)
     req.config.instance_images.extend(
-        _read_pictures(data.get("instance_images") or [], path.parent, "instance_images"))
+        _read_pictures(data.get("instance_images") or [], reader, "instance_images"))
     for i, concept in enumerate(concepts):
         req.config.concepts[i].instance_images.extend(_read_pictures(
-            concept.get("instance_images") or [], path.parent,
-            f"concepts[{i}].instance_images"))
+            concept.get("instance_images") or [], reader, f"concepts[{i}].instance_images"))
     return req
 
 

@@ -4,7 +4,6 @@ it ends (prints the model id) or, with --no-wait, left running (prints the job i
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from boothstudio.clients.sdk.cli.output import Output
 from boothstudio.clients.sdk.client import BoothStudio
 from boothstudio.clients.sdk.concepts import kohya_concepts, settings_only
 from boothstudio.clients.sdk.errors import invalid
+from boothstudio.shared.job_file import PictureEntryError, PictureReader
 
 
 def register(commands: Commands) -> None:
@@ -165,21 +165,10 @@ def train_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def read_job_file_pictures(options: dict[str, Any], base: Path) -> None:
     """A job folder's config.yaml (the trainer's job file) lists the job's pictures, and each
-    concept's, as paths relative to the file, or mappings {path, filename, caption}: they are
-    read here into inline instance images, under their file names in the job, so that the job
-    made from the file is the same job."""
-
-    captions: dict[Path, dict[str, str]] = {}
-
-    def folder_caption(path: Path) -> str:
-        """A one-subject job's folder keeps its captions in instance/captions.json."""
-        if path.parent not in captions:
-            try:
-                found = json.loads((path.parent / "captions.json").read_text())
-            except (OSError, ValueError):
-                found = {}
-            captions[path.parent] = found if isinstance(found, dict) else {}
-        return str(captions[path.parent].get(path.name) or "")
+    concept's, as paths relative to the file, or mappings {path, filename, caption}
+    (shared.job_file): they are read here into inline instance images, under their file names
+    in the job, so that the job made from the file is the same job."""
+    reader = PictureReader(base)
 
     def read(entries: Any, where: str) -> list[Any]:
         if not isinstance(entries, list):
@@ -189,22 +178,12 @@ def read_job_file_pictures(options: dict[str, Any], base: Path) -> None:
             if isinstance(entry, Mapping) and "path" not in entry:
                 out.append(entry)  # already an inline image (data, filename, caption)
                 continue
-            if isinstance(entry, Mapping):
-                path = Path(str(entry["path"])).expanduser()
-                filename = str(entry.get("filename") or path.name)
-                caption = str(entry.get("caption") or "")
-            elif isinstance(entry, str):
-                path, caption = Path(entry).expanduser(), ""
-                filename = path.name
-            else:
-                raise invalid(f"{where}[{i}]", "expected an image path")
-            path = path if path.is_absolute() else base / path
             try:
-                data = path.read_bytes()
-            except OSError as exc:
-                raise invalid(f"{where}[{i}]", f"cannot read {path}: {exc.strerror}") from None
-            out.append({"data": data, "filename": filename,
-                        "caption": caption or folder_caption(path)})
+                picture = reader.read(entry, f"{where}[{i}]")
+            except PictureEntryError as exc:
+                raise invalid(exc.where, exc.message) from None
+            out.append({"data": picture.data, "filename": picture.filename,
+                        "caption": picture.caption})
         return out
 
     if options.get("instance_images"):
