@@ -370,6 +370,11 @@ class JobCallback(Callback):
             // max(1, len(module.dataset.instance) if module.dataset else 1))
         if "prior_loss" in last:
             m.prior_loss = last["prior_loss"]
+        # one row per optimizer step, indexed from 0 as Lightning's own step logging does
+        row = {f"train/{k}": v for k, v in last.items()}
+        row["epoch"] = trainer.current_epoch
+        for logger in trainer.loggers:
+            logger.log_metrics(row, step=step - 1)
         if step >= total or now - self.last_emit >= 0.25:
             self.last_emit = now
             self.reporter.metrics(m)
