@@ -93,6 +93,8 @@ JobState = trainer_pb2.TrainingJobState
 PRECISION = {trainer_pb2.PRECISION_FP32: "32-true", trainer_pb2.PRECISION_BF16_MIXED: "bf16-mixed",
              trainer_pb2.PRECISION_FP16_MIXED: "16-mixed"}
 SAMPLE_STEPS = 20
+#: how often the per-step metric rows reach logs/ (also before every checkpoint)
+LOG_FLUSH_SECONDS = 1.0
 
 
 class Reporter:
@@ -295,6 +297,7 @@ class JobCallback(Callback):
         self.times: deque[tuple[float, int]] = deque(maxlen=20)
         self.stop_reason = ""
         self.last_emit = 0.0
+        self.last_log_flush = 0.0
         self.shares = spec.store is not None and not is_in_place(
             spec.store, job_key(spec.job_id), spec.job_dir)
         self.uploader: CheckpointUploader | None = None  # started with the first checkpoint
@@ -375,15 +378,23 @@ class JobCallback(Callback):
         row["epoch"] = trainer.current_epoch
         for logger in trainer.loggers:
             logger.log_metrics(row, step=step - 1)
+        if now - self.last_log_flush >= LOG_FLUSH_SECONDS:
+            self._flush_logs(trainer, now)
         if step >= total or now - self.last_emit >= 0.25:
             self.last_emit = now
             self.reporter.metrics(m)
+
+    def _flush_logs(self, trainer: L.Trainer, now: float) -> None:
+        self.last_log_flush = now
+        for logger in trainer.loggers:
+            logger.save()
 
     def save(self, trainer: L.Trainer, module: DreamBoothModule, step: int,
              scored: list[float] | None = None) -> None:
         from safetensors.torch import save_file
 
         started = time.monotonic()
+        self._flush_logs(trainer, started)  # the checkpoint's steps are on disk before it is
         name = f"step-{step:06d}"
         ck_dir = self.spec.job_dir / "checkpoints"
         ck_dir.mkdir(parents=True, exist_ok=True)
@@ -537,7 +548,8 @@ def _csv_logger(logs: Path, resume_step: int) -> Any:
     Lightning deletes an existing metrics.csv when its logger starts, so every resume used to
     erase the job's earlier curve. Rows of steps before the checkpoint stay; later rows (a
     crashed run's steps past its last checkpoint) go, since those steps are trained again.
-    Rows are written every step, so a killed worker loses none of the steps it kept.
+    Rows reach the file at least every LOG_FLUSH_SECONDS and before every checkpoint, so a
+    killed worker loses none of the steps it kept (writing every step cost ~0.5 ms a step).
     """
     import csv
 
@@ -566,7 +578,7 @@ def _csv_logger(logs: Path, resume_step: int) -> Any:
                 exp.metrics_keys = header  # appended rows use the same columns
             return exp
 
-    return ResumableCSVLogger(str(logs), name="", version="csv", flush_logs_every_n_steps=1)
+    return ResumableCSVLogger(str(logs), name="", version="csv", flush_logs_every_n_steps=1 << 30)
 
 
 def build_trainer(spec: JobSpec, callbacks: list[Callback], resume_step: int = 0) -> L.Trainer:
