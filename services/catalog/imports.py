@@ -10,6 +10,7 @@ every start.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import tempfile
@@ -254,47 +255,80 @@ def copy_model(
 ) -> dict[str, Any]:
     """The model's own copy in the store (from a local path, or inside the store), as the
     registry values that record it; a local config folder goes with it when the store is
-    shared by other hosts."""
+    shared by other hosts. The copy is under a prefix of this attempt alone
+    (model_files.attempt_name): another replica importing the same id at once writes elsewhere,
+    and whichever of them loses removes only its own."""
+    name = model_files.attempt_name(model_id)
     try:
         if stored is not None:
-            key, manifest = model_files.copy_stored(store, stored, model_id)
+            key, manifest = model_files.copy_stored(store, stored, name)
         else:
-            key, manifest = model_files.copy_local(store, local, model_id)
+            key, manifest = model_files.copy_local(store, local, name)
     except OSError as err:
         raise _path_error(err, source_field) from err
+    owned = model_files.owned_key(name)
     values = {
         "source_path": store.url_of(key),
-        "owned_path": store.url_of(model_files.owned_key(model_id)),
+        "owned_path": store.url_of(owned),
         "size_bytes": manifest.size,
     }
     if local_config is not None and not store.is_local:
         try:
             values["config_path"] = store.url_of(
-                model_files.copy_config(store, local_config, model_id))
+                model_files.copy_config(store, local_config, name))
         except BaseException:
-            store.delete_tree(model_files.owned_key(model_id))
+            model_files.delete_owned_tree(store, owned)
             raise
     return values
 
 
 async def register(registry: Registry, values: dict[str, Any], store: ArtifactStore,
-                   preview_png: bytes | None = None) -> None:
-    """Store the model's preview, then insert its row (a row never names a preview that is not
-    there); when either fails, remove the copy and the preview made for it (nothing is left
-    behind by a model that was not registered)."""
+                   preview_png: bytes | None = None) -> list[common_pb2.Warning]:
+    """Insert the model's row, then store its preview and record it in that row (warnings).
+
+    The row comes first: the preview's key is the model id's, and only the import whose row
+    holds the id writes it, so one that loses the id to another replica never touches it.
+    When the insert fails (lost, or the database failed) the copy made for this attempt goes,
+    and only that (its prefix is the attempt's own)."""
     try:
-        if preview_png is not None:
-            values["preview_sha256"] = await asyncio.to_thread(
-                previews.store_preview, store, values["id"], preview_png)
-        registry.insert(values)
+        row = registry.insert(values)
     except BaseException:
-        if values.get("preview_sha256"):
-            await asyncio.to_thread(previews.remove, store, values["id"])
         if values.get("owned_path"):
             await asyncio.to_thread(
                 model_files.remove_owned, store, values["owned_path"], values["source_path"]
             )
         raise
+    if preview_png is None:
+        return []
+    # in one thread: a cancelled call still finishes recording what it stored
+    return await asyncio.to_thread(attach_preview, registry, store, row, preview_png)
+
+
+def attach_preview(registry: Registry, store: ArtifactStore, row: dict[str, Any],
+                   png: bytes) -> list[common_pb2.Warning]:
+    """Store a registered model's preview and record its SHA-256 in the row. When that fails
+    the model stays, without a preview (a warning says so), as after a crash in between: never
+    a row naming a preview that is not there. Blocking: run in a thread."""
+    model_id = row["id"]
+    try:
+        sha256 = previews.store_preview(store, model_id, png)
+    except Exception as err:
+        return [_preview_not_stored(err)]
+    try:
+        recorded = registry.set_preview(model_id, row["created"], sha256)
+    except Exception as err:
+        # the row still holds the id, so the object is this import's own
+        with contextlib.suppress(Exception):
+            previews.remove(store, model_id)
+        return [_preview_not_stored(err)]
+    # not recorded: the row was deleted meanwhile. Its picture stays (the key may already be a
+    # newer import's of the same id, which overwrites it anyway).
+    return [] if recorded else [_preview_not_stored("the model was deleted meanwhile")]
+
+
+def _preview_not_stored(why: object) -> common_pb2.Warning:
+    return common_pb2.Warning(reason="PREVIEW_NOT_STORED", field="preview",
+                              message=f"the model is registered without its preview: {why}")
 
 
 def add_request_values(

@@ -1,11 +1,14 @@
 """Registered models' files in the artifact store (shared.artifact_store).
 
-- A copy (ImportModel with copy_files) is a committed folder under `catalog/models/<model_id>/`:
-  a diffusers folder at `catalog/models/<id>/<folder name>/` with its manifest, a single file at
-  `catalog/models/<id>/<file name>` with the manifest beside it. The recorded source_path is its
-  store.url_of: with the default store data_dir/catalog/models/<id>/..., as before the store,
-  where a copy is made under a temporary name and renamed into place (all or nothing), then
-  committed by its manifest; with s3:// the objects, manifest last.
+- A copy (ImportModel with copy_files) is a committed folder under a prefix of its own import
+  attempt, `catalog/models/<model_id>/<token>/` (a short random token): a diffusers folder at
+  `.../<token>/<folder name>/` with its manifest, a single file at `.../<token>/<file name>` with
+  the manifest beside it. Replicas importing the same id at once never write, nor clean up, each
+  other's objects; the loser's own copy goes, the winner's stays. (Rows made before recorded
+  `catalog/models/<id>` itself; they are read and deleted the same way.) The recorded
+  source_path is its store.url_of: with the default store data_dir/catalog/models/..., where a
+  copy is made under a temporary name and renamed into place (all or nothing), then committed by
+  its manifest; with s3:// the objects, manifest last.
 - A location in the store (s3://... of this store) is inspected there: the few small files that
   inspection reads (configs; a checkpoint's header only) are fetched into a temporary skeleton,
   so the same checks run as on a local folder.
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import secrets
 import shutil
 import struct
 from collections.abc import Iterable, Iterator
@@ -35,8 +39,16 @@ WEIGHTED_COMPONENTS = ("unet", "vae", "text_encoder")
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
-def owned_key(model_id: str) -> str:
-    return f"{MODELS_PREFIX}/{model_id}"
+def owned_key(name: str) -> str:
+    """The prefix of a model's own copy: `name` is an attempt's `<id>/<token>` (attempt_name),
+    or a bare id in rows made before."""
+    return f"{MODELS_PREFIX}/{name}"
+
+
+def attempt_name(model_id: str) -> str:
+    """`<id>/<token>`: where one import attempt puts the model's copy, so that attempts on the
+    same id (other replicas) never share a key."""
+    return f"{model_id}/{secrets.token_hex(4)}"
 
 
 def stored_location(store: ArtifactStore, location: str, field: str) -> StoredFolder | None:
@@ -111,19 +123,18 @@ def missing_weights(names: Iterable[str]) -> list[str]:
     return [c for c in WEIGHTED_COMPONENTS if c not in have]
 
 
-def copy_in(src: Path, models_dir: Path, model_id: str) -> Path:
-    """Copy a local file or folder to models_dir/<model_id>/<its name>: to a temporary name,
-    then renamed (all or nothing)."""
-    final = models_dir / model_id
-    tmp = models_dir / f".{model_id}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+def copy_in(src: Path, models_dir: Path, name: str) -> Path:
+    """Copy a local file or folder to models_dir/<name>/<its name>: to a temporary sibling,
+    then renamed (all or nothing). Both names are the attempt's own (attempt_name): nothing
+    that is there already is replaced or removed."""
+    final = models_dir / name
+    tmp = final.with_name(f".{final.name}.tmp")
     tmp.mkdir(parents=True)
     try:
         if src.is_dir():
             shutil.copytree(src, tmp / src.name)
         else:
             shutil.copy2(src, tmp / src.name)
-        shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -131,14 +142,15 @@ def copy_in(src: Path, models_dir: Path, model_id: str) -> Path:
     return final / src.name
 
 
-def copy_local(store: ArtifactStore, src: Path, model_id: str) -> tuple[str, Manifest]:
-    """Store a local file or folder as the model's own copy: (the key to record, manifest)."""
-    owned = owned_key(model_id)
+def copy_local(store: ArtifactStore, src: Path, name: str) -> tuple[str, Manifest]:
+    """Store a local file or folder as the model's own copy under owned_key(name): (the key to
+    record, manifest); a failure removes that prefix (the attempt's own) and nothing else."""
+    owned = owned_key(name)
     key = f"{owned}/{src.name}"
     try:
         if store.is_local:
             # in place at once; committing it below hashes the files and copies nothing
-            src = copy_in(src, Path(store.path_of(MODELS_PREFIX)), model_id)
+            src = copy_in(src, Path(store.path_of(MODELS_PREFIX)), name)
         if src.is_dir():
             return key, store.put_tree(src, key)
         art = store.put_file(src, key)
@@ -146,26 +158,31 @@ def copy_local(store: ArtifactStore, src: Path, model_id: str) -> tuple[str, Man
         store.put_bytes(f"{owned}/{MANIFEST}", manifest.to_json())
         return key, manifest
     except BaseException:
-        store.delete_tree(owned)
+        delete_owned_tree(store, owned)
         raise
 
 
-def copy_config(store: ArtifactStore, config_dir: Path, model_id: str) -> str:
-    """Store a single file's local config folder with the model (replicas elsewhere cannot
-    read this host's disk): the key to record as its config_path."""
-    key = f"{owned_key(model_id)}/config"
+def copy_config(store: ArtifactStore, config_dir: Path, name: str) -> str:
+    """Store a single file's local config folder with the model's copy (replicas elsewhere
+    cannot read this host's disk): the key to record as its config_path."""
+    key = f"{owned_key(name)}/config"
     store.put_tree(config_dir, key)
     return key
 
 
-def copy_stored(store: ArtifactStore, stored: StoredFolder, model_id: str) -> tuple[str, Manifest]:
+def copy_stored(store: ArtifactStore, stored: StoredFolder, name: str) -> tuple[str, Manifest]:
     """Copy a stored folder, or the one file of it that a location names, inside the store as
-    the model's own (server-side on S3): (the key to record, manifest)."""
-    owned = owned_key(model_id)
-    if stored.inner:
-        return f"{owned}/{stored.inner}", store.copy_tree(stored.prefix, owned, only=[stored.inner])
-    key = f"{owned}/{PurePosixPath(stored.prefix).name}"
-    return key, store.copy_tree(stored.prefix, key)
+    the model's own under owned_key(name) (server-side on S3): (the key to record, manifest)."""
+    owned = owned_key(name)
+    try:
+        if stored.inner:
+            return f"{owned}/{stored.inner}", store.copy_tree(
+                stored.prefix, owned, only=[stored.inner])
+        key = f"{owned}/{PurePosixPath(stored.prefix).name}"
+        return key, store.copy_tree(stored.prefix, key)
+    except BaseException:
+        delete_owned_tree(store, owned)
+        raise
 
 
 def remove_owned(store: ArtifactStore, owned_location: str, source_path: str) -> int:
@@ -181,5 +198,15 @@ def remove_owned(store: ArtifactStore, owned_location: str, source_path: str) ->
     else:  # a copy made before the store kept manifests, or a half-deleted one
         local = store.local_path(key)
         freed = folder_size(local) if local is not None else 0
-    store.delete_tree(key)
+    delete_owned_tree(store, key)
     return freed
+
+
+def delete_owned_tree(store: ArtifactStore, key: str) -> None:
+    """Remove a copy's prefix; in a local store also the <id>/ folder it leaves empty (never
+    one that holds anything: another attempt's copy)."""
+    store.delete_tree(key)
+    local = store.local_path(key)
+    if local is not None and local.parent != Path(store.path_of(MODELS_PREFIX)):
+        with contextlib.suppress(OSError):
+            local.parent.rmdir()

@@ -1,5 +1,7 @@
 """Model previews: one small PNG per model in the artifact store, at catalog/previews/<id>.png,
 so every Catalog replica serves it (GetModelPreview); its SHA-256 is the row's preview_sha256.
+ImportModel writes it only once its row holds the id (imports.register), so a replica that
+loses the id to another importing it at the same moment never writes nor removes it.
 
 Where a preview comes from, the first that gives a usable picture:
 1. ImportModel's `preview` bytes (any kind of model): refused on `preview` when they are no

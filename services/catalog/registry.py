@@ -89,8 +89,9 @@ class Registry:
     def exists(self, model_id: str) -> bool:
         return self.get(model_id) is not None
 
-    def insert(self, values: Mapping[str, Any]) -> None:
-        """Add a model; AlreadyExists when its id is taken (also by another replica meanwhile)."""
+    def insert(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """Add a model: the row written; AlreadyExists when its id is taken (also by another
+        replica meanwhile)."""
         row = _row(values)
         row["created"] = row["created"] or time.time()
         try:
@@ -102,6 +103,16 @@ class Registry:
                 reason="MODEL_EXISTS",
                 violations=[("model_id", "taken")],
             ) from err
+        return row
+
+    def set_preview(self, model_id: str, created: float, sha256: str) -> bool:
+        """Record the preview of the row an import inserted (matched by its id and creation
+        time); False when that row is gone (deleted meanwhile)."""
+        stmt = (models.update()
+                .where(models.c.id == model_id, models.c.created == created)
+                .values(preview_sha256=sha256))
+        with store.writing(self.engine) as conn:
+            return conn.execute(stmt).rowcount == 1
 
     def upsert_builtin(self, values: Mapping[str, Any]) -> None:
         """Insert or refresh a model in one statement (replicas starting at once both may)."""

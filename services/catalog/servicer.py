@@ -11,7 +11,8 @@ reachability.
 
 Modules: registry.py (rows in the metadata store: SQLite by default, PostgreSQL when
 `database_url` is set; schema in migrations/), imports.py (ImportModel), model_files.py (model
-files in the artifact store: copies under catalog/models/<id>/, locations read in the store),
+files in the artifact store: each import attempt's copy under catalog/models/<id>/<token>/,
+locations read in the store),
 deletion.py (DeleteModel's checks), previews.py (a model's preview PNG in the artifact store,
 GetModelPreview), mapping.py (rows and tables as messages), backend_health.py
 (configured backends, reachability).
@@ -143,7 +144,8 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
             if preview_png is None and found:
                 preview_png, unusable = await asyncio.to_thread(previews.first_usable, found)
                 warnings.extend(unusable)
-            await imports.register(self.registry, values, self.store, preview_png)
+            warnings.extend(
+                await imports.register(self.registry, values, self.store, preview_png))
         self.log.info("model imported", extra={"model_id": model_id, "source": source})
         return catalog_pb2.ImportModelResponse(
             model=to_proto(self.registry.get(model_id)),  # type: ignore[arg-type]
