@@ -2,7 +2,8 @@
 process with storage_url = s3://<bucket>/boothstudio, its own empty data dir.
 
 - a diffusers folder imported with copy_files becomes objects + a manifest under
-  catalog/models/<id>/, recorded as an s3:// source_path; deleting removes them;
+  catalog/models/<id>/<token>/ (the import attempt's own prefix), recorded as an s3://
+  source_path; deleting removes them;
 - a folder already in the bucket (put by store.put_tree) is inspected there and referenced in
   place (never deleted by the Catalog), or copied inside the bucket;
 - a single .safetensors file (local, or one file of a stored folder) goes into the store, its
@@ -16,6 +17,7 @@ Rerun: `.venv/bin/pytest tests/stores/test_catalog_artifacts.py -v`
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,15 @@ from tests.stores.helpers import isolated_env, rpc_error
 from tests.stores.s3 import MotoServer, S3Target
 
 MODELS = "catalog/models"
+
+
+def copy_key(bucket: S3Target, location: str, model_id: str, name: str) -> str:
+    """The key of a model's copy: `name` under catalog/models/<id>/<token>/, the prefix of the
+    import attempt that made it."""
+    key = location.removeprefix(f"{bucket.url}/")
+    assert re.fullmatch(rf"{MODELS}/{re.escape(model_id)}/[0-9a-f]{{8}}/{re.escape(name)}",
+                        key), location
+    return key
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +81,7 @@ def test_a_copied_folder_is_objects_and_a_manifest_in_the_bucket_until_deleted(
 ) -> None:
     m = stub.ImportModel(pb.ImportModelRequest(
         diffusers_path=str(EMBEDDED_MODEL_DIR), model_id="copied", copy_files=True)).model
-    prefix = f"{MODELS}/copied/embedded_model"
-    assert m.source_path == f"{bucket.url}/{prefix}"
+    prefix = copy_key(bucket, m.source_path, "copied", "embedded_model")
     assert m.format == pb.MODEL_FORMAT_DIFFUSERS and m.architecture == "tiny-sd"
     manifest = store.read_manifest(prefix)
     assert manifest is not None and m.size_bytes == manifest.size > 0
@@ -105,8 +115,8 @@ def test_a_stored_folder_is_inspected_there_referenced_in_place_or_copied_inside
     # how the Trainer registers an export: copied, so the model outlives the job's folder
     own = stub.ImportModel(pb.ImportModelRequest(
         diffusers_path=location, model_id="from-job", copy_files=True)).model
-    assert own.source_path == f"{bucket.url}/{MODELS}/from-job/diffusers"
-    assert store.read_manifest(f"{MODELS}/from-job/diffusers") == manifest
+    assert store.read_manifest(copy_key(bucket, own.source_path, "from-job", "diffusers")) == (
+        manifest)
     store.delete_tree("trainer/jobs/j1")  # the job's folder goes; the model stays
     assert stub.GetModel(pb.GetModelRequest(model_id="from-job")).model.size_bytes == (
         manifest.size)
@@ -124,8 +134,8 @@ def test_a_single_file_goes_into_the_store_and_is_read_from_its_header(
         single_file_path=str(single_file), config_path=str(EMBEDDED_MODEL_DIR),
         model_id="sf-local", copy_files=True)).model
     assert m.format == pb.MODEL_FORMAT_SINGLE_FILE and m.architecture == "tiny-sd"
-    assert m.source_path == f"{bucket.url}/{MODELS}/sf-local/tiny.safetensors"
-    assert m.config_path == f"{bucket.url}/{MODELS}/sf-local/config"
+    key = copy_key(bucket, m.source_path, "sf-local", "tiny.safetensors")
+    assert m.config_path == f"{bucket.url}/{key.rsplit('/', 1)[0]}/config"
     assert m.size_bytes == size
     assert store.locate(m.source_path) is not None and store.locate(m.config_path) is not None
 
@@ -143,9 +153,9 @@ def test_a_single_file_goes_into_the_store_and_is_read_from_its_header(
     copied = stub.ImportModel(pb.ImportModelRequest(
         single_file_path=location, config_path=config, model_id="sf-copied",
         copy_files=True)).model
-    assert copied.source_path == f"{bucket.url}/{MODELS}/sf-copied/tiny.safetensors"
+    key = copy_key(bucket, copied.source_path, "sf-copied", "tiny.safetensors")
     assert bucket.keys(f"{MODELS}/sf-copied") == [
-        f"{MODELS}/sf-copied/{MANIFEST}", f"{MODELS}/sf-copied/tiny.safetensors"]
+        f"{key.rsplit('/', 1)[0]}/{MANIFEST}", key]
 
     for model_id in ("sf-local", "sf-copied"):
         freed = stub.DeleteModel(pb.DeleteModelRequest(model_id=model_id, delete_files=True))
@@ -167,7 +177,7 @@ def test_a_lora_exported_to_the_store_is_registered_with_a_copy(
         model_id="lora-j3", kind=pb.MODEL_KIND_LORA, copy_files=True,
         origin=pb.ModelOrigin(base_model_id="boothstudio-tiny", training_job_id="j3"))).model
     assert m.format == pb.MODEL_FORMAT_LORA and m.architecture == "tiny-sd"
-    assert m.source_path == f"{bucket.url}/{MODELS}/lora-j3/{lora.name}"
+    copy_key(bucket, m.source_path, "lora-j3", lora.name)
     assert m.size_bytes == lora.stat().st_size
     freed = stub.DeleteModel(pb.DeleteModelRequest(model_id="lora-j3", delete_files=True))
     assert freed.freed_bytes == m.size_bytes and bucket.keys(f"{MODELS}/lora-j3") == []

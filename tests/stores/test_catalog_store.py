@@ -16,6 +16,7 @@ Rerun: `.venv/bin/pytest tests/stores -v`
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import subprocess
 import sys
@@ -186,9 +187,10 @@ def test_two_replicas_starting_at_once_on_one_database_and_bucket_share_models_a
 
     made = a.ImportModel(pb.ImportModelRequest(
         diffusers_path=str(EMBEDDED_MODEL_DIR), model_id="replicated", copy_files=True)).model
-    assert made.source_path == f"{s3_bucket.url}/catalog/models/replicated/embedded_model"
-    assert f"catalog/models/replicated/embedded_model/{MANIFEST}" in s3_bucket.keys(
-        "catalog/models")
+    # the copy is under the import attempt's own prefix, catalog/models/<id>/<token>/
+    key = made.source_path.removeprefix(f"{s3_bucket.url}/")
+    assert re.fullmatch(r"catalog/models/replicated/[0-9a-f]{8}/embedded_model", key), key
+    assert f"{key}/{MANIFEST}" in s3_bucket.keys("catalog/models")
     got = b.GetModel(pb.GetModelRequest(model_id="replicated")).model
     assert (got.source_path, got.size_bytes) == (made.source_path, made.size_bytes)
     assert set(ids(b)) == {EMBEDDED, "replicated"}
