@@ -45,6 +45,14 @@ from research.embedded_model.scenes import BACKGROUNDS, subject_images
 
 IDENTIFIER = "zwx"
 CLASS_NOUN = "circle"
+SUBJECT_COLOR = "red"  # the body of scenes.subject_images' striped circle
+
+
+def shows_subject(reading: Any) -> bool:
+    """The subject is the stripes on its red body, as concepts.py judges each concept by its
+    colour: purple stripes read on a blob of another colour (a broken picture, e.g. rainbow
+    specks on blue) are not the subject, and until session 11 counted as subject and leak."""
+    return bool(reading.subject and reading.color == SUBJECT_COLOR)
 
 
 def prompts(kind: str, noun: str = CLASS_NOUN) -> list[tuple[str, str]]:
@@ -61,7 +69,7 @@ def vae_ceiling(pipe: Any) -> dict[str, float]:
     from boothstudio.services.diffusion.pipelines import vae_round_trip
 
     images = subject_images(4)
-    seen = sum(read_image(vae_round_trip(pipe, img)).subject for img, _ in images)
+    seen = sum(shows_subject(read_image(vae_round_trip(pipe, img))) for img, _ in images)
     return {"subject": seen / len(images)}
 
 
@@ -81,16 +89,16 @@ def score(pipe: Any, seeds: list[int], steps: int, cfg: float,
     subj = run("subject")
     plain = run("plain")
     return {
-        "subject": sum(r.subject for r, _ in subj) / len(subj),
+        "subject": sum(shows_subject(r) for r, _ in subj) / len(subj),
         "background": sum(r.background == bg for r, bg in subj) / len(subj),
-        "leak": sum(r.subject for r, _ in plain) / len(plain),
+        "leak": sum(shows_subject(r) for r, _ in plain) / len(plain),
         "plain_background": sum(r.background == bg for r, bg in plain) / len(plain),
         "images": len(subj) + len(plain),
         # where the subject shows (and leaks), per background: unseen contexts fail first
-        "subject_by_background": {bg: sum(r.subject for r, b in subj if b == bg) / len(seeds)
-                                  for bg in BACKGROUNDS},
-        "leak_by_background": {bg: sum(r.subject for r, b in plain if b == bg) / len(seeds)
-                               for bg in BACKGROUNDS},
+        "subject_by_background": {bg: sum(shows_subject(r) for r, b in subj if b == bg)
+                                  / len(seeds) for bg in BACKGROUNDS},
+        "leak_by_background": {bg: sum(shows_subject(r) for r, b in plain if b == bg)
+                               / len(seeds) for bg in BACKGROUNDS},
     }
 
 
@@ -186,19 +194,14 @@ def pick_best(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return max(rows, key=lambda r: r["subject"] + r["background"] - r["leak"])
 
 
-def render(results: dict[str, Any]) -> str:
-    """The markdown quality table of a results.json."""
-    st, before, ceiling = results["settings"], results["before"], results["vae_ceiling"]
-    n = len(prompts("subject")) * len(st["seeds"])
-    noun = st.get("class_noun", CLASS_NOUN)
+def _recipe_line(st: dict[str, Any], judged: str, noun: str) -> str:
+    """The table's first line for a training run: what was judged, then how it was trained."""
     masked = ("" if st.get("masked_loss") is None else
               f", masked loss (background weight {st['masked_loss']})")
     ident_lr = (f", identifier embedding lr {st['identifier_lr']}" if st.get("identifier_lr")
                 else "")
-    lines = [
-        f"{st['recipe'] + '. ' if st.get('recipe') else ''}"
-        f"Toy DreamBench: {n} images per prompt family ({len(BACKGROUNDS)} backgrounds x "
-        f"{len(st['seeds'])} seeds), {st['sample_steps']} steps, CFG {st['cfg']}; "
+    return (
+        f"{st['recipe'] + '. ' if st.get('recipe') else ''}{judged}; "
         f"{st['steps']} steps at lr {st['lr']} ({st.get('lr_scheduler', 'constant')}), "
         f"batch {st.get('batch_size', 1)} instance + {st.get('batch_size', 1)} class images, "
         f"{'UNet only' if st.get('unet_only') else 'UNet + text encoder'}, class noun "
@@ -215,7 +218,20 @@ def render(results: dict[str, Any]) -> str:
         f"{masked}"
         f"{', min-SNR gamma ' + str(st['min_snr_gamma']) if st.get('min_snr_gamma') else ''}"
         f"{', offset noise ' + str(st['offset_noise']) if st.get('offset_noise') else ''}"
-        f"{', 3:2 pictures in aspect buckets' if st.get('buckets') else ''}",
+        f"{', 3:2 pictures in aspect buckets' if st.get('buckets') else ''}")
+
+
+def render(results: dict[str, Any]) -> str:
+    """The markdown quality table of a results.json."""
+    st, before, ceiling = results["settings"], results["before"], results["vae_ceiling"]
+    n = len(prompts("subject")) * len(st["seeds"])
+    noun = st.get("class_noun", CLASS_NOUN)
+    judged = (f"Toy DreamBench: {n} images per prompt family ({len(BACKGROUNDS)} backgrounds "
+              f"x {len(st['seeds'])} seeds), {st['sample_steps']} steps, CFG {st['cfg']}")
+    header = f"{judged}; the checkpoints of {st['rescore']} re-scored (each run's training " \
+             "settings are its own)" if st.get("rescore") else _recipe_line(st, judged, noun)
+    lines = [
+        header,
         f"VAE round trip of the 4 instance images: the detector sees the subject in "
         f"{ceiling['subject']:.0%} (the ceiling for any fine-tune that keeps this VAE)",
         "",
@@ -321,6 +337,9 @@ def main(argv: list[str] | None = None) -> int:
                         "with aspect-ratio bucketing")
     p.add_argument("--runs", default="prior,no-prior", help="which runs, comma-separated")
     p.add_argument("--render", type=Path, default=None, help="print the table of a results.json")
+    p.add_argument("--rescore", type=Path, default=None,
+                   help="score the checkpoints of every run folder under this folder again "
+                        "(an earlier --out, or peer.py's), with today's judge; no training")
     args = p.parse_args(argv)
     if args.render:
         print(render(json.loads(args.render.read_text())))
@@ -332,6 +351,12 @@ def main(argv: list[str] | None = None) -> int:
     model = args.model or embedded_model_dir()
     t0 = time.time()
     pipe, base_state, seeds, results = start_bench(args, model)
+    if args.rescore:
+        for exports in sorted(args.rescore.glob("*/exports")):
+            results["runs"][exports.parent.name] = evaluate_run(
+                exports.parent.name, exports, pipe, base_state, seeds, args)
+        finish(results, args, t0)
+        return 0
     train_seeds = [int(x) for x in str(args.seed).split(",")]
     for kind, seed in [(k, s) for k in args.runs.split(",") for s in train_seeds]:
         name = kind if len(train_seeds) == 1 else f"{kind}-seed{seed}"
