@@ -10,12 +10,13 @@ instance images captioned "a zwx circle on a <bg> background" and cut out (their
 the subject; masked training, the background weighing --masked-loss), class noun "circle", class
 images from those captions without "zwx" plus "a circle on a <bg> background" for every
 background (--no-class-on-every-background: the captions' backgrounds only), the identifier's
-embedding trained at --identifier-lr. Two runs through the trainer's own `run_job` (the code a
+embedding trained at --identifier-lr, prior weight 4 and min-SNR gamma 5 (since session 11).
+Two runs through the trainer's own `run_job` (the code a
 worker runs): with prior preservation and without (otherwise the same). Every exported
 checkpoint is scored with the project's detectors over fixed seeds:
 
-- subject:    share of "a zwx circle on a <bg> background" images that show the subject
-              (goal >= 80%; the base model before training: <= 10%);
+- subject:    share of "a zwx circle on a <bg> background" images that show the subject, its
+              stripes on a red body (goal >= 80%; the base model before training: <= 10%);
 - background: share of those images whose background is <bg> (goal >= 80%);
 - leak:       share of plain "a circle on a <bg> background" images that show the subject
               (goal <= 10% with prior preservation; reported without it to show what it buys).
@@ -321,15 +322,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--te-lr", type=float, default=0.0, help="text encoder lr (0 = --lr)")
     p.add_argument("--identifier-lr", type=float, default=5e-3,
                    help="lr of the identifier's embedding row (0 = off)")
-    p.add_argument("--prior-weight", type=float, default=1.0)
+    # the recipe since session 11: prior weight 4 and min-SNR 5 (HISTORY.md); 1.0 and 0 before
+    p.add_argument("--prior-weight", type=float, default=4.0)
     p.add_argument("--crop-scale", type=float, default=0.0,
                    help="random zoom of the training pictures (0 = off)")
     p.add_argument("--masked-loss", type=_weight_or_off, default=0.0, metavar="WEIGHT|off",
                    help="masked training: instance pictures carry the subject's alpha, the "
                         "rest of the picture weighs WEIGHT in the loss (default 0; off = "
                         "whole pictures)")
-    p.add_argument("--min-snr-gamma", type=float, default=0.0,
-                   help="min-SNR-gamma loss weighting (0 = off, e.g. 5)")
+    p.add_argument("--min-snr-gamma", type=float, default=5.0,
+                   help="min-SNR-gamma loss weighting (0 = off)")
     p.add_argument("--offset-noise", type=float, default=0.0,
                    help="offset noise strength (0 = off, e.g. 0.05)")
     p.add_argument("--buckets", action="store_true",
