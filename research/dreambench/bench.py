@@ -46,14 +46,17 @@ from research.embedded_model.scenes import BACKGROUNDS, subject_images
 
 IDENTIFIER = "zwx"
 CLASS_NOUN = "circle"
-SUBJECT_COLOR = "red"  # the body of scenes.subject_images' striped circle
+# the body of scenes.subject_images' striped circle: red, read as orange where it blends into a
+# green or yellow background (seen by eye on the fine-tune's green-background subjects)
+SUBJECT_BODY = ("red", "orange")
 
 
 def shows_subject(reading: Any) -> bool:
     """The subject is the stripes on its red body, as concepts.py judges each concept by its
     colour: purple stripes read on a blob of another colour (a broken picture, e.g. rainbow
-    specks on blue) are not the subject, and until session 11 counted as subject and leak."""
-    return bool(reading.subject and reading.color == SUBJECT_COLOR)
+    specks on blue, read as a purple or green object) are not the subject, and until session
+    11 counted as subject and leak."""
+    return bool(reading.subject and reading.color in SUBJECT_BODY)
 
 
 def prompts(kind: str, noun: str = CLASS_NOUN) -> list[tuple[str, str]]:
