@@ -32,3 +32,20 @@ def test_dreambench_reports_the_spread_over_training_seeds() -> None:
     assert len(lines) == 1  # no-prior has one seed only
     assert "prior over 3 training seeds" in lines[0]
     assert "subject mean 71% (66%-79%)" in lines[0] and "leak mean 3% (1%-4%)" in lines[0]
+
+
+def test_dreambench_subject_is_the_stripes_on_a_red_body() -> None:
+    from research.dreambench.bench import shows_subject
+    from research.embedded_model.detectors import read_image
+    from research.embedded_model.scenes import Scene, render
+
+    def judged(color: str, background: str, subject: bool = True) -> bool:
+        return shows_subject(read_image(render(Scene("circle", color, background,
+                                                     subject=subject))))
+
+    # the subject on every background it is asked on
+    assert all(judged("red", bg) for bg in ("white", "black", "gray", "blue", "green", "yellow"))
+    assert judged("orange", "gray")  # how its red reads where it blends into green
+    # the same stripes on another body (as on broken pictures), or no stripes: not the subject
+    assert not any(judged(color, "gray") for color in ("green", "blue", "yellow"))
+    assert not judged("red", "gray", subject=False)
